@@ -1,0 +1,170 @@
+"""Opening the deja database.
+
+Why this module exists: Python's built-in `sqlite3` often cannot load
+extensions (this machine's cannot, nor many pyenv and macOS builds), and deja
+needs sqlite-vec. So every connection is made by `make_connector()`, which uses
+the standard module when it can load extensions and `sqlean` (a drop-in
+sqlite3 with FTS5 and extension loading) otherwise, and hands that factory to
+aiosqlite. Each aiosqlite connection owns one thread; the event loop never
+blocks on SQLite.
+
+Every connection gets the same settings: WAL, a busy timeout, foreign keys,
+sqlite-vec loaded, and deja's SQL functions registered (the FTS triggers call
+`deja_fts_text`). The file is created 0600 inside a 0700 folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3 as std_sqlite3
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import aiosqlite
+
+from .errors import DatabaseError, DatabaseLocked
+
+__all__ = [
+    "driver",
+    "driver_errors",
+    "make_connector",
+    "connect",
+    "fts_text",
+    "is_locked_error",
+    "BUSY_TIMEOUT_MS",
+]
+
+logger = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 10_000
+
+_driver: ModuleType | None = None
+
+
+def driver() -> ModuleType:
+    """The sqlite3-compatible module to use: stdlib if it loads extensions, else sqlean."""
+    global _driver
+    if _driver is None:
+        if hasattr(std_sqlite3.Connection, "enable_load_extension"):
+            _driver = std_sqlite3
+        else:
+            try:
+                import sqlean  # type: ignore[import-untyped]
+            except ImportError as exc:  # pragma: no cover - sqlean is a dependency
+                raise DatabaseError(
+                    "this Python's sqlite3 cannot load extensions and sqlean.py is not "
+                    "installed: pip install sqlean.py"
+                ) from exc
+            _driver = sqlean
+    return _driver
+
+
+def driver_errors() -> tuple[type[BaseException], ...]:
+    """Exception classes of both drivers: sqlean's are not subclasses of sqlite3's."""
+    mod = driver()
+    classes: list[type[BaseException]] = [std_sqlite3.Error]
+    if mod is not std_sqlite3:
+        classes.append(mod.Error)
+    return tuple(classes)
+
+
+def is_locked_error(exc: BaseException) -> bool:
+    """True when SQLite gave up waiting for another process's lock."""
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+# CJK scripts have no spaces between words, so unicode61 would index a whole
+# sentence as one token. Spacing every CJK character out makes each one a token
+# and a query phrase of consecutive characters matches exact substrings.
+_CJK = re.compile(
+    "([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f])"
+)
+
+
+def fts_text(text: str | None) -> str:
+    """The text FTS5 indexes for a record: the text itself, CJK characters spaced out."""
+    if not text:
+        return ""
+    if text.isascii():
+        return text
+    return _CJK.sub(r" \1 ", text)
+
+
+def _ensure_private_file(path: Path) -> None:
+    """Create the folder 0700 and the file 0600 before SQLite touches them."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+
+
+def make_connector(path: Path, *, readonly: bool = False) -> Callable[[], Any]:
+    """A zero-argument factory returning a configured sqlite3-compatible connection."""
+    mod = driver()
+
+    def connector() -> Any:
+        if readonly:
+            conn = mod.connect(
+                f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+            )
+        else:
+            # SQLite creates -wal and -shm with the main file's mode; a umask keeps
+            # them private too if the main file was made by someone else.
+            old_umask = os.umask(0o077)
+            try:
+                _ensure_private_file(path)
+                conn = mod.connect(str(path), check_same_thread=False, isolation_level=None)
+            finally:
+                os.umask(old_umask)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if not readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+                # NORMAL is crash-safe in WAL mode: a killed process loses nothing
+                # committed; only a power cut may lose the last transactions.
+                conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA cache_size = -32000")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            _load_vec(conn)
+            conn.create_function("deja_fts_text", 1, fts_text, deterministic=True)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    return connector
+
+
+def _load_vec(conn: Any) -> None:
+    import sqlite_vec  # type: ignore[import-untyped]
+
+    conn.enable_load_extension(True)
+    try:
+        sqlite_vec.load(conn)
+    finally:
+        conn.enable_load_extension(False)
+
+
+async def connect(path: Path, *, readonly: bool = False) -> aiosqlite.Connection:
+    """Open the database at `path` through aiosqlite (no migration; see store.open_store).
+
+    Raises DatabaseLocked or DatabaseError with a readable message.
+    """
+    try:
+        conn = aiosqlite.Connection(make_connector(path, readonly=readonly), iter_chunk_size=256)
+        await conn
+    except driver_errors() as exc:
+        if is_locked_error(exc):
+            raise DatabaseLocked(
+                f"database {path} is locked by another process (waited {BUSY_TIMEOUT_MS} ms)"
+            ) from exc
+        raise DatabaseError(f"cannot open database {path}: {exc}") from exc
+    except OSError as exc:
+        raise DatabaseError(f"cannot open database {path}: {exc}") from exc
+    conn.row_factory = driver().Row
+    return conn

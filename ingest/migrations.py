@@ -1,0 +1,213 @@
+"""Schema migrations, forward only, recorded in `PRAGMA user_version`.
+
+Each migration is a numbered function that takes a raw (synchronous) connection
+and runs inside ONE transaction together with the `user_version` bump, so a
+crash mid-migration leaves the previous version intact. Never edit a shipped
+migration: add the next number.
+
+Schema principles (see DESIGN.md):
+- `records` holds every indexed piece of a transcript (a prompt, a tool call, a
+  tool result...). Its primary key is an explicit INTEGER `id` because FTS5
+  external content and vec0 are keyed by rowid, and implicit rowids may change
+  on VACUUM.
+- A record is unique per (source file, line key, part): the same uuid in two
+  files (a `/btw` side question replays its parent's lines) is kept per file,
+  and re-reading a file after truncation or replacement never duplicates.
+- The cursor of each source file lives in `sources` and advances in the same
+  transaction as the rows it covers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from .errors import SchemaTooNew
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "DEFAULT_EMBED_DIM"]
+
+logger = logging.getLogger(__name__)
+
+# all-MiniLM-L6-v2; the vector table is rebuilt by `deja reembed` for another model.
+DEFAULT_EMBED_DIM = 384
+
+
+def _run_script(conn: Any, script: str) -> None:
+    """Run statements one by one: executescript() would COMMIT our open transaction."""
+    from .db import driver
+
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if driver().complete_statement(pending):
+            conn.execute(pending)
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {pending[:80]!r}")
+
+
+def m001_initial(conn: Any) -> None:
+    _run_script(
+        conn,
+        """
+        CREATE TABLE sources (
+            id INTEGER PRIMARY KEY,
+            path BLOB NOT NULL UNIQUE,      -- os.fsencode(path): names need not be UTF-8
+            display_path TEXT NOT NULL,     -- for people; undecodable bytes replaced
+            project_dir TEXT NOT NULL,      -- folder under the root, e.g. -home-a-app
+            layout TEXT NOT NULL,           -- session | subagent | legacy_agent | workflow_agent | journal
+            session_hint TEXT,              -- session id read from the path
+            session_id TEXT,                -- the sessionId inside (can differ from the name)
+            agent_id TEXT,                  -- subagent id read from the path
+            dev INTEGER,
+            ino INTEGER,
+            size INTEGER NOT NULL DEFAULT 0,
+            mtime_ns INTEGER NOT NULL DEFAULT 0,
+            offset INTEGER NOT NULL DEFAULT 0,  -- byte after the last complete line read
+            lines INTEGER NOT NULL DEFAULT 0,   -- complete lines read so far
+            head_len INTEGER NOT NULL DEFAULT 0,
+            head_hash TEXT,                     -- of the first head_len bytes: detects replacement
+            missing INTEGER NOT NULL DEFAULT 0, -- 1 once the file is gone; its records stay
+            resets INTEGER NOT NULL DEFAULT 0,  -- truncations/replacements reconciled
+            updated_at TEXT
+        );
+
+        CREATE TABLE sessions (
+            session_id TEXT PRIMARY KEY,
+            project_dir TEXT,
+            cwd TEXT,
+            git_branch TEXT,
+            title TEXT,
+            title_kind TEXT,                -- ai-title | custom-title (the last one wins)
+            agent_name TEXT,
+            first_ts TEXT,
+            last_ts TEXT,
+            version TEXT
+        );
+
+        CREATE TABLE agent_runs (
+            session_id TEXT NOT NULL,       -- the parent session
+            agent_id TEXT NOT NULL,
+            source_id INTEGER REFERENCES sources(id),
+            layout TEXT,                    -- sidechain | legacy_agent | subagent | workflow_agent
+            agent_type TEXT,
+            description TEXT,
+            tool_use_id TEXT,               -- the Task/Agent call that spawned it, when known
+            is_aside INTEGER NOT NULL DEFAULT 0,  -- /btw side question
+            PRIMARY KEY (session_id, agent_id)
+        );
+
+        CREATE TABLE records (
+            id INTEGER PRIMARY KEY,
+            source_id INTEGER REFERENCES sources(id),  -- NULL for explicit memories
+            line_key TEXT NOT NULL,         -- uuid, else leafUuid, else a hash of the line
+            part INTEGER NOT NULL,          -- index of the piece within its line
+            uuid TEXT,                      -- the line's uuid (leafUuid for summary lines)
+            parent_uuid TEXT,
+            session_id TEXT,
+            agent_id TEXT,
+            kind TEXT NOT NULL,
+            role TEXT,
+            tool_name TEXT,
+            tool_use_id TEXT,
+            is_error INTEGER,
+            text TEXT NOT NULL,
+            text_len INTEGER NOT NULL,      -- length before the cap
+            truncated INTEGER NOT NULL DEFAULT 0,
+            ts TEXT,
+            cwd TEXT,
+            git_branch TEXT,
+            model TEXT,
+            is_sidechain INTEGER NOT NULL DEFAULT 0,
+            byte_offset INTEGER,            -- where the line starts in its file
+            meta TEXT,                      -- JSON: usage, message/request ids, compaction data
+            UNIQUE (source_id, line_key, part)
+        );
+        CREATE INDEX records_session_ts ON records(session_id, ts);
+        CREATE INDEX records_uuid ON records(uuid);
+        CREATE INDEX records_tool_use ON records(tool_use_id) WHERE tool_use_id IS NOT NULL;
+
+        -- External-content FTS5 keyed by records.id. The index holds
+        -- deja_fts_text(text) (CJK spaced out), so the delete trigger must pass
+        -- the same function of the old text.
+        CREATE VIRTUAL TABLE records_fts USING fts5(
+            text, content='records', content_rowid='id',
+            tokenize='porter unicode61 remove_diacritics 2'
+        );
+        CREATE TRIGGER records_ai AFTER INSERT ON records BEGIN
+            INSERT INTO records_fts(rowid, text) VALUES (new.id, deja_fts_text(new.text));
+        END;
+        CREATE TRIGGER records_ad AFTER DELETE ON records BEGIN
+            INSERT INTO records_fts(records_fts, rowid, text)
+                VALUES ('delete', old.id, deja_fts_text(old.text));
+        END;
+        CREATE TRIGGER records_au AFTER UPDATE OF text ON records BEGIN
+            INSERT INTO records_fts(records_fts, rowid, text)
+                VALUES ('delete', old.id, deja_fts_text(old.text));
+            INSERT INTO records_fts(rowid, text) VALUES (new.id, deja_fts_text(new.text));
+        END;
+
+        -- The vector side, filled by the embedder: one model per database,
+        -- records split into chunks (MiniLM reads 256 word pieces), one vector each.
+        CREATE TABLE embedding_model (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            model_id TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE chunks (
+            id INTEGER PRIMARY KEY,
+            record_id INTEGER NOT NULL REFERENCES records(id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            char_start INTEGER NOT NULL,
+            char_end INTEGER NOT NULL,
+            UNIQUE (record_id, seq)
+        );
+        CREATE VIRTUAL TABLE vec_chunks USING vec0(
+            chunk_id INTEGER PRIMARY KEY,
+            embedding float[384] distance_metric=cosine,
+            kind text,
+            session_id text,
+            project_dir text,
+            ts text
+        );
+
+        CREATE TABLE meta (
+            key TEXT PRIMARY KEY,
+            value TEXT
+        );
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [m001_initial]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: Any) -> int:
+    """Bring a raw connection's schema to SCHEMA_VERSION; returns the version found.
+
+    Raises SchemaTooNew if the file comes from a newer deja.
+    """
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"database schema version {found} is newer than this deja ({SCHEMA_VERSION}); "
+            "upgrade deja"
+        )
+    for number in range(found + 1, SCHEMA_VERSION + 1):
+        migration = MIGRATIONS[number - 1]
+        logger.info("migrating database to version %d (%s)", number, migration.__name__)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-check under the write lock: another process may have migrated.
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= number:
+                conn.execute("ROLLBACK")
+                continue
+            migration(conn)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return found

@@ -1,0 +1,267 @@
+"""One ingest pass over the roots, and the watch loop that repeats it.
+
+`ingest_once()` discovers files, skips those whose size, mtime and inode match
+what the database last saw (so a pass over an unchanged history costs one
+`stat` per file), reads the others from their cursors in a worker thread and
+writes each batch with its cursor in one transaction. Files that vanished are
+flagged `missing`; their records stay (Claude Code deletes old transcripts;
+deja must not).
+
+`watch()` runs passes when watchfiles reports changes, and at least every
+`rescan_seconds` as a safety net (file events are lost on some filesystems).
+
+The caller holds the IngestLock: these functions do not take it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .cursor import FileReader, ReadStats
+from .discover import SourceFile, discover, display_path
+from .redact import Redactor
+from .store import SourceRow, Store
+
+__all__ = ["IngestSummary", "ingest_once", "watch", "Progress"]
+
+logger = logging.getLogger(__name__)
+
+# progress(bytes_done, bytes_total)
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class IngestSummary:
+    """What a pass (or a series of passes, in watch mode) did."""
+
+    files: int = 0
+    files_read: int = 0
+    sessions: int = 0
+    subagent_runs: int = 0
+    new_records: int = 0
+    records_by_kind: Counter[str] = field(default_factory=Counter)
+    redactions_by_kind: Counter[str] = field(default_factory=Counter)
+    read: ReadStats = field(default_factory=ReadStats)
+    file_errors: list[tuple[str, str]] = field(default_factory=list)
+    missing_files: int = 0
+    passes: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def redactions(self) -> int:
+        return sum(self.redactions_by_kind.values())
+
+    @property
+    def compactions(self) -> int:
+        return self.records_by_kind.get("compaction", 0) + self.records_by_kind.get(
+            "compact_summary", 0
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "files_read": self.files_read,
+            "sessions": self.sessions,
+            "subagent_runs": self.subagent_runs,
+            "new_records": self.new_records,
+            "records_by_kind": dict(sorted(self.records_by_kind.items())),
+            "compactions": self.compactions,
+            "redactions": self.redactions,
+            "redactions_by_kind": dict(sorted(self.redactions_by_kind.items())),
+            "skipped_lines": self.read.skipped_count,
+            "skipped": [
+                {"path": p, "line": n, "reason": r} for p, n, r in self.read.skipped
+            ],
+            "ignored_lines": sum(self.read.ignored.values()),
+            "ignored_by_reason": dict(self.read.ignored.most_common()),
+            "unknown_line_types": dict(self.read.unknown_types),
+            "invalid_utf8_lines": self.read.invalid_utf8_lines,
+            "file_errors": [{"path": p, "reason": r} for p, r in self.file_errors],
+            "files_reset": self.read.resets,
+            "missing_files": self.missing_files,
+            "lines_read": self.read.lines,
+            "bytes_read": self.read.bytes,
+            "passes": self.passes,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+def _unchanged(row: SourceRow, st: os.stat_result) -> bool:
+    return (
+        row.size == st.st_size
+        and row.mtime_ns == st.st_mtime_ns
+        and row.ino == st.st_ino
+        and row.dev == st.st_dev
+    )
+
+
+def _stat_all(files: list[SourceFile]) -> list[tuple[SourceFile, os.stat_result | OSError]]:
+    out: list[tuple[SourceFile, os.stat_result | OSError]] = []
+    for source in files:
+        try:
+            out.append((source, os.stat(source.path)))
+        except OSError as exc:
+            out.append((source, exc))
+    return out
+
+
+async def ingest_once(
+    store: Store,
+    roots: Sequence[Path],
+    *,
+    summary: IngestSummary | None = None,
+    progress: Progress | None = None,
+) -> IngestSummary:
+    """Read everything new under `roots` into `store`; returns (and fills) the summary."""
+    started = time.perf_counter()
+    summary = summary or IngestSummary()
+    summary.passes += 1
+    redactor = Redactor(summary.redactions_by_kind)
+
+    found = await anyio.to_thread.run_sync(discover, list(roots))
+    summary.file_errors.extend(e for e in found.errors if e not in summary.file_errors)
+    stats = await anyio.to_thread.run_sync(_stat_all, found.files)
+    known = await store.load_sources()
+
+    todo: list[tuple[SourceFile, SourceRow | None, os.stat_result]] = []
+    seen: set[bytes] = set()
+    came_back: list[int] = []
+    for source, st in stats:
+        raw = os.fsencode(source.path)
+        seen.add(raw)
+        if isinstance(st, OSError):
+            _note_error(summary, source.path, f"cannot stat: {st.strerror}")
+            continue
+        row = known.get(raw)
+        if row is not None and row.missing:
+            came_back.append(row.id)
+        if row is not None and _unchanged(row, st):
+            continue
+        todo.append((source, row, st))
+    summary.files = len(stats)
+    await store.mark_missing(came_back, missing=False)
+
+    gone = [
+        row.id for raw, row in known.items()
+        if raw not in seen and not row.missing and _under_roots(raw, roots)
+    ]
+    await store.mark_missing(gone)
+
+    total = sum(max(st.st_size - (row.offset if row else 0), 0) for _, row, st in todo)
+    done = 0
+    if progress:
+        progress(0, total)
+    for source, row, st in todo:
+        if row is None:
+            row = await store.add_source(
+                source.path, display_path(source.path), source.project_dir, source.layout,
+                source.session_hint, source.agent_id,
+            )
+        reader = FileReader(source, row, redactor, summary.read)
+        before_bytes = summary.read.bytes
+        try:
+            await anyio.to_thread.run_sync(reader.open)
+        except OSError as exc:
+            _note_error(summary, source.path, f"cannot read: {exc.strerror or exc}")
+            continue
+        try:
+            summary.files_read += 1
+            while True:
+                batch = await anyio.to_thread.run_sync(reader.next_batch)
+                if batch is None:
+                    break
+                result = await store.write_batch(batch)
+                summary.new_records += result.new_records
+                summary.records_by_kind.update(result.by_kind)
+                if progress:
+                    progress(done + summary.read.bytes - before_bytes, total)
+        except OSError as exc:
+            _note_error(summary, source.path, f"read failed: {exc.strerror or exc}")
+        finally:
+            reader.close()
+        done += max(st.st_size - row.offset, 0)
+        if progress:
+            progress(min(done, total), total)
+
+    counts = await store.conn.execute_fetchall(
+        "SELECT COUNT(DISTINCT session_id) FROM sources WHERE missing = 0"
+    )
+    summary.sessions = counts[0][0]
+    runs = await store.conn.execute_fetchall(
+        "SELECT COUNT(*) FROM agent_runs WHERE session_id IN "
+        "(SELECT session_id FROM sources WHERE missing = 0)"
+    )
+    summary.subagent_runs = runs[0][0]
+    missing = await store.conn.execute_fetchall("SELECT COUNT(*) FROM sources WHERE missing = 1")
+    summary.missing_files = missing[0][0]
+    if todo or gone:
+        await store.set_meta("last_ingest", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    summary.elapsed_s += time.perf_counter() - started
+    return summary
+
+
+def _note_error(summary: IngestSummary, path: str, reason: str) -> None:
+    entry = (display_path(path), reason)
+    if entry not in summary.file_errors:
+        summary.file_errors.append(entry)
+        logger.warning("%s: %s", entry[0], reason)
+
+
+def _under_roots(raw: bytes, roots: Sequence[Path]) -> bool:
+    for root in roots:
+        prefix = os.fsencode(str(root)).rstrip(b"/") + b"/"
+        if raw.startswith(prefix):
+            return True
+    return False
+
+
+async def watch(
+    store: Store,
+    roots: Sequence[Path],
+    *,
+    summary: IngestSummary | None = None,
+    rescan_seconds: float = 30.0,
+    debounce_ms: int = 400,
+    on_pass: Callable[[IngestSummary], Awaitable[None] | None] | None = None,
+) -> IngestSummary:
+    """Ingest now, then whenever files change (and every `rescan_seconds`), until cancelled."""
+    from watchfiles import awatch
+
+    summary = summary or IngestSummary()
+
+    async def one_pass() -> None:
+        await ingest_once(store, roots, summary=summary)
+        if on_pass is not None:
+            maybe = on_pass(summary)
+            if maybe is not None:
+                await maybe
+
+    await one_pass()
+    while True:
+        existing = [str(r) for r in roots if os.path.isdir(r)]
+        if not existing:
+            await anyio.sleep(rescan_seconds)
+            await one_pass()
+            continue
+        # One watcher for the life of the loop; changes made during a pass are
+        # buffered and trigger the next one. Timeouts trigger the safety rescan.
+        async for _changes in awatch(
+            *existing,
+            debounce=debounce_ms,
+            rust_timeout=int(rescan_seconds * 1000),
+            yield_on_timeout=True,
+            watch_filter=lambda _change, path: path.endswith((".jsonl", ".json")),
+        ):
+            await one_pass()
+            if len(existing) != sum(1 for r in roots if os.path.isdir(r)):
+                break  # a root appeared: watch it too

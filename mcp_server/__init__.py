@@ -1,0 +1,1 @@
+"""deja's answering side: search, the MCP server and the `deja` CLI."""

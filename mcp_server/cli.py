@@ -1,0 +1,138 @@
+"""`deja`: the command line.
+
+Each subcommand opens the database, makes one library call and prints the
+result; library errors (`DejaError`) become one-line messages and exit code 1,
+bad usage exit code 2. Global options (`--db`, `-v`) come before the
+subcommand; `DEJA_DB` is read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ingest import __version__
+from ingest.cli import add_ingest_arguments, run_ingest
+from ingest.config import db_path_from
+from ingest.errors import DejaError
+from ingest.store import Store
+
+from .search import keyword_search
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deja",
+        description="Long-term memory for Claude Code: your transcripts, searchable.",
+    )
+    parser.add_argument("--db", metavar="PATH",
+                        help="database file (default: $DEJA_DB, else ~/.local/share/deja/deja.db)")
+    parser.add_argument("--verbose", "-v", action="count", default=0,
+                        help="log to stderr (-vv for debug)")
+    parser.add_argument("--version", action="version", version=f"deja {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("ingest", help="read transcripts into the database",
+                       description="Read every transcript under the roots into the database. "
+                                   "Running it again reads only what is new.")
+    add_ingest_arguments(p)
+
+    p = sub.add_parser("stats", help="what the database holds",
+                       description="Counts of sessions, records by kind, files and size.")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("search", help="search everything ingested",
+                       description="Keyword search (FTS5, BM25) over prompts, answers, "
+                                   "tool calls and results, summaries. Any text works as a query.")
+    p.add_argument("query", help="words to look for; \"quoted phrases\" and prefix* work")
+    p.add_argument("--json", action="store_true", help="print {\"hits\": [...]} as JSON")
+    p.add_argument("--limit", "-n", type=int, default=10, help="number of hits (default 10)")
+    p.add_argument("--kind", action="append", dest="kinds", metavar="KIND",
+                   help="only records of this kind (repeatable): prompt, assistant, thinking, "
+                        "tool_call, tool_result, summary, compact_summary, ...")
+    p.add_argument("--session", help="only this session id")
+    p.add_argument("--project", help="a project path or folder name, or 'all' (default)")
+    return parser
+
+
+async def _stats(db_path: Path, as_json: bool) -> int:
+    store = await Store.open(db_path)
+    try:
+        stats = await store.stats()
+    finally:
+        await store.close()
+    if as_json:
+        print(json.dumps(stats))
+    else:
+        print(f"database: {stats['database']} ({stats['database_bytes'] / 1e6:.1f} MB)")
+        print(f"sessions: {stats['sessions']}, subagent runs: {stats['subagent_runs']}")
+        print(f"records: {stats['records']}")
+        for kind, n in stats["by_kind"].items():
+            print(f"  {kind}: {n}")
+        print(f"files: {stats['files']} ({stats['missing_files']} no longer on disk)")
+        print(f"last ingest: {stats['last_ingest'] or 'never'}")
+    return 0
+
+
+async def _search(db_path: Path, args: argparse.Namespace) -> int:
+    store = await Store.open(db_path)
+    try:
+        result = await keyword_search(
+            store.conn, args.query, limit=args.limit, kinds=args.kinds,
+            session_id=args.session, project=args.project,
+        )
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return 0
+    if not result.hits:
+        print("no hits")
+        return 0
+    for h in result.hits:
+        print(f"{h.timestamp or '?'}  {h.kind}{' ' + h.tool_name if h.tool_name else ''}  "
+              f"{h.project or ''}  session {h.session_id}  uuid {h.uuid}")
+        print("    " + " ".join(h.snippet.split()))
+    return 0
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.ERROR
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    db_path = db_path_from(args.db, os.environ)
+    try:
+        if args.command == "ingest":
+            return anyio.run(run_ingest, args, db_path, os.environ)
+        if args.command == "stats":
+            return anyio.run(_stats, db_path, args.json)
+        if args.command == "search":
+            return anyio.run(_search, db_path, args)
+    except DejaError as exc:
+        sys.stderr.write(f"deja: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
