@@ -1,7 +1,8 @@
 """Secret redaction, applied to every string before it is stored or embedded.
 
-One compiled alternation scans a text once; each alternative is a named group
-whose name becomes the typed marker, e.g. `[REDACTED:github_token]`. For
+Each kind of secret has a pattern and cheap literal hints; a pattern runs only
+on texts that contain one of its hints. The kind becomes the typed marker,
+e.g. `[REDACTED:github_token]`. For
 `NAME=value` assignments and passwords in URLs only the secret part is
 replaced, so the text stays readable ("DATABASE_URL=postgres://app:[REDACTED:
 url_password]@db/x"). Value classes exclude backslashes and quotes so that
@@ -16,34 +17,47 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 __all__ = ["redact", "Redactor", "SECRET_KINDS"]
 
 _VALUE = r"[^\s\"'`\\,;()\[\]{}]"
 
-_PATTERNS: list[tuple[str, str]] = [
-    ("private_key", r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|\Z)"),
-    ("anthropic_key", r"\bsk-ant-[A-Za-z0-9_\-]{20,}"),
-    ("openai_key", r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}"),
-    ("stripe_key", r"\b(?:sk|rk|pk)_live_[A-Za-z0-9]{16,}"),
-    ("aws_access_key", r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA|ABIA|ACCA)[A-Z0-9]{16}\b"),
-    ("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})"),
-    ("gitlab_token", r"\bglpat-[A-Za-z0-9_\-]{20,}"),
-    ("slack_token", r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"),
-    ("google_api_key", r"\bAIza[0-9A-Za-z_\-]{35}"),
-    ("npm_token", r"\bnpm_[A-Za-z0-9]{36}\b"),
-    ("bearer_token", r"(?<=[Bb]earer )[A-Za-z0-9_\-\.=+/]{20,}"),
+# (kind, literal hints, pattern). A pattern runs only on texts containing one
+# of its hints (a plain substring test, fast in C): most transcript text holds
+# none, and one big alternation tried at every position was the slowest part
+# of ingest. Hints of None mean "check the lowercased text" (see _LOWER_HINTS).
+_PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
+    ("private_key", ("PRIVATE KEY",),
+     r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----.*?"
+     r"(?:-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|\Z)"),
+    ("anthropic_key", ("sk-ant-",), r"\bsk-ant-[A-Za-z0-9_\-]{20,}"),
+    ("openai_key", ("sk-",), r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}"),
+    ("stripe_key", ("_live_",), r"\b(?:sk|rk|pk)_live_[A-Za-z0-9]{16,}"),
+    ("aws_access_key", ("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA", "ABIA", "ACCA"),
+     r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA|ABIA|ACCA)[A-Z0-9]{16}\b"),
+    ("github_token", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+     r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})"),
+    ("gitlab_token", ("glpat-",), r"\bglpat-[A-Za-z0-9_\-]{20,}"),
+    ("slack_token", ("xox",), r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"),
+    ("google_api_key", ("AIza",), r"\bAIza[0-9A-Za-z_\-]{35}"),
+    ("npm_token", ("npm_",), r"\bnpm_[A-Za-z0-9]{36}\b"),
+    ("bearer_token", ("earer ",), r"(?<=[Bb]earer )[A-Za-z0-9_\-\.=+/]{20,}"),
     # scheme://user:PASSWORD@host -> only the password is replaced
-    ("url_password", r"(?<=://)(?P<url_user>[^\s:/@\"'\\]{1,128}):(?P<url_secret>[^\s@/\"'\\]{1,256})(?=@)"),
-    # NAME_SECRET=value, "api_key": "value", password: value -> only the value
+    ("url_password", ("://",),
+     r"(?<=://)(?P<user>[^\s:/@\"'\\]{1,128}):(?P<secret>[^\s@/\"'\\]{1,256})(?=@)"),
+    # MY_SECRET=value, "api_key": "value", password: value -> only the value.
+    # Anchored on the keyword (not on the name's start) so the regex engine
+    # does not try every word of the text.
     (
         "secret_assignment",
-        r"(?P<assign_name>\b(?i:[A-Z0-9_\.\-]*(?:SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|API_?KEY|"
-        r"ACCESS_?KEY|PRIVATE_?KEY|CREDENTIALS?|AUTH_?KEY|CLIENT_?SECRET)[A-Z0-9_]*))"
-        r"(?P<assign_sep>[\"']?\s{0,3}[=:]\s{0,3}[\"']?)"
-        # not a reference ($X, ${{..}}, <placeholder>, process.env.X, self.token),
+        ("secret", "token", "passw", "passphrase", "key", "credential"),
+        r"(?P<name>(?i:SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|"
+        r"CREDENTIALS?|AUTH_?KEY)[A-Za-z0-9_]*)"
+        r"(?P<sep>[\"']?\s{0,3}[=:]\s{0,3}[\"']?)"
+        # not a reference ($X, ${..}, <placeholder>, process.env.X, self.token),
         # not a count (max_tokens=4096), not a call or an index (tokens[i], f(x))
-        r"(?P<assign_value>(?![\$\{<\[\*])(?!REDACTED)(?![0-9.]+(?:[^A-Za-z0-9]|\Z))"
+        r"(?P<value>(?![\$\{<\[\*])(?!REDACTED)(?![0-9.]+(?:[^A-Za-z0-9]|\Z))"
         r"(?!(?:process\.env|os\.environ|os\.getenv|getenv|env\.|config\.|this\.|self\.|settings\.|"
         r"options\.|opts\.|args\.|params\.|props\.|req\.|request\.|None\b|null\b|true\b|false\b|"
         r"undefined\b|str\b|string\b))"
@@ -51,30 +65,28 @@ _PATTERNS: list[tuple[str, str]] = [
     ),
 ]
 
-SECRET_KINDS: tuple[str, ...] = tuple(name for name, _ in _PATTERNS)
+SECRET_KINDS: tuple[str, ...] = tuple(name for name, _, _ in _PATTERNS)
 
-_COMBINED = re.compile(
-    "|".join(f"(?P<{name}>{pattern})" for name, pattern in _PATTERNS), re.DOTALL
+_CASE_INSENSITIVE_HINTS = {"secret_assignment", "bearer_token"}
+_ASSIGNMENT_KEYWORDS = re.compile(
+    r"secret|token|passw|passphrase|api_?key|access_?key|private_?key|credential|auth_?key"
 )
 
-# Cheap pre-check: texts with none of these substrings cannot hold a secret of
-# ours, and most transcript text has none, so the big regex is skipped.
-_HINTS = re.compile(
-    r"PRIVATE KEY|sk-|_live_|AKIA|ASIA|A[GIRN][PDOV]A|AIPA|ABIA|ACCA|gh[pousr]_|github_pat_|glpat-|xox|AIza|npm_|"
-    r"(?i:bearer|://[^\s/@]*:|secret|token|passw|passphrase|api_?key|access_?key|private_?key|credential|auth_?key)"
-)
+_COMPILED: list[tuple[str, tuple[str, ...], re.Pattern[str]]] = [
+    (name, hints, re.compile(pattern, re.DOTALL)) for name, hints, pattern in _PATTERNS
+]
 
 
-def _replace(match: re.Match[str], counts: Counter[str]) -> str:
-    kind = match.lastgroup or "secret"
-    if kind == "url_password":
+def _replacer(kind: str, counts: Counter[str]) -> Callable[[re.Match[str]], str]:
+    def replace(match: re.Match[str]) -> str:
         counts[kind] += 1
-        return f"{match.group('url_user')}:[REDACTED:{kind}]"
-    if kind == "secret_assignment":
-        counts[kind] += 1
-        return f"{match.group('assign_name')}{match.group('assign_sep')}[REDACTED:{kind}]"
-    counts[kind] += 1
-    return f"[REDACTED:{kind}]"
+        if kind == "url_password":
+            return f"{match.group('user')}:[REDACTED:{kind}]"
+        if kind == "secret_assignment":
+            return f"{match.group('name')}{match.group('sep')}[REDACTED:{kind}]"
+        return f"[REDACTED:{kind}]"
+
+    return replace
 
 
 @dataclass
@@ -83,10 +95,56 @@ class Redactor:
 
     counts: Counter[str] = field(default_factory=Counter)
 
+    def __post_init__(self) -> None:
+        self._replacers = {name: _replacer(name, self.counts) for name, _, _ in _PATTERNS}
+
     def __call__(self, text: str) -> str:
-        if not text or _HINTS.search(text) is None:
+        if not text:
             return text
-        return _COMBINED.sub(lambda m: _replace(m, self.counts), text)
+        lower: str | None = None
+        for name, hints, pattern in _COMPILED:
+            if name == "secret_assignment":
+                if lower is None:
+                    lower = text.lower()
+                text = self._assignments(text, lower, pattern)
+                continue
+            if name in _CASE_INSENSITIVE_HINTS:
+                if lower is None:
+                    lower = text.lower()
+                haystack = lower
+            else:
+                haystack = text
+            if any(h in haystack for h in hints):
+                new = pattern.sub(self._replacers[name], text)
+                if new is not text:
+                    text = new
+                    lower = None
+        return text
+
+    def _assignments(self, text: str, lower: str, pattern: re.Pattern[str]) -> str:
+        """Redact NAME=value assignments, trying the full pattern only at keywords.
+
+        A plain search for the keywords in the lowercased text is far faster
+        than letting the full pattern try every position.
+        """
+        if len(lower) != len(text):  # rare case-folding length change: be thorough
+            return pattern.sub(self._replacers["secret_assignment"], text)
+        pieces: list[str] = []
+        last = 0
+        for hit in _ASSIGNMENT_KEYWORDS.finditer(lower):
+            if hit.start() < last:
+                continue
+            m = pattern.match(text, hit.start())
+            if m is None:
+                continue
+            self.counts["secret_assignment"] += 1
+            pieces.append(text[last:m.start("value")])
+            pieces.append("[REDACTED:secret_assignment]")
+            last = m.end()
+        if not pieces:
+            return text
+        pieces.append(text[last:])
+        return "".join(pieces)
 
     @property
     def total(self) -> int:

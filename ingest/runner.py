@@ -30,7 +30,7 @@ import anyio
 from .cursor import FileReader, ReadStats
 from .discover import SourceFile, discover, display_path
 from .redact import Redactor
-from .store import SourceRow, Store
+from .store import Batch, SourceRow, Store
 
 __all__ = ["IngestSummary", "ingest_once", "watch", "Progress"]
 
@@ -157,41 +157,53 @@ async def ingest_once(
     ]
     await store.mark_missing(gone)
 
+    new_rows = await store.add_sources([
+        (source.path, display_path(source.path), source.project_dir, source.layout,
+         source.session_hint, source.agent_id)
+        for source, row, _ in todo if row is None
+    ])
+    jobs = [(source, row or new_rows[os.fsencode(source.path)]) for source, row, _ in todo]
     total = sum(max(st.st_size - (row.offset if row else 0), 0) for _, row, st in todo)
-    done = 0
+    start_bytes = summary.read.bytes
     if progress:
         progress(0, total)
-    for source, row, st in todo:
-        if row is None:
-            row = await store.add_source(
-                source.path, display_path(source.path), source.project_dir, source.layout,
-                source.session_hint, source.agent_id,
-            )
-        reader = FileReader(source, row, redactor, summary.read)
-        before_bytes = summary.read.bytes
-        try:
-            await anyio.to_thread.run_sync(reader.open)
-        except OSError as exc:
-            _note_error(summary, source.path, f"cannot read: {exc.strerror or exc}")
-            continue
-        try:
-            summary.files_read += 1
-            while True:
-                batch = await anyio.to_thread.run_sync(reader.next_batch)
-                if batch is None:
-                    break
+
+    # Reading and parsing (a worker thread) overlap with writing (aiosqlite's
+    # thread): each file's batches still commit in order, each with its cursor.
+    send, receive = anyio.create_memory_object_stream[Batch](max_buffer_size=2)
+
+    async def produce() -> None:
+        async with send:
+            for source, row in jobs:
+                reader = FileReader(source, row, redactor, summary.read)
+                try:
+                    await anyio.to_thread.run_sync(reader.open)
+                except OSError as exc:
+                    _note_error(summary, source.path, f"cannot read: {exc.strerror or exc}")
+                    continue
+                summary.files_read += 1
+                try:
+                    while True:
+                        batch = await anyio.to_thread.run_sync(reader.next_batch)
+                        if batch is None:
+                            break
+                        await send.send(batch)
+                except OSError as exc:
+                    _note_error(summary, source.path, f"read failed: {exc.strerror or exc}")
+                finally:
+                    reader.close()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(produce)
+        async with receive:
+            async for batch in receive:
                 result = await store.write_batch(batch)
                 summary.new_records += result.new_records
                 summary.records_by_kind.update(result.by_kind)
                 if progress:
-                    progress(done + summary.read.bytes - before_bytes, total)
-        except OSError as exc:
-            _note_error(summary, source.path, f"read failed: {exc.strerror or exc}")
-        finally:
-            reader.close()
-        done += max(st.st_size - row.offset, 0)
-        if progress:
-            progress(min(done, total), total)
+                    progress(min(summary.read.bytes - start_bytes, total), total)
+    if progress:
+        progress(total, total)
 
     counts = await store.conn.execute_fetchall(
         "SELECT COUNT(DISTINCT session_id) FROM sources WHERE missing = 0"

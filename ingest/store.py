@@ -198,19 +198,23 @@ class Store:
             for r in rows
         }
 
-    async def add_source(self, path: str, display: str, project_dir: str, layout: str,
-                         session_hint: str | None, agent_id: str | None) -> SourceRow:
-        raw = os.fsencode(path)
+    async def add_sources(self, files: list[tuple[str, str, str, str, str | None, str | None]]
+                          ) -> dict[bytes, SourceRow]:
+        """Register new files (path, display, project_dir, layout, session_hint, agent_id).
+
+        Their cursors start at 0; returns the new rows by raw path.
+        """
+        if not files:
+            return {}
+        rows = [(os.fsencode(f[0]), *f[1:]) for f in files]
         async with self._transaction():
-            await self.conn.execute(
+            await self.conn.executemany(
                 "INSERT OR IGNORE INTO sources (path, display_path, project_dir, layout, "
                 "session_hint, agent_id) VALUES (?, ?, ?, ?, ?, ?)",
-                (raw, display, project_dir, layout, session_hint, agent_id),
+                rows,
             )
-        rows = await self.conn.execute_fetchall(
-            "SELECT id FROM sources WHERE path = ?", (raw,)
-        )
-        return SourceRow(rows[0][0], raw, None, None, 0, 0, 0, 0, 0, None, False, None)
+        wanted = {r[0] for r in rows}
+        return {raw: row for raw, row in (await self.load_sources()).items() if raw in wanted}
 
     async def mark_missing(self, source_ids: list[int], missing: bool = True) -> None:
         """Flag files that are gone (their records stay) or came back."""

@@ -1,0 +1,79 @@
+"""Shared fixtures: the shared real transcripts, a temporary database, the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("DEJA_SHARED", REPO.parent / "shared"))
+SHARED_PROJECTS = SHARED / "transcripts" / "projects"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "shared: needs ../shared/transcripts")
+
+
+@pytest.fixture
+def shared_projects() -> Path:
+    if not SHARED_PROJECTS.is_dir():
+        pytest.fail(f"the shared transcripts are missing: {SHARED_PROJECTS}")
+    return SHARED_PROJECTS
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "deja.db"
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("DEJA_DB", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+@pytest.fixture
+def run_deja(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `deja ARGS...` (as `python -m mcp_server.cli`) in a subprocess; HOME is a temp folder."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+
+    def run(*args: str, check: bool = True, env: dict[str, str] | None = None,
+            timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-c", "import sys; from mcp_server.cli import main; sys.exit(main())",
+             *args],
+            capture_output=True, text=True, timeout=timeout,
+            env=_env({"HOME": str(home), **(env or {})}), cwd=str(REPO), **kw,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"deja {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
+                f"stderr:\n{proc.stderr}"
+            )
+        return proc
+
+    return run
+
+
+@pytest.fixture
+def deja_json(run_deja: Callable[..., subprocess.CompletedProcess[str]]) -> Callable[..., Any]:
+    """Run a deja command that prints one JSON object on stdout, and parse it."""
+
+    def run(*args: str, **kw: Any) -> Any:
+        proc = run_deja(*args, **kw)
+        lines = [line for line in proc.stdout.splitlines() if line.strip()]
+        assert len(lines) == 1, f"expected one JSON line on stdout, got:\n{proc.stdout}"
+        return json.loads(lines[0])
+
+    return run
