@@ -20,14 +20,16 @@ from typing import Any, TextIO
 
 import anyio
 
-from .config import db_path_from
+from .config import db_path_from, default_data_dir
 from .discover import default_roots
 from .errors import DejaError
 from .lease import IngestLock
 from .runner import IngestSummary, ingest_once, watch
 from .store import Store
+from .vectors import pending_count
 
-__all__ = ["add_ingest_arguments", "run_ingest", "main", "ProgressBar", "print_summary"]
+__all__ = ["add_ingest_arguments", "run_ingest", "main", "ProgressBar", "print_summary",
+           "load_configured_embedder", "run_embed"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,45 @@ async def _wait_for_lock(lock: IngestLock, quiet: bool) -> None:
         await anyio.sleep(0.5)
 
 
+def load_configured_embedder(environ: Mapping[str, str]) -> Any:
+    """The embedder the user configured: DEJA_EMBED_MODEL (name or path), DEJA_EMBED_BACKEND.
+
+    Blocking and slow (seconds): call it in a worker thread. Raises
+    ModelUnavailable when the model cannot be loaded.
+    """
+    from .embed import load_embedder
+
+    return load_embedder(
+        environ.get("DEJA_EMBED_MODEL") or None,
+        backend=environ.get("DEJA_EMBED_BACKEND") or "auto",
+        cache_dir=default_data_dir(environ) / "models",
+    )
+
+
+async def run_embed(store: Store, environ: Mapping[str, str], *, quiet: bool,
+                    reembed_all: bool = False) -> dict[str, Any]:
+    """Embed what awaits a vector, with a progress bar; returns the summary fields.
+
+    Raises ModelUnavailable or ModelMismatch.
+    """
+    from .vectors import embed_pending, reembed
+
+    embedder = await anyio.to_thread.run_sync(load_configured_embedder, environ)
+    bar = ProgressBar(sys.stderr, label="embed ") if not quiet else None
+    try:
+        if reembed_all:
+            summary = await reembed(store, embedder, progress=bar)
+        else:
+            summary = await embed_pending(store, embedder, progress=bar)
+    finally:
+        if bar:
+            bar.finish()
+    out = summary.to_dict()
+    out["embedding_model"] = embedder.model_id
+    out["embedding_backend"] = embedder.backend
+    return out
+
+
 async def run_ingest(args: argparse.Namespace, db_path: Path, environ: Mapping[str, str]) -> int:
     """Run the ingest command with parsed `args`; returns the exit code."""
     roots: list[Path] = list(args.root) if args.root else default_roots(environ)
@@ -135,6 +176,7 @@ async def run_ingest(args: argparse.Namespace, db_path: Path, environ: Mapping[s
             sys.stderr.write(f"deja: warning: root {r} is not a folder\n")
     progress = ProgressBar(sys.stderr) if not (args.quiet or args.json) else None
     summary = IngestSummary()
+    extra: dict[str, Any] = {"database": str(db_path)}
     lock = IngestLock(db_path)
     store = await Store.open(db_path)
     try:
@@ -145,9 +187,14 @@ async def run_ingest(args: argparse.Namespace, db_path: Path, environ: Mapping[s
                     f"watching {', '.join(str(r) for r in roots)} (Ctrl-C to stop)\n"
                 )
 
-            def report(s: IngestSummary) -> None:
+            async def report(s: IngestSummary) -> None:
                 if not (args.quiet or args.json) and s.passes > 1 and s.new_records:
                     sys.stderr.write(f"{time.strftime('%H:%M:%S')} records: {s.new_records} in all\n")
+                if not args.no_embed:
+                    try:
+                        extra.update(await run_embed(store, environ, quiet=True))
+                    except DejaError as exc:
+                        extra["embed_error"] = str(exc)
 
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with anyio.create_task_group() as tg:
@@ -160,13 +207,24 @@ async def run_ingest(args: argparse.Namespace, db_path: Path, environ: Mapping[s
                     await watch(store, roots, summary=summary, on_pass=report)
         else:
             await ingest_once(store, roots, summary=summary, progress=progress)
+            if progress:
+                progress.finish()
+            if not args.no_embed:
+                try:
+                    extra.update(await run_embed(store, environ, quiet=args.quiet or args.json))
+                except DejaError as exc:
+                    # Keyword search works without vectors: report, don't fail.
+                    extra["embed_error"] = str(exc)
+                    extra["pending_embeddings"] = await pending_count(store)
+            else:
+                extra["embedded"] = 0
+                extra["pending_embeddings"] = await pending_count(store)
     finally:
         if progress:
             progress.finish()
         lock.release()
         with anyio.CancelScope(shield=True):
             await store.close()
-    extra = {"database": str(db_path)}
     if args.json:
         out = summary.to_dict()
         out.update(extra)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from .errors import SchemaTooNew
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "DEFAULT_EMBED_DIM"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "DEFAULT_EMBED_DIM", "EMBEDDABLE_KINDS", "vec_table_sql"]
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +180,62 @@ def m001_initial(conn: Any) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [m001_initial]
+# Kinds that get vectors. Others (commands, injected meta, system noise,
+# compaction markers, errors) stay keyword-only: FTS covers them.
+EMBEDDABLE_KINDS = (
+    "prompt", "assistant", "thinking", "tool_call", "tool_result", "compact_summary",
+    "summary", "workflow_result", "memory", "attachment",
+)
+
+
+def m002_embedding_queue(conn: Any) -> None:
+    """Pending-embedding state per record, and filterable vec0 metadata.
+
+    `embed_state`: 0 waiting for a vector, 1 embedded, 2 not worth one. A
+    partial index on the waiting rows, by time, lets the embedder take the
+    newest first without scanning the table. vec0 applies metadata filters
+    during KNN, so filtered vector queries are never starved by an outer WHERE.
+    """
+    kinds = ", ".join(f"'{k}'" for k in EMBEDDABLE_KINDS)
+    _run_script(
+        conn,
+        f"""
+        ALTER TABLE records ADD COLUMN embed_state INTEGER NOT NULL DEFAULT 0;
+        UPDATE records SET embed_state = 2 WHERE kind NOT IN ({kinds});
+        CREATE INDEX records_pending ON records(ts) WHERE embed_state = 0;
+        DELETE FROM chunks;
+        DROP TABLE vec_chunks;
+        CREATE VIRTUAL TABLE vec_chunks USING vec0(
+            chunk_id INTEGER PRIMARY KEY,
+            embedding float[{DEFAULT_EMBED_DIM}] distance_metric=cosine,
+            kind text,
+            project_dir text,
+            session_id text,
+            tool_name text,
+            ts text
+        );
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [m001_initial, m002_embedding_queue]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def vec_table_sql(dim: int) -> str:
+    """The vec0 table as the latest migration defines it, for a model of `dim` dimensions.
+
+    `deja reembed` rebuilds it with this when the model changes.
+    """
+    return f"""CREATE VIRTUAL TABLE vec_chunks USING vec0(
+            chunk_id INTEGER PRIMARY KEY,
+            embedding float[{int(dim)}] distance_metric=cosine,
+            kind text,
+            project_dir text,
+            session_id text,
+            tool_name text,
+            ts text
+        )"""
 
 
 def migrate(conn: Any) -> int:

@@ -22,7 +22,7 @@ import aiosqlite
 
 from .db import connect, driver_errors, is_locked_error, make_connector
 from .errors import DatabaseError, DatabaseLocked
-from .migrations import migrate
+from .migrations import EMBEDDABLE_KINDS, migrate
 from .parse import AgentLink, Record, SessionInfo
 
 __all__ = ["Store", "SourceRow", "Cursor", "Batch", "BatchResult", "SessionAgg"]
@@ -102,10 +102,12 @@ class BatchResult:
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
+_EMBEDDABLE = frozenset(EMBEDDABLE_KINDS)
+
 _RECORD_COLUMNS = (
     "source_id", "line_key", "part", "uuid", "parent_uuid", "session_id", "agent_id",
     "kind", "role", "tool_name", "tool_use_id", "is_error", "text", "text_len", "truncated",
-    "ts", "cwd", "git_branch", "model", "is_sidechain", "byte_offset", "meta",
+    "ts", "cwd", "git_branch", "model", "is_sidechain", "byte_offset", "meta", "embed_state",
 )
 _INSERT_RECORD = (
     f"INSERT OR IGNORE INTO records ({', '.join(_RECORD_COLUMNS)}) "
@@ -148,6 +150,7 @@ def _record_row(source_id: int, r: Record) -> tuple[Any, ...]:
         r.text, r.text_len, int(r.truncated), r.ts, r.cwd, r.git_branch, r.model,
         int(r.is_sidechain), r.byte_offset,
         json.dumps(r.meta, ensure_ascii=False, separators=(",", ":")) if r.meta else None,
+        0 if r.kind in _EMBEDDABLE else 2,
     )
 
 
@@ -207,7 +210,7 @@ class Store:
         if not files:
             return {}
         rows = [(os.fsencode(f[0]), *f[1:]) for f in files]
-        async with self._transaction():
+        async with self.transaction():
             await self.conn.executemany(
                 "INSERT OR IGNORE INTO sources (path, display_path, project_dir, layout, "
                 "session_hint, agent_id) VALUES (?, ?, ?, ?, ?, ?)",
@@ -220,7 +223,7 @@ class Store:
         """Flag files that are gone (their records stay) or came back."""
         if not source_ids:
             return
-        async with self._transaction():
+        async with self.transaction():
             await self.conn.executemany(
                 "UPDATE sources SET missing = ? WHERE id = ?",
                 [(int(missing), sid) for sid in source_ids],
@@ -232,7 +235,7 @@ class Store:
         """Commit a batch and its cursor in one transaction (see module docstring)."""
         result = BatchResult()
         conn = self.conn
-        async with self._transaction():
+        async with self.transaction():
             before = (await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM records"))[0][0]
             if batch.records:
                 await conn.executemany(
@@ -302,7 +305,7 @@ class Store:
         return result
 
     async def set_meta(self, key: str, value: str) -> None:
-        async with self._transaction():
+        async with self.transaction():
             await self.conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -337,7 +340,7 @@ class Store:
 
     # -- helpers --------------------------------------------------------------
 
-    def _transaction(self) -> "_Transaction":
+    def transaction(self) -> "_Transaction":
         return _Transaction(self.conn, self.path)
 
 

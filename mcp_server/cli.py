@@ -20,12 +20,13 @@ from typing import Any
 import anyio
 
 from ingest import __version__
-from ingest.cli import add_ingest_arguments, run_ingest
+from ingest.cli import add_ingest_arguments, load_configured_embedder, run_embed, run_ingest
 from ingest.config import db_path_from
 from ingest.errors import DejaError
+from ingest.lease import IngestLock
 from ingest.store import Store
 
-from .search import keyword_search
+from .search import MODES, search
 
 __all__ = ["main", "build_parser"]
 
@@ -55,16 +56,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("search", help="search everything ingested",
-                       description="Keyword search (FTS5, BM25) over prompts, answers, "
-                                   "tool calls and results, summaries. Any text works as a query.")
-    p.add_argument("query", help="words to look for; \"quoted phrases\" and prefix* work")
+                       description="Hybrid search (FTS5 BM25 + vectors, fused) over prompts, "
+                                   "answers, thinking, tool calls and results, summaries. "
+                                   "Any text works as a query.")
+    p.add_argument("query", help="words or a question; \"quoted phrases\" and prefix* work")
     p.add_argument("--json", action="store_true", help="print {\"hits\": [...]} as JSON")
     p.add_argument("--limit", "-n", type=int, default=10, help="number of hits (default 10)")
+    p.add_argument("--mode", choices=MODES, default="hybrid",
+                   help="hybrid (default), keyword (BM25 only, no model) or vector")
     p.add_argument("--kind", action="append", dest="kinds", metavar="KIND",
                    help="only records of this kind (repeatable): prompt, assistant, thinking, "
-                        "tool_call, tool_result, summary, compact_summary, ...")
+                        "tool_call, tool_result, summary, compact_summary, memory, ...")
+    p.add_argument("--tool", help="only calls and results of this tool (e.g. Bash)")
     p.add_argument("--session", help="only this session id")
     p.add_argument("--project", help="a project path or folder name, or 'all' (default)")
+    p.add_argument("--since", help="from this time: 2026-05-01, 7d, 2w, yesterday ...")
+    p.add_argument("--until", help="before this time (same forms as --since)")
+    p.add_argument("--max-tokens", type=int, help="bound the total size of the hits")
+
+    p = sub.add_parser("embed", help="compute the vectors still missing",
+                       description="Embed the records that await a vector, newest first "
+                                   "(after `deja ingest --no-embed`, or to catch up).")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("reembed", help="rebuild every vector with the configured model",
+                       description="Drop all vectors and embed everything again with the model "
+                                   "set by DEJA_EMBED_MODEL (needed after changing it).")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return parser
 
 
@@ -88,24 +108,56 @@ async def _stats(db_path: Path, as_json: bool) -> int:
 
 
 async def _search(db_path: Path, args: argparse.Namespace) -> int:
+    embedder = None
+    embedder_error = None
+    if args.mode != "keyword":
+        try:
+            embedder = await anyio.to_thread.run_sync(load_configured_embedder, os.environ)
+        except DejaError as exc:
+            embedder_error = str(exc)
     store = await Store.open(db_path)
     try:
-        result = await keyword_search(
-            store.conn, args.query, limit=args.limit, kinds=args.kinds,
-            session_id=args.session, project=args.project,
+        result = await search(
+            store.conn, args.query, embedder=embedder, embedder_error=embedder_error,
+            mode=args.mode, limit=args.limit, kinds=args.kinds, session_id=args.session,
+            project=args.project, tool=args.tool, since=args.since, until=args.until,
+            max_tokens=args.max_tokens,
         )
     finally:
         await store.close()
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return 0
+    for note in result.notes:
+        sys.stderr.write(f"note: {note}\n")
     if not result.hits:
         print("no hits")
         return 0
     for h in result.hits:
         print(f"{h.timestamp or '?'}  {h.kind}{' ' + h.tool_name if h.tool_name else ''}  "
-              f"{h.project or ''}  session {h.session_id}  uuid {h.uuid}")
-        print("    " + " ".join(h.snippet.split()))
+              f"{h.project or ''}  session {h.session_id}  {h.handle}")
+        print("    " + h.snippet)
+    return 0
+
+
+async def _embed(db_path: Path, args: argparse.Namespace, reembed_all: bool) -> int:
+    store = await Store.open(db_path)
+    lock = IngestLock(db_path)
+    try:
+        if not lock.acquire():
+            raise DejaError(f"another deja process (pid {lock.holder_pid()}) is ingesting and "
+                            "embedding this database; it will embed what is pending")
+        out = await run_embed(store, os.environ, quiet=args.quiet or args.json,
+                              reembed_all=reembed_all)
+    finally:
+        lock.release()
+        await store.close()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"embedded {out['embedded']} records ({out['chunks']} chunks) with "
+              f"{out['embedding_model']} ({out['embedding_backend']}) in {out['embed_seconds']} s; "
+              f"{out['pending_embeddings']} pending")
     return 0
 
 
@@ -127,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(_stats, db_path, args.json)
         if args.command == "search":
             return anyio.run(_search, db_path, args)
+        if args.command in ("embed", "reembed"):
+            return anyio.run(_embed, db_path, args, args.command == "reembed")
     except DejaError as exc:
         sys.stderr.write(f"deja: {exc}\n")
         return 1

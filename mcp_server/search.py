@@ -1,29 +1,54 @@
-"""Searching what was ingested.
+"""One search engine for the CLI and the MCP tools: BM25 + vectors, fused.
 
-Keyword search runs on FTS5 with BM25. User text is never passed to MATCH as
-is: it is split into words and phrases, each quoted (an embedded `"` doubled),
-so `foo-bar`, `a.b()`, `"`, `*`, `NEAR`, `AND` or parentheses are searched as
-text and never raise a syntax error. A trailing `*` on a word is kept as a
-prefix query, since people type it on purpose. All words are required first
-(AND); if that finds fewer hits than asked for, the rest are filled from an OR
-of the non-stopwords, still ranked by BM25.
+Rankers
+- keyword: FTS5 BM25 over records. User text is never passed to MATCH as is:
+  it is split into words and phrases, each quoted (an embedded `"` doubled),
+  so `foo-bar`, `a.b()`, `"`, `*`, `NEAR`, `AND` or parentheses are searched
+  as text and never raise. A trailing `*` on a word is kept as a prefix query.
+  All words are required first (AND); if that finds too few, an OR of the
+  non-stopwords fills the list, still ranked by BM25.
+- vector: sqlite-vec KNN over chunk embeddings; a record scores as its best
+  chunk. Filters are vec0 metadata columns, applied during the KNN, so a
+  filtered query is never starved by an outer WHERE.
+- hybrid: both candidate lists fused by a weighted sum of rank-based scores
+  (weighted reciprocal rank, FUSION_K and the weights tuned on the LoCoMo dev
+  split and our real-transcript questions; DESIGN.md: equal-weight RRF with
+  k=60 hurts the top ranks). Each hit carries every ranker's rank and score.
+
+When the model cannot load or no vectors exist yet, hybrid answers from
+keyword search alone and says so in `notes` / `vector_status`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass
-from typing import Any
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
 from ingest.db import fts_text
 from ingest.errors import InvalidQuery
+from ingest.parse import KINDS
 
-__all__ = ["Hit", "SearchResult", "build_fts_queries", "keyword_search"]
+if TYPE_CHECKING:
+    from ingest.embed import Embedder
+
+__all__ = [
+    "Hit", "SearchResult", "SearchFilters", "build_fts_queries", "keyword_search", "search",
+    "parse_time", "MODES", "FUSION",
+]
 
 logger = logging.getLogger(__name__)
+
+MODES = ("hybrid", "keyword", "vector")
+
+# Tuned on the LoCoMo dev split (bench/locomo.py) and bench/questions.json.
+FUSION: dict[str, float] = {"k": 10.0, "keyword": 1.0, "vector": 1.0, "candidates": 50}
 
 # A quoted phrase, or a run of word characters joined by . - _ / : (foo-bar,
 # a.b, path/to/x), optionally followed by * (prefix).
@@ -33,8 +58,9 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 _STOPWORDS = frozenset(
     """a an and are as at be but by did do does for from had has have how i if in into is it
     its me my of on or our so that the their them then there these they this to was we were
-    what when where which who why will with would you your can could should about after
-    before did does done get got""".split()
+    what when where which who whom why will with would you your can could should about after
+    before done get got his her he she him any all been being very just also than too
+    """.split()
 )
 
 
@@ -62,8 +88,157 @@ def build_fts_queries(query: str) -> tuple[str | None, str | None]:
     unique = list(dict.fromkeys(t for t, _ in terms))
     and_query = " ".join(unique)
     content = list(dict.fromkeys(t for t, stop in terms if not stop)) or unique
-    or_query = " OR ".join(content) if len(content) > 1 or len(unique) > 1 else None
+    or_query = " OR ".join(content) if len(unique) > 1 else None
     return and_query, or_query
+
+
+def query_words(query: str) -> list[str]:
+    """The non-stopword words of a query, lowercased, for highlighting snippets."""
+    return [w for w in dict.fromkeys(w.lower() for w in _WORD.findall(query))
+            if w not in _STOPWORDS]
+
+
+# -- time filters ------------------------------------------------------------
+
+_RELATIVE = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|h|hr|hours?|d|days?|w|wk|weeks?|mo|months?|y|years?)\s*(ago)?\s*$", re.I)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400, "y": 365 * 86400}
+
+
+def _unit(u: str) -> str:
+    u = u.lower()
+    if u.startswith("mo"):
+        return "mo"
+    if u in ("m", "min"):
+        return "m"
+    return u[0]
+
+
+def parse_time(value: str, now: datetime | None = None) -> str:
+    """An ISO-8601 UTC bound ('2026-05-01T00:00:00.000Z') from what a person types.
+
+    Accepts ISO dates and datetimes, `7d`, `2w`, `3h`, `30min`, `6mo`, `1y`
+    (optionally followed by "ago"), `today`, `yesterday`, `now`.
+    Raises InvalidQuery with the accepted forms.
+    """
+    now = now or datetime.now(timezone.utc)
+    text = value.strip().lower()
+    when: datetime | None = None
+    if text == "now":
+        when = now
+    elif text == "today":
+        when = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    elif text == "yesterday":
+        when = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    elif (m := _RELATIVE.match(text)) is not None:
+        when = now - timedelta(seconds=int(m.group(1)) * _UNIT_SECONDS[_unit(m.group(2))])
+    else:
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidQuery(
+                f"cannot read the time {value!r}: use an ISO date (2026-05-01), a datetime "
+                "(2026-05-01T14:00), a relative form (7d, 2w, 3h, 6mo) or today/yesterday"
+            ) from None
+        when = parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + \
+        f"{when.astimezone(timezone.utc).microsecond // 1000:03d}Z"
+
+
+# -- filters -------------------------------------------------------------------
+
+
+@dataclass
+class SearchFilters:
+    """Resolved filters shared by both rankers."""
+
+    kinds: list[str] | None = None
+    session_id: str | None = None
+    project_dirs: list[str] | None = None  # None: every project
+    tool: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def sql(self) -> tuple[str, list[Any]]:
+        """AND-clauses over `records r` (joined to `sources src`)."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.kinds:
+            clauses.append(f"r.kind IN ({', '.join('?' for _ in self.kinds)})")
+            params.extend(self.kinds)
+        if self.session_id:
+            clauses.append("r.session_id = ?")
+            params.append(self.session_id)
+        if self.project_dirs is not None:
+            clauses.append(f"src.project_dir IN ({', '.join('?' for _ in self.project_dirs)})")
+            params.extend(self.project_dirs)
+        if self.tool:
+            clauses.append("r.tool_name = ?")
+            params.append(self.tool)
+        if self.since:
+            clauses.append("r.ts >= ?")
+            params.append(self.since)
+        if self.until:
+            clauses.append("r.ts < ?")
+            params.append(self.until)
+        return "".join(" AND " + c for c in clauses), params
+
+    def vec_sql(self) -> tuple[str, list[Any]]:
+        """The same filters as vec0 metadata constraints (applied during KNN)."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.kinds:
+            clauses.append(f"kind IN ({', '.join('?' for _ in self.kinds)})")
+            params.extend(self.kinds)
+        if self.session_id:
+            clauses.append("session_id = ?")
+            params.append(self.session_id)
+        if self.project_dirs is not None:
+            clauses.append(f"project_dir IN ({', '.join('?' for _ in self.project_dirs)})")
+            params.extend(self.project_dirs)
+        if self.tool:
+            clauses.append("tool_name = ?")
+            params.append(self.tool)
+        if self.since:
+            clauses.append("ts >= ?")
+            params.append(self.since)
+        if self.until:
+            clauses.append("ts < ?")
+            params.append(self.until)
+        return "".join(" AND " + c for c in clauses), params
+
+
+def claude_project_dir(path: str) -> str:
+    """Claude Code's folder name for a project path (every non-alphanumeric becomes '-')."""
+    return re.sub(r"[^A-Za-z0-9]", "-", path)
+
+
+async def resolve_project(conn: aiosqlite.Connection, project: str | None) -> list[str] | None:
+    """The project folders a `project` argument means: None for all projects.
+
+    A path matches sessions whose cwd is that path or inside it (so a repo
+    root covers its subfolders), and the folder Claude Code names after it; a
+    bare name matches a project folder exactly. Unknown projects give [] (no
+    hits), not an error: the history may simply not have it yet.
+    """
+    if project is None or project.strip().lower() in ("", "all", "*"):
+        return None
+    p = project.strip().rstrip("/") or "/"
+    like = p.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+    rows = await conn.execute_fetchall(
+        "SELECT DISTINCT project_dir FROM sessions WHERE project_dir IS NOT NULL AND "
+        "(project_dir = ? OR project_dir = ? OR cwd = ? OR cwd LIKE ? ESCAPE '\\')",
+        (p, claude_project_dir(p), p, like),
+    )
+    dirs = {r[0] for r in rows}
+    rows = await conn.execute_fetchall(
+        "SELECT DISTINCT project_dir FROM sources WHERE project_dir = ? OR project_dir = ?",
+        (p, claude_project_dir(p)),
+    )
+    dirs.update(r[0] for r in rows)
+    return sorted(dirs)
+
+
+# -- results -------------------------------------------------------------------
 
 
 @dataclass
@@ -78,10 +253,20 @@ class Hit:
     tool_name: str | None
     agent_id: str | None
     score: float
-    ranker: str
+    scores: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def handle(self) -> str:
+        """A stable reference to expand the turns around this hit (`deja show`)."""
+        return f"rec:{self.id}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "uuid": self.uuid, "session_id": self.session_id, "project": self.project,
+            "kind": self.kind, "timestamp": self.timestamp, "snippet": self.snippet,
+            "tool_name": self.tool_name, "agent_id": self.agent_id, "handle": self.handle,
+            "record_id": self.id, "score": round(self.score, 6), "scores": self.scores,
+        }
 
 
 @dataclass
@@ -89,76 +274,284 @@ class SearchResult:
     hits: list[Hit]
     query: str
     mode: str
+    vector_status: str = "not used"
+    notes: list[str] = field(default_factory=list)
+    pending_embeddings: int = 0
+    elapsed_ms: float = 0.0
+    truncated_by_budget: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "mode": self.mode, "hits": [h.to_dict() for h in self.hits]}
+        return {
+            "query": self.query, "mode": self.mode, "hits": [h.to_dict() for h in self.hits],
+            "vector_status": self.vector_status, "pending_embeddings": self.pending_embeddings,
+            "notes": self.notes, "truncated_by_budget": self.truncated_by_budget,
+            "elapsed_ms": round(self.elapsed_ms, 1),
+        }
 
 
-_SELECT = """
-SELECT r.id, r.uuid, r.session_id, COALESCE(s.cwd, r.cwd, s.project_dir), r.kind, r.ts,
-       snippet(records_fts, 0, '[', ']', '…', 24), r.tool_name, r.agent_id,
-       bm25(records_fts), r.line_key, r.part
+# -- rankers -----------------------------------------------------------------------
+
+_KEYWORD_SQL = """
+SELECT r.id, bm25(records_fts)
 FROM records_fts
 JOIN records r ON r.id = records_fts.rowid
-LEFT JOIN sessions s ON s.session_id = r.session_id
+LEFT JOIN sources src ON src.id = r.source_id
 WHERE records_fts MATCH ? {filters}
 ORDER BY bm25(records_fts)
 LIMIT ?
 """
 
 
-async def keyword_search(
+async def _keyword_ranks(conn: aiosqlite.Connection, query: str, filters: SearchFilters,
+                         n: int) -> list[tuple[int, float]]:
+    """(record id, bm25 score, higher is better), best first."""
+    and_q, or_q = build_fts_queries(query)
+    if and_q is None:
+        return []
+    where, params = filters.sql()
+    sql = _KEYWORD_SQL.format(filters=where)
+    out: list[tuple[int, float]] = []
+    seen: set[int] = set()
+    for fts_query in (and_q, or_q):
+        if fts_query is None or len(out) >= n:
+            continue
+        for rid, score in await conn.execute_fetchall(sql, (fts_query, *params, n)):
+            if rid not in seen:
+                seen.add(rid)
+                out.append((rid, -float(score)))
+    return out[:n]
+
+
+async def _vector_ranks(conn: aiosqlite.Connection, qvec: bytes, filters: SearchFilters,
+                        n: int) -> list[tuple[int, float, int]]:
+    """(record id, cosine similarity, best chunk id), best first."""
+    where, params = filters.vec_sql()
+    if filters.project_dirs == []:
+        return []
+    k = min(4096, max(n * 3, 30))  # several chunks may belong to one record
+    # The KNN stands alone: vec0 applies the metadata constraints during the
+    # search, which a join or an outer WHERE would not guarantee.
+    knn = await conn.execute_fetchall(
+        f"SELECT chunk_id, distance FROM vec_chunks WHERE embedding MATCH ? AND k = ? {where}",
+        (qvec, k, *params),
+    )
+    if not knn:
+        return []
+    distance = {cid: d for cid, d in knn}
+    owners = await conn.execute_fetchall(
+        f"SELECT id, record_id FROM chunks WHERE id IN ({', '.join('?' for _ in distance)})",
+        list(distance),
+    )
+    rows = [(cid, distance[cid], rid) for cid, rid in owners]
+    best: dict[int, tuple[float, int]] = {}
+    for chunk_id, distance, record_id in rows:
+        sim = 1.0 - float(distance)
+        if record_id not in best or sim > best[record_id][0]:
+            best[record_id] = (sim, chunk_id)
+    ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:n]
+    return [(rid, sim, cid) for rid, (sim, cid) in ranked]
+
+
+def fuse(keyword: Sequence[tuple[int, float]], vector: Sequence[tuple[int, float, int]],
+         *, k: float, w_keyword: float, w_vector: float) -> list[tuple[int, float]]:
+    """Weighted reciprocal-rank fusion: score = sum of w / (k + rank)."""
+    scores: dict[int, float] = {}
+    for rank, (rid, _score) in enumerate(keyword, 1):
+        scores[rid] = scores.get(rid, 0.0) + w_keyword / (k + rank)
+    for rank, (rid, _sim, _cid) in enumerate(vector, 1):
+        scores[rid] = scores.get(rid, 0.0) + w_vector / (k + rank)
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+# -- snippets ------------------------------------------------------------------------
+
+SNIPPET_CHARS = 240
+
+
+def make_snippet(text: str, words: Sequence[str], around: int | None = None,
+                 width: int = SNIPPET_CHARS) -> str:
+    """A window of `text` around the first query word (or `around`), words in [brackets]."""
+    lower = text.lower()
+    center = around
+    if words:
+        positions = [p for p in (lower.find(w) for w in words) if p >= 0]
+        if positions:
+            center = min(positions)
+    if center is None:
+        center = 0
+    start = max(0, center - width // 3)
+    end = min(len(text), start + width)
+    piece = text[start:end]
+    if words:
+        pattern = re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)),
+                             re.IGNORECASE)
+        piece = pattern.sub(lambda m: f"[{m.group(0)}]", piece)
+    piece = " ".join(piece.split())
+    return ("…" if start > 0 else "") + piece + ("…" if end < len(text) else "")
+
+
+# -- the engine ------------------------------------------------------------------------
+
+
+async def search(
     conn: aiosqlite.Connection,
     query: str,
     *,
+    embedder: "Embedder | None" = None,
+    embedder_error: str | None = None,
+    mode: str = "hybrid",
     limit: int = 10,
-    kinds: list[str] | None = None,
+    kinds: Sequence[str] | None = None,
     session_id: str | None = None,
     project: str | None = None,
+    tool: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    max_tokens: int | None = None,
+    now: datetime | None = None,
+    fusion: dict[str, float] | None = None,
 ) -> SearchResult:
-    """BM25 keyword search; see the module docstring. Raises InvalidQuery."""
-    if limit < 1 or limit > 1000:
-        raise InvalidQuery("limit must be between 1 and 1000")
-    and_q, or_q = build_fts_queries(query)
-    if and_q is None:
-        return SearchResult(hits=[], query=query, mode="keyword")
-    filters, params = _filters(kinds, session_id, project)
-    sql = _SELECT.format(filters=filters)
+    """Search the history; see the module docstring.
+
+    `embedder` embeds the query (None: keyword only, with `embedder_error`
+    saying why). `max_tokens` bounds the snippets' total size (~4 characters
+    a token). Raises InvalidQuery for bad arguments.
+    """
+    started = time.perf_counter()
+    if mode not in MODES:
+        raise InvalidQuery(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if not isinstance(limit, int) or limit < 1 or limit > 200:
+        raise InvalidQuery("limit must be between 1 and 200")
+    if max_tokens is not None and max_tokens < 50:
+        raise InvalidQuery("max_tokens must be at least 50")
+    if kinds:
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown:
+            raise InvalidQuery(f"unknown kind {unknown[0]!r}; kinds are: {', '.join(KINDS)}")
+    params = {**FUSION, **(fusion or {})}
+    filters = SearchFilters(
+        kinds=list(kinds) if kinds else None,
+        session_id=session_id or None,
+        project_dirs=await resolve_project(conn, project),
+        tool=tool or None,
+        since=parse_time(since, now) if since else None,
+        until=parse_time(until, now) if until else None,
+    )
+    result = SearchResult(hits=[], query=query, mode=mode)
+    pending = await conn.execute_fetchall("SELECT COUNT(*) FROM records WHERE embed_state = 0")
+    result.pending_embeddings = int(pending[0][0])
+    n_candidates = max(int(params["candidates"]), limit * 2)
+
+    keyword: list[tuple[int, float]] = []
+    vector: list[tuple[int, float, int]] = []
+    if mode in ("hybrid", "keyword"):
+        keyword = await _keyword_ranks(conn, query, filters, n_candidates)
+    if mode in ("hybrid", "vector"):
+        vector, status = await _vector_search(conn, query, embedder, embedder_error, filters,
+                                              n_candidates)
+        result.vector_status = status
+        if status != "ok":
+            result.notes.append(f"vector search unavailable ({status}): keyword results only")
+            if mode == "vector":
+                keyword = await _keyword_ranks(conn, query, filters, n_candidates)
+        elif result.pending_embeddings:
+            result.notes.append(
+                f"{result.pending_embeddings} records still await embedding; they are found "
+                "by keyword only for now"
+            )
+
+    if mode == "keyword" or not vector:
+        order = [(rid, score) for rid, score in keyword]
+    elif mode == "vector":
+        order = [(rid, sim) for rid, sim, _ in vector]
+    else:
+        order = fuse(keyword, vector, k=params["k"], w_keyword=params["keyword"],
+                     w_vector=params["vector"])
+
+    kw_rank = {rid: (i + 1, s) for i, (rid, s) in enumerate(keyword)}
+    vec_rank = {rid: (i + 1, s, c) for i, (rid, s, c) in enumerate(vector)}
+    result.hits = await _materialize(conn, query, order, kw_rank, vec_rank, limit, max_tokens,
+                                     result)
+    result.elapsed_ms = (time.perf_counter() - started) * 1000
+    return result
+
+
+async def _vector_search(conn: aiosqlite.Connection, query: str, embedder: "Embedder | None",
+                         embedder_error: str | None, filters: SearchFilters,
+                         n: int) -> tuple[list[tuple[int, float, int]], str]:
+    if embedder is None:
+        return [], embedder_error or "no embedding model loaded"
+    model = await conn.execute_fetchall("SELECT model_id, dim FROM embedding_model")
+    if not model:
+        return [], "no vectors yet (run `deja embed`)"
+    if (model[0][0], int(model[0][1])) != (embedder.model_id, embedder.dim):
+        return [], (f"the database holds vectors of {model[0][0]}, not {embedder.model_id}; "
+                    "run `deja reembed`")
+    import anyio
+
+    qvec = await anyio.to_thread.run_sync(lambda: embedder.embed([query])[0].tobytes())
+    return await _vector_ranks(conn, qvec, filters, n), "ok"
+
+
+async def _materialize(conn: aiosqlite.Connection, query: str, order: list[tuple[int, float]],
+                       kw_rank: dict[int, tuple[int, float]],
+                       vec_rank: dict[int, tuple[int, float, int]], limit: int,
+                       max_tokens: int | None, result: SearchResult) -> list[Hit]:
+    """Rows for the ranked ids, deduplicated (a /btw replay shows a line twice), snippets, budget."""
+    if not order:
+        return []
+    ids = [rid for rid, _ in order[: limit * 3 + 10]]
+    rows = await conn.execute_fetchall(
+        f"SELECT r.id, r.uuid, r.session_id, COALESCE(s.cwd, r.cwd, s.project_dir), r.kind, r.ts, "
+        f"r.text, r.tool_name, r.agent_id, r.part FROM records r "
+        f"LEFT JOIN sessions s ON s.session_id = r.session_id "
+        f"WHERE r.id IN ({', '.join('?' for _ in ids)})",
+        ids,
+    )
+    by_id = {row[0]: row for row in rows}
+    chunk_ids = [vec_rank[rid][2] for rid in ids if rid in vec_rank]
+    spans: dict[int, int] = {}
+    if chunk_ids:
+        for cid, start in await conn.execute_fetchall(
+            f"SELECT id, char_start FROM chunks WHERE id IN ({', '.join('?' for _ in chunk_ids)})",
+            chunk_ids,
+        ):
+            spans[cid] = start
+    words = query_words(query)
     hits: list[Hit] = []
     seen: set[tuple[Any, ...]] = set()
-    for fts_query in (and_q, or_q):
-        if fts_query is None or len(hits) >= limit:
+    used_tokens = 0
+    for rid, score in order:
+        row = by_id.get(rid)
+        if row is None:
             continue
-        # Over-fetch: the same line replayed in two files (a /btw side
-        # question) is shown once.
-        rows = await conn.execute_fetchall(sql, (fts_query, *params, limit * 2 + 10))
-        for row in rows:
-            key = (row[1] or row[0], row[11], row[6])
-            if row[0] in {h.id for h in hits} or key in seen:
-                continue
-            seen.add(key)
-            hits.append(Hit(
-                id=row[0], uuid=row[1], session_id=row[2], project=row[3], kind=row[4],
-                timestamp=row[5], snippet=row[6], tool_name=row[7], agent_id=row[8],
-                score=round(-float(row[9]), 4), ranker="bm25",
-            ))
-            if len(hits) >= limit:
-                break
-    return SearchResult(hits=hits, query=query, mode="keyword")
+        key = (row[1] or row[0], row[9], row[6][:200])
+        if key in seen:
+            continue
+        seen.add(key)
+        around = spans.get(vec_rank[rid][2]) if rid in vec_rank else None
+        snippet = make_snippet(row[6], words, around)
+        cost = len(snippet) // 4 + 30  # the snippet and the hit's fields
+        if max_tokens is not None and used_tokens + cost > max_tokens and hits:
+            result.truncated_by_budget = True
+            break
+        used_tokens += cost
+        scores: dict[str, Any] = {}
+        if rid in kw_rank:
+            scores["bm25_rank"], scores["bm25"] = kw_rank[rid][0], round(kw_rank[rid][1], 4)
+        if rid in vec_rank:
+            scores["vector_rank"], scores["cosine"] = vec_rank[rid][0], round(vec_rank[rid][1], 4)
+        hits.append(Hit(
+            id=row[0], uuid=row[1], session_id=row[2], project=row[3], kind=row[4],
+            timestamp=row[5], snippet=snippet, tool_name=row[7], agent_id=row[8],
+            score=float(score), scores=scores,
+        ))
+        if len(hits) >= limit:
+            break
+    return hits
 
 
-def _filters(kinds: list[str] | None, session_id: str | None,
-             project: str | None) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if kinds:
-        clauses.append(f"r.kind IN ({', '.join('?' for _ in kinds)})")
-        params.extend(kinds)
-    if session_id:
-        clauses.append("r.session_id = ?")
-        params.append(session_id)
-    if project and project != "all":
-        clauses.append("(s.project_dir = ? OR s.cwd = ? OR r.cwd = ? OR s.cwd LIKE ? ESCAPE '\\')")
-        like = project.rstrip("/").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
-        params.extend([project, project.rstrip("/"), project.rstrip("/"), like])
-    return "".join(" AND " + c for c in clauses), params
+async def keyword_search(conn: aiosqlite.Connection, query: str, *, limit: int = 10,
+                         **filters: Any) -> SearchResult:
+    """BM25 only; the same as `search(..., mode="keyword")`."""
+    return await search(conn, query, mode="keyword", limit=limit, **filters)

@@ -1,0 +1,226 @@
+"""Filling the vector side of the database: chunks and their embeddings.
+
+Records wait with `embed_state = 0` (set at insert for the kinds worth a
+vector). `embed_pending()` takes them newest first, splits each into windows
+the model can read (MiniLM stops at 256 word pieces), embeds the windows in a
+worker thread so the event loop never blocks, and writes chunks, vectors and
+the records' new state in ONE transaction per batch: a crash mid-embedding
+loses at most the batch in flight, which stays pending.
+
+What deserves a vector: prompts, answers, thinking, summaries, memories get up
+to MAX_WINDOWS windows; a tool call or result only its first window (a long
+log rarely matches a question by meaning, and FTS still covers every word).
+
+One model per database: its identity and dimension are recorded on first use;
+another model is refused (ModelMismatch) until `reembed()` rebuilds the vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .errors import ModelMismatch
+from .migrations import vec_table_sql
+from .store import Store
+
+if TYPE_CHECKING:
+    from .embed import Embedder
+
+__all__ = ["EmbedSummary", "embed_pending", "pending_count", "ensure_model", "reembed",
+           "stored_model", "windows_for"]
+
+logger = logging.getLogger(__name__)
+
+MAX_WINDOWS = 12
+FIRST_WINDOW_ONLY = {"tool_call", "tool_result", "attachment"}
+# Characters handed to the tokenizer: enough for MAX_WINDOWS windows of ~1,000.
+MAX_CHARS = 14_000
+FIRST_WINDOW_CHARS = 2_000
+
+
+@dataclass
+class EmbedSummary:
+    embedded_records: int = 0
+    chunks: int = 0
+    pending: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"embedded": self.embedded_records, "chunks": self.chunks,
+                "pending_embeddings": self.pending, "embed_seconds": round(self.seconds, 2)}
+
+
+async def pending_count(store: Store) -> int:
+    rows = await store.conn.execute_fetchall(
+        "SELECT COUNT(*) FROM records WHERE embed_state = 0"
+    )
+    return int(rows[0][0])
+
+
+async def stored_model(store: Store) -> tuple[str, int] | None:
+    rows = await store.conn.execute_fetchall("SELECT model_id, dim FROM embedding_model")
+    return (rows[0][0], int(rows[0][1])) if rows else None
+
+
+async def ensure_model(store: Store, model_id: str, dim: int) -> None:
+    """Record the model on first use; refuse another one.
+
+    Raises ModelMismatch naming both models and the way out (`deja reembed`).
+    """
+    current = await stored_model(store)
+    if current is not None:
+        if current != (model_id, dim):
+            raise ModelMismatch(
+                f"the database holds vectors of {current[0]} ({current[1]} dims), not of the "
+                f"configured model {model_id} ({dim} dims); run `deja reembed` to rebuild them "
+                f"with the new model, or set DEJA_EMBED_MODEL back"
+            )
+        return
+    async with store.transaction():
+        rows = await store.conn.execute_fetchall("SELECT model_id, dim FROM embedding_model")
+        if rows:
+            if (rows[0][0], int(rows[0][1])) != (model_id, dim):
+                raise ModelMismatch(f"another process registered model {rows[0][0]} meanwhile")
+            return
+        await _rebuild_vec_table(store, dim)
+        await store.conn.execute(
+            "INSERT INTO embedding_model (id, model_id, dim, created_at) "
+            "VALUES (1, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            (model_id, dim),
+        )
+
+
+async def _rebuild_vec_table(store: Store, dim: int) -> None:
+    """Inside a transaction: an empty vec table of the right dimension, no chunks."""
+    await store.conn.execute("DELETE FROM chunks")
+    await store.conn.execute("DROP TABLE IF EXISTS vec_chunks")
+    await store.conn.execute(vec_table_sql(dim))
+
+
+async def reembed(store: Store, embedder: "Embedder",
+                  progress: Callable[[int, int], None] | None = None) -> EmbedSummary:
+    """Drop every vector, record the embedder's model, and embed everything again."""
+    async with store.transaction():
+        await _rebuild_vec_table(store, embedder.dim)
+        await store.conn.execute("DELETE FROM embedding_model")
+        await store.conn.execute(
+            "INSERT INTO embedding_model (id, model_id, dim, created_at) "
+            "VALUES (1, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            (embedder.model_id, embedder.dim),
+        )
+        await store.conn.execute("UPDATE records SET embed_state = 0 WHERE embed_state = 1")
+    return await embed_pending(store, embedder, progress=progress)
+
+
+def windows_for(embedder: "Embedder", kind: str, text: str) -> list[tuple[int, int, str]]:
+    """(char_start, char_end, window text) for the parts of a record that get vectors."""
+    first_only = kind in FIRST_WINDOW_ONLY
+    head = text[: FIRST_WINDOW_CHARS if first_only else MAX_CHARS]
+    pieces = embedder.split_windows(head)
+    if first_only:
+        pieces = pieces[:1]
+    else:
+        pieces = pieces[:MAX_WINDOWS]
+    out: list[tuple[int, int, str]] = []
+    cursor = 0
+    for piece in pieces:
+        if not piece.strip():
+            continue
+        # Windows are substrings of the text: locate them for snippets.
+        start = head.find(piece[:64], cursor)
+        if start < 0:
+            start = cursor
+        end = min(start + len(piece), len(head))
+        out.append((start, end, piece))
+        cursor = start + 1
+    return out
+
+
+def _embed_batch(embedder: "Embedder", rows: Sequence[Any]
+                 ) -> tuple[list[tuple[int, int, int, int]], list[Any], list[bytes]]:
+    """Blocking (worker thread): windows and vectors for a batch of records."""
+    chunks: list[tuple[int, int, int, int]] = []  # (row index, seq, start, end)
+    texts: list[str] = []
+    for i, row in enumerate(rows):
+        for seq, (start, end, piece) in enumerate(windows_for(embedder, row[1], row[2])):
+            chunks.append((i, seq, start, end))
+            texts.append(piece)
+    vectors = embedder.embed(texts) if texts else []
+    return chunks, rows, [v.tobytes() for v in vectors]
+
+
+async def embed_pending(
+    store: Store,
+    embedder: "Embedder",
+    *,
+    batch_records: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> EmbedSummary:
+    """Embed every waiting record, newest first; see the module docstring.
+
+    Raises ModelMismatch if the database belongs to another model.
+    """
+    await ensure_model(store, embedder.model_id, embedder.dim)
+    summary = EmbedSummary()
+    started = time.perf_counter()
+    total = await pending_count(store)
+    done = 0
+    if progress:
+        progress(0, total)
+    conn = store.conn
+    while not (should_stop and should_stop()):
+        rows = await conn.execute_fetchall(
+            "SELECT r.id, r.kind, r.text, r.session_id, r.tool_name, r.ts, s.project_dir "
+            "FROM records r LEFT JOIN sources s ON s.id = r.source_id "
+            "WHERE r.embed_state = 0 ORDER BY r.ts DESC LIMIT ?",
+            (batch_records,),
+        )
+        if not rows:
+            break
+        chunks, rows, blobs = await anyio.to_thread.run_sync(_embed_batch, embedder, list(rows))
+        async with store.transaction():
+            # Re-check under the write lock: another process may have embedded
+            # some of these meanwhile (a reembed, or a second embedder).
+            ids = [row[0] for row in rows]
+            still = {r[0] for r in await conn.execute_fetchall(
+                f"SELECT id FROM records WHERE embed_state = 0 AND id IN "
+                f"({', '.join('?' for _ in ids)})", ids)}
+            first = (await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM chunks"))[0][0]
+            chunk_rows = []
+            vec_rows = []
+            for n, ((i, seq, start, end), blob) in enumerate(zip(chunks, blobs)):
+                row = rows[i]
+                if row[0] not in still:
+                    continue
+                chunk_id = first + n + 1
+                chunk_rows.append((chunk_id, row[0], seq, start, end))
+                # vec0 metadata columns take no NULLs: '' stands for unknown.
+                vec_rows.append((chunk_id, blob, row[1], row[6] or "", row[3] or "",
+                                 row[4] or "", row[5] or ""))
+            await conn.executemany(
+                "INSERT INTO chunks (id, record_id, seq, char_start, char_end) VALUES (?, ?, ?, ?, ?)",
+                chunk_rows,
+            )
+            await conn.executemany(
+                "INSERT INTO vec_chunks (chunk_id, embedding, kind, project_dir, session_id, "
+                "tool_name, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                vec_rows,
+            )
+            await conn.executemany(
+                "UPDATE records SET embed_state = 1 WHERE id = ?", [(i,) for i in still]
+            )
+        summary.embedded_records += len(still)
+        summary.chunks += len(chunk_rows)
+        done += len(rows)
+        if progress:
+            progress(min(done, total), total)
+    summary.pending = await pending_count(store)
+    summary.seconds = time.perf_counter() - started
+    return summary
