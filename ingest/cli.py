@@ -42,7 +42,8 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("--no-embed", action="store_true",
-                        help="only keyword-index; vectors can be computed later")
+                        help="only keyword-index; `deja embed` (or the server) adds vectors "
+                             "later. DEJA_EMBED=0 in the environment does the same.")
     parser.add_argument("--watch", action="store_true",
                         help="keep running and ingest transcripts as they grow, until interrupted")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -169,6 +170,8 @@ async def run_embed(store: Store, environ: Mapping[str, str], *, quiet: bool,
 
 async def run_ingest(args: argparse.Namespace, db_path: Path, environ: Mapping[str, str]) -> int:
     """Run the ingest command with parsed `args`; returns the exit code."""
+    if environ.get("DEJA_EMBED", "").strip().lower() in ("0", "no", "false", "off"):
+        args.no_embed = True
     roots: list[Path] = list(args.root) if args.root else default_roots(environ)
     missing_roots = [r for r in roots if not r.is_dir()]
     if args.root and missing_roots:

@@ -126,6 +126,10 @@ def discover(roots: Iterable[Path]) -> Discovery:
                     continue
                 rel = parts[1:] + (name,)
                 layout, session_hint, agent_id = _classify(rel) or ("session", None, None)
+                # Ids read from a name that is not UTF-8 keep surrogate escapes,
+                # which SQLite cannot store: make them printable like the path.
+                session_hint = display_path(session_hint) if session_hint else session_hint
+                agent_id = display_path(agent_id) if agent_id else agent_id
                 path = os.path.join(dirpath, name)
                 meta = _read_meta(path, found.errors) if layout in ("subagent", "workflow_agent") else None
                 found.files.append(SourceFile(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -238,6 +239,10 @@ class _Builder:
     def add(self, kind: str, text: str, **fields: Any) -> Record | None:
         if not text or not text.strip():
             return None
+        if "\x00" in text:
+            # SQLite functions (the FTS trigger's deja_fts_text, length, snippet)
+            # stop at a NUL: words after it would be unsearchable.
+            text = text.replace("\x00", "\ufffd")
         original_len = len(text)
         truncated = original_len > TEXT_CAP
         if truncated:
@@ -270,6 +275,36 @@ def _line_key(obj: dict[str, Any], raw: bytes) -> str:
     return "sha1:" + hashlib.sha1(raw).hexdigest()
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scrub_surrogates(value: Any) -> tuple[Any, bool]:
+    """`value` with lone surrogates replaced by U+FFFD, and whether any was found."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value) is None:
+            return value, False
+        return _SURROGATE.sub("\ufffd", value), True
+    if isinstance(value, list):
+        found = False
+        items = []
+        for item in value:
+            item, f = _scrub_surrogates(item)
+            items.append(item)
+            found = found or f
+        return items, found
+    if isinstance(value, dict):
+        found = False
+        out = {}
+        for key, item in value.items():
+            key, fk = _scrub_surrogates(key)
+            item, fv = _scrub_surrogates(item)
+            out[key] = item
+            found = found or fk or fv
+        return out, found
+    return value, False
+
+
 def parse_line(raw: bytes, ctx: FileContext, offset: int,
                redact: Callable[[str], str]) -> ParsedLine:
     """Parse one complete line (without or with its trailing newline).
@@ -291,6 +326,11 @@ def parse_line(raw: bytes, ctx: FileContext, offset: int,
         raise LineError("invalid JSON (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise LineError(f"not a JSON object (a {type(obj).__name__})")
+    if _SURROGATE_ESCAPE.search(raw):
+        # JSON may escape a lone UTF-16 surrogate ("\ud83d" of an emoji cut in
+        # half): Python decodes it to a str that SQLite cannot store. Replace it.
+        obj, replaced = _scrub_surrogates(obj)
+        invalid_utf8 = invalid_utf8 or replaced
     parsed = parse_object(obj, ctx, offset, redact, raw)
     parsed.invalid_utf8 = invalid_utf8
     return parsed
@@ -333,7 +373,8 @@ def parse_object(obj: dict[str, Any], ctx: FileContext, offset: int,
         if session_id:
             info = SessionInfo(session_id=session_id)
             if ltype == "agent-name":
-                info.agent_name = _str(obj.get("agentName"))
+                name = _str(obj.get("agentName"))
+                info.agent_name = redact(name) if name else None
             else:
                 title = _str(obj.get("aiTitle") or obj.get("customTitle") or obj.get("title"))
                 info.title = redact(title) if title else None

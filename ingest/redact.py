@@ -43,9 +43,10 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
     ("google_api_key", ("AIza",), r"\bAIza[0-9A-Za-z_\-]{35}"),
     ("npm_token", ("npm_",), r"\bnpm_[A-Za-z0-9]{36}\b"),
     ("bearer_token", ("earer ",), r"(?<=[Bb]earer )[A-Za-z0-9_\-\.=+/]{20,}"),
-    # scheme://user:PASSWORD@host -> only the password is replaced
+    # scheme://user:PASSWORD@host -> only the password is replaced (the user
+    # may be empty: redis://:PASSWORD@host)
     ("url_password", ("://",),
-     r"(?<=://)(?P<user>[^\s:/@\"'\\]{1,128}):(?P<secret>[^\s@/\"'\\]{1,256})(?=@)"),
+     r"(?<=://)(?P<user>[^\s:/@\"'\\]{0,128}):(?P<secret>[^\s@/\"'\\]{1,256})(?=@)"),
     # MY_SECRET=value, "api_key": "value", password: value -> only the value.
     # Anchored on the keyword (not on the name's start) so the regex engine
     # does not try every word of the text.

@@ -37,6 +37,9 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("DEJA_DB", None)
     env["PYTHONUNBUFFERED"] = "1"
+    # Ingest embeds by default; most tests are about the keyword side and the
+    # model costs ~1 min on the shared corpus. Embedding tests set DEJA_EMBED=1.
+    env["DEJA_EMBED"] = "0"
     if extra:
         env.update(extra)
     return env
