@@ -130,7 +130,8 @@ async def _wait_for_lock(lock: IngestLock, quiet: bool) -> None:
 
 
 def load_configured_embedder(environ: Mapping[str, str]) -> Any:
-    """The embedder the user configured: DEJA_EMBED_MODEL (name or path), DEJA_EMBED_BACKEND.
+    """The embedder the user configured: DEJA_EMBED_MODEL (name or path), DEJA_EMBED_BACKEND
+    (auto, onnx, torch), DEJA_MODEL_CACHE (where the ONNX export is kept).
 
     Blocking and slow (seconds): call it in a worker thread. Raises
     ModelUnavailable when the model cannot be loaded.
@@ -140,7 +141,8 @@ def load_configured_embedder(environ: Mapping[str, str]) -> Any:
     return load_embedder(
         environ.get("DEJA_EMBED_MODEL") or None,
         backend=environ.get("DEJA_EMBED_BACKEND") or "auto",
-        cache_dir=default_data_dir(environ) / "models",
+        cache_dir=Path(environ["DEJA_MODEL_CACHE"]) if environ.get("DEJA_MODEL_CACHE")
+        else default_data_dir(environ) / "models",
     )
 
 

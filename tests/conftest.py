@@ -40,6 +40,8 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     # Ingest embeds by default; most tests are about the keyword side and the
     # model costs ~1 min on the shared corpus. Embedding tests set DEJA_EMBED=1.
     env["DEJA_EMBED"] = "0"
+    # One ONNX export of the model for every test and run (HOME is per test).
+    env.setdefault("DEJA_MODEL_CACHE", str(REPO / ".pytest_cache" / "deja-models"))
     if extra:
         env.update(extra)
     return env
