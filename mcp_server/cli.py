@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"deja {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    p = sub.add_parser("serve", help="run the MCP stdio server (for Claude Code)",
+                       description="Run the MCP server on stdin/stdout. It ingests the "
+                                   "transcript roots in the background (one process per "
+                                   "database at a time) and serves the memory tools.")
+    p.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--root", action="append", type=Path, metavar="DIR",
+                   help="transcript root to watch (repeatable; default as for ingest)")
+    p.add_argument("--no-ingest", action="store_true",
+                   help="serve only; leave ingesting to `deja ingest --watch` or another server")
+    p.add_argument("--log-file", type=Path,
+                   help="debug log file (default: deja-server.log in the data folder)")
 
     p = sub.add_parser("ingest", help="read transcripts into the database",
                        description="Read every transcript under the roots into the database. "
@@ -167,12 +180,68 @@ def _configure_logging(verbose: int) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _serve(db_path: Path, args: argparse.Namespace) -> int:
+    """Run the MCP server; logs go to stderr and, at debug level, to a log file."""
+    from logging.handlers import RotatingFileHandler
+
+    from ingest.config import default_data_dir
+    from ingest.discover import default_roots
+
+    from .server import ServerConfig, build_server
+
+    log_file = args.log_file or default_data_dir(os.environ) / "deja-server.log"
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handler = RotatingFileHandler(log_file, maxBytes=5_000_000, backupCount=2)
+        os.chmod(log_file, 0o600)
+        handler.setLevel(logging.DEBUG)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.DEBUG)
+        for handler_ in root.handlers:
+            if handler_ is not handler and isinstance(handler_, logging.StreamHandler):
+                handler_.setLevel(logging.DEBUG if args.verbose > 1 else
+                                  logging.INFO if args.verbose else logging.WARNING)
+        for noisy in ("aiosqlite", "watchfiles", "mcp", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.INFO)
+    except OSError as exc:
+        sys.stderr.write(f"deja: cannot write log file {log_file}: {exc}\n")
+    config = ServerConfig(
+        db_path=db_path,
+        roots=list(args.root) if args.root else default_roots(os.environ),
+        environ=dict(os.environ),
+        ingest=not args.no_ingest,
+    )
+    server = build_server(config)
+
+    async def run() -> None:
+        # SIGTERM ends the server as cleanly as stdin closing: the lifespan's
+        # task group is cancelled, background work stops, the database closes.
+        async with anyio.create_task_group() as tg:
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _sig in signals:
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stop_on_signal)
+            await server.run_stdio_async()
+            tg.cancel_scope.cancel()
+
+    anyio.run(run)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    _configure_logging(args.verbose if args.command != "serve" else 0)
     db_path = db_path_from(args.db, os.environ)
     try:
+        if args.command == "serve":
+            return _serve(db_path, args)
         if args.command == "ingest":
             return anyio.run(run_ingest, args, db_path, os.environ)
         if args.command == "stats":
