@@ -42,6 +42,7 @@ FIRST_WINDOW_ONLY = {"tool_call", "tool_result", "attachment"}
 # Characters handed to the tokenizer: enough for MAX_WINDOWS windows of ~1,000.
 MAX_CHARS = 14_000
 FIRST_WINDOW_CHARS = 2_000
+CALL_PREFIX_CHARS = 300
 
 
 @dataclass
@@ -118,9 +119,27 @@ async def reembed(store: Store, embedder: "Embedder",
     return await embed_pending(store, embedder, progress=progress)
 
 
-def windows_for(embedder: "Embedder", kind: str, text: str) -> list[tuple[int, int, str]]:
-    """(char_start, char_end, window text) for the parts of a record that get vectors."""
+def embedding_text(kind: str, text: str, call: str | None) -> tuple[str, int]:
+    """The text a record is embedded as, and where the record's own text starts in it.
+
+    A tool result alone ("8 passed in 1.92s") says little; prefixed with the
+    call that produced it ("Bash pytest tests/test_cart.py") its vector can
+    match a question about running the cart tests.
+    """
+    if kind == "tool_result" and call:
+        prefix = call[:CALL_PREFIX_CHARS] + "\n"
+        return prefix + text, len(prefix)
+    return text, 0
+
+
+def windows_for(embedder: "Embedder", kind: str, text: str,
+                call: str | None = None) -> list[tuple[int, int, str]]:
+    """(char_start, char_end, window text) for the parts of a record that get vectors.
+
+    Offsets are into the record's own text (a prefix added for context maps to 0).
+    """
     first_only = kind in FIRST_WINDOW_ONLY
+    text, shift = embedding_text(kind, text, call)
     head = text[: FIRST_WINDOW_CHARS if first_only else MAX_CHARS]
     pieces = embedder.split_windows(head)
     if first_only:
@@ -137,7 +156,7 @@ def windows_for(embedder: "Embedder", kind: str, text: str) -> list[tuple[int, i
         if start < 0:
             start = cursor
         end = min(start + len(piece), len(head))
-        out.append((start, end, piece))
+        out.append((max(start - shift, 0), max(end - shift, 0), piece))
         cursor = start + 1
     return out
 
@@ -148,7 +167,7 @@ def _embed_batch(embedder: "Embedder", rows: Sequence[Any]
     chunks: list[tuple[int, int, int, int]] = []  # (row index, seq, start, end)
     texts: list[str] = []
     for i, row in enumerate(rows):
-        for seq, (start, end, piece) in enumerate(windows_for(embedder, row[1], row[2])):
+        for seq, (start, end, piece) in enumerate(windows_for(embedder, row[1], row[2], row[7])):
             chunks.append((i, seq, start, end))
             texts.append(piece)
     vectors = embedder.embed(texts) if texts else []
@@ -177,7 +196,10 @@ async def embed_pending(
     conn = store.conn
     while not (should_stop and should_stop()):
         rows = await conn.execute_fetchall(
-            "SELECT r.id, r.kind, r.text, r.session_id, r.tool_name, r.ts, s.project_dir "
+            "SELECT r.id, r.kind, r.text, r.session_id, r.tool_name, r.ts, s.project_dir, "
+            "CASE WHEN r.kind = 'tool_result' AND r.tool_use_id IS NOT NULL THEN "
+            "(SELECT substr(c.text, 1, 400) FROM records c WHERE c.tool_use_id = r.tool_use_id "
+            "AND c.kind = 'tool_call' LIMIT 1) END "
             "FROM records r LEFT JOIN sources s ON s.id = r.source_id "
             "WHERE r.embed_state = 0 ORDER BY r.ts DESC LIMIT ?",
             (batch_records,),
