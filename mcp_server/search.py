@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 MODES = ("hybrid", "keyword", "vector")
 
 # Tuned on the LoCoMo dev split (bench/locomo.py) and bench/questions.json.
-FUSION: dict[str, float] = {"k": 10.0, "keyword": 1.0, "vector": 1.0, "candidates": 50}
+FUSION: dict[str, float] = {"k": 10.0, "keyword": 1.0, "vector": 1.0, "candidates": 100,
+                            "neighbors": 0.25, "radius": 2}
 
 # A quoted phrase, or a run of word characters joined by . - _ / : (foo-bar,
 # a.b, path/to/x), optionally followed by * (prefix).
@@ -363,6 +364,33 @@ def fuse(keyword: Sequence[tuple[int, float]], vector: Sequence[tuple[int, float
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
+async def _smooth(conn: aiosqlite.Connection, order: list[tuple[int, float]], weight: float,
+                  radius: int) -> list[tuple[int, float]]:
+    """Lift candidates whose neighbours in the same file also matched.
+
+    An answer often sits next to the line that matches the question (the tool
+    output after the command, the reply after the prompt). A candidate gains
+    `weight` times the fused scores of other candidates at most `radius`
+    records away in the same file. Records of a file get consecutive ids as
+    they are read, so id distance stands for distance in the conversation.
+    """
+    if len(order) < 2:
+        return order
+    ids = [rid for rid, _ in order]
+    rows = await conn.execute_fetchall(
+        f"SELECT id, source_id FROM records WHERE id IN ({', '.join('?' for _ in ids)})", ids)
+    source = dict(rows)
+    by_source: dict[Any, list[tuple[int, float]]] = {}
+    for rid, score in order:
+        by_source.setdefault(source.get(rid), []).append((rid, score))
+    smoothed = []
+    for rid, score in order:
+        bonus = sum(s for other, s in by_source.get(source.get(rid), [])
+                    if other != rid and abs(other - rid) <= radius)
+        smoothed.append((rid, score + weight * bonus))
+    return sorted(smoothed, key=lambda kv: -kv[1])
+
+
 # -- snippets ------------------------------------------------------------------------
 
 SNIPPET_CHARS = 240
@@ -467,6 +495,8 @@ async def search(
     else:
         order = fuse(keyword, vector, k=params["k"], w_keyword=params["keyword"],
                      w_vector=params["vector"])
+        if params["neighbors"]:
+            order = await _smooth(conn, order, params["neighbors"], int(params["radius"]))
 
     kw_rank = {rid: (i + 1, s) for i, (rid, s) in enumerate(keyword)}
     vec_rank = {rid: (i + 1, s, c) for i, (rid, s, c) in enumerate(vector)}
@@ -497,7 +527,7 @@ async def _materialize(conn: aiosqlite.Connection, query: str, order: list[tuple
                        kw_rank: dict[int, tuple[int, float]],
                        vec_rank: dict[int, tuple[int, float, int]], limit: int,
                        max_tokens: int | None, result: SearchResult) -> list[Hit]:
-    """Rows for the ranked ids, deduplicated (a /btw replay shows a line twice), snippets, budget."""
+    """Rows for the ranked ids, one per transcript line, with snippets, within the budget."""
     if not order:
         return []
     ids = [rid for rid, _ in order[: limit * 3 + 10]]
@@ -525,7 +555,10 @@ async def _materialize(conn: aiosqlite.Connection, query: str, order: list[tuple
         row = by_id.get(rid)
         if row is None:
             continue
-        key = (row[1] or row[0], row[9], row[6][:200])
+        # One hit per transcript line: its parts (several tool results of one
+        # user line) and its replays in other files (a /btw side question)
+        # would crowd out other answers. The handle leads to the rest.
+        key = row[1] or row[0]
         if key in seen:
             continue
         seen.add(key)
