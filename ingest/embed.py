@@ -338,6 +338,14 @@ class TextSplitter:
 
         Raises ValueError if the window leaves no room or overlap >= window.
         """
+        return [text[start:end] for start, end in self.window_spans(text, max_tokens, overlap)]
+
+    def window_spans(self, text: str, max_tokens: int | None = None, overlap: int = 32) -> list[tuple[int, int]]:
+        """The windows of `split_windows` as (start, end) character offsets.
+
+        For callers that keep where a chunk sits in its record (snippets,
+        expanding a hit to its context).
+        """
         limit = self.max_tokens if max_tokens is None else max_tokens
         budget = limit - self.special_tokens
         if budget < 1:
@@ -349,22 +357,23 @@ class TextSplitter:
         if count == 0:
             return []
         if count <= budget:
-            return [text]
+            return [(0, len(text))]
         words = encoding.word_ids
         offsets = encoding.offsets
-        windows: list[str] = []
+        spans: list[tuple[int, int]] = []
         start = 0
         while True:
             end = min(start + budget, count)
             if end < count:
+                # Back off to the start of a word cut in two, unless it fills the window.
                 cut = end
                 while cut > start and words[cut] is not None and words[cut] == words[cut - 1]:
                     cut -= 1
                 if cut > start:
                     end = cut
-            windows.append(text[offsets[start][0] : offsets[end - 1][1]])
+            spans.append((offsets[start][0], offsets[end - 1][1]))
             if end >= count:
-                return windows
+                return spans
             nxt = max(end - overlap, start + 1)
             while nxt > start + 1 and words[nxt] is not None and words[nxt] == words[nxt - 1]:
                 nxt -= 1

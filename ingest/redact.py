@@ -46,7 +46,7 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
     # scheme://user:PASSWORD@host -> only the password is replaced (the user
     # may be empty: redis://:PASSWORD@host)
     ("url_password", ("://",),
-     r"(?<=://)(?P<user>[^\s:/@\"'\\]{0,128}):(?P<secret>[^\s@/\"'\\]{1,256})(?=@)"),
+     r"(?<=://)(?!\[REDACTED:)(?P<user>[^\s:/@\"'\\]{0,128}):(?P<secret>[^\s@/\"'\\]{1,256})(?=@)"),
     # MY_SECRET=value, "api_key": "value", password: value -> only the value.
     # Anchored on the keyword (not on the name's start) so the regex engine
     # does not try every word of the text.
@@ -55,7 +55,9 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
         ("secret", "token", "passw", "passphrase", "key", "credential"),
         r"(?P<name>(?i:SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|"
         r"CREDENTIALS?|AUTH_?KEY)[A-Za-z0-9_]*)"
-        r"(?P<sep>[\"']?\s{0,3}[=:]\s{0,3}[\"']?)"
+        # The quotes may be escaped: JSON text inside a JSON string (a tool input
+        # writing a config file) reads {\"client_secret\": \"value\"}.
+        r"(?P<sep>(?:\\?[\"'])?\s{0,3}[=:]\s{0,3}(?:\\?[\"'])?)"
         # not a reference ($X, ${..}, <placeholder>, process.env.X, self.token),
         # not a count (max_tokens=4096), not a call or an index (tokens[i], f(x))
         r"(?P<value>(?![\$\{<\[\*])(?!REDACTED)(?![0-9.]+(?:[^A-Za-z0-9]|\Z))"

@@ -336,6 +336,11 @@ class Store:
             "missing_files": sources[1],
             "bytes_ingested": sources[2],
             "last_ingest": await self.get_meta("last_ingest"),
+            "pending_embeddings": (await q(
+                "SELECT COUNT(*) FROM records WHERE embed_state = 0"))[0][0],
+            "chunks": (await q("SELECT COUNT(*) FROM chunks"))[0][0],
+            "embedding_model": next(iter([r[0] for r in await q(
+                "SELECT model_id FROM embedding_model")]), None),
         }
 
     # -- helpers --------------------------------------------------------------

@@ -27,6 +27,7 @@ from ingest.errors import DejaError
 from ingest.lease import IngestLock
 from ingest.store import Store
 
+from . import history
 from .search import MODES, search
 
 __all__ = ["main", "build_parser"]
@@ -87,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help="before this time (same forms as --since)")
     p.add_argument("--max-tokens", type=int, help="bound the total size of the hits")
 
+    p = sub.add_parser("show", help="the turns around a hit",
+                       description="Show the records around a search hit, in conversation "
+                                   "order. REF is a hit's handle (rec:123) or a line uuid.")
+    p.add_argument("ref", help="a hit's handle (rec:123) or uuid")
+    p.add_argument("--before", "-B", type=int, default=5, help="records before (default 5)")
+    p.add_argument("--after", "-A", type=int, default=5, help="records after (default 5)")
+    p.add_argument("--max-tokens", type=int, default=4000, help="size bound (default 4000)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("sessions", help="recent sessions",
+                       description="Recent sessions, newest first, with title, branch, "
+                                   "time span and size.")
+    p.add_argument("--project", help="a project path or folder name, or 'all' (default)")
+    p.add_argument("--since", help="only sessions active since: 2026-05-01, 7d, 2w ...")
+    p.add_argument("--limit", "-n", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = sub.add_parser("embed", help="compute the vectors still missing",
                        description="Embed the records that await a vector, newest first "
                                    "(after `deja ingest --no-embed`, or to catch up).")
@@ -116,6 +134,8 @@ async def _stats(db_path: Path, as_json: bool) -> int:
         for kind, n in stats["by_kind"].items():
             print(f"  {kind}: {n}")
         print(f"files: {stats['files']} ({stats['missing_files']} no longer on disk)")
+        print(f"vectors: {stats['chunks']} chunks ({stats['embedding_model'] or 'no model yet'}), "
+              f"{stats['pending_embeddings']} records awaiting embedding")
         print(f"last ingest: {stats['last_ingest'] or 'never'}")
     return 0
 
@@ -150,6 +170,48 @@ async def _search(db_path: Path, args: argparse.Namespace) -> int:
         print(f"{h.timestamp or '?'}  {h.kind}{' ' + h.tool_name if h.tool_name else ''}  "
               f"{h.project or ''}  session {h.session_id}  {h.handle}")
         print("    " + h.snippet)
+    return 0
+
+
+async def _show(db_path: Path, args: argparse.Namespace) -> int:
+    store = await Store.open(db_path)
+    try:
+        out = await history.get_context(store.conn, args.ref, before=args.before,
+                                        after=args.after, max_tokens=args.max_tokens)
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    session = out["session"]
+    print(f"session {session.get('session_id')}  {session.get('title') or ''}  "
+          f"{session.get('cwd') or ''}  {session.get('git_branch') or ''}")
+    for label, records in (("", out["before"]), (">>", [out["hit"]]), ("", out["after"])):
+        for r in records:
+            head = f"{label or '  '} {r['timestamp'] or '?'}  {r['kind']}"
+            if r["tool_name"]:
+                head += f" {r['tool_name']}"
+            print(f"{head}  {r['handle']}")
+            for line in r["text"].splitlines() or [""]:
+                print(f"     {line}")
+    return 0
+
+
+async def _sessions(db_path: Path, args: argparse.Namespace) -> int:
+    store = await Store.open(db_path)
+    try:
+        out = await history.list_sessions(store.conn, project=args.project, since=args.since,
+                                          limit=args.limit)
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    for s in out["sessions"]:
+        print(f"{s['last_ts'] or '?'}  {s['session_id']}  {s['title'] or '(untitled)'}")
+        print(f"    {s['cwd'] or s['project_dir']}  branch {s['git_branch'] or '?'}  "
+              f"since {s['first_ts'] or '?'}  {s['prompts']} prompts, {s['records']} records, "
+              f"{s['subagent_runs']} subagent runs")
     return 0
 
 
@@ -248,6 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(_stats, db_path, args.json)
         if args.command == "search":
             return anyio.run(_search, db_path, args)
+        if args.command == "show":
+            return anyio.run(_show, db_path, args)
+        if args.command == "sessions":
+            return anyio.run(_sessions, db_path, args)
         if args.command in ("embed", "reembed"):
             return anyio.run(_embed, db_path, args, args.command == "reembed")
     except DejaError as exc:
