@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Callable
 
 from .discover import SourceFile, display_path
@@ -60,6 +61,17 @@ class ReadStats:
         logger.warning("%s:%d: skipped: %s", path, line_no, reason)
 
 
+_SESSION_ID = re.compile(rb'"sessionId"\s*:\s*"([^"]+)"')
+
+
+def _peek_session_id(f: BinaryIO, limit: int = 256 * 1024) -> str | None:
+    """The first sessionId in the file: summary lines at the top have none, and the
+    file name can differ from the id inside (FORMAT.md)."""
+    f.seek(0)
+    m = _SESSION_ID.search(f.read(limit))
+    return m.group(1).decode("utf-8", "replace") if m else None
+
+
 class FileReader:
     """Reads one source file from its cursor; see the module docstring."""
 
@@ -73,7 +85,9 @@ class FileReader:
         self.ctx = FileContext(
             project_dir=source.project_dir,
             layout=source.layout,
-            session_hint=source.session_hint,
+            # The id inside wins over the file name once known (they can differ).
+            session_hint=(row.session_id if source.layout == "session" and row.session_id
+                          else source.session_hint),
             agent_id=source.agent_id,
         )
         self._f: BinaryIO | None = None
@@ -94,14 +108,29 @@ class FileReader:
             row = self.row
             start, lines = row.offset, row.lines
             if start > 0:
+                reason = None
                 if st.st_size < start:
-                    logger.info("%s: truncated (%d < %d), re-reading", self.display, st.st_size, start)
-                    start, lines, self._reset = 0, 0, True
+                    reason = f"truncated ({st.st_size} < {start} bytes)"
                 elif row.head_len and head_hash(f, row.head_len) != row.head_hash:
-                    logger.info("%s: replaced (first bytes differ), re-reading", self.display)
+                    reason = "replaced (first bytes differ)"
+                elif row.ino is not None and (row.dev, row.ino) != (st.st_dev, st.st_ino):
+                    reason = "replaced (new inode)"
+                else:
+                    f.seek(start - 1)
+                    if f.read(1) != b"\n":
+                        reason = "rewritten (no line ends at the cursor)"
+                if reason is not None:
+                    # Re-read from the start; records are reconciled by their
+                    # unique key, so nothing is doubled and nothing lost.
+                    logger.info("%s: %s, re-reading", self.display, reason)
                     start, lines, self._reset = 0, 0, True
             if self._reset:
                 self.stats.resets += 1
+            if self.source.layout == "session" and self._session_id is None:
+                found = _peek_session_id(f)
+                if found:
+                    self._session_id = found
+                    self.ctx = replace(self.ctx, session_hint=found)
             self._head_len = min(st.st_size, HEAD_BYTES)
             self._head_hash = head_hash(f, self._head_len)
             f.seek(start)
@@ -206,7 +235,15 @@ class FileReader:
                 self._session_id = info.session_id
             if info.title or info.agent_name:
                 if self.source.layout == "session":
-                    batch.titles[info.session_id] = info
+                    # Merge: an agent-name line after a title must not erase it.
+                    known = batch.titles.get(info.session_id)
+                    if known is None:
+                        batch.titles[info.session_id] = info
+                    else:
+                        if info.title:
+                            known.title, known.title_kind = info.title, info.title_kind
+                        if info.agent_name:
+                            known.agent_name = info.agent_name
             else:
                 batch.sessions.setdefault(info.session_id, SessionAgg()).add(info)
         batch.agent_links.extend(parsed.agent_links)

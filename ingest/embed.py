@@ -84,17 +84,17 @@ if TYPE_CHECKING:
     import tokenizers
 
 __all__ = [
-    "DEFAULT_MODEL",
-    "DEFAULT_DIM",
     "BACKENDS",
+    "DEFAULT_DIM",
+    "DEFAULT_MODEL",
+    "Embedder",
     "ModelSpec",
     "ModelUnavailable",
     "TextSplitter",
-    "Embedder",
-    "resolve_model",
-    "load_splitter",
     "load_embedder",
+    "load_splitter",
     "onnx_cache_path",
+    "resolve_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -117,12 +117,6 @@ _EXPORT_TIMEOUT_S = 900
 # Thresholds for accepting an export, on the probe sentences below.
 _MIN_MEAN_COSINE = 0.98
 _MIN_COSINE = 0.95
-# The ONNX model runs one text at a time, `threads` texts in parallel. Dynamic
-# int8 quantization picks one activation scale per run, over the whole batch,
-# padding included: measured here, a text embedded inside a batch differed
-# from the same text embedded alone by cosine down to 0.958. Alone, a text
-# always gets the same vector (a query matches its own stored text exactly),
-# and throughput on real transcript text stays within 5% of padded batches.
 _TORCH_BATCH = 32
 
 _PROBES = (
@@ -324,7 +318,9 @@ class TextSplitter:
         """Word pieces in `text`, without the special tokens the model adds."""
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
-    def split_windows(self, text: str, max_tokens: int | None = None, overlap: int = 32) -> list[str]:
+    def split_windows(
+        self, text: str, max_tokens: int | None = None, overlap: int = 32
+    ) -> list[str]:
         """Cut `text` into overlapping windows of at most `max_tokens` pieces.
 
         `max_tokens` counts what the model reads, special tokens included
@@ -340,7 +336,9 @@ class TextSplitter:
         """
         return [text[start:end] for start, end in self.window_spans(text, max_tokens, overlap)]
 
-    def window_spans(self, text: str, max_tokens: int | None = None, overlap: int = 32) -> list[tuple[int, int]]:
+    def window_spans(
+        self, text: str, max_tokens: int | None = None, overlap: int = 32
+    ) -> list[tuple[int, int]]:
         """The windows of `split_windows` as (start, end) character offsets.
 
         For callers that keep where a chunk sits in its record (snippets,
@@ -349,7 +347,7 @@ class TextSplitter:
         limit = self.max_tokens if max_tokens is None else max_tokens
         budget = limit - self.special_tokens
         if budget < 1:
-            raise ValueError(f"max_tokens={limit} leaves no room beside {self.special_tokens} special tokens")
+            raise ValueError(f"max_tokens={limit} leaves no room for text")
         if not 0 <= overlap < budget:
             raise ValueError(f"overlap must be in [0, {budget}), got {overlap}")
         encoding = self._tokenizer.encode(text, add_special_tokens=False)
@@ -397,7 +395,7 @@ def load_splitter(spec: ModelSpec) -> TextSplitter:
         tokenizer_file = _hub_cached_file(spec.source, "tokenizer.json")
         folder = tokenizer_file.parent if tokenizer_file else folder
     if tokenizer_file is None or not tokenizer_file.is_file():
-        raise ModelUnavailable(f"no local tokenizer.json for {spec.source}: load the model once first")
+        raise ModelUnavailable(f"no local tokenizer.json for {spec.source}: load the model first")
     try:
         tokenizer = Tokenizer.from_file(str(tokenizer_file))
     except Exception as exc:  # the Rust side raises a bare Exception on bad JSON
@@ -416,7 +414,11 @@ def _hub_cached_file(repo_id: str, filename: str) -> Path | None:
 
 def _folder_max_tokens(folder: Path) -> int:
     """The sequence limit sentence-transformers applies (max_seq_length)."""
-    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+    sources = (
+        ("sentence_bert_config.json", "max_seq_length"),
+        ("tokenizer_config.json", "model_max_length"),
+    )
+    for name, key in sources:
         try:
             value = json.loads((folder / name).read_text(encoding="utf-8")).get(key)
         except (OSError, ValueError, AttributeError):
@@ -481,18 +483,27 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         vectors = np.asarray(self._encoder.encode(batch), dtype=np.float32)
         if vectors.shape != (len(batch), self.dim):
-            raise RuntimeError(f"{self.backend} returned shape {vectors.shape}, expected ({len(batch)}, {self.dim})")
+            raise RuntimeError(f"{self.backend} returned {vectors.shape} for {len(batch)} texts")
         # Normalise again whatever the backend did: the contract is unit rows.
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
+        unit: np.ndarray = vectors / np.maximum(norms, 1e-12)
+        return unit
 
     def count_tokens(self, text: str) -> int:
         """Word pieces in `text`, without special tokens."""
         return self.splitter.count_tokens(text)
 
-    def split_windows(self, text: str, max_tokens: int | None = None, overlap: int = 32) -> list[str]:
+    def split_windows(
+        self, text: str, max_tokens: int | None = None, overlap: int = 32
+    ) -> list[str]:
         """See `TextSplitter.split_windows`; `max_tokens` defaults to the model's limit."""
         return self.splitter.split_windows(text, max_tokens, overlap)
+
+    def window_spans(
+        self, text: str, max_tokens: int | None = None, overlap: int = 32
+    ) -> list[tuple[int, int]]:
+        """See `TextSplitter.window_spans`: the windows as character offsets."""
+        return self.splitter.window_spans(text, max_tokens, overlap)
 
 
 def load_embedder(
@@ -523,11 +534,15 @@ def load_embedder(
     started = time.perf_counter()
     if backend in ("auto", "onnx") and cache_dir is not None:
         try:
-            embedder = _load_onnx(spec, Path(cache_dir), n_threads, local_files_only, retry_failed=backend == "onnx")
+            embedder = _load_onnx(
+                spec, Path(cache_dir), n_threads, local_files_only, retry_failed=backend == "onnx"
+            )
         except _OnnxUnavailable as exc:
             if backend == "onnx":
-                raise ModelUnavailable(f"onnx backend unavailable for {spec.model_id}: {exc}") from exc
-            logger.info("onnx backend unavailable (%s); using torch", exc)
+                message = f"onnx backend unavailable for {spec.model_id}: {exc}"
+                raise ModelUnavailable(message) from exc
+            level = logging.INFO if isinstance(exc, _NoOnnxRuntime) else logging.WARNING
+            logger.log(level, "onnx backend unavailable (%s); using torch", exc)
         else:
             embedder.load_seconds = time.perf_counter() - started
             _log_loaded(embedder)
@@ -562,13 +577,16 @@ class _TorchEncoder:
         self._model = model
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self._model.encode(
+        import numpy as np
+
+        vectors = self._model.encode(
             texts,
             batch_size=_TORCH_BATCH,
             convert_to_numpy=True,
             normalize_embeddings=True,
             show_progress_bar=False,
         )
+        return np.asarray(vectors, dtype=np.float32)
 
 
 def _load_sentence_transformer(
@@ -583,7 +601,7 @@ def _load_sentence_transformer(
         raise ModelUnavailable(f"sentence-transformers is not installed ({exc})") from exc
     torch.set_num_threads(threads)
     # Progress bars go to stderr, but they fill server logs with carriage returns.
-    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         return SentenceTransformer(
             source, device="cpu", local_files_only=local_files_only, model_kwargs=model_kwargs
@@ -614,6 +632,10 @@ class _OnnxUnavailable(Exception):
     """The onnx path cannot serve this model; "auto" falls back to torch."""
 
 
+class _NoOnnxRuntime(_OnnxUnavailable):
+    """onnxruntime is not installed: expected, not worth a warning."""
+
+
 def onnx_cache_path(cache_dir: Path, spec: ModelSpec) -> Path:
     """The folder holding the ONNX export of `spec` under `cache_dir`.
 
@@ -626,27 +648,37 @@ def onnx_cache_path(cache_dir: Path, spec: ModelSpec) -> Path:
 
 
 class _OnnxEncoder:
-    """int8 ONNX model + fast tokenizer + numpy mean pooling."""
+    """int8 ONNX model + fast tokenizer + numpy mean pooling.
 
-    def __init__(self, folder: Path, meta: dict[str, Any], threads: int) -> None:
-        import numpy as np
+    One text per run, `threads` runs in parallel, never a padded batch:
+    dynamic int8 quantization takes one activation scale per run, over every
+    row and the padding, so a batched text's vector depends on its
+    neighbours. Measured here: batched against alone, cosine as low as 0.958
+    on real transcript text. Alone, a text always gets the same vector (a
+    query matches its own stored text exactly), and throughput on real text
+    is within a few percent of padded batches; only very short texts lose
+    (about 500/s instead of 1000/s).
+    """
+
+    def __init__(self, folder: Path, meta: dict[str, Any], threads: int, tokenizer: Any) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         options = ort.SessionOptions()
-        # Parallel over texts, one thread each: no padding, no batch effect.
-        options.intra_op_num_threads = 1
+        options.intra_op_num_threads = 1  # parallel over texts instead
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(folder / _ONNX_FILE), options, providers=["CPUExecutionProvider"])
-        self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._session = ort.InferenceSession(
+            str(folder / _ONNX_FILE), options, providers=["CPUExecutionProvider"]
+        )
+        self._tokenizer = tokenizer
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(int(meta["max_tokens"]))
         self._inputs = list(meta["input_names"])
         self._workers = threads
-        self._np = np
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        import numpy as np
+
         encodings = self._tokenizer.encode_batch(texts)
         if len(encodings) == 1 or self._workers == 1:
             rows = [self._run(e) for e in encodings]
@@ -656,10 +688,11 @@ class _OnnxEncoder:
             # onnxruntime releases the GIL in run(), and a session is safe to share.
             with ThreadPoolExecutor(self._workers, thread_name_prefix="deja-embed") as pool:
                 rows = list(pool.map(self._run, encodings))
-        return self._np.vstack(rows)
+        return np.vstack(rows).astype(np.float32, copy=False)
 
     def _run(self, encoding: Any) -> np.ndarray:
-        np = self._np
+        import numpy as np
+
         ids = np.asarray([encoding.ids], dtype=np.int64)
         feeds = {
             "input_ids": ids,
@@ -667,16 +700,17 @@ class _OnnxEncoder:
             "token_type_ids": np.asarray([encoding.type_ids], dtype=np.int64),
         }
         hidden = self._session.run(None, {name: feeds[name] for name in self._inputs})[0]
-        # Mean pooling (no padding to mask out), as sentence-transformers' Pooling(mean).
-        pooled = hidden[0].mean(axis=0)
-        return pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+        # Mean over the tokens (no padding to mask), as sentence-transformers' Pooling(mean).
+        pooled: np.ndarray = hidden[0].mean(axis=0)
+        unit: np.ndarray = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+        return unit
 
 
 def _load_onnx(
     spec: ModelSpec, cache_dir: Path, threads: int, local_files_only: bool, retry_failed: bool
 ) -> Embedder:
     if importlib.util.find_spec("onnxruntime") is None:
-        raise _OnnxUnavailable("onnxruntime is not installed")
+        raise _NoOnnxRuntime("onnxruntime is not installed")
     folder = onnx_cache_path(cache_dir, spec)
     failed = folder.with_name(folder.name + ".failed.json")
     if not (folder / _META_FILE).is_file():
@@ -684,11 +718,12 @@ def _load_onnx(
             raise _OnnxUnavailable(f"an earlier export failed (see {failed})")
         _export(spec, folder, failed, threads, local_files_only)
     try:
-        meta = json.loads((folder / _META_FILE).read_text(encoding="utf-8"))
-        encoder = _OnnxEncoder(folder, meta, threads)
         from tokenizers import Tokenizer
 
-        splitter = TextSplitter(Tokenizer.from_file(str(folder / "tokenizer.json")), int(meta["max_tokens"]))
+        meta = json.loads((folder / _META_FILE).read_text(encoding="utf-8"))
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        splitter = TextSplitter(tokenizer, int(meta["max_tokens"]))
+        encoder = _OnnxEncoder(folder, meta, threads, tokenizer)
     # A damaged cache (truncated file, bad JSON, missing key) must not stop
     # deja: report it and let "auto" fall back; deleting the folder fixes it.
     except Exception as exc:
@@ -698,7 +733,9 @@ def _load_onnx(
     return Embedder(spec, "onnx", encoder, splitter, int(meta["dim"]))
 
 
-def _export(spec: ModelSpec, folder: Path, failed: Path, threads: int, local_files_only: bool) -> None:
+def _export(
+    spec: ModelSpec, folder: Path, failed: Path, threads: int, local_files_only: bool
+) -> None:
     """Export in a child process into a temporary folder, then rename it in place.
 
     The rename makes a half-written export invisible; if two processes export
@@ -716,7 +753,8 @@ def _export(spec: ModelSpec, folder: Path, failed: Path, threads: int, local_fil
     package_root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    command = [sys.executable, "-c", f"import sys; from {__name__} import _export_main; sys.exit(_export_main(sys.argv[1]))", json.dumps(request)]
+    code = f"import sys; from {__name__} import _export_main; sys.exit(_export_main(sys.argv[1]))"
+    command = [sys.executable, "-c", code, json.dumps(request)]
     logger.info("exporting %s to ONNX int8 in %s (once per model)", spec.model_id, folder)
     started = time.perf_counter()
     try:
@@ -735,6 +773,7 @@ def _export(spec: ModelSpec, folder: Path, failed: Path, threads: int, local_fil
     except (OSError, subprocess.TimeoutExpired) as exc:
         shutil.rmtree(work, ignore_errors=True)
         raise _OnnxUnavailable(f"export process failed: {exc}") from exc
+    logger.debug("export output:\n%s", result.stderr)
     tail = "\n".join(result.stderr.strip().splitlines()[-5:])
     if result.returncode != 0:
         shutil.rmtree(work, ignore_errors=True)
@@ -742,7 +781,8 @@ def _export(spec: ModelSpec, folder: Path, failed: Path, threads: int, local_fil
             raise ModelUnavailable(tail or f"cannot load {spec.source}")
         if result.returncode == _EXIT_UNSUPPORTED:
             # Deterministic: remember it so every start does not pay for it again.
-            failed.write_text(json.dumps({"model_id": spec.model_id, "recipe": _RECIPE, "reason": tail}), encoding="utf-8")
+            reason = {"model_id": spec.model_id, "recipe": _RECIPE, "reason": tail}
+            failed.write_text(json.dumps(reason), encoding="utf-8")
         raise _OnnxUnavailable(f"export exited with {result.returncode}: {tail}")
     try:
         work.rename(folder)
@@ -759,29 +799,47 @@ def _export_main(request_json: str) -> int:
 
     Runs with torch and sentence-transformers loaded, which is why it is a
     separate process. Writes meta.json last: its presence marks a complete,
-    checked export.
+    checked export. A failure to export is deterministic for a given model
+    and recipe, so it exits with _EXIT_UNSUPPORTED and the parent remembers.
     """
+    import traceback
     import warnings
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
     warnings.simplefilter("ignore")  # tracer and deprecation chatter, read by no one
     request = json.loads(request_json)
     out = Path(request["out"])
+    threads = int(request["threads"])
     try:
         model = _load_sentence_transformer(
-            request["source"], int(request["threads"]), bool(request["local_files_only"]), {"attn_implementation": "eager"}
+            request["source"],
+            threads,
+            bool(request["local_files_only"]),
+            {"attn_implementation": "eager"},
         )
     except ModelUnavailable as exc:
         print(str(exc), file=sys.stderr)
         return _EXIT_MODEL_UNAVAILABLE
     try:
-        normalize = _check_exportable(model)
+        _check_exportable(model)
+        meta = _export_and_check(model, out, threads)
     except _OnnxUnavailable as exc:
         print(f"not exportable: {exc}", file=sys.stderr)
         return _EXIT_UNSUPPORTED
-    input_names = _export_fp32_then_int8(model, out)
+    # The exporters fail in many library-specific ways; all mean "not this model".
+    except Exception:
+        traceback.print_exc()
+        return _EXIT_UNSUPPORTED
+    meta.update(model_id=request["model_id"], source=request["source"])
+    (out / _META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return 0
+
+
+def _export_and_check(model: Any, out: Path, threads: int) -> dict[str, Any]:
+    """Export to `out`, then compare with sentence-transformers on the probes."""
     from tokenizers import Tokenizer
 
+    input_names = _export_fp32_then_int8(model, out)
     # A copy: the model's own tokenizer keeps its settings for the reference run.
     tokenizer = Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str())
     tokenizer.no_truncation()
@@ -789,41 +847,41 @@ def _export_main(request_json: str) -> int:
     tokenizer.save(str(out / "tokenizer.json"))
     meta: dict[str, Any] = {
         "recipe": _RECIPE,
-        "model_id": request["model_id"],
-        "source": request["source"],
         "dim": int(model.get_embedding_dimension()),
         "max_tokens": int(model.max_seq_length),
         "input_names": input_names,
-        "normalize": normalize,
     }
-    reference = model.encode(list(_PROBES), convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
-    candidate = _OnnxEncoder(out, meta, int(request["threads"])).encode(list(_PROBES))
+    probes = list(_PROBES)
+    reference = model.encode(
+        probes, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+    )
+    candidate = _OnnxEncoder(out, meta, threads, tokenizer).encode(probes)
     cosines = (reference * candidate).sum(axis=1)
     meta["probe_cosine_mean"] = round(float(cosines.mean()), 4)
     meta["probe_cosine_min"] = round(float(cosines.min()), 4)
     if cosines.mean() < _MIN_MEAN_COSINE or cosines.min() < _MIN_COSINE:
-        print(f"int8 export too far from torch: cosine mean {cosines.mean():.4f} min {cosines.min():.4f}", file=sys.stderr)
-        return _EXIT_UNSUPPORTED
-    (out / _META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    return 0
+        raise _OnnxUnavailable(
+            f"int8 vectors too far from torch: cosine mean {cosines.mean():.4f}, "
+            f"min {cosines.min():.4f}"
+        )
+    return meta
 
 
-def _check_exportable(model: Any) -> bool:
+def _check_exportable(model: Any) -> None:
     """Only Transformer -> mean Pooling (-> Normalize) is reproduced in numpy."""
     modules = list(model)
     kinds = [type(m).__name__ for m in modules]
     if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
         raise _OnnxUnavailable(f"modules {kinds} are not Transformer + Pooling (+ Normalize)")
     pooling = modules[1].get_config_dict()
-    mean = pooling.get("pooling_mode") == "mean" or (
-        pooling.get("pooling_mode_mean_tokens")
-        and not any(v for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens")
-    )
+    # sentence-transformers 6 says "pooling_mode": "mean"; older ones set flags.
+    flags = {k for k, v in pooling.items() if k.startswith("pooling_mode_") and v}
+    mean = pooling.get("pooling_mode") == "mean" or flags == {"pooling_mode_mean_tokens"}
     if not mean:
         raise _OnnxUnavailable(f"pooling {pooling} is not mean pooling")
-    if getattr(modules[0], "auto_model", None) is None or getattr(model.tokenizer, "backend_tokenizer", None) is None:
+    fast = getattr(model.tokenizer, "backend_tokenizer", None) is not None
+    if getattr(modules[0], "auto_model", None) is None or not fast:
         raise _OnnxUnavailable("no text transformer with a fast tokenizer")
-    return len(modules) == 3
 
 
 def _export_fp32_then_int8(model: Any, out: Path) -> list[str]:
@@ -839,7 +897,8 @@ def _export_fp32_then_int8(model: Any, out: Path) -> list[str]:
     transformer = model[0].auto_model.eval()
     accepted = inspect.signature(transformer.forward).parameters
     wanted = model.tokenizer.model_input_names
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in wanted and n in accepted]
+    known = ("input_ids", "attention_mask", "token_type_ids")
+    names = [n for n in known if n in wanted and n in accepted]
 
     class LastHiddenState(torch.nn.Module):
         def __init__(self) -> None:
@@ -847,9 +906,13 @@ def _export_fp32_then_int8(model: Any, out: Path) -> list[str]:
             self.inner = transformer
 
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            return self.inner(**dict(zip(names, tensors))).last_hidden_state
+            inputs = dict(zip(names, tensors, strict=True))
+            hidden: torch.Tensor = self.inner(**inputs).last_hidden_state
+            return hidden
 
-    sample = model.tokenizer(["a short one", "and a somewhat longer sample sentence"], padding=True, return_tensors="pt")
+    sample = model.tokenizer(
+        ["a short one", "and a somewhat longer sample sentence"], padding=True, return_tensors="pt"
+    )
     fp32 = out / "model.fp32.onnx"
     with torch.no_grad():
         torch.onnx.export(

@@ -119,7 +119,8 @@ async def forget_memory(store: Store, memory_id: str) -> None:
             "SELECT id, kind FROM records WHERE uuid = ?", (memory_id,)
         )
         if not rows:
-            raise NotFound(f"no memory with id {memory_id!r}")
+            raise NotFound(f"no memory with id {memory_id!r}: pass the id write_memory returned "
+                           "(search_memory with kinds=['memory'] shows them as uuid)")
         if all(r[1] != "memory" for r in rows):
             raise InvalidQuery(f"{memory_id!r} is a transcript record, not a memory; only "
                                "memories written with write_memory can be forgotten")

@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .redact import Redactor
+
 __all__ = [
     "TEXT_CAP",
     "DEJA_CONTEXT_MARKER",
@@ -387,6 +389,17 @@ def parse_object(obj: dict[str, Any], ctx: FileContext, offset: int,
         body = result if isinstance(result, str) else _json_compact(result)
         b.common["agent_id"] = agent
         b.add("workflow_result", body, role="agent")
+    elif ltype == "progress":
+        # agent_progress copies a subagent's messages (read from its own file),
+        # but it names the spawning call even when the parent never got a result.
+        data = obj.get("data")
+        if isinstance(data, dict) and data.get("type") == "agent_progress":
+            agent = _str(data.get("agentId"))
+            parent_call = _str(obj.get("parentToolUseID"))
+            if agent and parent_call and session_id:
+                out.agent_links.append(AgentLink(session_id=session_id, agent_id=agent,
+                                                 tool_use_id=parent_call))
+        out.ignored = "progress"
     elif ltype in _METADATA_TYPES:
         out.ignored = ltype
     else:
@@ -525,7 +538,9 @@ def _parse_assistant(obj: dict[str, Any], b: _Builder) -> None:
             if name in _SPAWN_TOOLS and isinstance(tool_input, dict):
                 prompt = tool_input.get("prompt")
                 if isinstance(prompt, str):
-                    call_meta["prompt_sha1"] = sha1(b.redact(prompt))
+                    # A throwaway redactor: this copy of the prompt is only hashed,
+                    # its secrets were counted with the call's input already.
+                    call_meta["prompt_sha1"] = sha1(Redactor()(prompt))
             b.add("tool_call", text, role="assistant", tool_name=name,
                   tool_use_id=_str(block.get("id")), model=model, meta=call_meta or None)
         elif btype == "web_search_tool_result":

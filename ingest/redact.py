@@ -59,8 +59,10 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
         # writing a config file) reads {\"client_secret\": \"value\"}.
         r"(?P<sep>(?:\\?[\"'])?\s{0,3}[=:]\s{0,3}(?:\\?[\"'])?)"
         # not a reference ($X, ${..}, <placeholder>, process.env.X, self.token),
-        # not a count (max_tokens=4096), not a call or an index (tokens[i], f(x))
-        r"(?P<value>(?![\$\{<\[\*])(?!REDACTED)(?![0-9.]+(?:[^A-Za-z0-9]|\Z))"
+        # not a count (max_tokens=4096), not a call or an index (tokens[i], f(x)).
+        # A count is digits up to the END of the value: "1+jkp..." or "6!Ezm..."
+        # (an AWS or Django secret) starts with a digit but is no number.
+        r"(?P<value>(?![\$\{<\[\*])(?!REDACTED)(?![0-9._]+(?:[\s\"'`\\,;()\[\]{}]|\Z))"
         r"(?!(?:process\.env|os\.environ|os\.getenv|getenv|env\.|config\.|this\.|self\.|settings\.|"
         r"options\.|opts\.|args\.|params\.|props\.|req\.|request\.|None\b|null\b|true\b|false\b|"
         r"undefined\b|str\b|string\b))"

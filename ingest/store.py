@@ -323,7 +323,8 @@ class Store:
         q = self.conn.execute_fetchall
         by_kind = {k: n for k, n in await q("SELECT kind, COUNT(*) FROM records GROUP BY kind")}
         sources = (await q(
-            "SELECT COUNT(*), COALESCE(SUM(missing), 0), COALESCE(SUM(offset), 0) FROM sources"
+            "SELECT COUNT(*), COALESCE(SUM(missing), 0), COALESCE(SUM(offset), 0) FROM sources "
+            "WHERE layout != 'memory'"
         ))[0]
         return {
             "database": str(self.path),

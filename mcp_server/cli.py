@@ -143,13 +143,17 @@ async def _stats(db_path: Path, as_json: bool) -> int:
 async def _search(db_path: Path, args: argparse.Namespace) -> int:
     embedder = None
     embedder_error = None
-    if args.mode != "keyword":
-        try:
-            embedder = await anyio.to_thread.run_sync(load_configured_embedder, os.environ)
-        except DejaError as exc:
-            embedder_error = str(exc)
     store = await Store.open(db_path)
     try:
+        has_vectors = await store.conn.execute_fetchall("SELECT 1 FROM chunks LIMIT 1")
+        if args.mode != "keyword" and not has_vectors:
+            # Loading the model costs seconds; without vectors it cannot help.
+            embedder_error = "no vectors yet (run `deja embed`)"
+        elif args.mode != "keyword":
+            try:
+                embedder = await anyio.to_thread.run_sync(load_configured_embedder, os.environ)
+            except DejaError as exc:
+                embedder_error = str(exc)
         result = await search(
             store.conn, args.query, embedder=embedder, embedder_error=embedder_error,
             mode=args.mode, limit=args.limit, kinds=args.kinds, session_id=args.session,
@@ -321,6 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `deja search ... | head`: the reader left; not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     parser.error(f"unknown command {args.command}")
     return 2
 

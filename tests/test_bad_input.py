@@ -1,0 +1,272 @@
+"""Bad input: ingest goes on, reports each problem, and loses nothing else.
+
+Malformed JSON, a JSON value that is not an object, invalid UTF-8, escaped lone
+surrogates, NUL characters, 50 MB single lines, an empty file, unknown line
+types, a broken subagent meta file, names that are not UTF-8, and files and
+folders the ingesting user cannot read (run as an unprivileged user when the
+tests run as root, since root reads everything).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fixtures.transcripts import REPO, assistant, cli_env, conversation, line, sql, tool_result, write
+
+SESSION = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
+BIG = 50 * 1024 * 1024
+
+
+def _uuids(db: Path) -> set[str]:
+    return {r[0] for r in sql(db, "SELECT DISTINCT uuid FROM records WHERE uuid IS NOT NULL")}
+
+
+def _good(n: int, tag: str) -> list[bytes]:
+    return conversation(SESSION, n, prefix=tag)
+
+
+def _good_uuids(n: int, tag: str) -> set[str]:
+    return {f"{tag}-{i:04d}-{SESSION[:8]}" for i in range(n)}
+
+
+def test_bad_lines_are_reported_and_the_rest_is_kept(tmp_path: Path, db_path: Path,
+                                                     deja_json: Callable[..., Any]) -> None:
+    root = tmp_path / "projects"
+    proj = root / "-home-dev-gizmo"
+    sid = SESSION.encode()
+    mixed = write(proj / f"{SESSION}.jsonl", [
+        *_good(2, "a"),
+        b'{"type": "user", "uuid": "broken", "message": {"content": "no end"\n',            # line 3
+        *_good(2, "b"),
+        b"[1, 2, 3]\n",                                                                       # line 6
+        *_good(2, "c"),
+        b'{"type":"user","uuid":"utf8-1","sessionId":"' + sid +
+        b'","message":{"role":"user","content":"caf\xe9 \xff\xfe latin-1 bytes kiwiword"}}\n',
+        *_good(2, "d"),
+        b'{"type":"hologram","uuid":"holo-1","sessionId":"' + sid +
+        b'","message":{"content":"a line type from a future version, emuword"}}\n',
+        b'{"type":"telemetry-blob","payload":{"x":1}}\n',
+        *_good(2, "e"),
+        b'{"type":"user","uuid":"surr-1","sessionId":"' + sid +
+        b'","message":{"role":"user","content":"half an emoji \\ud83d then dingoword"}}\n',
+        tool_result(SESSION, "nul-1", "toolu_01N", "binary\x00\x01\x02 output then wallabyword"),
+        b"\n",
+        b"   \t \n",
+        *_good(2, "f"),
+    ])
+    big = write(proj / "7d8e9f0a-1b2c-4d3e-8f4a-5b6c7d8e9f0a.jsonl", [
+        *_good(2, "g"),
+        tool_result(SESSION, "big-1", "toolu_01B", "numbat " + "z" * BIG + " tailword"),
+        *_good(2, "h"),
+        b'{"type": "user", "junk": "' + b"q" * BIG + b"\n",  # 50 MB of JSON that never closes
+        *_good(2, "i"),
+    ])
+    write(proj / "empty.jsonl", [])
+    sub = proj / SESSION / "subagents"
+    write(sub / "agent-a77777777777777777.jsonl", _good(2, "j"))
+    (sub / "agent-a77777777777777777.meta.json").write_text("{not json")
+    odd_dir = os.fsencode(str(root)) + b"/-home-caf\xe9"
+    os.makedirs(odd_dir)
+    with open(odd_dir + b"/\xff\xfename-" + SESSION.encode() + b".jsonl", "wb") as f:
+        f.write(b"".join(_good(2, "k")))
+
+    out = deja_json("--db", str(db_path), "ingest", "--root", str(root), "--json", "--no-embed")
+
+    # Each problem is reported ...
+    skipped = [(s["path"], s["line"], s["reason"]) for s in out["skipped"]]
+    assert out["skipped_lines"] == 3 == len(skipped), skipped
+    by_line = {(Path(p).name, n): r for p, n, r in skipped}
+    assert "invalid JSON" in by_line[(mixed.name, 3)]
+    assert "not a JSON object" in by_line[(mixed.name, 6)]
+    assert "invalid JSON" in by_line[(big.name, 6)]
+    assert out["invalid_utf8_lines"] == 2  # the latin-1 bytes and the lone surrogate
+    assert out["unknown_line_types"] == {"hologram": 1, "telemetry-blob": 1}
+    errors = {(Path(e["path"]).name, e["reason"]) for e in out["file_errors"]}
+    assert any(name == "agent-a77777777777777777.meta.json" for name, _ in errors), errors
+    assert out["files"] == 5 and out["files_read"] == 5
+
+    # ... and nothing else is lost.
+    expected = set().union(*(_good_uuids(2, t) for t in "abcdefghijk"))
+    expected |= {"utf8-1", "holo-1", "surr-1", "nul-1", "big-1"}
+    got = _uuids(db_path)
+    assert expected <= got, sorted(expected - got)
+    assert "broken" not in got
+
+    text = dict(sql(db_path, "SELECT uuid, text FROM records WHERE uuid IN ('utf8-1', 'surr-1', 'nul-1')"))
+    assert text["utf8-1"] == "caf\ufffd \ufffd\ufffd latin-1 bytes kiwiword"
+    assert text["surr-1"] == "half an emoji \ufffd then dingoword"
+    assert "\x00" not in text["nul-1"] and text["nul-1"].endswith("then wallabyword")
+    # The 50 MB line is kept, cut at the cap and marked.
+    truncated, text_len, length, tail = sql(
+        db_path, "SELECT truncated, text_len, length(text), substr(text, -120) FROM records WHERE uuid = 'big-1'")[0]
+    assert truncated == 1 and text_len == len("numbat ") + BIG + len(" tailword")
+    assert 64 * 1024 <= length < 64 * 1024 + 200 and "[deja: truncated" in tail
+    # The non-UTF-8 names are stored printable, the file itself read like any other.
+    shown = [r[0] for r in sql(db_path, "SELECT display_path FROM sources WHERE display_path LIKE '%name-%'")]
+    assert len(shown) == 1 and "-home-caf\ufffd/\ufffd\ufffdname-" in shown[0]
+
+    # Every one of those words is in the full-text index ...
+    for word, uuid in [("kiwiword", "utf8-1"), ("emuword", "holo-1"), ("dingoword", "surr-1"),
+                       ("wallabyword", "nul-1"), ("numbat", "big-1"), ("kword1x", f"k-0001-{SESSION[:8]}")]:
+        found = sql(db_path, "SELECT r.uuid FROM records_fts JOIN records r ON r.id = records_fts.rowid "
+                             "WHERE records_fts MATCH ?", (word,))
+        assert found == [(uuid,)], word
+    # ... and `deja search` finds the word after the NUL.
+    hits = deja_json("--db", str(db_path), "search", "wallabyword", "--json", "--mode", "keyword")["hits"]
+    assert [h["uuid"] for h in hits] == ["nul-1"]
+
+    again = deja_json("--db", str(db_path), "ingest", "--root", str(root), "--json", "--no-embed")
+    assert again["new_records"] == 0 and again["skipped_lines"] == 0
+
+
+# -- unreadable files and folders --------------------------------------------------------------
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temporary folder an unprivileged user can enter (pytest's tmp_path is 0700, root's)."""
+    base = Path(tempfile.mkdtemp(prefix="deja-unreadable-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        for dirpath, dirnames, filenames in os.walk(base):
+            for name in dirnames + filenames:
+                p = os.path.join(dirpath, name)
+                if not os.path.islink(p):
+                    os.chmod(p, 0o700)
+        shutil.rmtree(base)
+
+
+def _as_user_runner(base: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the CLI as an unprivileged user when we are root (root reads mode 000 files)."""
+    home = base / "home"
+    home.mkdir()
+    cmd = [sys.executable, "-c", "import sys; from mcp_server.cli import main; sys.exit(main())"]
+    kw: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        os.chown(home, NOBODY, NOBODY)
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            # setpriv resolves the interpreter's path before dropping privileges, so an
+            # interpreter under a private folder (pyenv in /root) still starts.
+            cmd = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd]
+        else:
+            kw = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120,
+                              env=cli_env(home), cwd=str(REPO), **kw)
+
+    probe = run("--help")
+    if probe.returncode != 0:
+        pytest.fail(f"cannot run deja as uid {NOBODY} here: {probe.stderr[-1500:]}")
+    return run
+
+
+def test_unreadable_file_and_folder_are_reported_not_fatal(shared_tmp: Path) -> None:
+    run = _as_user_runner(shared_tmp)
+    root = shared_tmp / "projects"
+    ok_dir = root / "-home-dev-ok"
+    write(ok_dir / f"{SESSION}.jsonl", _good(4, "ok"))
+    locked_file = write(ok_dir / "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b.jsonl", _good(2, "lf"))
+    locked_dir = root / "-home-dev-locked"
+    write(locked_dir / "8d7c6b5a-4f3e-4d2c-9b1a-0f9e8d7c6b5a.jsonl", _good(2, "ld"))
+    locked_sub = ok_dir / SESSION / "subagents"
+    write(locked_sub / "agent-a1111111111111111.jsonl", _good(2, "ls"))
+    for d in (shared_tmp, root, ok_dir, ok_dir / SESSION):
+        d.chmod(0o755)
+    for f in root.rglob("*.jsonl"):
+        f.chmod(0o644)
+    locked_file.chmod(0o000)
+    locked_dir.chmod(0o000)
+    locked_sub.chmod(0o000)
+    data = shared_tmp / "data"
+    data.mkdir()
+    if os.geteuid() == 0:
+        os.chown(data, NOBODY, NOBODY)
+    db = data / "deja.db"
+
+    proc = run("--db", str(db), "ingest", "--root", str(root), "--json", "--no-embed")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    errors = {e["path"]: e["reason"] for e in out["file_errors"]}
+    assert set(errors) == {str(locked_file), str(locked_dir), str(locked_sub)}, errors
+    assert all("ermission denied" in r for r in errors.values()), errors
+    assert out["skipped_lines"] == 0
+    assert _uuids(db) == _good_uuids(4, "ok")  # everything readable, nothing else
+
+    # Once readable, what was unreadable is picked up, and nothing is doubled.
+    locked_file.chmod(0o644)
+    locked_dir.chmod(0o755)
+    locked_sub.chmod(0o755)
+    proc = run("--db", str(db), "ingest", "--root", str(root), "--json", "--no-embed")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["file_errors"] == []
+    assert out["new_records"] == 6
+    assert _uuids(db) == set().union(*(_good_uuids(n, t) for n, t in
+                                       ((4, "ok"), (2, "lf"), (2, "ld"), (2, "ls"))))
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
+def test_unreadable_database_folder_is_a_clear_error(shared_tmp: Path) -> None:
+    """No traceback: a one-line message and exit code 1 when the database cannot be created."""
+    run = _as_user_runner(shared_tmp)
+    root = shared_tmp / "projects"
+    write(root / "-p" / f"{SESSION}.jsonl", _good(2, "x"))
+    for d in (root, root / "-p"):
+        d.chmod(0o755)
+    (root / "-p" / f"{SESSION}.jsonl").chmod(0o644)
+    forbidden = shared_tmp / "forbidden"
+    forbidden.mkdir(mode=0o700)  # owned by root when we are root; by us otherwise
+    if os.geteuid() != 0:
+        forbidden.chmod(0o500)
+    proc = run("--db", str(forbidden / "sub" / "deja.db"), "ingest", "--root", str(root), "--json",
+               "--no-embed")
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("deja: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_root_that_does_not_exist_is_not_fatal(tmp_path: Path, db_path: Path,
+                                               deja_json: Callable[..., Any]) -> None:
+    out = deja_json("--db", str(db_path), "ingest", "--root", str(tmp_path / "nope"), "--json", "--no-embed")
+    assert out["files"] == 0 and out["new_records"] == 0
+
+
+def test_assistant_line_with_odd_shapes(tmp_path: Path, db_path: Path, deja_json: Callable[..., Any]) -> None:
+    """Fields of unexpected types (FORMAT.md: treat every field as optional) do not stop a file."""
+    root = tmp_path / "projects"
+    write(root / "-p" / f"{SESSION}.jsonl", [
+        *_good(2, "a"),
+        line({"type": "assistant", "uuid": "odd-1", "sessionId": SESSION, "message": "not an object"}),
+        line({"type": "assistant", "uuid": "odd-2", "sessionId": SESSION,
+              "message": {"content": [None, 3, "str", {"type": "tool_use"}, {"type": "text", "text": None}]}}),
+        line({"type": "user", "uuid": "odd-3", "sessionId": SESSION, "message": {"content": {"a": 1}}}),
+        line({"type": "user", "uuid": "odd-4", "sessionId": SESSION, "toolUseResult": ["x", 1],
+              "message": {"content": [{"type": "tool_result", "content": [{"type": "image"}, 5, None]}]}}),
+        line({"type": "system", "uuid": "odd-5", "sessionId": SESSION, "content": {"nested": ["x"]}}),
+        line({"type": "summary", "summary": None, "leafUuid": 7}),
+        line({"type": None, "uuid": "odd-7"}),
+        line({"uuid": "odd-8", "timestamp": 12345, "cwd": ["x"], "sessionId": {"x": 1}}),
+        assistant(SESSION, "odd-9", [{"type": "text", "text": "still here afterword"}]),
+        *_good(2, "b"),
+    ])
+    out = deja_json("--db", str(db_path), "ingest", "--root", str(root), "--json", "--no-embed")
+    assert out["skipped_lines"] == 0, out["skipped"]
+    got = _uuids(db_path)
+    assert _good_uuids(2, "a") | _good_uuids(2, "b") | {"odd-9"} <= got
