@@ -225,12 +225,23 @@ async def resolve_project(conn: aiosqlite.Connection, project: str | None) -> li
         return None
     p = project.strip().rstrip("/") or "/"
     like = p.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+    # The project at that path and those below it (a parent folder of several).
     rows = await conn.execute_fetchall(
         "SELECT DISTINCT project_dir FROM sessions WHERE project_dir IS NOT NULL AND "
         "(project_dir = ? OR project_dir = ? OR cwd = ? OR cwd LIKE ? ESCAPE '\\')",
         (p, claude_project_dir(p), p, like),
     )
     dirs = {r[0] for r in rows}
+    if not dirs and p.startswith("/"):
+        # A folder inside a project (`--project .` from a subfolder): the
+        # nearest enclosing project.
+        rows = await conn.execute_fetchall(
+            "SELECT project_dir, cwd FROM sessions WHERE project_dir IS NOT NULL AND "
+            "cwd IS NOT NULL AND cwd != '/' AND substr(?, 1, length(cwd) + 1) = cwd || '/' "
+            "ORDER BY length(cwd) DESC", (p,))
+        if rows:
+            longest = len(rows[0][1])
+            dirs = {r[0] for r in rows if len(r[1]) == longest}
     rows = await conn.execute_fetchall(
         "SELECT DISTINCT project_dir FROM sources WHERE project_dir = ? OR project_dir = ?",
         (p, claude_project_dir(p)),
@@ -329,26 +340,32 @@ async def _vector_ranks(conn: aiosqlite.Connection, qvec: bytes, filters: Search
     where, params = filters.vec_sql()
     if filters.project_dirs == []:
         return []
-    k = min(4096, max(n * 3, 30))  # several chunks may belong to one record
-    # The KNN stands alone: vec0 applies the metadata constraints during the
-    # search, which a join or an outer WHERE would not guarantee.
-    knn = await conn.execute_fetchall(
-        f"SELECT chunk_id, distance FROM vec_chunks WHERE embedding MATCH ? AND k = ? {where}",
-        (qvec, k, *params),
-    )
-    if not knn:
-        return []
-    distance = {cid: d for cid, d in knn}
-    owners = await conn.execute_fetchall(
-        f"SELECT id, record_id FROM chunks WHERE id IN ({', '.join('?' for _ in distance)})",
-        list(distance),
-    )
-    rows = [(cid, distance[cid], rid) for cid, rid in owners]
+    # Several chunks may belong to one record: fetch chunks until n distinct
+    # records are in hand (or every chunk matching the filters was seen).
+    k = min(4096, max(n * 3, 30))
     best: dict[int, tuple[float, int]] = {}
-    for chunk_id, distance, record_id in rows:
-        sim = 1.0 - float(distance)
-        if record_id not in best or sim > best[record_id][0]:
-            best[record_id] = (sim, chunk_id)
+    while True:
+        # The KNN stands alone: vec0 applies the metadata constraints during
+        # the search, which a join or an outer WHERE would not guarantee.
+        knn = await conn.execute_fetchall(
+            f"SELECT chunk_id, distance FROM vec_chunks WHERE embedding MATCH ? AND k = ? {where}",
+            (qvec, k, *params),
+        )
+        if not knn:
+            return []
+        distance = {cid: d for cid, d in knn}
+        owners = await conn.execute_fetchall(
+            f"SELECT id, record_id FROM chunks WHERE id IN ({', '.join('?' for _ in distance)})",
+            list(distance),
+        )
+        best = {}
+        for chunk_id, record_id in owners:
+            sim = 1.0 - float(distance[chunk_id])
+            if record_id not in best or sim > best[record_id][0]:
+                best[record_id] = (sim, chunk_id)
+        if len(best) >= n or len(knn) < k or k >= 4096:
+            break
+        k = min(4096, k * 4)
     ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:n]
     return [(rid, sim, cid) for rid, (sim, cid) in ranked]
 
@@ -478,6 +495,8 @@ async def search(
         vector, status = await _vector_search(conn, query, embedder, embedder_error, filters,
                                               n_candidates)
         result.vector_status = status
+        if status == "ok" and embedder is not None and result.pending_embeddings:
+            vector = await _add_pending(conn, query, embedder, keyword, vector)
         if status != "ok":
             result.notes.append(f"vector search unavailable ({status}): keyword results only")
             if mode == "vector":
@@ -523,6 +542,40 @@ async def _vector_search(conn: aiosqlite.Connection, query: str, embedder: "Embe
     return await _vector_ranks(conn, qvec, filters, n), "ok"
 
 
+PENDING_RESCUE = 8
+
+
+async def _add_pending(conn: aiosqlite.Connection, query: str, embedder: "Embedder",
+                       keyword: list[tuple[int, float]],
+                       vector: list[tuple[int, float, int]]) -> list[tuple[int, float, int]]:
+    """Give the best keyword hits still awaiting their vector a similarity now.
+
+    A record ingested a moment ago has no vector yet; without this it would
+    only earn keyword points and could fall behind records found by both
+    rankers. A few short texts embed in tens of milliseconds.
+    """
+    top = [rid for rid, _ in keyword[:30]]
+    if not top:
+        return vector
+    rows = await conn.execute_fetchall(
+        f"SELECT id, substr(text, 1, 1500) FROM records WHERE embed_state = 0 AND id IN "
+        f"({', '.join('?' for _ in top)})", top)
+    rank = {rid: i for i, rid in enumerate(top)}
+    rows = sorted(rows, key=lambda r: rank[r[0]])[:PENDING_RESCUE]
+    if not rows:
+        return vector
+    import anyio
+
+    def cosines() -> list[float]:
+        vecs = embedder.embed([query] + [text for _, text in rows])
+        return [float(vecs[0] @ v) for v in vecs[1:]]
+
+    sims = await anyio.to_thread.run_sync(cosines)
+    known = {rid for rid, _, _ in vector}
+    merged = list(vector) + [(rid, sim, -1) for (rid, _), sim in zip(rows, sims) if rid not in known]
+    return sorted(merged, key=lambda item: -item[1])
+
+
 async def _materialize(conn: aiosqlite.Connection, query: str, order: list[tuple[int, float]],
                        kw_rank: dict[int, tuple[int, float]],
                        vec_rank: dict[int, tuple[int, float, int]], limit: int,
@@ -539,7 +592,7 @@ async def _materialize(conn: aiosqlite.Connection, query: str, order: list[tuple
         ids,
     )
     by_id = {row[0]: row for row in rows}
-    chunk_ids = [vec_rank[rid][2] for rid in ids if rid in vec_rank]
+    chunk_ids = [vec_rank[rid][2] for rid in ids if rid in vec_rank and vec_rank[rid][2] >= 0]
     spans: dict[int, int] = {}
     if chunk_ids:
         for cid, start in await conn.execute_fetchall(
