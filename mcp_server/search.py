@@ -49,7 +49,7 @@ MODES = ("hybrid", "keyword", "vector")
 
 # Tuned on the LoCoMo dev split (bench/locomo.py) and bench/questions.json.
 FUSION: dict[str, float] = {"k": 10.0, "keyword": 1.0, "vector": 1.0, "candidates": 100,
-                            "neighbors": 0.25, "radius": 2}
+                            "neighbors": 0.25, "radius": 2, "cjk_vector": 0.3}
 
 # A quoted phrase, or a run of word characters joined by . - _ / : (foo-bar,
 # a.b, path/to/x), optionally followed by * (prefix).
@@ -65,6 +65,28 @@ _STOPWORDS = frozenset(
 )
 
 
+_CJK_RUN = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def _cjk_terms(word: str) -> list[str]:
+    """Bigrams of the CJK characters of `word`, other characters kept as words."""
+    out: list[str] = []
+    run = ""
+    for ch in word + " ":
+        if _CJK_RUN.match(ch):
+            run += ch
+            continue
+        if run:
+            out.extend([run] if len(run) == 1 else [run[i:i + 2] for i in range(len(run) - 1)])
+            run = ""
+        if ch.strip():
+            if out and not _CJK_RUN.match(out[-1][-1:]) and out[-1].isalnum():
+                out[-1] += ch
+            else:
+                out.append(ch)
+    return out
+
+
 def _quote(words: list[str]) -> str:
     text = fts_text(" ".join(words)).strip()
     return '"' + text.replace('"', '""') + '"'
@@ -78,6 +100,13 @@ def build_fts_queries(query: str) -> tuple[str | None, str | None]:
         source = phrase if phrase is not None else word
         words = _WORD.findall(source or "")
         if not words:
+            continue
+        if phrase is None and len(words) == 1 and _CJK_RUN.search(words[0]):
+            # Chinese/Japanese/Korean have no spaces: a run of characters is a
+            # sentence, not a word. Overlapping character pairs match the words
+            # inside it wherever they appear.
+            for gram in _cjk_terms(words[0]):
+                terms.append((_quote([gram]), False))
             continue
         term = _quote(words)
         if star and phrase is None:
@@ -95,8 +124,10 @@ def build_fts_queries(query: str) -> tuple[str | None, str | None]:
 
 def query_words(query: str) -> list[str]:
     """The non-stopword words of a query, lowercased, for highlighting snippets."""
-    return [w for w in dict.fromkeys(w.lower() for w in _WORD.findall(query))
-            if w not in _STOPWORDS]
+    words: list[str] = []
+    for w in _WORD.findall(query):
+        words.extend(_cjk_terms(w) if _CJK_RUN.search(w) else [w])
+    return [w for w in dict.fromkeys(w.lower() for w in words) if w not in _STOPWORDS]
 
 
 # -- time filters ------------------------------------------------------------
@@ -512,8 +543,13 @@ async def search(
     elif mode == "vector":
         order = [(rid, sim) for rid, sim, _ in vector]
     else:
+        w_vector = params["vector"]
+        if _CJK_RUN.search(query):
+            # all-MiniLM-L6-v2 was trained on English: its vectors of Chinese or
+            # Japanese text are near noise, so let the keywords lead.
+            w_vector *= params["cjk_vector"]
         order = fuse(keyword, vector, k=params["k"], w_keyword=params["keyword"],
-                     w_vector=params["vector"])
+                     w_vector=w_vector)
         if params["neighbors"]:
             order = await _smooth(conn, order, params["neighbors"], int(params["radius"]))
 
