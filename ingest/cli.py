@@ -22,7 +22,7 @@ import anyio
 
 from .config import db_path_from, default_data_dir
 from .discover import default_roots
-from .errors import DejaError
+from .errors import DejaError, IngestBusy
 from .lease import IngestLock
 from .runner import IngestSummary, ingest_once, watch
 from .store import Store
@@ -47,6 +47,9 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch", action="store_true",
                         help="keep running and ingest transcripts as they grow, until interrupted")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                        help="how long to wait for another process that is ingesting this "
+                             "database (default 60)")
 
 
 class ProgressBar:
@@ -118,14 +121,26 @@ def print_summary(summary: IngestSummary, stream: TextIO, extra: Mapping[str, An
     stream.flush()
 
 
-async def _wait_for_lock(lock: IngestLock, quiet: bool) -> None:
+async def _wait_for_lock(lock: IngestLock, quiet: bool, wait_seconds: float) -> None:
+    """Take the ingest lock, waiting up to `wait_seconds` for its holder.
+
+    Raises IngestBusy: a deja server holds the lock for as long as it runs,
+    so waiting forever would hang a script while Claude Code is open.
+    """
     if lock.acquire():
         return
     if not quiet:
-        sys.stderr.write(
-            f"another deja process (pid {lock.holder_pid()}) is ingesting; waiting for it...\n"
-        )
+        sys.stderr.write(f"another deja process (pid {lock.holder_pid()}) is ingesting; "
+                         f"waiting up to {wait_seconds:.0f} s for it...\n")
+    deadline = time.monotonic() + wait_seconds
     while not lock.acquire():
+        if time.monotonic() >= deadline:
+            raise IngestBusy(
+                f"another deja process (pid {lock.holder_pid()}) holds the ingest lock of this "
+                "database: a `deja serve` started by Claude Code keeps ingesting its roots in the "
+                "background. Its results are already searchable; to ingest other roots now, "
+                "pass --wait with a longer time, or stop it."
+            )
         await anyio.sleep(0.5)
 
 
@@ -185,7 +200,7 @@ async def run_ingest(args: argparse.Namespace, db_path: Path, environ: Mapping[s
     lock = IngestLock(db_path)
     store = await Store.open(db_path)
     try:
-        await _wait_for_lock(lock, args.quiet or args.json)
+        await _wait_for_lock(lock, args.quiet or args.json, args.wait)
         if args.watch:
             if not (args.quiet or args.json):
                 sys.stderr.write(

@@ -140,12 +140,27 @@ def make_connector(path: Path, *, readonly: bool = False) -> Callable[[], Any]:
     return connector
 
 
-def _load_vec(conn: Any) -> None:
-    import sqlite_vec  # type: ignore[import-untyped]
+_vec_path: str | None = None
 
+
+def _vec_extension() -> str:
+    """Where sqlite-vec's loadable extension is, found without importing the package:
+    its __init__ imports numpy (0.15-0.5 s here), which would delay the MCP handshake."""
+    global _vec_path
+    if _vec_path is None:
+        import importlib.util
+
+        spec = importlib.util.find_spec("sqlite_vec")
+        if spec is None or not spec.submodule_search_locations:
+            raise DatabaseError("sqlite-vec is not installed: pip install sqlite-vec")
+        _vec_path = os.path.join(list(spec.submodule_search_locations)[0], "vec0")
+    return _vec_path
+
+
+def _load_vec(conn: Any) -> None:
     conn.enable_load_extension(True)
     try:
-        sqlite_vec.load(conn)
+        conn.load_extension(_vec_extension())
     finally:
         conn.enable_load_extension(False)
 

@@ -22,17 +22,17 @@ Two backends, one contract
       dynamically to int8 (per channel, MatMul only), run by onnxruntime +
       tokenizers + numpy (mean pooling, then L2). It starts in a fraction of
       a second, stays small and is faster on CPU; its vectors are within
-      about 0.99 cosine of torch's. Texts run one per call, several calls in
-      parallel: dynamic quantization scales each call's activations as a
-      whole, so batching would make a text's vector depend on its
-      neighbours (and on their padding). The export runs in a
-      child process (torch and the fp32 model never enter the caller's
-      memory, and nothing it prints can reach an MCP stdio stream), checks
-      its own output against sentence-transformers on probe sentences, and
-      is cached under the caller's cache folder in a directory keyed by the
-      model id and the export recipe, so a different model never reuses it.
-      sentence-transformers' own `backend="onnx"` is not used: it needs
-      optimum, which downgrades transformers and breaks sentence-transformers.
+      about 0.99 cosine of torch's. Each text runs alone, several in
+      parallel: dynamic quantization scales a run's activations as a whole,
+      so batching would make a text's vector depend on its neighbours. The
+      export runs once, in a child process (torch and the fp32 model never
+      enter the caller's memory, and nothing it prints can reach an MCP
+      stdio stream), checks its output against sentence-transformers on
+      probe sentences, and is cached under the caller's cache folder in a
+      directory keyed by the model id and the export recipe, so a different
+      model never reuses it. sentence-transformers' own `backend="onnx"` is
+      not used: it needs optimum, which downgrades transformers and breaks
+      sentence-transformers.
     - "auto": onnx when onnxruntime is installed, a cache folder is given and
       the export works (or already exists); torch otherwise. Never fake
       vectors: if no backend loads, `ModelUnavailable` is raised.
@@ -565,7 +565,12 @@ def _log_loaded(embedder: Embedder) -> None:
 
 
 def _default_threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    """The CPUs this process may run on (not the host's), at most 4."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        usable = os.cpu_count() or 1
+    return max(1, min(4, usable))
 
 
 # --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ __all__ = [
     "ModelMismatch",
     "InvalidQuery",
     "NotFound",
+    "IngestBusy",
 ]
 
 
@@ -49,3 +50,7 @@ class InvalidQuery(DejaError):
 
 class NotFound(DejaError):
     """A record, session or memory asked for by id does not exist."""
+
+
+class IngestBusy(DejaError):
+    """Another process holds the ingest lock longer than we may wait."""

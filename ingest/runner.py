@@ -267,13 +267,28 @@ async def watch(
             continue
         # One watcher for the life of the loop; changes made during a pass are
         # buffered and trigger the next one. Timeouts trigger the safety rescan.
-        async for _changes in awatch(
-            *existing,
-            debounce=debounce_ms,
-            rust_timeout=int(rescan_seconds * 1000),
-            yield_on_timeout=True,
-            watch_filter=lambda _change, path: path.endswith((".jsonl", ".json")),
-        ):
-            await one_pass()
-            if len(existing) != sum(1 for r in roots if os.path.isdir(r)):
-                break  # a root appeared: watch it too
+        # awatch waits in a worker thread that a cancellation cannot interrupt:
+        # without `stop` set on cancel, stopping (the server's shutdown) would
+        # wait out rust_timeout, i.e. up to `rescan_seconds`.
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_set_when_cancelled, stop)
+            async for _changes in awatch(
+                *existing,
+                debounce=debounce_ms,
+                rust_timeout=int(rescan_seconds * 1000),
+                yield_on_timeout=True,
+                stop_event=stop,
+                watch_filter=lambda _change, path: path.endswith((".jsonl", ".json")),
+            ):
+                await one_pass()
+                if len(existing) != sum(1 for r in roots if os.path.isdir(r)):
+                    break  # a root appeared: watch it too
+            tg.cancel_scope.cancel()
+
+
+async def _set_when_cancelled(event: anyio.Event) -> None:
+    try:
+        await anyio.sleep_forever()
+    finally:
+        event.set()

@@ -71,7 +71,8 @@ async def load_checkpoint(conn: aiosqlite.Connection, *, session_id: str | None 
             "LEFT JOIN sources src ON src.id = r.source_id WHERE r.uuid = ? AND r.kind = 'memory'",
             (checkpoint_id,))
         if not rows:
-            raise NotFound(f"no checkpoint or memory with id {checkpoint_id!r}")
+            raise NotFound(f"no checkpoint or memory with id {checkpoint_id!r}: pass the id "
+                           "write_memory returned, or omit checkpoint_id")
         text, ts, cp_session, meta, cp_project = rows[0]
         checkpoint = {"id": checkpoint_id, "timestamp": ts, "text": trim(text, budget // 3),
                       **{k: v for k, v in memory_meta(meta).items() if v}}

@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -253,7 +252,7 @@ def _serve(db_path: Path, args: argparse.Namespace) -> int:
     from ingest.config import default_data_dir
     from ingest.discover import default_roots
 
-    from .server import ServerConfig, build_server
+    from .server import ServerConfig, build_server, run_stdio
 
     log_file = args.log_file or default_data_dir(os.environ) / "deja-server.log"
     try:
@@ -280,23 +279,8 @@ def _serve(db_path: Path, args: argparse.Namespace) -> int:
         environ=dict(os.environ),
         ingest=not args.no_ingest,
     )
-    server = build_server(config)
-
-    async def run() -> None:
-        # SIGTERM ends the server as cleanly as stdin closing: the lifespan's
-        # task group is cancelled, background work stops, the database closes.
-        async with anyio.create_task_group() as tg:
-            async def stop_on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for _sig in signals:
-                        tg.cancel_scope.cancel()
-                        return
-
-            tg.start_soon(stop_on_signal)
-            await server.run_stdio_async()
-            tg.cancel_scope.cancel()
-
-    anyio.run(run)
+    # SIGTERM ends the server as cleanly as stdin closing (see run_stdio).
+    anyio.run(run_stdio, build_server(config))
     return 0
 
 

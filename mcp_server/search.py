@@ -426,15 +426,19 @@ async def _smooth(conn: aiosqlite.Connection, order: list[tuple[int, float]], we
         return order
     ids = [rid for rid, _ in order]
     rows = await conn.execute_fetchall(
-        f"SELECT id, source_id FROM records WHERE id IN ({', '.join('?' for _ in ids)})", ids)
+        f"SELECT id, source_id FROM records WHERE id IN ({', '.join('?' for _ in ids)}) "
+        f"AND kind != 'memory'", ids)
+    # Memories share one pseudo-source per project but are no conversation:
+    # they have no neighbours.
     source = dict(rows)
     by_source: dict[Any, list[tuple[int, float]]] = {}
     for rid, score in order:
-        by_source.setdefault(source.get(rid), []).append((rid, score))
+        if rid in source:
+            by_source.setdefault(source[rid], []).append((rid, score))
     smoothed = []
     for rid, score in order:
         bonus = sum(s for other, s in by_source.get(source.get(rid), [])
-                    if other != rid and abs(other - rid) <= radius)
+                    if other != rid and abs(other - rid) <= radius) if rid in source else 0.0
         smoothed.append((rid, score + weight * bonus))
     return sorted(smoothed, key=lambda kv: -kv[1])
 
