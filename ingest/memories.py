@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import InvalidQuery, NotFound
 from .redact import Redactor
-from .store import Store
+from .store import Store, index_new_records
 
 __all__ = ["MEMORY_KINDS", "MemoryWritten", "write_memory", "forget_memory", "MAX_MEMORY_CHARS"]
 
@@ -93,7 +93,9 @@ async def write_memory(
              json.dumps(meta, ensure_ascii=False)),
         )
         created = cur.rowcount == 1
-        if not created:
+        if created:
+            await index_new_records(store.conn, cur.lastrowid - 1)
+        else:
             rows = await store.conn.execute_fetchall(
                 "SELECT uuid FROM records WHERE source_id = ? AND line_key = ? AND part = 0",
                 (source_id, key),

