@@ -92,9 +92,18 @@ def _quote(words: list[str]) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def build_fts_queries(query: str) -> tuple[str | None, str | None]:
-    """(AND query, OR query) for FTS5 MATCH from free text; None when nothing searchable."""
-    terms: list[tuple[str, bool]] = []  # (fts term, is_stopword)
+@dataclass(frozen=True)
+class FtsTerm:
+    """One term of a user query, quoted for MATCH, with the words it is made of."""
+
+    fts: str
+    words: tuple[str, ...]
+    stop: bool
+
+
+def build_fts_terms(query: str) -> list[FtsTerm]:
+    """The query's terms, in order, deduplicated; see the module docstring."""
+    terms: list[FtsTerm] = []
     for m in _TOKEN.finditer(query):
         phrase, word, star = m.group(1), m.group(2), m.group(3)
         source = phrase if phrase is not None else word
@@ -106,19 +115,27 @@ def build_fts_queries(query: str) -> tuple[str | None, str | None]:
             # sentence, not a word. Overlapping character pairs match the words
             # inside it wherever they appear.
             for gram in _cjk_terms(words[0]):
-                terms.append((_quote([gram]), False))
+                terms.append(FtsTerm(_quote([gram]), (gram.lower(),), False))
             continue
-        term = _quote(words)
+        fts = _quote(words)
         if star and phrase is None:
-            term += " *"
+            fts += " *"
         stop = len(words) == 1 and words[0].lower() in _STOPWORDS
-        terms.append((term, stop))
+        terms.append(FtsTerm(fts, tuple(w.lower() for w in words), stop))
+    unique: dict[str, FtsTerm] = {}
+    for t in terms:
+        unique.setdefault(t.fts, t)
+    return list(unique.values())
+
+
+def build_fts_queries(query: str) -> tuple[str | None, str | None]:
+    """(AND query, OR query) for FTS5 MATCH from free text; None when nothing searchable."""
+    terms = build_fts_terms(query)
     if not terms:
         return None, None
-    unique = list(dict.fromkeys(t for t, _ in terms))
-    and_query = " ".join(unique)
-    content = list(dict.fromkeys(t for t, stop in terms if not stop)) or unique
-    or_query = " OR ".join(content) if len(unique) > 1 else None
+    and_query = " ".join(t.fts for t in terms)
+    content = [t.fts for t in terms if not t.stop] or [t.fts for t in terms]
+    or_query = " OR ".join(content) if len(terms) > 1 else None
     return and_query, or_query
 
 
@@ -345,23 +362,68 @@ LIMIT ?
 """
 
 
+# The OR query scores every record holding any of its terms: a frequent word
+# would make it score much of the corpus (450 ms at 1M records). Terms found in
+# more than this share of records are left out of it (they add little to BM25
+# anyway), keeping at most OR_MAX_TERMS of the rarest.
+OR_MAX_DOC_SHARE = 0.2
+OR_MAX_TERMS = 8
+
+
+async def _doc_counts(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> dict[str, int]:
+    """Records containing each word (approximately: its longest stem in the index)."""
+    words = {w for t in terms for w in t.words}
+    prefixes: dict[str, list[str]] = {
+        w: [fts_text(w).strip()[:i] for i in range(len(w), 2, -1)] or [w] for w in words
+    }
+    wanted = sorted({p for ps in prefixes.values() for p in ps})
+    if not wanted:
+        return {}
+    rows = await conn.execute_fetchall(
+        f"SELECT term, doc FROM records_fts_vocab WHERE term IN ({', '.join('?' for _ in wanted)})",
+        wanted)
+    found = dict(rows)
+    # porter stems are prefixes of the word (mostly): the longest one present.
+    return {w: next((found[p] for p in ps if p in found), 0) for w, ps in prefixes.items()}
+
+
+async def _or_query(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> str | None:
+    content = [t for t in terms if not t.stop] or terms
+    if len(terms) < 2:
+        return None
+    total = (await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM records"))[0][0]
+    if total < 20_000:
+        return " OR ".join(t.fts for t in content)
+    counts = await _doc_counts(conn, content)
+    df = {t.fts: min((counts.get(w, 0) for w in t.words), default=0) for t in content}
+    ranked = sorted(content, key=lambda t: df[t.fts])
+    kept = [t for t in ranked if df[t.fts] <= OR_MAX_DOC_SHARE * total][:OR_MAX_TERMS]
+    if not kept:
+        kept = ranked[:2]
+    return " OR ".join(t.fts for t in kept)
+
+
 async def _keyword_ranks(conn: aiosqlite.Connection, query: str, filters: SearchFilters,
                          n: int) -> list[tuple[int, float]]:
     """(record id, bm25 score, higher is better), best first."""
-    and_q, or_q = build_fts_queries(query)
-    if and_q is None:
+    terms = build_fts_terms(query)
+    if not terms:
         return []
+    and_q = " ".join(t.fts for t in terms)
     where, params = filters.sql()
     sql = _KEYWORD_SQL.format(filters=where)
     out: list[tuple[int, float]] = []
     seen: set[int] = set()
-    for fts_query in (and_q, or_q):
-        if fts_query is None or len(out) >= n:
-            continue
-        for rid, score in await conn.execute_fetchall(sql, (fts_query, *params, n)):
-            if rid not in seen:
-                seen.add(rid)
-                out.append((rid, -float(score)))
+    for rid, score in await conn.execute_fetchall(sql, (and_q, *params, n)):
+        seen.add(rid)
+        out.append((rid, -float(score)))
+    if len(out) < n:
+        or_q = await _or_query(conn, terms)
+        if or_q is not None:
+            for rid, score in await conn.execute_fetchall(sql, (or_q, *params, n)):
+                if rid not in seen:
+                    seen.add(rid)
+                    out.append((rid, -float(score)))
     return out[:n]
 
 
@@ -373,7 +435,7 @@ async def _vector_ranks(conn: aiosqlite.Connection, qvec: bytes, filters: Search
         return []
     # Several chunks may belong to one record: fetch chunks until n distinct
     # records are in hand (or every chunk matching the filters was seen).
-    k = min(4096, max(n * 3, 30))
+    k = min(4096, max(int(n * 1.25), 30))
     best: dict[int, tuple[float, int]] = {}
     while True:
         # The KNN stands alone: vec0 applies the metadata constraints during
