@@ -174,20 +174,14 @@ def make_db(path: Path, records: int, *, seed: int = 4) -> Path:
                        "Bash" if kind.startswith("tool") else None, text, len(text), ts,
                        session_rows[s][2], i * 500, 1)
 
-        # Row by row, the FTS trigger costs ~5x the insert; FTS5's 'rebuild'
-        # indexes the whole table at once from `records.text`. That equals
-        # what the trigger indexes, deja_fts_text(text), because the text is
-        # ASCII (fts_text only spaces out CJK). The trigger is put back as is.
-        trigger = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'records_ai'"
-        ).fetchone()[0]
-        conn.execute("DROP TRIGGER records_ai")
+        # FTS5's 'rebuild' indexes the whole table at once from `records.text`.
+        # That equals what ingest indexes, deja_fts_text(text), because the
+        # text is ASCII (fts_text only spaces out CJK).
         conn.executemany(
             "INSERT INTO records (source_id, line_key, part, uuid, session_id, kind, role, "
             "tool_name, text, text_len, ts, cwd, byte_offset, embed_state) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows())
         conn.execute("INSERT INTO records_fts (records_fts) VALUES ('rebuild')")
-        conn.execute(trigger)
         conn.execute(
             "UPDATE sessions SET first_ts = (SELECT MIN(ts) FROM records r WHERE r.session_id = "
             "sessions.session_id), last_ts = (SELECT MAX(ts) FROM records r WHERE r.session_id = "

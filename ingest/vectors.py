@@ -141,23 +141,14 @@ def windows_for(embedder: "Embedder", kind: str, text: str,
     first_only = kind in FIRST_WINDOW_ONLY
     text, shift = embedding_text(kind, text, call)
     head = text[: FIRST_WINDOW_CHARS if first_only else MAX_CHARS]
-    pieces = embedder.split_windows(head)
-    if first_only:
-        pieces = pieces[:1]
-    else:
-        pieces = pieces[:MAX_WINDOWS]
+    spans = embedder.window_spans(head)
+    spans = spans[:1] if first_only else spans[:MAX_WINDOWS]
     out: list[tuple[int, int, str]] = []
-    cursor = 0
-    for piece in pieces:
+    for start, end in spans:
+        piece = head[start:end]
         if not piece.strip():
             continue
-        # Windows are substrings of the text: locate them for snippets.
-        start = head.find(piece[:64], cursor)
-        if start < 0:
-            start = cursor
-        end = min(start + len(piece), len(head))
         out.append((max(start - shift, 0), max(end - shift, 0), piece))
-        cursor = start + 1
     return out
 
 

@@ -142,6 +142,12 @@ async def _stats(db_path: Path, as_json: bool) -> int:
 async def _search(db_path: Path, args: argparse.Namespace) -> int:
     embedder = None
     embedder_error = None
+    if args.project and (args.project in (".", "..") or
+                         args.project.startswith(("./", "../", "~"))):
+        # `--project .` from inside a project (or one of its worktrees).
+        from .projects import main_worktree
+
+        args.project = str(main_worktree(Path(args.project).expanduser()))
     store = await Store.open(db_path)
     try:
         has_vectors = await store.conn.execute_fetchall("SELECT 1 FROM chunks LIMIT 1")

@@ -510,23 +510,33 @@ async def _smooth(conn: aiosqlite.Connection, order: list[tuple[int, float]], we
 SNIPPET_CHARS = 240
 
 
+def _word_pattern(words: Sequence[str]) -> re.Pattern[str]:
+    """Matches the query words in text as FTS5 with porter does, roughly: a long
+    word also matches by its stem-like prefix (refuelling ~ refuelled)."""
+    parts = []
+    for w in sorted(words, key=len, reverse=True):
+        if len(w) >= 6 and w.isascii():
+            parts.append(re.escape(w[: max(5, len(w) - 3)]) + r"\w*")
+        else:
+            parts.append(re.escape(w))
+    return re.compile("|".join(parts), re.IGNORECASE)
+
+
 def make_snippet(text: str, words: Sequence[str], around: int | None = None,
                  width: int = SNIPPET_CHARS) -> str:
     """A window of `text` around the first query word (or `around`), words in [brackets]."""
-    lower = text.lower()
+    pattern = _word_pattern(words) if words else None
     center = around
-    if words:
-        positions = [p for p in (lower.find(w) for w in words) if p >= 0]
-        if positions:
-            center = min(positions)
+    if pattern is not None:
+        first = pattern.search(text)
+        if first is not None:
+            center = first.start()
     if center is None:
         center = 0
     start = max(0, center - width // 3)
     end = min(len(text), start + width)
     piece = text[start:end]
-    if words:
-        pattern = re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)),
-                             re.IGNORECASE)
+    if pattern is not None:
         piece = pattern.sub(lambda m: f"[{m.group(0)}]", piece)
     piece = " ".join(piece.split())
     return ("…" if start > 0 else "") + piece + ("…" if end < len(text) else "")

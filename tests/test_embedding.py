@@ -1,0 +1,373 @@
+"""The vector side of the database: embedding at ingest, `deja embed`, models, crashes.
+
+With the real model (all-MiniLM-L6-v2, ONNX export shared through
+DEJA_MODEL_CACHE). Invariants checked after every step that writes vectors:
+
+- every record with embed_state = 1 has at least one chunk, unless its text
+  is blank;
+- every chunk has exactly one vec_chunks row and every vec_chunks row a chunk;
+- no chunk twice (record_id, seq);
+- pending (embed_state 0) + embedded (1) = the records of embeddable kinds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid as uuid_mod
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from ingest.db import make_connector
+from ingest.embed import DEFAULT_DIM, DEFAULT_MODEL, Embedder, load_embedder, resolve_model
+from ingest.migrations import EMBEDDABLE_KINDS
+from ingest.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "tests" / "sample" / "projects"
+MODEL_CACHE = Path(os.environ.get("DEJA_MODEL_CACHE", REPO / ".pytest_cache" / "deja-models"))
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("DEJA_DB", "DEJA_EMBED_MODEL", "DEJA_EMBED_BACKEND"):
+        env.pop(key, None)
+    env.update({"HOME": str(home), "PYTHONUNBUFFERED": "1", "DEJA_EMBED": "0",
+                "DEJA_MODEL_CACHE": str(MODEL_CACHE)})
+    env.update(extra or {})
+    return env
+
+
+def _cli_args(db: Path, *args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from mcp_server.cli import main; sys.exit(main())",
+            "--db", str(db), *args]
+
+
+def deja(home: Path, db: Path, *args: str, env: dict[str, str] | None = None,
+         expect: int = 0) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(_cli_args(db, *args), capture_output=True, text=True, timeout=300,
+                          env=_env(home, env), cwd=str(REPO))
+    assert proc.returncode == expect, (
+        f"deja {' '.join(args)} exited {proc.returncode}, expected {expect}\n"
+        f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def deja_json(home: Path, db: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    proc = deja(home, db, *args, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stdout
+    return json.loads(lines[0])
+
+
+def sql(db: Path, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    conn = make_connector(db, readonly=True)()
+    try:
+        return [tuple(r) for r in conn.execute(query, params).fetchall()]
+    finally:
+        conn.close()
+
+
+def check_invariants(db: Path) -> dict[str, int]:
+    """Assert the vector side is consistent; return the counts."""
+    kinds = ", ".join(f"'{k}'" for k in EMBEDDABLE_KINDS)
+    counts = {
+        "pending": sql(db, "SELECT COUNT(*) FROM records WHERE embed_state = 0")[0][0],
+        "embedded": sql(db, "SELECT COUNT(*) FROM records WHERE embed_state = 1")[0][0],
+        "embeddable": sql(db, f"SELECT COUNT(*) FROM records WHERE kind IN ({kinds})")[0][0],
+        "chunks": sql(db, "SELECT COUNT(*) FROM chunks")[0][0],
+        "vectors": sql(db, "SELECT COUNT(*) FROM vec_chunks")[0][0],
+    }
+    assert counts["pending"] + counts["embedded"] == counts["embeddable"], counts
+    no_chunk = sql(db, "SELECT id, text FROM records r WHERE embed_state = 1 AND NOT EXISTS "
+                       "(SELECT 1 FROM chunks c WHERE c.record_id = r.id)")
+    assert all(not text.strip() for _id, text in no_chunk), no_chunk[:3]
+    assert not sql(db, "SELECT c.id FROM chunks c JOIN records r ON r.id = c.record_id "
+                       "WHERE r.embed_state != 1"), "chunks of records not marked embedded"
+    chunk_ids = [r[0] for r in sql(db, "SELECT id FROM chunks ORDER BY id")]
+    vec_ids = [r[0] for r in sql(db, "SELECT chunk_id FROM vec_chunks ORDER BY chunk_id")]
+    assert chunk_ids == vec_ids, "chunks and vec_chunks differ"
+    assert sql(db, "SELECT COUNT(*) FROM (SELECT DISTINCT record_id, seq FROM chunks)")[0][0] \
+        == counts["chunks"], "a chunk is duplicated"
+    return counts
+
+
+def write_sessions(root: Path, n_sessions: int, turns: int, seed: int = 1,
+                   words: int = 40) -> None:
+    """Generated sessions: prompts, answers and tool calls with varied text."""
+    rng = random.Random(seed)
+    vocab = ("database index migration cache redis queue worker deploy rollback schema test "
+             "fixture parser tokenizer vector search ranking budget snippet session project "
+             "branch commit review lint format benchmark latency memory thread lock retry "
+             "timeout socket client server request response header cookie token secret").split()
+    start = datetime(2026, 4, 1, 8, 0, tzinfo=timezone.utc)
+    for s in range(n_sessions):
+        sid = str(uuid_mod.uuid5(uuid_mod.NAMESPACE_URL, f"gen-{seed}-{s}"))
+        folder = root / f"-home-gen-p{s % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        parent = None
+        lines: list[str] = []
+        for t in range(turns):
+            for role in ("user", "assistant", "tool_use", "tool_result"):
+                uid = str(uuid_mod.uuid5(uuid_mod.NAMESPACE_URL, f"{sid}/{t}/{role}"))
+                text = " ".join(rng.choice(vocab) for _ in range(rng.randint(words // 2, words)))
+                ts = start + timedelta(days=s, minutes=4 * t + len(lines) % 4)
+                tid = f"toolu_{s}_{t}"
+                if role == "user":
+                    message: dict[str, Any] = {"role": "user", "content": f"Turn {t}: {text}?"}
+                elif role == "assistant":
+                    message = {"id": f"m{t}", "role": "assistant", "model": "claude-sonnet-4-5",
+                               "content": [{"type": "text", "text": text}]}
+                elif role == "tool_use":
+                    message = {"id": f"m{t}", "role": "assistant", "model": "claude-sonnet-4-5",
+                               "content": [{"type": "tool_use", "id": tid, "name": "Bash",
+                                            "input": {"command": f"grep -r {text[:30]!r} src"}}]}
+                else:
+                    message = {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": tid, "content": text}]}
+                kind = "user" if role in ("user", "tool_result") else "assistant"
+                lines.append(json.dumps({
+                    "parentUuid": parent, "isSidechain": False, "userType": "external",
+                    "cwd": f"/home/gen/p{s % 3}", "sessionId": sid, "version": "2.1.150",
+                    "gitBranch": "main", "uuid": uid, "type": kind, "message": message,
+                    "timestamp": ts.strftime("%Y-%m-%dT%H:%M:%S.000Z")}))
+                parent = uid
+        (folder / f"{sid}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    return load_embedder(None, "auto", cache_dir=MODEL_CACHE, local_files_only=True)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    return h
+
+
+@pytest.fixture(scope="session")
+def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another model folder: MiniLM's files (symlinked) plus one file, so another identity.
+
+    Its id is a fingerprint of the files, stable across runs, so its ONNX
+    export (made on the first run, ~20 s) is cached in DEJA_MODEL_CACHE.
+    """
+    source = Path(resolve_model(None).source)
+    folder = tmp_path_factory.mktemp("other-model") / "model"
+    for path in source.rglob("*"):
+        target = folder / path.relative_to(source)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path)
+    (folder / "deja-test-identity.txt").write_text("a different model for deja's tests\n")
+    return folder
+
+
+# -- embedding at ingest, and later --------------------------------------------------------
+
+
+def test_ingest_embeds_everything_and_says_so(tmp_path: Path, home: Path) -> None:
+    root = tmp_path / "projects"
+    write_sessions(root, 2, 6)
+    db = tmp_path / "a.db"
+    out = deja_json(home, db, "ingest", "--root", str(root), "--root", str(SAMPLE), "--json",
+                    env={"DEJA_EMBED": "1"})
+    assert out["pending_embeddings"] == 0
+    assert out["embedded"] > 50 and out["chunks"] >= out["embedded"]
+    assert out["embedding_model"] == DEFAULT_MODEL
+    counts = check_invariants(db)
+    assert counts["embedded"] == out["embedded"] and counts["vectors"] == out["chunks"]
+    assert sql(db, "SELECT model_id, dim FROM embedding_model") == [(DEFAULT_MODEL, DEFAULT_DIM)]
+    # The vec0 metadata copies the record's filter columns.
+    rows = sql(db, "SELECT v.kind, v.session_id, v.project_dir, v.tool_name, v.ts, r.kind, "
+                   "r.session_id, s.project_dir, COALESCE(r.tool_name, ''), r.ts FROM vec_chunks v "
+                   "JOIN chunks c ON c.id = v.chunk_id JOIN records r ON r.id = c.record_id "
+                   "JOIN sources s ON s.id = r.source_id")
+    assert rows and all(r[:5] == r[5:] for r in rows)
+    again = deja_json(home, db, "ingest", "--root", str(root), "--json", env={"DEJA_EMBED": "1"})
+    assert again["embedded"] == 0 and again["pending_embeddings"] == 0
+
+
+def test_no_embed_leaves_work_pending_and_embed_finishes_it(tmp_path: Path, home: Path) -> None:
+    root = tmp_path / "projects"
+    write_sessions(root, 2, 5)
+    db = tmp_path / "b.db"
+    out = deja_json(home, db, "ingest", "--root", str(root), "--no-embed", "--json",
+                    env={"DEJA_EMBED": "1"})
+    assert out["embedded"] == 0 and out["pending_embeddings"] == out["new_records"] > 0
+    assert check_invariants(db)["chunks"] == 0
+    assert sql(db, "SELECT COUNT(*) FROM embedding_model")[0][0] == 0
+    done = deja_json(home, db, "embed", "--json")
+    assert done["pending_embeddings"] == 0
+    assert done["embedded"] == out["pending_embeddings"]
+    counts = check_invariants(db)
+    assert counts["pending"] == 0 and counts["vectors"] == done["chunks"]
+    assert deja_json(home, db, "embed", "--json")["embedded"] == 0
+
+
+# -- one model per database ----------------------------------------------------------------
+
+
+def test_another_model_is_refused_until_reembed(tmp_path: Path, home: Path,
+                                                other_model: Path) -> None:
+    db = tmp_path / "m.db"
+    deja_json(home, db, "ingest", "--root", str(SAMPLE), "--json", env={"DEJA_EMBED": "1"})
+    before = check_invariants(db)
+    assert sql(db, "SELECT model_id, dim FROM embedding_model") == [(DEFAULT_MODEL, DEFAULT_DIM)]
+    other = {"DEJA_EMBED_MODEL": str(other_model)}
+
+    # embed refuses, and says what to do.
+    proc = deja(home, db, "embed", "--json", env=other, expect=1)
+    assert "deja reembed" in proc.stderr and DEFAULT_MODEL in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # search answers by keyword and says why.
+    res = deja_json(home, db, "search", "redis timeout", "--json", env=other)
+    assert res["hits"] and "deja reembed" in res["vector_status"]
+    assert any("keyword" in n for n in res["notes"])
+    # ingest still ingests, and reports the refusal instead of failing.
+    more = tmp_path / "more"
+    write_sessions(more, 1, 1, seed=5)
+    out = deja_json(home, db, "ingest", "--root", str(more), "--json",
+                    env={**other, "DEJA_EMBED": "1"})
+    assert out["new_records"] == 4 and "deja reembed" in out.get("embed_error", "")
+    assert out["pending_embeddings"] == 4
+    assert check_invariants(db)["vectors"] == before["vectors"]
+
+    # reembed rebuilds every vector with the new model and records it.
+    out = deja_json(home, db, "reembed", "--json", env=other)
+    assert out["pending_embeddings"] == 0 and out["embedding_model"].startswith("local:")
+    model = sql(db, "SELECT model_id, dim FROM embedding_model")
+    assert model == [(out["embedding_model"], DEFAULT_DIM)]
+    after = check_invariants(db)
+    assert after["vectors"] > 0 and after["pending"] == 0
+    assert after["embedded"] == before["embedded"] + 4
+    res = deja_json(home, db, "search", "redis timeout", "--json", env=other)
+    assert res["vector_status"] == "ok"
+    # ... and now the default model is the stranger.
+    res = deja_json(home, db, "search", "redis timeout", "--json")
+    assert "deja reembed" in res["vector_status"] and res["hits"]
+
+
+def test_a_stored_model_of_another_dimension_is_refused(tmp_path: Path, home: Path,
+                                                         embedder: Embedder) -> None:
+    """The database says 128-dim vectors of another model: refuse, then reembed to 384."""
+    db = tmp_path / "d.db"
+    deja_json(home, db, "ingest", "--root", str(SAMPLE), "--json", env={"DEJA_EMBED": "1"})
+    conn = make_connector(db)()
+    try:
+        conn.execute("UPDATE embedding_model SET model_id = 'example/other-128', dim = 128")
+    finally:
+        conn.close()
+    proc = deja(home, db, "embed", env=None, expect=1)
+    assert "example/other-128" in proc.stderr and "deja reembed" in proc.stderr
+
+    async def hybrid() -> Any:
+        from mcp_server.search import search
+
+        store = await Store.open(db)
+        try:
+            return await search(store.conn, "redis timeout", embedder=embedder)
+        finally:
+            await store.close()
+
+    res = anyio.run(hybrid)
+    assert res.hits and "deja reembed" in res.vector_status
+    out = deja_json(home, db, "reembed", "--json")
+    assert out["pending_embeddings"] == 0
+    assert sql(db, "SELECT model_id, dim FROM embedding_model") == [(DEFAULT_MODEL, DEFAULT_DIM)]
+    assert check_invariants(db)["vectors"] > 0
+    assert anyio.run(hybrid).vector_status == "ok"
+
+
+# -- a crash mid-embedding ------------------------------------------------------------------
+
+
+def test_sigkill_mid_embedding_leaves_a_consistent_database(tmp_path: Path, home: Path) -> None:
+    root = tmp_path / "projects"
+    write_sessions(root, 4, 30, seed=3, words=40)  # 480 records: several seconds of embedding
+    db = tmp_path / "crash.db"
+    out = deja_json(home, db, "ingest", "--root", str(root), "--no-embed", "--json")
+    total = out["pending_embeddings"]
+    assert total >= 480
+    for attempt in range(2):  # kill twice, at different points
+        already = sql(db, "SELECT COUNT(*) FROM records WHERE embed_state = 1")[0][0]
+        proc = subprocess.Popen(_cli_args(db, "embed", "--json", "--quiet"), env=_env(home),
+                                cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                # At least one more batch committed, then somewhere inside a later one.
+                if sql(db, "SELECT COUNT(*) FROM records WHERE embed_state = 1")[0][0] > already:
+                    time.sleep(0.05 + 0.4 * attempt)
+                    break
+                time.sleep(0.02)
+            assert proc.poll() is None, "embedding finished before it could be killed: enlarge"
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait(timeout=30)
+            proc.stdout.close()  # type: ignore[union-attr]
+            proc.stderr.close()  # type: ignore[union-attr]
+        counts = check_invariants(db)
+        assert already < counts["embedded"] < total and counts["pending"] > 0
+    before_rerun = check_invariants(db)["embedded"]
+    done = deja_json(home, db, "embed", "--json")
+    assert done["pending_embeddings"] == 0
+    assert done["embedded"] == total - before_rerun
+    counts = check_invariants(db)
+    assert counts["pending"] == 0 and counts["embedded"] == total
+
+
+# -- the event loop keeps running while embedding ---------------------------------------------
+
+
+def test_event_loop_stays_responsive_while_embedding(tmp_path: Path, home: Path,
+                                                     embedder: Embedder) -> None:
+    from ingest.vectors import embed_pending
+
+    root = tmp_path / "projects"
+    write_sessions(root, 2, 25, seed=9, words=60)
+    db = tmp_path / "loop.db"
+    deja_json(home, db, "ingest", "--root", str(root), "--no-embed", "--json")
+
+    async def main() -> tuple[float, int, Any]:
+        store = await Store.open(db)
+        gaps: list[float] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                async def tick() -> None:
+                    last = time.perf_counter()
+                    while True:
+                        await anyio.sleep(0.05)
+                        now = time.perf_counter()
+                        gaps.append(now - last)
+                        last = now
+
+                tg.start_soon(tick)
+                summary = await embed_pending(store, embedder, batch_records=32)
+                tg.cancel_scope.cancel()
+        finally:
+            await store.close()
+        return max(gaps), len(gaps), summary
+
+    max_gap, ticks, summary = anyio.run(main)
+    assert summary.pending == 0 and summary.embedded_records == 200
+    assert ticks >= 10, "embedding was too quick to tell anything"
+    print(f"max gap {max_gap:.3f} s over {ticks} ticks")
+    assert max_gap < 0.5, f"the event loop stalled for {max_gap:.2f} s"
+    check_invariants(db)
