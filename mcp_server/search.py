@@ -212,49 +212,36 @@ class SearchFilters:
 
     def sql(self) -> tuple[str, list[Any]]:
         """AND-clauses over `records r` (joined to `sources src`)."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if self.kinds:
-            clauses.append(f"r.kind IN ({', '.join('?' for _ in self.kinds)})")
-            params.extend(self.kinds)
-        if self.session_id:
-            clauses.append("r.session_id = ?")
-            params.append(self.session_id)
-        if self.project_dirs is not None:
-            clauses.append(f"src.project_dir IN ({', '.join('?' for _ in self.project_dirs)})")
-            params.extend(self.project_dirs)
-        if self.tool:
-            clauses.append("r.tool_name = ?")
-            params.append(self.tool)
-        if self.since:
-            clauses.append("r.ts >= ?")
-            params.append(self.since)
-        if self.until:
-            clauses.append("r.ts < ?")
-            params.append(self.until)
-        return "".join(" AND " + c for c in clauses), params
+        return self._clauses({"kind": "r.kind", "session_id": "r.session_id",
+                              "project_dir": "src.project_dir", "tool_name": "r.tool_name",
+                              "ts": "r.ts"})
 
     def vec_sql(self) -> tuple[str, list[Any]]:
         """The same filters as vec0 metadata constraints (applied during KNN)."""
+        return self._clauses({name: name for name in
+                              ("kind", "session_id", "project_dir", "tool_name", "ts")})
+
+    def _clauses(self, column: dict[str, str]) -> tuple[str, list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
+
+        def one_of(name: str, values: Sequence[str]) -> None:
+            clauses.append(f"{column[name]} IN ({', '.join('?' for _ in values)})")
+            params.extend(values)
+
         if self.kinds:
-            clauses.append(f"kind IN ({', '.join('?' for _ in self.kinds)})")
-            params.extend(self.kinds)
+            one_of("kind", self.kinds)
         if self.session_id:
-            clauses.append("session_id = ?")
-            params.append(self.session_id)
+            one_of("session_id", [self.session_id])
         if self.project_dirs is not None:
-            clauses.append(f"project_dir IN ({', '.join('?' for _ in self.project_dirs)})")
-            params.extend(self.project_dirs)
+            one_of("project_dir", self.project_dirs)
         if self.tool:
-            clauses.append("tool_name = ?")
-            params.append(self.tool)
+            one_of("tool_name", [self.tool])
         if self.since:
-            clauses.append("ts >= ?")
+            clauses.append(f"{column['ts']} >= ?")
             params.append(self.since)
         if self.until:
-            clauses.append("ts < ?")
+            clauses.append(f"{column['ts']} < ?")
             params.append(self.until)
         return "".join(" AND " + c for c in clauses), params
 
