@@ -341,7 +341,8 @@ def test_event_loop_stays_responsive_while_embedding(tmp_path: Path, home: Path,
     from ingest.vectors import embed_pending
 
     root = tmp_path / "projects"
-    write_sessions(root, 2, 25, seed=9, words=60)
+    # Enough work to span many ticks even when the machine is idle (~500 texts/s).
+    write_sessions(root, 4, 50, seed=9, words=60)
     db = tmp_path / "loop.db"
     deja_json(home, db, "ingest", "--root", str(root), "--no-embed", "--json")
 
@@ -366,7 +367,7 @@ def test_event_loop_stays_responsive_while_embedding(tmp_path: Path, home: Path,
         return max(gaps), len(gaps), summary
 
     max_gap, ticks, summary = anyio.run(main)
-    assert summary.pending == 0 and summary.embedded_records == 200
+    assert summary.pending == 0 and summary.embedded_records == 800
     assert ticks >= 10, "embedding was too quick to tell anything"
     print(f"max gap {max_gap:.3f} s over {ticks} ticks")
     assert max_gap < 0.5, f"the event loop stalled for {max_gap:.2f} s"
