@@ -204,6 +204,16 @@ def _no_duplicates(conn: Any) -> None:
     assert total == distinct, f"{total - distinct} duplicated records"
 
 
+def _final_state(db: Path, root: Path) -> tuple[Any, ...]:
+    """Checks every finished database must pass, then what two runs must agree on:
+    (records, sources, sessions, agent runs, FTS vocabulary)."""
+    with _open(db) as conn:
+        _no_duplicates(conn)
+        _fts_consistent(conn)
+        return (_records(conn, root), _sources(conn, root), _sessions(conn),
+                _agent_runs(conn, root), _vocabulary(conn))
+
+
 def _fts_consistent(conn: Any) -> None:
     """The FTS index is sound and holds exactly one document per record.
 
@@ -329,14 +339,7 @@ def test_sigkill_at_random_instants_then_restart_equals_clean_run(
     ingest_s = summary_a["elapsed_s"]
     print(f"clean run: {summary_a['new_records']} records in {wall_a:.2f} s "
           f"({ingest_s:.2f} s ingesting after {startup:.2f} s of start-up)")
-    with _open(db_a) as conn:
-        _no_duplicates(conn)
-        _fts_consistent(conn)
-        records_a = _records(conn, root)
-        sources_a = _sources(conn, root)
-        sessions_a = _sessions(conn)
-        agents_a = _agent_runs(conn, root)
-        vocab_a = _vocabulary(conn)
+    records_a, sources_a, sessions_a, agents_a, vocab_a = _final_state(db_a, root)
     total = sum(records_a.values())
     assert total == summary_a["new_records"] > 10_000
     clean_by_file: dict[str, Counter[tuple[Any, ...]]] = {}
@@ -397,14 +400,7 @@ def test_sigkill_at_random_instants_then_restart_equals_clean_run(
     summary_b, _ = _run_to_end(db_b, root, home)
     assert summary_b["skipped_lines"] == 0 and summary_b["file_errors"] == []
     assert summary_b["files_reset"] == 0, "a restart re-read a file from its start"
-    with _open(db_b) as conn:
-        _no_duplicates(conn)
-        _fts_consistent(conn)
-        records_b = _records(conn, root)
-        sources_b = _sources(conn, root)
-        sessions_b = _sessions(conn)
-        agents_b = _agent_runs(conn, root)
-        vocab_b = _vocabulary(conn)
+    records_b, sources_b, sessions_b, agents_b, vocab_b = _final_state(db_b, root)
     assert records_b == records_a, _diff(records_a, records_b)
     for rel, row in sources_b.items():
         assert row["offset"] == row["size"] > 0, f"{rel}: cursor at {row['offset']} of {row['size']}"
