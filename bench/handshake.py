@@ -121,7 +121,7 @@ def make_db(path: Path, records: int, *, seed: int = 4) -> Path:
     from ingest.db import (
         make_connector,  # here: bench/ingest.py shadows it on sys.path[0]
     )
-    from ingest.migrations import SCHEMA_VERSION, migrate
+    from ingest.migrations import FTS_CONTEXT_SQL, SCHEMA_VERSION, migrate
 
     path = Path(path)
     marker = f"{SCHEMA_VERSION}:{records}:{seed}"
@@ -168,20 +168,18 @@ def make_db(path: Path, records: int, *, seed: int = 4) -> Path:
                 kind = kinds[(i // n_sessions) % len(kinds)]
                 ts = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(t0 + i * 3))
                 text = _text(rng, vocab, kind)
-                assert text.isascii()  # see the 'rebuild' below
                 yield (s + 1, f"u{i:08d}", 0, f"u{i:08d}", session_rows[s][0], kind,
                        "user" if kind in ("prompt", "tool_result") else "assistant",
                        "Bash" if kind.startswith("tool") else None, text, len(text), ts,
                        session_rows[s][2], i * 500, 1)
 
-        # FTS5's 'rebuild' indexes the whole table at once from `records.text`.
-        # That equals what ingest indexes, deja_fts_text(text), because the
-        # text is ASCII (fts_text only spaces out CJK).
         conn.executemany(
             "INSERT INTO records (source_id, line_key, part, uuid, session_id, kind, role, "
             "tool_name, text, text_len, ts, cwd, byte_offset, embed_state) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows())
-        conn.execute("INSERT INTO records_fts (records_fts) VALUES ('rebuild')")
+        # The whole table indexed at once, as ingest indexes each batch.
+        conn.execute("INSERT INTO records_fts (rowid, text, context) SELECT r.id, "
+                     f"deja_fts_text(r.text), {FTS_CONTEXT_SQL} FROM records r")
         conn.execute(
             "UPDATE sessions SET first_ts = (SELECT MIN(ts) FROM records r WHERE r.session_id = "
             "sessions.session_id), last_ts = (SELECT MAX(ts) FROM records r WHERE r.session_id = "

@@ -40,15 +40,14 @@ smoothing. The best RRF setting is also run through `search(fusion=...)`, and
 a sensitivity table shows R@5/R@10 as each of its parameters moves.
 
 `--explore`: prototypes of engine changes, measured without touching the
-engine: keyword query forms, FTS without porter, a context table (the previous
-record's text as a second FTS column with a low bm25 weight: `context_fts`
-swaps it under the engine's own keyword ranker), and what is embedded
+engine: keyword query forms, FTS without porter, other bm25 weights of the
+context column (the previous record's text, migration m005), and what is embedded
 (without the speaker, with the previous / next turn), each fused over a grid
-chosen on dev; the best context setting then runs through `search()`.
-`--context W` runs search() over the context table in the plain runs too.
+chosen on dev; the best context weight then runs through `search()`.
+`--context W` runs search() hybrid with context weight W in the plain runs too.
 
-For bench/recall.py (the real-transcript questions), any fusion or the
-context prototype as a ranker:
+For bench/recall.py (the real-transcript questions), any fusion or context
+weight as a ranker:
     python bench/recall.py --ranker 'bench.locomo:fusion {"k": 1}'
     python bench/recall.py --ranker 'bench.locomo:ctx {"weight": 0.25, "fusion": {"k": 1}}'
 
@@ -800,67 +799,6 @@ async def keyword_variant(bench: Bench, questions: Sequence[Question], form: str
     return out
 
 
-CONTEXT_TABLE = "deja_ctx_fts"
-
-
-async def make_context_table(conn: Any, max_context: int = 2000) -> None:
-    """Prototype of an engine change: FTS over (own text, previous record's text).
-
-    A temp FTS5 table with the engine's tokenizer and two columns: the record's
-    text, and the text of the record before it in the same file (capped). BM25
-    then ranks with column weights, e.g. bm25(t, 1.0, 0.5): words of the turn
-    a record answers count, at half weight. Works on any deja database.
-    """
-    ddl = (await conn.execute_fetchall(
-        "SELECT sql FROM sqlite_master WHERE name = 'records_fts'"))[0][0]
-    m = re.search(r"tokenize\s*=\s*('(?:[^']|'')*'|\"[^\"]*\")", ddl)
-    tokenize = m.group(1) if m else "'porter unicode61 remove_diacritics 2'"
-    await conn.execute(f"DROP TABLE IF EXISTS temp.{CONTEXT_TABLE}")
-    await conn.execute(f"CREATE VIRTUAL TABLE temp.{CONTEXT_TABLE} USING fts5(text, context, "
-                       f"tokenize={tokenize})")
-    rows = await conn.execute_fetchall("SELECT id, source_id, text FROM records ORDER BY source_id, id")
-    out = []
-    prev_source, prev_text = None, ""
-    for rid, source, text in rows:
-        context = prev_text[:max_context] if source == prev_source else ""
-        out.append((rid, text or "", context))
-        prev_source, prev_text = source, text or ""
-    await conn.executemany(
-        f"INSERT INTO temp.{CONTEXT_TABLE}(rowid, text, context) "
-        f"VALUES (?, deja_fts_text(?), deja_fts_text(?))", out)
-
-
-class context_fts:
-    """`async with context_fts(conn, 0.5):` the engine's keyword ranker reads the context table.
-
-    Swaps `mcp_server.search._KEYWORD_SQL` (read at call time) for the same
-    query over CONTEXT_TABLE with bm25 column weights (1, weight); everything
-    else (query forms, fusion, smoothing, hits) stays the engine's.
-    """
-
-    def __init__(self, conn: Any, weight: float) -> None:
-        self.conn, self.weight = conn, weight
-
-    async def __aenter__(self) -> None:
-        import mcp_server.search as engine
-
-        exists = await self.conn.execute_fetchall(
-            "SELECT 1 FROM temp.sqlite_master WHERE name = ?", (CONTEXT_TABLE,))
-        if not exists:
-            await make_context_table(self.conn)
-        self.saved = engine._KEYWORD_SQL
-        bm25 = f"bm25({CONTEXT_TABLE}, 1.0, {float(self.weight)})"
-        engine._KEYWORD_SQL = (self.saved.replace("bm25(records_fts)", bm25)
-                               .replace("records_fts", CONTEXT_TABLE))
-        if engine._KEYWORD_SQL == self.saved or "records_fts" in engine._KEYWORD_SQL:
-            raise RuntimeError("the engine's keyword SQL changed shape: update context_fts")
-
-    async def __aexit__(self, *exc: object) -> None:
-        import mcp_server.search as engine
-
-        engine._KEYWORD_SQL = self.saved
-
-
 async def make_plain_fts(bench: Bench) -> None:
     """A temp FTS5 table without the porter stemmer over the same records."""
     await bench.conn.execute("DROP TABLE IF EXISTS temp.fts_plain")
@@ -943,7 +881,6 @@ def runs_from_ids(ids: Sequence[Sequence[int]], dia: dict[int, str]) -> list[lis
 TUNED_FUSION: dict[str, float] = {"k": 1, "keyword": 1.0, "vector": 0.5, "candidates": 50,
                                   "neighbors": 0.5, "radius": 2}
 # Chosen on LoCoMo dev under "no loss on bench/questions.json": k=1, the rest as the engine's.
-# With the context table (`--context 0.25`) it meets the LoCoMo targets on test.
 RECOMMENDED_FUSION: dict[str, float] = {"k": 1, "keyword": 1.0, "vector": 1.0, "candidates": 100,
                                         "neighbors": 0.25, "radius": 2}
 
@@ -979,9 +916,9 @@ def __getattr__(name: str) -> Any:
         async def ctx_ranker(ctx: Any, query: str, limit: int) -> list[str | None]:
             from mcp_server.search import search
 
-            async with context_fts(ctx.conn, spec.get("weight", 0.5)):
-                result = await search(ctx.conn, query, embedder=ctx.embedder, mode="hybrid",
-                                      limit=limit, project="all", fusion=spec.get("fusion"))
+            fusion = {**(spec.get("fusion") or {}), "context": spec.get("weight", 0.25)}
+            result = await search(ctx.conn, query, embedder=ctx.embedder, mode="hybrid",
+                                  limit=limit, project="all", fusion=fusion)
             if result.vector_status != "ok":
                 raise RuntimeError(f"vector search not used: {result.vector_status}")
             return [h.uuid for h in result.hits]
@@ -1045,14 +982,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     runs = await bench.engine_run(qs, "hybrid", json.loads(args.fusion))
                     tables[split]["search:hybrid --fusion"] = aggregate(list(zip(qs, score_runs(qs, runs))))
                 if args.context is not None:
-                    async with context_fts(conn, args.context):
-                        for label, mode, f in (("keyword", "keyword", None), ("hybrid", "hybrid", None),
-                                               ("hybrid --fusion", "hybrid", args.fusion)):
-                            if mode == "hybrid" and label.endswith("fusion") and not args.fusion:
-                                continue
-                            runs = await bench.engine_run(qs, mode, json.loads(f) if f else None)
-                            tables[split][f"search+ctx{args.context}:{label}"] = aggregate(
-                                list(zip(qs, score_runs(qs, runs))))
+                    f = {**json.loads(args.fusion or "{}"), "context": args.context}
+                    runs = await bench.engine_run(qs, "hybrid", f)
+                    tables[split][f"search+ctx{args.context}:hybrid"] = aggregate(
+                        list(zip(qs, score_runs(qs, runs))))
                 say(format_table(f"\n[{split}] engine search() (FUSION defaults)",
                                  {k: {"all": v["all"]} for k, v in tables[split].items()}))
 
@@ -1146,8 +1079,8 @@ async def explore(bench: Bench, cand: dict[str, Any], tables: dict[str, Any], di
 
     keyword: the engine's ranker (AND, then OR of the rarer content words);
     or_content / or_all: one OR query of the content words / of every word;
-    nostem: FTS without porter; ctx<w>: the engine's ranker over the context
-    table (the previous record in the file as a second column, bm25 weight w).
+    nostem: FTS without porter; ctx<w>: the engine's ranker with bm25 weight w
+    for the context column (the previous record's text; the engine's is 0.25).
     vector: the engine's (the record's text, "Speaker: ..."); np_plain: without
     the speaker; np_prev / np_prev_next: with the previous (and next) turn of
     the session prepended (appended) - computed here, ranked with numpy.
@@ -1166,11 +1099,10 @@ async def explore(bench: Bench, cand: dict[str, Any], tables: dict[str, Any], di
         kw_lists["or_content"][split] = await keyword_variant(bench, qs, "or_content")
         kw_lists["or_all"][split] = await keyword_variant(bench, qs, "or_all")
         kw_lists["nostem_or_content"][split] = await keyword_variant(bench, qs, "or_content", "fts_plain")
-        for w in (0.25, 0.5, 1.0):
-            async with context_fts(bench.conn, w):
-                kw_lists[f"ctx{w}"][split] = [
-                    await _keyword_ranks(bench.conn, q.question, await bench.project_filter(q.sample_id),
-                                         MAX_CANDIDATES) for q in qs]
+        for w in (0.0, 0.5, 1.0):  # the engine's list is 0.25 (FUSION["context"])
+            kw_lists[f"ctx{w}"][split] = [
+                await _keyword_ranks(bench.conn, q.question, await bench.project_filter(q.sample_id),
+                                     MAX_CANDIDATES, w) for q in qs]
     for how in ("plain", "prev", "prev_next"):
         texts = context_texts(bench.ds, how)
         for split, (qs, _kw, _vec) in cand.items():
@@ -1208,17 +1140,17 @@ async def explore(bench: Bench, cand: dict[str, Any], tables: dict[str, Any], di
             if r is not s:
                 tables[split][f"proto:{kname}+{vname} {_name(r.params)}"] = only(pair.per_question(r), qs)
 
-    # The best context-table setting with the engine's own vectors, through search().
-    ctx = next(r for r in results if r[1].startswith("ctx") and r[2] == "engine")
-    weight = float(ctx[1][3:])
+    # The best context weight with the engine's own vectors, through search().
+    ctx = next(r for r in results
+               if r[2] == "engine" and (r[1] == "engine" or r[1].startswith("ctx")))
+    weight = 0.25 if ctx[1] == "engine" else float(ctx[1][3:])
     fusion = {k: ctx[4].params[k] for k in ("k", "keyword", "vector", "candidates", "neighbors", "radius")}
-    report["context_prototype"] = {"weight": weight, "fusion": fusion}
-    say(f"\ncontext table prototype through search(): bm25 weight {weight}, fusion {fusion}")
+    fusion["context"] = weight
+    report["context_best"] = {"weight": weight, "fusion": fusion}
+    say(f"\nbest context weight through search(): bm25 weight {weight}, fusion {fusion}")
     for split, (qs, _kw, _vec) in cand.items():
-        async with context_fts(bench.conn, weight):
-            for label, mode, f in (("keyword", "keyword", None), ("hybrid tuned", "hybrid", fusion)):
-                runs = await bench.engine_run(qs, mode, f)
-                tables[split][f"search+ctx{weight}:{label}"] = aggregate(list(zip(qs, score_runs(qs, runs))))
+        runs = await bench.engine_run(qs, "hybrid", fusion)
+        tables[split][f"search+ctx{weight}:hybrid tuned"] = aggregate(list(zip(qs, score_runs(qs, runs))))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1240,8 +1172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fusion", help="JSON fusion overrides for an extra search() hybrid run, "
                         'e.g. \'{"k": 1, "vector": 0.5, "candidates": 50, "neighbors": 0.5}\'')
     parser.add_argument("--context", type=float, metavar="W",
-                        help="also run search() with the context-table prototype, bm25 weight W "
-                        "for the previous record's text (keyword, hybrid, hybrid --fusion)")
+                        help="also run search() hybrid with bm25 weight W for the previous "
+                        "record's text (the context column; the engine uses 0.25)")
     parser.add_argument("--json", help="write every table and setting to this file")
     args = parser.parse_args(argv)
     if args.split == "test" and (args.tune or args.explore):

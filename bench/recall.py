@@ -199,7 +199,8 @@ def bm25_line_query(query: str) -> str | None:
     words = list(dict.fromkeys(w.lower() for w in _WORD.findall(fts_text(query))))
     if not words:
         return None
-    return " OR ".join(f'"{w}"' for w in words)
+    # The record's own words only (the index also holds the previous record's).
+    return "text : (" + " OR ".join(f'"{w}"' for w in words) + ")"
 
 
 async def rank_bm25_line(ctx: Ctx, query: str, limit: int) -> list[str | None]:

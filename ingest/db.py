@@ -45,10 +45,13 @@ _driver: ModuleType | None = None
 
 
 def driver() -> ModuleType:
-    """The sqlite3-compatible module to use: stdlib if it loads extensions, else sqlean."""
+    """The sqlite3-compatible module to use: stdlib if it loads extensions and is
+    recent enough, else sqlean."""
     global _driver
     if _driver is None:
-        if hasattr(std_sqlite3.Connection, "enable_load_extension"):
+        # 3.43 brought contentless_delete, which the full-text index uses (m005).
+        if (hasattr(std_sqlite3.Connection, "enable_load_extension")
+                and std_sqlite3.sqlite_version_info >= (3, 43)):
             _driver = std_sqlite3
         else:
             try:

@@ -22,7 +22,7 @@ import aiosqlite
 
 from .db import connect, driver_errors, is_locked_error, make_connector
 from .errors import DatabaseError, DatabaseLocked
-from .migrations import EMBEDDABLE_KINDS, migrate
+from .migrations import EMBEDDABLE_KINDS, FTS_CONTEXT_SQL, migrate
 from .parse import AgentLink, Record, SessionInfo
 
 __all__ = ["Store", "SourceRow", "Cursor", "Batch", "BatchResult", "SessionAgg", "index_new_records"]
@@ -161,8 +161,8 @@ async def index_new_records(conn: aiosqlite.Connection, after_id: int) -> None:
     per-row trigger does (migration m003).
     """
     await conn.execute(
-        "INSERT INTO records_fts (rowid, text) "
-        "SELECT id, deja_fts_text(text) FROM records WHERE id > ?",
+        "INSERT INTO records_fts (rowid, text, context) "
+        f"SELECT r.id, deja_fts_text(r.text), {FTS_CONTEXT_SQL} FROM records r WHERE r.id > ?",
         (after_id,),
     )
 

@@ -52,7 +52,7 @@ MODES = ("hybrid", "keyword", "vector")
 # (k=10) to .593/.699 and leaves the real questions at hit@10 80%. The dev-best
 # vector 0.5 / neighbours 0.5 cost the real questions 8 points: not taken.
 FUSION: dict[str, float] = {"k": 1.0, "keyword": 1.0, "vector": 1.0, "candidates": 100,
-                            "neighbors": 0.25, "radius": 2, "cjk_vector": 0.3}
+                            "neighbors": 0.25, "radius": 2, "cjk_vector": 0.3, "context": 0.25}
 
 # A quoted phrase, or a run of word characters joined by . - _ / : (foo-bar,
 # a.b, path/to/x), optionally followed by * (prefix).
@@ -341,13 +341,15 @@ class SearchResult:
 
 # -- rankers -----------------------------------------------------------------------
 
+# bm25 weighs a record's own words 1 and those of the record before it
+# (the `context` column, migration m005) FUSION["context"].
 _KEYWORD_SQL = """
-SELECT r.id, bm25(records_fts)
+SELECT r.id, bm25(records_fts, 1.0, {context})
 FROM records_fts
 JOIN records r ON r.id = records_fts.rowid
 LEFT JOIN sources src ON src.id = r.source_id
 WHERE records_fts MATCH ? {filters}
-ORDER BY bm25(records_fts)
+ORDER BY bm25(records_fts, 1.0, {context})
 LIMIT ?
 """
 
@@ -370,7 +372,8 @@ async def _doc_counts(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> dict[
     if not wanted:
         return {}
     rows = await conn.execute_fetchall(
-        f"SELECT term, doc FROM records_fts_vocab WHERE term IN ({', '.join('?' for _ in wanted)})",
+        f"SELECT term, doc FROM records_fts_vocab WHERE col = 'text' AND "
+        f"term IN ({', '.join('?' for _ in wanted)})",
         wanted)
     found = dict(rows)
     # porter stems are prefixes of the word (mostly): the longest one present.
@@ -394,14 +397,20 @@ async def _or_query(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> str | N
 
 
 async def _keyword_ranks(conn: aiosqlite.Connection, query: str, filters: SearchFilters,
-                         n: int) -> list[tuple[int, float]]:
-    """(record id, bm25 score, higher is better), best first."""
+                         n: int, context: float = 0.25) -> list[tuple[int, float]]:
+    """(record id, bm25 score, higher is better), best first.
+
+    `context` is the bm25 weight of the previous record's words; 0 searches
+    the records' own words only (keyword mode: what an exact search expects)."""
     terms = build_fts_terms(query)
     if not terms:
         return []
     and_q = " ".join(t.fts for t in terms)
+    own_words = context <= 0
+    if own_words:
+        and_q = f"text : ({and_q})"
     where, params = filters.sql()
-    sql = _KEYWORD_SQL.format(filters=where)
+    sql = _KEYWORD_SQL.format(filters=where, context=float(context))
     out: list[tuple[int, float]] = []
     seen: set[int] = set()
     for rid, score in await conn.execute_fetchall(sql, (and_q, *params, n)):
@@ -409,6 +418,8 @@ async def _keyword_ranks(conn: aiosqlite.Connection, query: str, filters: Search
         out.append((rid, -float(score)))
     if len(out) < n:
         or_q = await _or_query(conn, terms)
+        if or_q is not None and own_words:
+            or_q = f"text : ({or_q})"
         if or_q is not None:
             for rid, score in await conn.execute_fetchall(sql, (or_q, *params, n)):
                 if rid not in seen:
@@ -587,7 +598,8 @@ async def search(
     keyword: list[tuple[int, float]] = []
     vector: list[tuple[int, float, int]] = []
     if mode in ("hybrid", "keyword"):
-        keyword = await _keyword_ranks(conn, query, filters, n_candidates)
+        keyword = await _keyword_ranks(conn, query, filters, n_candidates,
+                                       params["context"] if mode == "hybrid" else 0.0)
     if mode in ("hybrid", "vector"):
         vector, status = await _vector_search(conn, query, embedder, embedder_error, filters,
                                               n_candidates)
@@ -597,7 +609,7 @@ async def search(
         if status != "ok":
             result.notes.append(f"vector search unavailable ({status}): keyword results only")
             if mode == "vector":
-                keyword = await _keyword_ranks(conn, query, filters, n_candidates)
+                keyword = await _keyword_ranks(conn, query, filters, n_candidates, 0.0)
         elif result.pending_embeddings:
             result.notes.append(
                 f"{result.pending_embeddings} records still await embedding; they are found "
@@ -703,6 +715,7 @@ async def _materialize(conn: aiosqlite.Connection, query: str, order: list[tuple
         ):
             spans[cid] = start
     words = query_words(query)
+    pattern = _word_pattern(words) if words else None
     hits: list[Hit] = []
     seen: set[tuple[Any, ...]] = set()
     used_tokens = 0
@@ -727,6 +740,9 @@ async def _materialize(conn: aiosqlite.Connection, query: str, order: list[tuple
         scores: dict[str, Any] = {}
         if rid in kw_rank:
             scores["bm25_rank"], scores["bm25"] = kw_rank[rid][0], round(kw_rank[rid][1], 4)
+            # Matched in its own words, or only in the record before it (context).
+            own = pattern is not None and pattern.search(row[6]) is not None
+            scores["bm25_match"] = "text" if own else "previous"
         if rid in vec_rank:
             scores["vector_rank"], scores["cosine"] = vec_rank[rid][0], round(vec_rank[rid][1], 4)
         hits.append(Hit(

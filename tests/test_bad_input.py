@@ -120,7 +120,7 @@ def test_bad_lines_are_reported_and_the_rest_is_kept(tmp_path: Path, db_path: Pa
     for word, uuid in [("kiwiword", "utf8-1"), ("emuword", "holo-1"), ("dingoword", "surr-1"),
                        ("wallabyword", "nul-1"), ("numbat", "big-1"), ("kword1x", f"k-0001-{SESSION[:8]}")]:
         found = sql(db_path, "SELECT r.uuid FROM records_fts JOIN records r ON r.id = records_fts.rowid "
-                             "WHERE records_fts MATCH ?", (word,))
+                             "WHERE records_fts MATCH ?", ("text : " + word,))
         assert found == [(uuid,)], word
     # ... and `deja search` finds the word after the NUL.
     hits = deja_json("--db", str(db_path), "search", "wallabyword", "--json", "--mode", "keyword")["hits"]

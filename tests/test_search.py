@@ -366,9 +366,18 @@ def test_filtered_query_returns_every_match_up_to_the_limit(
 
 def test_filtered_keyword_query_finds_every_match(corpus: Corpus) -> None:
     rows = corpus.sql("SELECT uuid FROM records WHERE text LIKE '%tomato%'")
+    # The record after a match matches through its context column, below the
+    # records holding the word themselves.
+    after = corpus.sql(
+        "SELECT n.uuid FROM records r JOIN records n ON n.source_id = r.source_id AND n.id = "
+        "(SELECT MIN(id) FROM records x WHERE x.source_id = r.source_id AND x.id > r.id) "
+        "WHERE r.text LIKE '%tomato%'")
     result = corpus.search("tomato", mode="keyword", limit=50, project="/home/bench/rare")
-    assert {h.uuid for h in result.hits} == {r[0] for r in rows}
-    assert all("tomato" in h.snippet.lower() for h in result.hits)
+    got = [h.uuid for h in result.hits]
+    direct = {r[0] for r in rows}
+    assert set(got[:len(direct)]) == direct
+    assert set(got[len(direct):]) <= {r[0] for r in after} - direct
+    assert all("tomato" in h.snippet.lower() for h in result.hits[:len(direct)])
 
 
 def test_filters_through_the_cli_match_the_library(corpus: Corpus) -> None:
@@ -602,8 +611,14 @@ def test_hits_have_snippets_with_the_match_scores_and_handles(corpus: Corpus) ->
             if key in scores:
                 assert isinstance(scores[key], int) and scores[key] >= 1
         both += "bm25_rank" in scores and "vector_rank" in scores
-        if "bm25_rank" in scores:  # BM25 matched a word (maybe a stemmed form): it shows
+        if scores.get("bm25_match") == "text":  # a word (maybe stemmed) matched: it shows
             assert any(w[:5] in h["snippet"].lower() for w in words), h["snippet"]
+        elif "bm25_rank" in scores:  # matched through the record before it
+            assert scores["bm25_match"] == "previous"
+            before = corpus.sql("SELECT p.text FROM records r JOIN records p ON p.source_id = "
+                                "r.source_id AND p.id < r.id WHERE r.id = ? ORDER BY p.id DESC "
+                                "LIMIT 1", (h["record_id"],))
+            assert any(w[:5] in before[0][0].lower() for w in words)
         assert h["handle"].startswith("rec:")
     assert both >= 5
     assert len({h["handle"] for h in hits}) == 20
@@ -724,6 +739,8 @@ def test_model_that_cannot_load_falls_back_to_keywords(corpus: Corpus) -> None:
         assert proc.returncode == 0, proc.stderr
         assert "Traceback" not in proc.stderr
         out = json.loads(proc.stdout)
-        assert out["hits"] and all("tomato" in h["snippet"].lower() for h in out["hits"])
+        assert out["hits"] and "tomato" in out["hits"][0]["snippet"].lower()
+        assert all("tomato" in h["snippet"].lower() if h["scores"]["bm25_match"] == "text"
+                   else mode == "hybrid" for h in out["hits"])
         assert "/nonexistent/path" in out["vector_status"]
         assert any("keyword" in n for n in out["notes"])
