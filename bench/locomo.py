@@ -31,7 +31,7 @@ questions left without evidence are skipped and counted.
 
 `--tune`: fusion tuned on DEV only, reported on both. Each question is
 embedded once and both candidate lists are fetched once with the engine's own
-rankers (`_keyword_ranks`, `_vector_ranks`, 100 candidates; a shorter list is
+rankers (`_keyword_ranks`, `vector_ranks`, 100 candidates; a shorter list is
 a prefix of it; cached per database and search.py). Every setting of a grid is
 then scored with numpy (`Pair`; `Setting.fuse` is the plain-Python reference
 and the two are compared): weighted RRF with one k or a k per ranker, min-max
@@ -455,14 +455,18 @@ class Bench:
     async def candidates(self, questions: Sequence[Question], n: int = MAX_CANDIDATES
                          ) -> tuple[list[list[tuple[int, float]]], list[list[tuple[int, float]]]]:
         """Per question: the engine's keyword and vector candidate lists (record id, score)."""
-        from mcp_server.search import _keyword_ranks, _vector_ranks
+        import numpy as np
+
+        from mcp_server.search import _keyword_ranks
+        from mcp_server.vector_search import vector_ranks
 
         await self.embed_queries(questions)
         kw_all, vec_all = [], []
         for q in questions:
             f = await self.project_filter(q.sample_id)
             kw_all.append(await _keyword_ranks(self.conn, q.question, f, n))
-            vec = await _vector_ranks(self.conn, self.qvec[(q.sample_id, q.qid)], f, n)
+            vec = await vector_ranks(
+                self.conn, np.frombuffer(self.qvec[(q.sample_id, q.qid)], dtype=np.float32), f, n)
             vec_all.append([(rid, sim) for rid, sim, _ in vec])
         return kw_all, vec_all
 

@@ -1,8 +1,8 @@
 """Search latency at scale: hybrid queries over 10k, 100k and 1M chunks.
 
 Targets (issue): hybrid p95 <= 50 ms at 100k chunks and <= 250 ms at 1M; the
-database size per million chunks; whether sqlite-vec's int8 or bit vectors
-keep recall while cutting the KNN scan.
+database size per million chunks; whether int8 and sign-bit vectors keep
+recall while cutting the vector scan.
 
 Not a test: it prints numbers (and writes them as JSON with --json).
 
@@ -25,21 +25,19 @@ How the corpora are made (cached in --workdir, reused on the next run):
    opened by `Store.open`, for the first 50 questions of bench/questions.json,
    once as warm-up and then measured: with a fixed, precomputed query vector
    (the database side alone) and with the real embedder (what a user waits
-   for). Also the two rankers alone (`_keyword_ranks`, `_vector_ranks`) and
+   for). Also the two rankers alone (`_keyword_ranks`, `vector_ranks`) and
    a project-filtered hybrid query.
-4. Alternatives (at the largest scale, --alt): one scratch database holding
-   the same vectors as float32 vec0 (exact KNN, the reference), int8 vec0 and
-   bit[384] vec0 (both with the product's metadata columns), plus a plain
-   table of float32 blobs for re-ranking. Coarse KNN (k=200) over int8 or bit,
-   then exact cosine over those candidates from the float table; recall@10 is
-   the agreement with the exact top 10 (numpy), for the real question vectors
-   and for held-out in-distribution vectors.
+4. Recall of the vector ranker (sign-bit candidates re-ranked over int8
+   vectors, mcp_server/vector_search.py) against exact float32 search over
+   the same vectors (numpy): the share of the exact top 10 records it
+   returns, for the real question vectors, at half, once and twice its
+   coarse candidate count.
 
 The machine may be shared: the load average is printed next to each timing.
 
 Usage:
-    python bench/search_scale.py                         # 10k, 100k, 1M + alternatives
-    python bench/search_scale.py --scales 10k,100k --no-alt
+    python bench/search_scale.py                         # 10k, 100k, 1M
+    python bench/search_scale.py --scales 10k,100k --no-recall
     python bench/search_scale.py --workdir /tmp/deja-scale --json out.json
 """
 
@@ -66,6 +64,8 @@ import anyio  # noqa: E402
 
 from ingest.db import make_connector  # noqa: E402
 from ingest.embed import DEFAULT_MODEL  # noqa: E402
+from ingest.migrations import FTS_CONTEXT_SQL, SCHEMA_VERSION  # noqa: E402
+from ingest.quantize import bits_rows, int8_rows  # noqa: E402
 from ingest.store import Store  # noqa: E402
 
 DIM = 384
@@ -205,8 +205,9 @@ def make_vectors(base: dict[str, Any], src_chunks: np.ndarray, rng: np.random.Ge
 
 
 def generate(workdir: Path, base: dict[str, Any], n_chunks: int) -> Path:
-    path = workdir / f"scale-{human(n_chunks)}.db"
-    done = workdir / f"scale-{human(n_chunks)}.done"
+    # Named by schema version: a database of an older schema is not reused.
+    path = workdir / f"scale-{human(n_chunks)}-v{SCHEMA_VERSION}.db"
+    done = workdir / f"scale-{human(n_chunks)}-v{SCHEMA_VERSION}.done"
     if path.exists() and done.exists():
         return path
     remove_db(path)
@@ -274,6 +275,12 @@ def generate(workdir: Path, base: dict[str, Any], n_chunks: int) -> Path:
         if (lo // step) % 10 == 0:
             log(f"    records {hi}/{n_records} ({time.perf_counter() - started:.0f} s)")
     conn.execute("COMMIT")
+    log(f"    full-text index ({time.perf_counter() - started:.0f} s)")
+    conn.execute("BEGIN")
+    conn.execute(  # what ingest runs per batch (ingest.store.index_new_records)
+        "INSERT INTO records_fts (rowid, text, context) "
+        f"SELECT r.id, deja_fts_text(r.text), {FTS_CONTEXT_SQL} FROM records r")
+    conn.execute("COMMIT")
 
     # Chunks: one per record, the rest as extra windows of random records.
     extra = n_chunks - n_records
@@ -295,28 +302,31 @@ def generate(workdir: Path, base: dict[str, Any], n_chunks: int) -> Path:
         src_chunk[i] = options[min(int(seq[i]), len(options) - 1)] if options else rng.integers(
             0, len(base["vectors"]))
     vec_path = workdir / f"vectors-{human(n_chunks)}.npy"
-    vectors = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(n_chunks, DIM))
-    make_vectors(base, src_chunk, rng, vectors)
-    vectors.flush()
+    if vec_path.exists():  # the same seed makes the same vectors: reuse them
+        vectors = np.load(vec_path, mmap_mode="r")
+        assert vectors.shape == (n_chunks, DIM), vec_path
+    else:
+        vectors = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32,
+                                            shape=(n_chunks, DIM))
+        make_vectors(base, src_chunk, rng, vectors)
+        vectors.flush()
 
     conn.execute("BEGIN")
     conn.execute("INSERT INTO embedding_model (id, model_id, dim, created_at) VALUES "
                  "(1, ?, ?, '2026-06-01T00:00:00.000Z')", (DEFAULT_MODEL, DIM))
     for lo in range(0, n_chunks, step):
         hi = min(lo + step, n_chunks)
+        block = np.asarray(vectors[lo:hi])
+        bits, vecs = bits_rows(block), int8_rows(block)  # what ingest.vectors stores
         crow, vrow = [], []
         for i in range(lo, hi):
             r = int(chunk_rec[i])
             b = int(rec_src[r])
-            s = int(rec_session[r])
-            ts = str(t0 + np.timedelta64(int(rec_ts_s[r]), "s")) + ".000Z"
-            crow.append((i + 1, r + 1, int(seq[i]), 0, min(len(texts[b]), 1000)))
-            vrow.append((i + 1, vectors[i].tobytes(), kinds[b], f"-home-gen-p{project_of[s]}",
-                         f"sess-{s:08d}", tools[b], ts))
-        conn.executemany("INSERT INTO chunks (id, record_id, seq, char_start, char_end) "
-                         "VALUES (?, ?, ?, ?, ?)", crow)
-        conn.executemany("INSERT INTO vec_chunks (chunk_id, embedding, kind, project_dir, "
-                         "session_id, tool_name, ts) VALUES (?, ?, ?, ?, ?, ?, ?)", vrow)
+            crow.append((i + 1, r + 1, int(seq[i]), 0, min(len(texts[b]), 1000), bits[i - lo]))
+            vrow.append((i + 1, vecs[i - lo]))
+        conn.executemany("INSERT INTO chunks (id, record_id, seq, char_start, char_end, bits) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", crow)
+        conn.executemany("INSERT INTO chunk_vectors (chunk_id, vec) VALUES (?, ?)", vrow)
         if (lo // step) % 10 == 0:
             log(f"    chunks {hi}/{n_chunks} ({time.perf_counter() - started:.0f} s)")
     conn.execute("COMMIT")
@@ -338,7 +348,7 @@ def table_sizes(path: Path) -> dict[str, int]:
         conn.close()
     out: dict[str, int] = {}
     for name, size in rows:
-        key = ("vec_chunks" if name.startswith("vec_chunks") else
+        key = ("chunk_vectors" if name.startswith("chunk_vectors") else
                "records_fts" if name.startswith("records_fts") else
                "records (+indexes)" if name.startswith(("records", "sqlite_autoindex_records")) else
                "chunks (+index)" if name.startswith(("chunks", "sqlite_autoindex_chunks")) else
@@ -407,10 +417,10 @@ async def time_search(path: Path, base: dict[str, Any], embedder: Any) -> dict[s
         await run("keyword mode", lambda q: S.search(conn, q, mode="keyword", limit=10))
         filters = S.SearchFilters()
         n = int(getattr(S, "FUSION", {}).get("candidates", 50))  # what hybrid asks each ranker
-        if hasattr(S, "_keyword_ranks") and hasattr(S, "_vector_ranks"):
-            await run(f"  FTS ranker alone ({n} cand.)", lambda q: S._keyword_ranks(conn, q, filters, n))
-            await run(f"  KNN ranker alone ({n} cand.)", lambda q: S._vector_ranks(
-                conn, fixed.table[q].tobytes(), filters, n))
+        await run(f"  FTS ranker alone ({n} cand.)", lambda q: S._keyword_ranks(
+            conn, q, filters, n, S.FUSION["context"]))
+        await run(f"  vector ranker alone ({n} cand.)", lambda q: S.vector_ranks(
+            conn, fixed.table[q], filters, n))
         t = time.perf_counter()
         for q in queries:
             embedder.embed([q])
@@ -423,7 +433,7 @@ async def time_search(path: Path, base: dict[str, Any], embedder: Any) -> dict[s
 
 async def stage_breakdown(S: Any, conn: Any, queries: list[str], fixed: Any) -> dict[str, float]:
     """Mean wall time of each step of a hybrid search (the module's helpers, wrapped)."""
-    names = [n for n in ("resolve_project", "_keyword_ranks", "_vector_search", "_vector_ranks",
+    names = [n for n in ("resolve_project", "_keyword_ranks", "_vector_search", "vector_ranks",
                          "_add_pending", "_smooth", "_materialize") if hasattr(S, n)]
     spent: dict[str, float] = {n: 0.0 for n in names}
     originals = {n: getattr(S, n) for n in names}
@@ -453,193 +463,48 @@ async def stage_breakdown(S: Any, conn: Any, queries: list[str], fixed: Any) -> 
     return out
 
 
-# -- 4. int8 / bit coarse KNN + float re-rank --------------------------------------------------
+# -- 4. recall of the vector ranker against exact float search ---------------------------------
 
 
-def build_alt(workdir: Path, n: int) -> Path:
-    path = workdir / f"alt-{human(n)}.db"
-    done = workdir / f"alt-{human(n)}.done"
-    if path.exists() and done.exists():
-        return path
-    remove_db(path)
+async def vector_recall(path: Path, workdir: Path, base: dict[str, Any], n: int,
+                        k: int = 10) -> dict[str, Any]:
+    """Share of the exact top-k records (float32 cosine over every chunk, numpy) that the
+    product's vector ranker (sign-bit candidates, int8 re-rank) returns in its top k,
+    for the real question vectors; also with twice and half the coarse candidates."""
+    from mcp_server.search import SearchFilters
+    from mcp_server.vector_search import COARSE_K, vector_ranks
+
     vectors = np.load(workdir / f"vectors-{human(n)}.npy", mmap_mode="r")
-    src = make_connector(workdir / f"scale-{human(n)}.db", readonly=True)()
-    meta = src.execute("SELECT chunk_id, kind, project_dir, session_id, tool_name, ts "
-                       "FROM vec_chunks ORDER BY chunk_id").fetchall()
-    src.close()
-    conn = make_connector(path)()
-    conn.execute("PRAGMA synchronous = OFF")
-    md = "kind text, project_dir text, session_id text, tool_name text, ts text"
-    conn.execute(f"CREATE VIRTUAL TABLE vf USING vec0(chunk_id INTEGER PRIMARY KEY, "
-                 f"embedding float[{DIM}] distance_metric=cosine)")
-    conn.execute(f"CREATE VIRTUAL TABLE vi8 USING vec0(chunk_id INTEGER PRIMARY KEY, "
-                 f"embedding int8[{DIM}] distance_metric=cosine, {md})")
-    conn.execute(f"CREATE VIRTUAL TABLE vbit USING vec0(chunk_id INTEGER PRIMARY KEY, "
-                 f"embedding bit[{DIM}], {md})")
-    conn.execute("CREATE TABLE fstore (chunk_id INTEGER PRIMARY KEY, embedding BLOB NOT NULL)")
-    scale = int8_scale(vectors)
-    (workdir / f"alt-{human(n)}.json").write_text(json.dumps({"int8_scale": scale}))
-    step = 20_000
-    started = time.perf_counter()
-    conn.execute("BEGIN")
-    for lo in range(0, n, step):
-        hi = min(lo + step, n)
-        v = np.asarray(vectors[lo:hi])
-        q8 = quantize_int8(v, scale)
-        qb = quantize_bit(v)
-        rows = meta[lo:hi]
-        conn.executemany("INSERT INTO vf VALUES (?, ?)",
-                         [(r[0], v[j].tobytes()) for j, r in enumerate(rows)])
-        conn.executemany("INSERT INTO vi8 VALUES (?, vec_int8(?), ?, ?, ?, ?, ?)",
-                         [(r[0], q8[j].tobytes(), *r[1:]) for j, r in enumerate(rows)])
-        conn.executemany("INSERT INTO vbit VALUES (?, vec_bit(?), ?, ?, ?, ?, ?)",
-                         [(r[0], qb[j].tobytes(), *r[1:]) for j, r in enumerate(rows)])
-        conn.executemany("INSERT INTO fstore VALUES (?, ?)",
-                         [(r[0], v[j].tobytes()) for j, r in enumerate(rows)])
-        if (lo // step) % 10 == 0:
-            log(f"    alt {hi}/{n} ({time.perf_counter() - started:.0f} s)")
-    conn.execute("COMMIT")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-    done.write_text("ok")
-    return path
-
-
-def int8_scale(vectors: np.ndarray) -> float:
-    """Map the components' range (99.99th percentile of |x|) onto int8."""
-    sample = np.asarray(vectors[: min(len(vectors), 100_000)])
-    return float(127.0 / np.quantile(np.abs(sample), 0.9999))
-
-
-def quantize_int8(v: np.ndarray, scale: float) -> np.ndarray:
-    return np.clip(np.rint(v * scale), -127, 127).astype(np.int8)
-
-
-def quantize_bit(v: np.ndarray) -> np.ndarray:
-    return np.packbits(v > 0, axis=1, bitorder="little")
-
-
-def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> list[list[int]]:
-    """chunk ids (1-based) of the exact cosine top k, by numpy in blocks."""
-    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_i = np.zeros((len(queries), k), dtype=np.int64)
-    step = 200_000
-    for lo in range(0, len(vectors), step):
-        block = np.asarray(vectors[lo:lo + step])
-        sims = queries @ block.T
-        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        s = np.take_along_axis(sims, idx, axis=1)
-        all_s = np.concatenate([best_s, s], axis=1)
-        all_i = np.concatenate([best_i, idx + lo], axis=1)
-        order = np.argsort(-all_s, axis=1)[:, :k]
-        best_s = np.take_along_axis(all_s, order, axis=1)
-        best_i = np.take_along_axis(all_i, order, axis=1)
-    return [[int(i) + 1 for i in row] for row in best_i]
-
-
-def time_alt(workdir: Path, base: dict[str, Any], n: int) -> dict[str, Any]:
-    path = build_alt(workdir, n)
-    scale = json.loads((workdir / f"alt-{human(n)}.json").read_text())["int8_scale"]
-    vectors = np.load(workdir / f"vectors-{human(n)}.npy", mmap_mode="r")
-    rng = np.random.default_rng(SEED)
-    # Held-out in-distribution queries: noisy versions of random corpus points.
-    held = np.asarray(vectors[np.sort(rng.choice(n, N_QUERIES, replace=False))]).copy()
-    held += rng.normal(0, 0.03, held.shape).astype(np.float32)
-    held /= np.linalg.norm(held, axis=1, keepdims=True)
-    sets = {"questions": np.asarray(base["qvecs"], dtype=np.float32), "in-distribution": held}
-    conn = make_connector(path, readonly=True)()
-    conn.execute("PRAGMA cache_size = -2000000")
-    sizes = table_sizes(path)
-    results: dict[str, Any] = {"sizes_bytes": sizes}
-
-    def rerank(cands: list[int], q: np.ndarray) -> list[int]:
-        rows = conn.execute(
-            f"SELECT chunk_id, embedding FROM fstore WHERE chunk_id IN ({','.join('?' * len(cands))})",
-            cands).fetchall()
-        ids = np.array([r[0] for r in rows])
-        m = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), DIM)
-        return [int(i) for i in ids[np.argsort(-(m @ q))[:10]]]
-
-    def f32(q: np.ndarray) -> list[int]:
-        return [r[0] for r in conn.execute(
-            "SELECT chunk_id FROM vf WHERE embedding MATCH ? AND k = 10", (q.tobytes(),))]
-
-    def i8(q: np.ndarray, k: int = COARSE_K) -> list[int]:
-        c = [r[0] for r in conn.execute(
-            "SELECT chunk_id FROM vi8 WHERE embedding MATCH vec_int8(?) AND k = ?",
-            (quantize_int8(q[None], scale)[0].tobytes(), k))]
-        return rerank(c, q)
-
-    def i8_only(q: np.ndarray) -> list[int]:
-        return [r[0] for r in conn.execute(
-            "SELECT chunk_id FROM vi8 WHERE embedding MATCH vec_int8(?) AND k = 10",
-            (quantize_int8(q[None], scale)[0].tobytes(),))]
-
-    def bit(q: np.ndarray, k: int = COARSE_K) -> list[int]:
-        c = [r[0] for r in conn.execute(
-            "SELECT chunk_id FROM vbit WHERE embedding MATCH vec_bit(?) AND k = ?",
-            (quantize_bit(q[None])[0].tobytes(), k))]
-        return rerank(c, q)
-
-    # The same bits in numpy (48 MB per million in RAM): Hamming distance by
-    # XOR + popcount, with none of vec0's per-k cost (its top-k merge grows with k).
-    packed = np.concatenate([quantize_bit(np.asarray(vectors[lo:lo + 100_000]))
-                             for lo in range(0, n, 100_000)])
-    words = np.ascontiguousarray(packed).view(np.uint64)
-
-    def np_bit(q: np.ndarray, k: int) -> list[int]:
-        qw = quantize_bit(q[None])[0].view(np.uint64)
-        d = np.bitwise_count(words ^ qw).sum(axis=1, dtype=np.uint16)
-        idx = np.argpartition(d, k)[:k]
-        return rerank([int(i) + 1 for i in idx], q)
-
-    variants = {
-        "float32 vec0 exact (k=10)": f32,
-        "int8 vec0 alone (k=10)": i8_only,
-        f"int8 vec0 k={COARSE_K} + float rerank": i8,
-        f"bit[384] vec0 k={COARSE_K} + float rerank": bit,
-        "bit[384] vec0 k=400 + float rerank": lambda q: bit(q, 400),
-        "bit[384] vec0 k=1000 + float rerank": lambda q: bit(q, 1000),
-        "bit in numpy k=1000 + float rerank": lambda q: np_bit(q, 1000),
-        "bit in numpy k=3000 + float rerank": lambda q: np_bit(q, 3000),
-    }
-    for set_name, qs in sets.items():
-        truth = exact_top(vectors, qs)
-        for name, fn in variants.items():
-            for q in qs[:10]:
-                fn(q)  # warm-up
-            ms, cpu, recall = [], [], []
-            for q, t in zip(qs, truth):
-                t0, c0 = time.perf_counter(), time.process_time()
-                got = fn(q)
-                ms.append((time.perf_counter() - t0) * 1000)
-                cpu.append((time.process_time() - c0) * 1000)
-                recall.append(len(set(got[:10]) & set(t)) / 10)
-            entry = {**summary(ms, cpu), "recall_at_10": round(statistics.fmean(recall), 3),
-                     "min_recall": round(min(recall), 2), "load": loadavg()}
-            results[f"{set_name}: {name}"] = entry
-            log(f"    [{set_name}] {name:38s} p50 {entry['p50_ms']:7.1f} ms  p95 {entry['p95_ms']:7.1f} ms"
-                f"  cpu p50 {entry['cpu_p50_ms']:7.1f}  p95 {entry['cpu_p95_ms']:7.1f}"
-                f"  recall@10 {entry['recall_at_10']:.3f} (min {entry['min_recall']})  ({entry['load']})")
-    # Recall of bit coarse + exact rerank against k, computed in numpy alone.
-    curve: dict[str, dict[int, float]] = {}
-    for set_name, qs in sets.items():
-        truth = exact_top(vectors, qs)
-        curve[set_name] = {}
-        for k in (200, 500, 1000, 2000, 5000, 10000):
-            rec = []
-            for q, t in zip(qs, truth):
-                d = np.bitwise_count(words ^ quantize_bit(q[None])[0].view(np.uint64)).sum(
-                    axis=1, dtype=np.uint16)
-                idx = np.sort(np.argpartition(d, k)[:k])
-                sims = np.asarray(vectors[idx]) @ q
-                top = {int(i) + 1 for i in idx[np.argsort(-sims)[:10]]}
-                rec.append(len(top & set(t)) / 10)
-            curve[set_name][k] = round(statistics.fmean(rec), 3)
-        log(f"    [{set_name}] bit coarse + rerank, recall@10 by k: {curve[set_name]}")
-    results["bit_recall_by_k"] = curve
-    conn.close()
-    return results
+    store = await Store.open(path)
+    try:
+        owner = np.zeros(n + 1, dtype=np.int64)
+        rows = await store.conn.execute_fetchall("SELECT id, record_id FROM chunks")
+        for cid, rid in rows:
+            owner[cid] = rid
+        queries = base["qvecs"]
+        sims = np.empty((n, len(queries)), dtype=np.float32)
+        for lo in range(0, n, 200_000):
+            sims[lo:lo + 200_000] = np.asarray(vectors[lo:lo + 200_000]) @ queries.T
+        exact = []
+        for qi in range(len(queries)):
+            order = np.argsort(-sims[:, qi])
+            top: list[int] = []
+            for ci in order:
+                rid = int(owner[ci + 1])
+                if rid not in top:
+                    top.append(rid)
+                if len(top) == k:
+                    break
+            exact.append(set(top))
+        out: dict[str, Any] = {}
+        for coarse in (COARSE_K // 2, COARSE_K, COARSE_K * 2):
+            got = [await vector_ranks(store.conn, q, SearchFilters(), k, coarse_k=coarse)
+                   for q in queries]
+            share = [len({rid for rid, _, _ in g} & e) / k for g, e in zip(got, exact)]
+            out[f"recall@{k} coarse_k={coarse}"] = round(statistics.fmean(share), 3)
+        return out
+    finally:
+        await store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -648,12 +513,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where generated databases are cached (several GB at 1M)")
     parser.add_argument("--scales", default="10k,100k,1M",
                         help="comma-separated chunk counts (default 10k,100k,1M)")
-    parser.add_argument("--no-alt", action="store_true", help="skip the int8/bit comparison")
-    parser.add_argument("--alt-scale", type=parse_scale, help="scale for the comparison "
-                        "(default: the largest)")
+    parser.add_argument("--no-recall", action="store_true",
+                        help="skip the vector ranker's recall against exact search")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--alt-only", action="store_true",
-                        help="only the int8/bit comparison (at --alt-scale, default the largest)")
     parser.add_argument("--generate-only", action="store_true",
                         help="build and cache the databases, time nothing")
     args = parser.parse_args(argv)
@@ -675,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{base['base_db_bytes'] / 1e6:.1f} MB "
         f"({base['base_db_bytes'] / base['base_chunks'] * 1e6 / 1e9:.2f} GB per 1M chunks)")
     embedder = load_embedder()
-    for n in ([] if args.alt_only else scales):
+    for n in scales:
         log(f"scale {human(n)}")
         path = generate(args.workdir, base, n)
         if args.generate_only:
@@ -688,15 +550,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"    file {size / 1e9:.2f} GB = {entry['gb_per_million_chunks']} GB per 1M chunks; "
             + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in entry["tables_bytes"].items()))
         entry.update(anyio.run(time_search, path, base, embedder))
+        if not args.no_recall:
+            entry["vector_recall"] = anyio.run(vector_recall, path, args.workdir, base, n)
+            log(f"    vector ranker vs exact: {entry['vector_recall']}")
         report["scales"][human(n)] = entry
     if args.generate_only:
-        if not args.no_alt and scales:
-            build_alt(args.workdir, args.alt_scale or max(scales))
         return 0
-    if not args.no_alt and scales:
-        n = args.alt_scale or max(scales)
-        log(f"alternatives at {human(n)}")
-        report["alternatives"] = {human(n): time_alt(args.workdir, base, n)}
     report["machine"]["load_at_end"] = loadavg()
     text = json.dumps(report, indent=1)
     if args.json:

@@ -129,9 +129,5 @@ async def forget_memory(store: Store, memory_id: str) -> None:
         for record_id, kind in rows:
             if kind != "memory":
                 continue
-            await store.conn.execute(
-                "DELETE FROM vec_chunks WHERE chunk_id IN "
-                "(SELECT id FROM chunks WHERE record_id = ?)", (record_id,)
-            )
-            await store.conn.execute("DELETE FROM chunks WHERE record_id = ?", (record_id,))
+            # Its chunks and their vectors go with it (ON DELETE CASCADE).
             await store.conn.execute("DELETE FROM records WHERE id = ?", (record_id,))

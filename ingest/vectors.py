@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .errors import ModelMismatch
-from .migrations import vec_table_sql
+from .quantize import bits_rows, int8_rows
 from .store import Store
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ async def ensure_model(store: Store, model_id: str, dim: int) -> None:
             if (rows[0][0], int(rows[0][1])) != (model_id, dim):
                 raise ModelMismatch(f"another process registered model {rows[0][0]} meanwhile")
             return
-        await _rebuild_vec_table(store, dim)
+        await _drop_vectors(store)
         await store.conn.execute(
             "INSERT INTO embedding_model (id, model_id, dim, created_at) "
             "VALUES (1, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
@@ -97,18 +97,16 @@ async def ensure_model(store: Store, model_id: str, dim: int) -> None:
         )
 
 
-async def _rebuild_vec_table(store: Store, dim: int) -> None:
-    """Inside a transaction: an empty vec table of the right dimension, no chunks."""
+async def _drop_vectors(store: Store) -> None:
+    """Inside a transaction: no chunks, hence no vectors (they cascade)."""
     await store.conn.execute("DELETE FROM chunks")
-    await store.conn.execute("DROP TABLE IF EXISTS vec_chunks")
-    await store.conn.execute(vec_table_sql(dim))
 
 
 async def reembed(store: Store, embedder: "Embedder",
                   progress: Callable[[int, int], None] | None = None) -> EmbedSummary:
     """Drop every vector, record the embedder's model, and embed everything again."""
     async with store.transaction():
-        await _rebuild_vec_table(store, embedder.dim)
+        await _drop_vectors(store)
         await store.conn.execute("DELETE FROM embedding_model")
         await store.conn.execute(
             "INSERT INTO embedding_model (id, model_id, dim, created_at) "
@@ -153,16 +151,18 @@ def windows_for(embedder: "Embedder", kind: str, text: str,
 
 
 def _embed_batch(embedder: "Embedder", rows: Sequence[Any]
-                 ) -> tuple[list[tuple[int, int, int, int]], list[Any], list[bytes]]:
-    """Blocking (worker thread): windows and vectors for a batch of records."""
+                 ) -> tuple[list[tuple[int, int, int, int]], list[Any], list[tuple[bytes, bytes]]]:
+    """Blocking (worker thread): windows and (int8 vector, sign bits) for a batch of records."""
     chunks: list[tuple[int, int, int, int]] = []  # (row index, seq, start, end)
     texts: list[str] = []
     for i, row in enumerate(rows):
-        for seq, (start, end, piece) in enumerate(windows_for(embedder, row[1], row[2], row[7])):
+        for seq, (start, end, piece) in enumerate(windows_for(embedder, row[1], row[2], row[3])):
             chunks.append((i, seq, start, end))
             texts.append(piece)
-    vectors = embedder.embed(texts) if texts else []
-    return chunks, rows, [v.tobytes() for v in vectors]
+    if not texts:
+        return chunks, rows, []
+    vectors = embedder.embed(texts)
+    return chunks, rows, list(zip(int8_rows(vectors), bits_rows(vectors)))
 
 
 async def embed_pending(
@@ -187,12 +187,11 @@ async def embed_pending(
     conn = store.conn
     while not (should_stop and should_stop()):
         rows = await conn.execute_fetchall(
-            "SELECT r.id, r.kind, r.text, r.session_id, r.tool_name, r.ts, s.project_dir, "
+            "SELECT r.id, r.kind, r.text, "
             "CASE WHEN r.kind = 'tool_result' AND r.tool_use_id IS NOT NULL THEN "
             "(SELECT substr(c.text, 1, 400) FROM records c WHERE c.tool_use_id = r.tool_use_id "
             "AND c.kind = 'tool_call' LIMIT 1) END "
-            "FROM records r LEFT JOIN sources s ON s.id = r.source_id "
-            "WHERE r.embed_state = 0 ORDER BY r.ts DESC LIMIT ?",
+            "FROM records r WHERE r.embed_state = 0 ORDER BY r.ts DESC LIMIT ?",
             (batch_records,),
         )
         if not rows:
@@ -208,24 +207,20 @@ async def embed_pending(
             first = (await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM chunks"))[0][0]
             chunk_rows = []
             vec_rows = []
-            for n, ((i, seq, start, end), blob) in enumerate(zip(chunks, blobs)):
+            for n, ((i, seq, start, end), (vec, bits)) in enumerate(zip(chunks, blobs)):
                 row = rows[i]
                 if row[0] not in still:
                     continue
                 chunk_id = first + n + 1
-                chunk_rows.append((chunk_id, row[0], seq, start, end))
-                # vec0 metadata columns take no NULLs: '' stands for unknown.
-                vec_rows.append((chunk_id, blob, row[1], row[6] or "", row[3] or "",
-                                 row[4] or "", row[5] or ""))
+                chunk_rows.append((chunk_id, row[0], seq, start, end, bits))
+                vec_rows.append((chunk_id, vec))
             await conn.executemany(
-                "INSERT INTO chunks (id, record_id, seq, char_start, char_end) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO chunks (id, record_id, seq, char_start, char_end, bits) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 chunk_rows,
             )
-            await conn.executemany(
-                "INSERT INTO vec_chunks (chunk_id, embedding, kind, project_dir, session_id, "
-                "tool_name, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                vec_rows,
-            )
+            await conn.executemany("INSERT INTO chunk_vectors (chunk_id, vec) VALUES (?, ?)",
+                                   vec_rows)
             await conn.executemany(
                 "UPDATE records SET embed_state = 1 WHERE id = ?", [(i,) for i in still]
             )

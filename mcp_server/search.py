@@ -7,9 +7,9 @@ Rankers
   as text and never raise. A trailing `*` on a word is kept as a prefix query.
   All words are required first (AND); if that finds too few, an OR of the
   non-stopwords fills the list, still ranked by BM25.
-- vector: sqlite-vec KNN over chunk embeddings; a record scores as its best
-  chunk. Filters are vec0 metadata columns, applied during the KNN, so a
-  filtered query is never starved by an outer WHERE.
+- vector: nearest chunks by sign bits, re-ranked by exact cosine over their
+  int8 vectors (vector_search.py); a record scores as its best chunk. Filters
+  apply before the candidates are cut, so a filtered query is never starved.
 - hybrid: both candidate lists fused by a weighted sum of rank-based scores
   (weighted reciprocal rank, FUSION_K and the weights tuned on the LoCoMo dev
   split and our real-transcript questions; DESIGN.md: equal-weight RRF with
@@ -34,6 +34,8 @@ import aiosqlite
 from ingest.db import fts_text
 from ingest.errors import InvalidQuery
 from ingest.parse import KINDS
+
+from .vector_search import vector_ranks
 
 if TYPE_CHECKING:
     from ingest.embed import Embedder
@@ -215,11 +217,6 @@ class SearchFilters:
         return self._clauses({"kind": "r.kind", "session_id": "r.session_id",
                               "project_dir": "src.project_dir", "tool_name": "r.tool_name",
                               "ts": "r.ts"})
-
-    def vec_sql(self) -> tuple[str, list[Any]]:
-        """The same filters as vec0 metadata constraints (applied during KNN)."""
-        return self._clauses({name: name for name in
-                              ("kind", "session_id", "project_dir", "tool_name", "ts")})
 
     def _clauses(self, column: dict[str, str]) -> tuple[str, list[Any]]:
         clauses: list[str] = []
@@ -428,42 +425,6 @@ async def _keyword_ranks(conn: aiosqlite.Connection, query: str, filters: Search
     return out[:n]
 
 
-async def _vector_ranks(conn: aiosqlite.Connection, qvec: bytes, filters: SearchFilters,
-                        n: int) -> list[tuple[int, float, int]]:
-    """(record id, cosine similarity, best chunk id), best first."""
-    where, params = filters.vec_sql()
-    if filters.project_dirs == []:
-        return []
-    # Several chunks may belong to one record: fetch chunks until n distinct
-    # records are in hand (or every chunk matching the filters was seen).
-    k = min(4096, max(int(n * 1.25), 30))
-    best: dict[int, tuple[float, int]] = {}
-    while True:
-        # The KNN stands alone: vec0 applies the metadata constraints during
-        # the search, which a join or an outer WHERE would not guarantee.
-        knn = await conn.execute_fetchall(
-            f"SELECT chunk_id, distance FROM vec_chunks WHERE embedding MATCH ? AND k = ? {where}",
-            (qvec, k, *params),
-        )
-        if not knn:
-            return []
-        distance = {cid: d for cid, d in knn}
-        owners = await conn.execute_fetchall(
-            f"SELECT id, record_id FROM chunks WHERE id IN ({', '.join('?' for _ in distance)})",
-            list(distance),
-        )
-        best = {}
-        for chunk_id, record_id in owners:
-            sim = 1.0 - float(distance[chunk_id])
-            if record_id not in best or sim > best[record_id][0]:
-                best[record_id] = (sim, chunk_id)
-        if len(best) >= n or len(knn) < k or k >= 4096:
-            break
-        k = min(4096, k * 4)
-    ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:n]
-    return [(rid, sim, cid) for rid, (sim, cid) in ranked]
-
-
 def fuse(keyword: Sequence[tuple[int, float]], vector: Sequence[tuple[int, float, int]],
          *, k: float, w_keyword: float, w_vector: float) -> list[tuple[int, float]]:
     """Weighted reciprocal-rank fusion: score = sum of w / (k + rank)."""
@@ -652,8 +613,8 @@ async def _vector_search(conn: aiosqlite.Connection, query: str, embedder: "Embe
                     "run `deja reembed`")
     import anyio
 
-    qvec = await anyio.to_thread.run_sync(lambda: embedder.embed([query])[0].tobytes())
-    return await _vector_ranks(conn, qvec, filters, n), "ok"
+    qvec = await anyio.to_thread.run_sync(lambda: embedder.embed([query])[0])
+    return await vector_ranks(conn, qvec, filters, n), "ok"
 
 
 PENDING_RESCUE = 8

@@ -82,3 +82,23 @@ def deja_json(run_deja: Callable[..., subprocess.CompletedProcess[str]]) -> Call
         return json.loads(lines[0])
 
     return run
+
+
+class FixedEmbedder:
+    """An embedder whose every vector is the one given: for tests of the vector
+    plumbing with vectors written straight into the schema (the real model is
+    tested elsewhere)."""
+
+    backend = "fixed"
+    dim = 384
+
+    def __init__(self, vector: Any) -> None:
+        from ingest.embed import DEFAULT_MODEL
+
+        self.model_id = DEFAULT_MODEL
+        self.vector = vector
+
+    def embed(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        return np.stack([self.vector for _ in texts])

@@ -217,12 +217,11 @@ def _final_state(db: Path, root: Path) -> tuple[Any, ...]:
 def _fts_consistent(conn: Any) -> None:
     """The FTS index is sound and holds exactly one document per record.
 
-    The plain 'integrity-check' verifies the index's internal structure only.
-    The content check ('integrity-check' with rank 1) cannot be used: the index
-    holds deja_fts_text(text) (CJK characters spaced out), not the raw text it
-    would re-tokenize, so it fails on a healthy database. Instead: every record
-    has a docsize row and no docsize row lacks its record; the per-record token
-    counts and the vocabulary are then compared between A and B.
+    'integrity-check' verifies the index's internal structure; the table is
+    contentless (migration m005), so FTS5 has no content to compare it with.
+    Instead: every record has a docsize row and no docsize row lacks its
+    record; the per-record token counts (both columns) and the vocabulary are
+    then compared between A and B.
     """
     conn.execute("INSERT INTO records_fts(records_fts) VALUES('integrity-check')")
     missing = conn.execute(

@@ -5,7 +5,7 @@ DEJA_MODEL_CACHE). Invariants checked after every step that writes vectors:
 
 - every record with embed_state = 1 has at least one chunk, unless its text
   is blank;
-- every chunk has exactly one vec_chunks row and every vec_chunks row a chunk;
+- every chunk has exactly one int8 vector (chunk_vectors) and its sign bits;
 - no chunk twice (record_id, seq);
 - pending (embed_state 0) + embedded (1) = the records of embeddable kinds.
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import numpy as np
 import pytest
 
 from ingest.db import make_connector
@@ -88,7 +89,7 @@ def check_invariants(db: Path) -> dict[str, int]:
         "embedded": sql(db, "SELECT COUNT(*) FROM records WHERE embed_state = 1")[0][0],
         "embeddable": sql(db, f"SELECT COUNT(*) FROM records WHERE kind IN ({kinds})")[0][0],
         "chunks": sql(db, "SELECT COUNT(*) FROM chunks")[0][0],
-        "vectors": sql(db, "SELECT COUNT(*) FROM vec_chunks")[0][0],
+        "vectors": sql(db, "SELECT COUNT(*) FROM chunk_vectors")[0][0],
     }
     assert counts["pending"] + counts["embedded"] == counts["embeddable"], counts
     no_chunk = sql(db, "SELECT id, text FROM records r WHERE embed_state = 1 AND NOT EXISTS "
@@ -97,8 +98,10 @@ def check_invariants(db: Path) -> dict[str, int]:
     assert not sql(db, "SELECT c.id FROM chunks c JOIN records r ON r.id = c.record_id "
                        "WHERE r.embed_state != 1"), "chunks of records not marked embedded"
     chunk_ids = [r[0] for r in sql(db, "SELECT id FROM chunks ORDER BY id")]
-    vec_ids = [r[0] for r in sql(db, "SELECT chunk_id FROM vec_chunks ORDER BY chunk_id")]
-    assert chunk_ids == vec_ids, "chunks and vec_chunks differ"
+    vec_ids = [r[0] for r in sql(db, "SELECT chunk_id FROM chunk_vectors ORDER BY chunk_id")]
+    assert chunk_ids == vec_ids, "chunks and chunk_vectors differ"
+    assert not sql(db, "SELECT c.id FROM chunks c JOIN chunk_vectors v ON v.chunk_id = c.id "
+                       "WHERE c.bits IS NULL OR length(c.bits) * 8 != length(v.vec)")
     assert sql(db, "SELECT COUNT(*) FROM (SELECT DISTINCT record_id, seq FROM chunks)")[0][0] \
         == counts["chunks"], "a chunk is duplicated"
     return counts
@@ -194,12 +197,14 @@ def test_ingest_embeds_everything_and_says_so(tmp_path: Path, home: Path) -> Non
     counts = check_invariants(db)
     assert counts["embedded"] == out["embedded"] and counts["vectors"] == out["chunks"]
     assert sql(db, "SELECT model_id, dim FROM embedding_model") == [(DEFAULT_MODEL, DEFAULT_DIM)]
-    # The vec0 metadata copies the record's filter columns.
-    rows = sql(db, "SELECT v.kind, v.session_id, v.project_dir, v.tool_name, v.ts, r.kind, "
-                   "r.session_id, s.project_dir, COALESCE(r.tool_name, ''), r.ts FROM vec_chunks v "
-                   "JOIN chunks c ON c.id = v.chunk_id JOIN records r ON r.id = c.record_id "
-                   "JOIN sources s ON s.id = r.source_id")
-    assert rows and all(r[:5] == r[5:] for r in rows)
+    # Each chunk's sign bits are those of its int8 vector, which uses the full range.
+    rows = sql(db, "SELECT c.bits, v.vec FROM chunks c JOIN chunk_vectors v ON v.chunk_id = c.id")
+    assert len(rows) == out["chunks"]
+    for bits, vec in rows:
+        q8 = np.frombuffer(vec, dtype=np.int8)
+        signs = np.unpackbits(np.frombuffer(bits, dtype=np.uint8)).astype(bool)
+        assert (signs == (q8 > 0))[q8 != 0].all()  # a tiny component rounds to 0 in int8
+        assert np.abs(q8.astype(int)).max() == 127
     again = deja_json(home, db, "ingest", "--root", str(root), "--json", env={"DEJA_EMBED": "1"})
     assert again["embedded"] == 0 and again["pending_embeddings"] == 0
 

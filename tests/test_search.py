@@ -31,9 +31,11 @@ import anyio
 import numpy as np
 import pytest
 
+from conftest import FixedEmbedder
 from ingest.db import make_connector
 from ingest.embed import DEFAULT_MODEL, Embedder, load_embedder
 from ingest.errors import InvalidQuery
+from ingest.quantize import bits_rows, int8_rows
 from ingest.store import Store
 from mcp_server.search import search
 
@@ -416,7 +418,6 @@ def _many_chunk_db(path: Path, rng: np.random.Generator) -> np.ndarray:
         for source, n_records, n_chunks in ((1, 2000, 1), (2, 220, 12)):
             for _ in range(n_records):
                 rid += 1
-                project = "-p-big" if source == 1 else "-p-long"
                 conn.execute(
                     "INSERT INTO records (id, source_id, line_key, part, uuid, session_id, kind, "
                     "text, text_len, ts, embed_state) VALUES (?, ?, ?, 0, ?, 's', 'assistant', ?, "
@@ -428,25 +429,13 @@ def _many_chunk_db(path: Path, rng: np.random.Generator) -> np.ndarray:
                     cid += 1
                     v = (center + rng.normal(size=384) * 0.002).astype(np.float32)
                     v /= np.linalg.norm(v)
-                    conn.execute("INSERT INTO chunks VALUES (?, ?, ?, 0, 10)", (cid, rid, seq))
-                    conn.execute("INSERT INTO vec_chunks VALUES (?, ?, 'assistant', ?, 's', '', "
-                                 "'2026-01-01T00:00:00.000Z')", (cid, v.tobytes(), project))
+                    conn.execute("INSERT INTO chunks VALUES (?, ?, ?, 0, 10, ?)",
+                                 (cid, rid, seq, bits_rows(v)[0]))
+                    conn.execute("INSERT INTO chunk_vectors VALUES (?, ?)", (cid, int8_rows(v)[0]))
         conn.execute("COMMIT")
     finally:
         conn.close()
     return query
-
-
-class _FixedEmbedder:
-    model_id = DEFAULT_MODEL
-    dim = 384
-    backend = "fixed"
-
-    def __init__(self, vector: np.ndarray) -> None:
-        self.vector = vector
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        return np.stack([self.vector for _ in texts])
 
 
 @pytest.mark.parametrize("mode", ["vector", "hybrid"])
@@ -458,7 +447,7 @@ def test_records_with_many_chunks_do_not_starve_a_filtered_query(tmp_path: Path,
         store = await Store.open(db)
         try:
             return await search(store.conn, "nothing matches this by keyword", mode=mode,
-                                embedder=_FixedEmbedder(query),  # type: ignore[arg-type]
+                                embedder=FixedEmbedder(query),  # type: ignore[arg-type]
                                 limit=200, project="-p-long")
         finally:
             await store.close()

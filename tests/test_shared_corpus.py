@@ -685,17 +685,20 @@ def test_database_follows_the_design(corpus: Corpus) -> None:
     assert corpus.sql("PRAGMA journal_mode") == [("wal",)]
     assert corpus.sql("PRAGMA user_version") == [(SCHEMA_VERSION,)]
     schema = dict(corpus.sql("SELECT name, sql FROM sqlite_master"))
-    assert "USING vec0" in schema["vec_chunks"]
+    assert "vec BLOB" in schema["chunk_vectors"] and "bits BLOB" in schema["chunks"]
     assert "embedding_model" in schema and "CREATE TABLE" in schema["embedding_model"]
-    assert "USING fts5" in schema["records_fts"]
-    # sqlite-vec loads on the same file and the vector table answers.
+    assert "USING fts5" in schema["records_fts"] and "contentless_delete=1" in schema["records_fts"]
+    # sqlite-vec loads on the same file and its Hamming distance (the coarse
+    # vector scan) answers; the file and its full-text index are sound.
     import sqlite_vec
 
     conn = sqlean.connect(f"file:{db}?mode=ro", uri=True)
     try:
         conn.enable_load_extension(True)
         sqlite_vec.load(conn)
-        assert conn.execute("SELECT COUNT(*) FROM vec_chunks").fetchone()[0] == 0
+        assert conn.execute("SELECT vec_distance_hamming(vec_bit(x'0f'), vec_bit(x'01'))"
+                            ).fetchone()[0] == 3
+        assert conn.execute("SELECT COUNT(*) FROM chunk_vectors").fetchone()[0] == 0
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         conn.close()

@@ -1,0 +1,101 @@
+"""The vector ranker: a sign-bit scan for candidates, then exact cosine over int8 vectors.
+
+Why two stages: an exact scan of float32 vectors (sqlite-vec's vec0) took 0.6 s
+per million chunks here. Each chunk now carries its vector's sign bits (48
+bytes for MiniLM) and an int8 copy of the vector in `chunk_vectors`
+(ingest/quantize.py, migration m006):
+1. coarse: SQLite orders the chunks that pass the filters by Hamming distance
+   between sign bits (sqlite-vec's `vec_distance_hamming`) and keeps the
+   nearest `k` (about 30 ms per 300k chunks);
+2. exact: those candidates' int8 vectors, fetched by primary key, are scored
+   by cosine with the float query vector in numpy; a record scores as its best
+   chunk.
+
+Filters are part of the coarse scan's WHERE, before the LIMIT, so a filter that
+excludes most of the corpus still yields every match there is: when fewer than
+`k` chunks pass, all of them are scored exactly. When the best `k` chunks hold
+fewer than `n` distinct records, `k` grows and the scan runs again.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import aiosqlite
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .search import SearchFilters
+
+__all__ = ["vector_ranks", "COARSE_K", "MAX_K"]
+
+# Chunks re-ranked exactly per query. Measured over 300k generated chunks with
+# real question vectors: 1,000 keep 94% of the exact top 10, 2,000 keep 96%.
+COARSE_K = 1500
+MAX_K = 24_000
+
+
+def _coarse_sql(filters: "SearchFilters") -> tuple[str, list[Any]]:
+    where, params = filters.sql()
+    if not where:
+        return ("SELECT id FROM chunks ORDER BY vec_distance_hamming(vec_bit(bits), vec_bit(?)) "
+                "LIMIT ?"), []
+    return ("SELECT c.id FROM chunks c JOIN records r ON r.id = c.record_id "
+            "LEFT JOIN sources src ON src.id = r.source_id "
+            f"WHERE 1 {where} "
+            "ORDER BY vec_distance_hamming(vec_bit(c.bits), vec_bit(?)) LIMIT ?"), params
+
+
+async def vector_ranks(conn: aiosqlite.Connection, qvec: "np.ndarray", filters: "SearchFilters",
+                       n: int, coarse_k: int = COARSE_K) -> list[tuple[int, float, int]]:
+    """(record id, cosine similarity, best chunk id) of the n nearest records, best first."""
+    import numpy as np
+
+    from ingest.quantize import to_bits
+
+    if filters.project_dirs == []:
+        return []
+    query = np.asarray(qvec, dtype=np.float32).ravel()
+    query = query / (float(np.linalg.norm(query)) or 1.0)
+    qbits = to_bits(query)[0].tobytes()
+    sql, params = _coarse_sql(filters)
+    k = max(coarse_k, n * 4)
+    while True:
+        rows = await conn.execute_fetchall(sql, (*params, qbits, k))
+        if not rows:
+            return []
+        ids = [r[0] for r in rows]
+        best = await _exact(conn, ids, query)
+        if len(best) >= n or len(ids) < k or k >= MAX_K:
+            break
+        k = min(MAX_K, k * 4)
+    ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:n]
+    return [(rid, sim, cid) for rid, (sim, cid) in ranked]
+
+
+async def _exact(conn: aiosqlite.Connection, chunk_ids: list[int],
+                 query: "np.ndarray") -> dict[int, tuple[float, int]]:
+    """Cosine of the query with each chunk's int8 vector; the best chunk per record."""
+    import numpy as np
+
+    best: dict[int, tuple[float, int]] = {}
+    dim = query.shape[0]
+    # SQLite binds at most 32,766 parameters; stay well below.
+    for start in range(0, len(chunk_ids), 8000):
+        part = chunk_ids[start:start + 8000]
+        rows = await conn.execute_fetchall(
+            "SELECT c.id, c.record_id, v.vec FROM chunks c "
+            "JOIN chunk_vectors v ON v.chunk_id = c.id "
+            f"WHERE c.id IN ({', '.join('?' for _ in part)})", part)
+        if not rows:
+            continue
+        mat = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.int8).reshape(-1, dim)
+        mat = mat.astype(np.float32)
+        norms = np.linalg.norm(mat, axis=1)
+        norms[norms == 0] = 1.0
+        sims = (mat @ query) / norms
+        for (cid, rid, _), sim in zip(rows, sims.tolist()):
+            if rid not in best or sim > best[rid][0]:
+                best[rid] = (sim, cid)
+    return best
