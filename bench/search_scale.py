@@ -377,11 +377,23 @@ class FixedEmbedder:
 async def time_search(path: Path, base: dict[str, Any], embedder: Any) -> dict[str, Any]:
     from mcp_server import search as S
 
+    from ingest.db import connect
+    from mcp_server.vector_index import VectorIndex
+
     queries = base["queries"]
     fixed: Any = FixedEmbedder({q: v for q, v in zip(queries, base["qvecs"])})
     store = await Store.open(path)
     conn = store.conn
-    out: dict[str, Any] = {}
+    # As the MCP server searches: the vector index in memory, loaded on its own
+    # connection, and the vector ranker on a second connection.
+    second = await connect(path, readonly=True)
+    index = VectorIndex()
+    t = time.perf_counter()
+    await index.refresh(second)
+    out: dict[str, Any] = {"index_load_s": round(time.perf_counter() - t, 2),
+                           "index_chunks": len(index)}
+    log(f"    vector index: {len(index)} chunks loaded in {out['index_load_s']} s")
+    server = {"vector_index": index, "vector_conn": second}
     try:
         project = list(await conn.execute_fetchall(
             "SELECT project_dir FROM sources GROUP BY project_dir ORDER BY COUNT(*) DESC LIMIT 1"))[0][0]
@@ -402,24 +414,28 @@ async def time_search(path: Path, base: dict[str, Any], embedder: Any) -> dict[s
         hits_seen: list[int] = []
 
         async def hybrid_fixed(q: str) -> None:
-            r = await S.search(conn, q, embedder=fixed, mode="hybrid", limit=10)
+            r = await S.search(conn, q, embedder=fixed, mode="hybrid", limit=10, **server)
             assert r.vector_status == "ok", r.vector_status
             hits_seen.append(len(r.hits))
 
         await run("hybrid, fixed query vector", hybrid_fixed)
-        out["hybrid_stages_mean_ms"] = await stage_breakdown(S, conn, queries, fixed)
-        log("    stages (mean wall ms): " + ", ".join(
+        out["hybrid_stages_mean_ms"] = await stage_breakdown(S, conn, queries, fixed, server)
+        log("    stages (mean wall ms; keyword and vector overlap): " + ", ".join(
             f"{k} {v}" for k, v in out["hybrid_stages_mean_ms"].items()))
-        await run("hybrid, real embedder", lambda q: S.search(conn, q, embedder=embedder,
-                                                              mode="hybrid", limit=10))
+        await run("hybrid, real embedder", lambda q: S.search(
+            conn, q, embedder=embedder, mode="hybrid", limit=10, **server))
         await run("hybrid, project filter", lambda q: S.search(
-            conn, q, embedder=fixed, mode="hybrid", limit=10, project=project))
+            conn, q, embedder=fixed, mode="hybrid", limit=10, project=project, **server))
+        await run("hybrid, one connection, no index (CLI)", lambda q: S.search(
+            conn, q, embedder=fixed, mode="hybrid", limit=10))
         await run("keyword mode", lambda q: S.search(conn, q, mode="keyword", limit=10))
         filters = S.SearchFilters()
         n = int(getattr(S, "FUSION", {}).get("candidates", 50))  # what hybrid asks each ranker
         await run(f"  FTS ranker alone ({n} cand.)", lambda q: S._keyword_ranks(
             conn, q, filters, n, S.FUSION["context"]))
-        await run(f"  vector ranker alone ({n} cand.)", lambda q: S.vector_ranks(
+        await run(f"  vector ranker alone, index ({n} cand.)", lambda q: S.vector_ranks(
+            second, fixed.table[q], filters, n, index=index))
+        await run(f"  vector ranker alone, SQL ({n} cand.)", lambda q: S.vector_ranks(
             conn, fixed.table[q], filters, n))
         t = time.perf_counter()
         for q in queries:
@@ -428,10 +444,12 @@ async def time_search(path: Path, base: dict[str, Any], embedder: Any) -> dict[s
         out["mean_hits"] = statistics.fmean(hits_seen)
     finally:
         await store.close()
+        await second.close()
     return out
 
 
-async def stage_breakdown(S: Any, conn: Any, queries: list[str], fixed: Any) -> dict[str, float]:
+async def stage_breakdown(S: Any, conn: Any, queries: list[str], fixed: Any,
+                          server: dict[str, Any]) -> dict[str, float]:
     """Mean wall time of each step of a hybrid search (the module's helpers, wrapped)."""
     names = [n for n in ("resolve_project", "_keyword_ranks", "_vector_search", "vector_ranks",
                          "_add_pending", "_smooth", "_materialize") if hasattr(S, n)]
@@ -453,7 +471,7 @@ async def stage_breakdown(S: Any, conn: Any, queries: list[str], fixed: Any) -> 
             setattr(S, n, wrap(n, originals[n]))
         for q in queries:
             t = time.perf_counter()
-            await S.search(conn, q, embedder=fixed, mode="hybrid", limit=10)
+            await S.search(conn, q, embedder=fixed, mode="hybrid", limit=10, **server)
             total += time.perf_counter() - t
     finally:
         for n, fn in originals.items():

@@ -239,12 +239,19 @@ def m004_fts_vocabulary(conn: Any) -> None:
 
 # What the full-text index holds for each record: its own text, and the text
 # before it in the same file (capped), in a second column that search weighs
-# low. Memories stand alone: they have no conversation around them.
+# low. Only what a record can answer counts as its context: a prompt, a reply,
+# a tool call (for its result), a summary. A tool's output or a thinking block
+# before a reply would add the most words (58% of the context text of the
+# shared transcripts) and say least about what the reply answers. Memories
+# stand alone: they have no conversation around them.
 CONTEXT_CHARS = 2000
+CONTEXT_KINDS = ("prompt", "assistant", "tool_call", "compact_summary", "summary")
 FTS_CONTEXT_SQL = (
-    "CASE WHEN r.kind = 'memory' THEN '' ELSE deja_fts_text(substr("
-    "(SELECT p.text FROM records p WHERE p.source_id = r.source_id AND p.id < r.id "
-    f"ORDER BY p.id DESC LIMIT 1), 1, {CONTEXT_CHARS})) END"
+    "CASE WHEN r.kind = 'memory' THEN '' ELSE deja_fts_text(("
+    f"SELECT CASE WHEN p.kind IN ({', '.join(repr(k) for k in CONTEXT_KINDS)}) "
+    f"THEN substr(p.text, 1, {CONTEXT_CHARS}) END "
+    "FROM records p WHERE p.source_id = r.source_id AND p.id < r.id "
+    "ORDER BY p.id DESC LIMIT 1)) END"
 )
 
 

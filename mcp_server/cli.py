@@ -15,13 +15,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import anyio
 
 from ingest import __version__
 from ingest.cli import add_ingest_arguments, load_configured_embedder, run_embed, run_ingest
 from ingest.config import db_path_from
+from ingest.db import connect
 from ingest.errors import DejaError
 from ingest.lease import IngestLock
 from ingest.store import Store
@@ -149,6 +149,7 @@ async def _search(db_path: Path, args: argparse.Namespace) -> int:
 
         args.project = str(main_worktree(Path(args.project).expanduser()))
     store = await Store.open(db_path)
+    vector_conn = None
     try:
         has_vectors = await store.conn.execute_fetchall("SELECT 1 FROM chunks LIMIT 1")
         if args.mode != "keyword" and not has_vectors:
@@ -159,14 +160,19 @@ async def _search(db_path: Path, args: argparse.Namespace) -> int:
                 embedder = await anyio.to_thread.run_sync(load_configured_embedder, os.environ)
             except DejaError as exc:
                 embedder_error = str(exc)
+        if embedder is not None and args.mode == "hybrid":
+            # The vector ranker on its own connection, beside the keyword ranker.
+            vector_conn = await connect(db_path, readonly=True)
         result = await search(
             store.conn, args.query, embedder=embedder, embedder_error=embedder_error,
             mode=args.mode, limit=args.limit, kinds=args.kinds, session_id=args.session,
             project=args.project, tool=args.tool, since=args.since, until=args.until,
-            max_tokens=args.max_tokens,
+            max_tokens=args.max_tokens, vector_conn=vector_conn,
         )
     finally:
         await store.close()
+        if vector_conn is not None:
+            await vector_conn.close()
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return 0

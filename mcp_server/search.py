@@ -21,6 +21,7 @@ keyword search alone and says so in `notes` / `vector_status`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -30,15 +31,18 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
+import anyio
 
 from ingest.db import fts_text
 from ingest.errors import InvalidQuery
 from ingest.parse import KINDS
 
-from .vector_search import vector_ranks
+from .vector_search import COARSE_K, vector_ranks
 
 if TYPE_CHECKING:
     from ingest.embed import Embedder
+
+    from .vector_index import VectorIndex
 
 __all__ = [
     "Hit", "SearchResult", "SearchFilters", "build_fts_queries", "keyword_search", "search",
@@ -54,7 +58,8 @@ MODES = ("hybrid", "keyword", "vector")
 # (k=10) to .593/.699 and leaves the real questions at hit@10 80%. The dev-best
 # vector 0.5 / neighbours 0.5 cost the real questions 8 points: not taken.
 FUSION: dict[str, float] = {"k": 1.0, "keyword": 1.0, "vector": 1.0, "candidates": 100,
-                            "neighbors": 0.25, "radius": 2, "cjk_vector": 0.3, "context": 0.25}
+                            "neighbors": 0.25, "radius": 2, "cjk_vector": 0.3, "context": 0.25,
+                            "coarse": COARSE_K}
 
 # A quoted phrase, or a run of word characters joined by . - _ / : (foo-bar,
 # a.b, path/to/x), optionally followed by * (prefix).
@@ -339,7 +344,16 @@ class SearchResult:
 # -- rankers -----------------------------------------------------------------------
 
 # bm25 weighs a record's own words 1 and those of the record before it
-# (the `context` column, migration m005) FUSION["context"].
+# (the `context` column, migration m005) FUSION["context"]. Without filters
+# the ranking stays inside the FTS table (_KEYWORD_FTS_SQL): joining records
+# first looked up every matching row before the sort, 2.5-3x the time.
+_KEYWORD_FTS_SQL = """
+SELECT rowid, bm25(records_fts, 1.0, {context})
+FROM records_fts
+WHERE records_fts MATCH ?
+ORDER BY bm25(records_fts, 1.0, {context})
+LIMIT ?
+"""
 _KEYWORD_SQL = """
 SELECT r.id, bm25(records_fts, 1.0, {context})
 FROM records_fts
@@ -351,30 +365,57 @@ LIMIT ?
 """
 
 
-# The OR query scores every record holding any of its terms: a frequent word
-# would make it score much of the corpus (450 ms at 1M records). Terms found in
-# more than this share of records are left out of it (they add little to BM25
-# anyway), keeping at most OR_MAX_TERMS of the rarest.
+# The OR query scores every record holding any of its terms, about 0.6 us per
+# posting: a few common words would make it score much of the corpus (0.6 s at
+# 1M records). It keeps the rarest terms, at most OR_MAX_TERMS, none found in
+# more than OR_MAX_DOC_SHARE of the records, and stops adding terms before
+# their documents sum past OR_MAX_POSTINGS (bench/keyword_scale.py: a share
+# threshold alone lets the work grow with the corpus; a posting budget only
+# trims the worst queries, and never below 100k records). Counts are of the
+# text column; the context column adds about 0.7x as many postings.
 OR_MAX_DOC_SHARE = 0.2
-OR_MAX_TERMS = 8
+OR_MAX_TERMS = 12
+OR_MAX_POSTINGS = 150_000
+OR_PRUNE_FROM = 20_000  # records; below this the OR query is cheap as it is
+
+_STEM_BATCH = itertools.count(1)
 
 
 async def _doc_counts(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> dict[str, int]:
-    """Records containing each word (approximately: its longest stem in the index)."""
-    words = {w for t in terms for w in t.words}
-    prefixes: dict[str, list[str]] = {
-        w: [fts_text(w).strip()[:i] for i in range(len(w), 2, -1)] or [w] for w in words
-    }
-    wanted = sorted({p for ps in prefixes.values() for p in ps})
-    if not wanted:
-        return {}
-    rows = await conn.execute_fetchall(
-        f"SELECT term, doc FROM records_fts_vocab WHERE col = 'text' AND "
-        f"term IN ({', '.join('?' for _ in wanted)})",
-        wanted)
-    found = dict(rows)
-    # porter stems are prefixes of the word (mostly): the longest one present.
-    return {w: next((found[p] for p in ps if p in found), 0) for w, ps in prefixes.items()}
+    """Records whose text holds each term (its rarest word), keyed by the term's MATCH text.
+
+    The words are run through the index's own tokenizer (a temp FTS5 table
+    and its vocabulary) to get the exact stems the index holds: guessing a
+    stem as a prefix fails for use/us, only/onli, key/kei, library/librari.
+    Rows are numbered per call so concurrent searches on one connection do
+    not read each other's.
+    """
+    await conn.execute(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS temp.deja_stems USING fts5(t, "
+        "tokenize='porter unicode61 remove_diacritics 2')")
+    await conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.deja_stems_vocab "
+                       "USING fts5vocab(temp, deja_stems, 'instance')")
+    base = next(_STEM_BATCH) * 1000
+    await conn.executemany("INSERT INTO temp.deja_stems (rowid, t) VALUES (?, ?)",
+                           [(base + i, fts_text(" ".join(t.words))) for i, t in enumerate(terms)])
+    try:
+        rows = await conn.execute_fetchall(
+            "SELECT doc, term FROM temp.deja_stems_vocab WHERE doc >= ? AND doc < ?",
+            (base, base + len(terms)))
+    finally:
+        await conn.execute("DELETE FROM temp.deja_stems WHERE rowid >= ? AND rowid < ?",
+                           (base, base + len(terms)))
+    stems: dict[int, list[str]] = {}
+    for doc, term in rows:
+        stems.setdefault(doc - base, []).append(term)
+    wanted = sorted({stem for group in stems.values() for stem in group})
+    found: dict[str, int] = {}
+    if wanted:
+        found = dict(await conn.execute_fetchall(
+            f"SELECT term, doc FROM records_fts_vocab WHERE col = 'text' AND "
+            f"term IN ({', '.join('?' for _ in wanted)})", wanted))
+    return {t.fts: min((found.get(stem, 0) for stem in stems.get(i, [])), default=0)
+            for i, t in enumerate(terms)}
 
 
 async def _or_query(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> str | None:
@@ -382,14 +423,20 @@ async def _or_query(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> str | N
     if len(terms) < 2:
         return None
     total = (await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM records"))[0][0]
-    if total < 20_000:
+    if total < OR_PRUNE_FROM:
         return " OR ".join(t.fts for t in content)
-    counts = await _doc_counts(conn, content)
-    df = {t.fts: min((counts.get(w, 0) for w in t.words), default=0) for t in content}
+    df = await _doc_counts(conn, content)
     ranked = sorted(content, key=lambda t: df[t.fts])
-    kept = [t for t in ranked if df[t.fts] <= OR_MAX_DOC_SHARE * total][:OR_MAX_TERMS]
-    if not kept:
-        kept = ranked[:2]
+    kept: list[FtsTerm] = []
+    postings = 0
+    for t in ranked:
+        if df[t.fts] > OR_MAX_DOC_SHARE * total or len(kept) == OR_MAX_TERMS:
+            break
+        if kept and postings + df[t.fts] > OR_MAX_POSTINGS:
+            break
+        kept.append(t)
+        postings += df[t.fts]
+    kept = kept or ranked[:1]
     return " OR ".join(t.fts for t in kept)
 
 
@@ -407,7 +454,8 @@ async def _keyword_ranks(conn: aiosqlite.Connection, query: str, filters: Search
     if own_words:
         and_q = f"text : ({and_q})"
     where, params = filters.sql()
-    sql = _KEYWORD_SQL.format(filters=where, context=float(context))
+    sql = (_KEYWORD_SQL.format(filters=where, context=float(context)) if where
+           else _KEYWORD_FTS_SQL.format(context=float(context)))
     out: list[tuple[int, float]] = []
     seen: set[int] = set()
     for rid, score in await conn.execute_fetchall(sql, (and_q, *params, n)):
@@ -524,12 +572,17 @@ async def search(
     max_tokens: int | None = None,
     now: datetime | None = None,
     fusion: dict[str, float] | None = None,
+    vector_index: "VectorIndex | None" = None,
+    vector_conn: aiosqlite.Connection | None = None,
 ) -> SearchResult:
     """Search the history; see the module docstring.
 
     `embedder` embeds the query (None: keyword only, with `embedder_error`
     saying why). `max_tokens` bounds the snippets' total size (~4 characters
-    a token). Raises InvalidQuery for bad arguments.
+    a token). A long-lived caller passes its loaded `vector_index` and a
+    second connection, `vector_conn`: the vector ranker then runs on it while
+    the keyword ranker runs on `conn` (SQLite releases the GIL: two cores, two
+    rankers). Raises InvalidQuery for bad arguments.
     """
     started = time.perf_counter()
     if mode not in MODES:
@@ -558,12 +611,29 @@ async def search(
 
     keyword: list[tuple[int, float]] = []
     vector: list[tuple[int, float, int]] = []
-    if mode in ("hybrid", "keyword"):
+    status = "not used"
+
+    async def keyword_side() -> None:
+        nonlocal keyword
         keyword = await _keyword_ranks(conn, query, filters, n_candidates,
                                        params["context"] if mode == "hybrid" else 0.0)
+
+    async def vector_side() -> None:
+        nonlocal vector, status
+        vector, status = await _vector_search(vector_conn or conn, query, embedder,
+                                              embedder_error, filters, n_candidates, vector_index,
+                                              int(params["coarse"]))
+
+    if mode == "hybrid" and vector_conn is not None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keyword_side)
+            tg.start_soon(vector_side)
+    else:
+        if mode in ("hybrid", "keyword"):
+            await keyword_side()
+        if mode in ("hybrid", "vector"):
+            await vector_side()
     if mode in ("hybrid", "vector"):
-        vector, status = await _vector_search(conn, query, embedder, embedder_error, filters,
-                                              n_candidates)
         result.vector_status = status
         if status == "ok" and embedder is not None and result.pending_embeddings:
             vector = await _add_pending(conn, query, embedder, keyword, vector)
@@ -601,8 +671,9 @@ async def search(
 
 
 async def _vector_search(conn: aiosqlite.Connection, query: str, embedder: "Embedder | None",
-                         embedder_error: str | None, filters: SearchFilters,
-                         n: int) -> tuple[list[tuple[int, float, int]], str]:
+                         embedder_error: str | None, filters: SearchFilters, n: int,
+                         index: "VectorIndex | None" = None, coarse_k: int = COARSE_K
+                         ) -> tuple[list[tuple[int, float, int]], str]:
     if embedder is None:
         return [], embedder_error or "no embedding model loaded"
     model = await conn.execute_fetchall("SELECT model_id, dim FROM embedding_model")
@@ -611,10 +682,8 @@ async def _vector_search(conn: aiosqlite.Connection, query: str, embedder: "Embe
     if (model[0][0], int(model[0][1])) != (embedder.model_id, embedder.dim):
         return [], (f"the database holds vectors of {model[0][0]}, not {embedder.model_id}; "
                     "run `deja reembed`")
-    import anyio
-
     qvec = await anyio.to_thread.run_sync(lambda: embedder.embed([query])[0])
-    return await vector_ranks(conn, qvec, filters, n), "ok"
+    return await vector_ranks(conn, qvec, filters, n, coarse_k, index=index), "ok"
 
 
 PENDING_RESCUE = 8
@@ -639,8 +708,6 @@ async def _add_pending(conn: aiosqlite.Connection, query: str, embedder: "Embedd
     rows = sorted(rows, key=lambda r: rank[r[0]])[:PENDING_RESCUE]
     if not rows:
         return vector
-    import anyio
-
     def cosines() -> list[float]:
         vecs = embedder.embed([query] + [text for _, text in rows])
         return [float(vecs[0] @ v) for v in vecs[1:]]

@@ -39,6 +39,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
+from ingest.db import connect
 from ingest.errors import DejaError
 from ingest.lease import IngestLock
 from ingest.memories import MEMORY_KINDS, forget_memory as forget_memory_record
@@ -51,6 +52,7 @@ from . import history
 from .checkpoint import load_checkpoint as assemble_checkpoint
 from .projects import current_project
 from .search import claude_project_dir, resolve_project, search
+from .vector_index import VectorIndex
 
 __all__ = ["ServerConfig", "DejaState", "build_server", "run_stdio"]
 
@@ -83,6 +85,7 @@ class ServerConfig:
     load_model: bool = True
     rescan_seconds: float = 30.0
     embed_poll_seconds: float = 3.0
+    index_refresh_seconds: float = 2.0
 
 
 @dataclass
@@ -97,6 +100,10 @@ class DejaState:
     ingesting: bool = False
     last_pass: str | None = None
     background_errors: list[str] = field(default_factory=list)
+    # Sign bits of every chunk in memory, refreshed in the background, and the
+    # second connection the vector ranker runs on beside the keyword ranker.
+    vector_index: VectorIndex = field(default_factory=VectorIndex)
+    vector_conn: Any = None
 
     @property
     def db_path(self) -> Path:
@@ -140,6 +147,24 @@ async def _load_model(state: DejaState) -> None:
     except DejaError as exc:
         state.embedder_error = str(exc)
         logger.warning("embedding model unavailable: %s (keyword search only)", exc)
+
+
+async def _index_loop(state: DejaState) -> None:
+    """Keep the in-memory vector index current: load it once, then add new chunks.
+
+    Runs on its own connection, so a first load of a large history (seconds
+    at a million chunks) never holds up a tool call; searches use the SQL
+    scan until it is ready.
+    """
+    conn = await connect(state.db_path, readonly=True)
+    try:
+        while True:
+            if state.embedder is not None:
+                await state.vector_index.refresh(conn)
+            await anyio.sleep(state.config.index_refresh_seconds)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await conn.close()
 
 
 async def _ingest_supervisor(state: DejaState) -> None:
@@ -213,11 +238,13 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
     async def lifespan(_server: MCPServer[DejaState]) -> AsyncIterator[DejaState]:
         store = await Store.open(config.db_path)
         state = DejaState(config=config, store=store,
-                          project=current_project(config.environ))
+                          project=current_project(config.environ),
+                          vector_conn=await connect(config.db_path, readonly=True))
         try:
             async with anyio.create_task_group() as tg:
                 if config.load_model:
                     tg.start_soon(_retrying, "model", lambda: _load_model(state), state)
+                    tg.start_soon(_retrying, "vector index", lambda: _index_loop(state), state)
                 else:
                     state.embedder_error = "model loading disabled"
                 if config.ingest:
@@ -230,6 +257,7 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
         finally:
             with anyio.CancelScope(shield=True):
                 await store.close()
+                await state.vector_conn.close()
 
     server: MCPServer[DejaState] = MCPServer(
         name="deja", instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING",
@@ -269,7 +297,8 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
                 state.store.conn, query, embedder=state.embedder,
                 embedder_error=state.embedder_error, mode="hybrid", limit=limit, kinds=kinds,
                 session_id=session_id, project=project_filter, tool=tool, since=since,
-                until=until, max_tokens=max_tokens,
+                until=until, max_tokens=max_tokens, vector_index=state.vector_index,
+                vector_conn=state.vector_conn,
             )
         except DejaError as exc:
             raise ToolError(str(exc)) from None
@@ -399,6 +428,7 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
             "this_process_ingests": state.ingesting,
             "model_loaded": state.embedder is not None,
             "model_error": state.embedder_error,
+            "vector_index_chunks": len(state.vector_index) if state.vector_index.ready else None,
             "current_project": state.project,
             "roots": [str(r) for r in state.config.roots],
             "background_errors": state.background_errors,

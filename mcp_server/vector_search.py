@@ -22,11 +22,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
+import anyio
 
 if TYPE_CHECKING:
     import numpy as np
 
     from .search import SearchFilters
+    from .vector_index import VectorIndex
 
 __all__ = ["vector_ranks", "COARSE_K", "MAX_K"]
 
@@ -36,20 +38,29 @@ COARSE_K = 1500
 MAX_K = 24_000
 
 
-def _coarse_sql(filters: "SearchFilters") -> tuple[str, list[Any]]:
+def _coarse_sql(filters: "SearchFilters", after_id: int | None = None) -> tuple[str, list[Any]]:
+    """The SQL scan: chunks passing the filters (and with id > ? when after_id is
+    given; its value is bound first), nearest sign bits first."""
     where, params = filters.sql()
+    after = " AND c.id > ?" if after_id is not None else ""
     if not where:
-        return ("SELECT id FROM chunks ORDER BY vec_distance_hamming(vec_bit(bits), vec_bit(?)) "
-                "LIMIT ?"), []
+        return ("SELECT c.id FROM chunks c "
+                f"WHERE 1 {after} "
+                "ORDER BY vec_distance_hamming(vec_bit(c.bits), vec_bit(?)) LIMIT ?"), []
     return ("SELECT c.id FROM chunks c JOIN records r ON r.id = c.record_id "
             "LEFT JOIN sources src ON src.id = r.source_id "
-            f"WHERE 1 {where} "
+            f"WHERE 1 {after} {where} "
             "ORDER BY vec_distance_hamming(vec_bit(c.bits), vec_bit(?)) LIMIT ?"), params
 
 
 async def vector_ranks(conn: aiosqlite.Connection, qvec: "np.ndarray", filters: "SearchFilters",
-                       n: int, coarse_k: int = COARSE_K) -> list[tuple[int, float, int]]:
-    """(record id, cosine similarity, best chunk id) of the n nearest records, best first."""
+                       n: int, coarse_k: int = COARSE_K, index: "VectorIndex | None" = None
+                       ) -> list[tuple[int, float, int]]:
+    """(record id, cosine similarity, best chunk id) of the n nearest records, best first.
+
+    With a loaded `index` the coarse step runs in memory for the chunks it
+    holds and in SQL for those added since (ids above its `max_id`).
+    """
     import numpy as np
 
     from ingest.quantize import to_bits
@@ -59,15 +70,23 @@ async def vector_ranks(conn: aiosqlite.Connection, qvec: "np.ndarray", filters: 
     query = np.asarray(qvec, dtype=np.float32).ravel()
     query = query / (float(np.linalg.norm(query)) or 1.0)
     qbits = to_bits(query)[0].tobytes()
-    sql, params = _coarse_sql(filters)
-    k = max(coarse_k, n * 4)
+    k = max(coarse_k, n)
     while True:
-        rows = await conn.execute_fetchall(sql, (*params, qbits, k))
-        if not rows:
+        if index is not None and index.ready:
+            covered = index.max_id  # read first: the snapshot searched holds at least these
+            ids, passed = await anyio.to_thread.run_sync(index.candidates, qbits, filters, k)
+            sql, params = _coarse_sql(filters, after_id=covered)
+            tail = [r[0] for r in await conn.execute_fetchall(sql, (covered, *params, qbits, k))]
+            ids = list(dict.fromkeys(ids + tail))
+            exhausted = passed <= k and len(tail) < k
+        else:
+            sql, params = _coarse_sql(filters)
+            ids = [r[0] for r in await conn.execute_fetchall(sql, (*params, qbits, k))]
+            exhausted = len(ids) < k
+        if not ids:
             return []
-        ids = [r[0] for r in rows]
         best = await _exact(conn, ids, query)
-        if len(best) >= n or len(ids) < k or k >= MAX_K:
+        if len(best) >= n or exhausted or k >= MAX_K:
             break
         k = min(MAX_K, k * 4)
     ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:n]

@@ -32,12 +32,13 @@ import numpy as np
 import pytest
 
 from conftest import FixedEmbedder
-from ingest.db import make_connector
+from ingest.db import connect, make_connector
 from ingest.embed import DEFAULT_MODEL, Embedder, load_embedder
 from ingest.errors import InvalidQuery
 from ingest.quantize import bits_rows, int8_rows
 from ingest.store import Store
 from mcp_server.search import search
+from mcp_server.vector_index import VectorIndex
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "tests" / "sample" / "projects"
@@ -244,16 +245,28 @@ class Corpus:
         self.info = info
         self.embedder = embedder
 
-    def search(self, query: str, **kw: Any) -> Any:
-        """The library search on a fresh connection (returns SearchResult)."""
+    def search(self, query: str, *, indexed: bool = False, **kw: Any) -> Any:
+        """The library search on a fresh connection (returns SearchResult).
+
+        indexed: as the server searches, with a loaded in-memory VectorIndex and
+        the vector ranker on a second connection.
+        """
         kw.setdefault("embedder", self.embedder)
 
         async def go() -> Any:
             store = await Store.open(self.db)
+            second = await connect(self.db) if indexed else None
             try:
+                if second is not None:
+                    index = VectorIndex()
+                    await index.refresh(second)
+                    assert len(index) == self.sql("SELECT COUNT(*) FROM chunks")[0][0]
+                    kw.update(vector_index=index, vector_conn=second)
                 return await search(store.conn, query, **kw)
             finally:
                 await store.close()
+                if second is not None:
+                    await second.close()
 
         return anyio.run(go)
 
@@ -350,14 +363,19 @@ def test_the_rare_records_are_far_outside_the_unfiltered_top(corpus: Corpus) -> 
     assert len(rare) / total < 0.07  # and each filter below keeps 1 to 2% of the corpus
 
 
+@pytest.mark.parametrize("path", ["sql", "index"])
 @pytest.mark.parametrize("mode", ["vector", "hybrid"])
 @pytest.mark.parametrize("label,kwargs,where", FILTERS, ids=[f[0] for f in FILTERS])
 def test_filtered_query_returns_every_match_up_to_the_limit(
-        corpus: Corpus, mode: str, label: str, kwargs: dict[str, Any], where: str) -> None:
+        corpus: Corpus, mode: str, label: str, kwargs: dict[str, Any], where: str,
+        path: str) -> None:
+    """Through the SQL scan and the in-memory index, with a coarse step far
+    smaller than the corpus, so that the candidate count must grow."""
     expected = _expected(corpus, where)
     assert len(expected) >= 3, f"{label}: the corpus should have a few matches"
     for limit in (len(expected) + 5, 2):
-        result = corpus.search(QUERY, mode=mode, limit=limit, **kwargs)
+        result = corpus.search(QUERY, mode=mode, limit=limit, indexed=path == "index",
+                               fusion={"coarse": 10, "candidates": 20}, **kwargs)
         assert result.vector_status == "ok"
         got = [h.uuid for h in result.hits]
         assert len(got) == len(set(got))
@@ -456,6 +474,70 @@ def test_records_with_many_chunks_do_not_starve_a_filtered_query(tmp_path: Path,
     assert result.vector_status == "ok"
     assert len(result.hits) == 200  # of 220 matching records
 
+
+def test_the_in_memory_index_follows_new_deleted_and_reembedded_chunks(tmp_path: Path) -> None:
+    """The server's index: chunks added after its last refresh are found (the SQL
+    tail), deleted ones never come back, and deletions or a new model generation
+    make the next refresh reload everything."""
+    db = tmp_path / "index.db"
+    query = _many_chunk_db(db, np.random.default_rng(5))
+    n_chunks = 2000 + 220 * 12
+
+    def add_record(conn: Any, rid: int, vector: np.ndarray) -> None:
+        conn.execute("INSERT INTO records (id, source_id, line_key, part, uuid, session_id, kind, "
+                     "text, text_len, ts, embed_state) VALUES (?, 1, ?, 0, ?, 's', 'assistant', "
+                     "'new', 3, '2026-02-01T00:00:00.000Z', 1)", (rid, f"k{rid}", f"u{rid}"))
+        conn.execute("INSERT INTO chunks VALUES (?, ?, 0, 0, 3, ?)", (rid + 100_000, rid,
+                                                                     bits_rows(vector)[0]))
+        conn.execute("INSERT INTO chunk_vectors VALUES (?, ?)", (rid + 100_000, int8_rows(vector)[0]))
+
+    async def go() -> dict[str, Any]:
+        store = await Store.open(db)
+        second = await connect(db)
+        index = VectorIndex()
+        out: dict[str, Any] = {}
+
+        async def top(**filters: Any) -> list[str]:
+            result = await search(store.conn, "no keyword match", embedder=FixedEmbedder(query),
+                                  mode="vector", limit=3, vector_index=index, vector_conn=second,
+                                  fusion={"coarse": 10_000}, **filters)
+            return [h.uuid for h in result.hits]
+
+        try:
+            out["loaded"] = await index.refresh(second)
+            out["before"] = await top()
+            # A record written after the refresh, nearer the query than any other.
+            raw = make_connector(db)()
+            add_record(raw, 9001, query)
+            raw.commit()
+            out["tail"] = await top()
+            out["tail_project"] = await top(project="-p-big")
+            out["incremental"] = await index.refresh(second)
+            out["after_refresh"] = await top()
+            # Deleted: gone at once (the exact step reads the database), reloaded on refresh.
+            raw.execute("DELETE FROM records WHERE id = 9001")
+            raw.commit()
+            out["deleted"] = await top()
+            out["reloaded"] = await index.refresh(second)
+            # Re-embedded under a new generation, reusing chunk ids: reloaded too.
+            raw.execute("UPDATE embedding_model SET created_at = '2026-09-09'")
+            raw.commit()
+            out["regenerated"] = await index.refresh(second)
+            out["idle"] = await index.refresh(second)
+            raw.close()
+            return out
+        finally:
+            await store.close()
+            await second.close()
+
+    out = anyio.run(go)
+    assert out["loaded"] == n_chunks
+    assert out["tail"][0] == "u9001" and out["tail"][1:] == out["before"][:2]
+    assert out["tail_project"][0] == "u9001"
+    assert out["incremental"] == 1 and out["after_refresh"][0] == "u9001"
+    assert out["deleted"] == out["before"]
+    assert out["reloaded"] == n_chunks and out["regenerated"] == n_chunks
+    assert out["idle"] == 0
 
 # -- project, time and other filter forms -----------------------------------------------------
 
@@ -733,3 +815,45 @@ def test_model_that_cannot_load_falls_back_to_keywords(corpus: Corpus) -> None:
                    else mode == "hybrid" for h in out["hits"])
         assert "/nonexistent/path" in out["vector_status"]
         assert any("keyword" in n for n in out["notes"])
+
+
+def test_or_query_keeps_the_rarest_terms_by_their_exact_stems(
+        corpus: Corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OR fallback's pruning (it runs from 20k records on; forced here):
+    document counts come from the index's own stems, so words whose porter
+    stem is no prefix of them (libraries -> librari, used -> us) count right,
+    and the most common terms are the ones left out."""
+    import mcp_server.search as engine
+
+    words = ["libraries", "used", "database", "migration", "tomato", "the", "zzzunseen"]
+    query = " ".join(words)
+    terms = engine.build_fts_terms(query)
+
+    def count(word: str) -> int:
+        return corpus.sql("SELECT COUNT(*) FROM records_fts WHERE records_fts MATCH ?",
+                          (f'text : "{word}"',))[0][0]
+
+    async def go() -> tuple[dict[str, int], str | None, str | None]:
+        store = await Store.open(corpus.db)
+        try:
+            counts = await engine._doc_counts(store.conn, terms)
+            monkeypatch.setattr(engine, "OR_PRUNE_FROM", 0)
+            monkeypatch.setattr(engine, "OR_MAX_TERMS", 3)
+            three = await engine._or_query(store.conn, terms)
+            monkeypatch.setattr(engine, "OR_MAX_TERMS", 12)
+            monkeypatch.setattr(engine, "OR_MAX_POSTINGS", 1)
+            one = await engine._or_query(store.conn, terms)
+            return counts, three, one
+        finally:
+            await store.close()
+
+    counts, three, one = anyio.run(go)
+    by_word = {t.words[0]: counts[t.fts] for t in terms}
+    for word in words:
+        assert by_word[word] == count(word), word
+    assert by_word["libraries"] > 0 or by_word["used"] > 0  # the corpus has one of them
+    content = sorted((by_word[w], w) for w in words if w != "the")
+    assert three == " OR ".join(f'"{w}"' for _, w in content[:3])
+    # A budget of one posting: the rarest term always, then only what fits (unseen words).
+    unseen = [w for n, w in content if n == 0] or [content[0][1]]
+    assert one == " OR ".join(f'"{w}"' for w in unseen)
