@@ -37,7 +37,7 @@ from ingest.embed import DEFAULT_MODEL, Embedder, load_embedder
 from ingest.errors import InvalidQuery
 from ingest.quantize import bits_rows, int8_rows
 from ingest.store import Store
-from mcp_server.search import search
+from mcp_server.search import SearchFilters, search
 from mcp_server.vector_index import VectorIndex
 
 REPO = Path(__file__).resolve().parent.parent
@@ -473,6 +473,36 @@ def test_records_with_many_chunks_do_not_starve_a_filtered_query(tmp_path: Path,
     result = anyio.run(go)
     assert result.vector_status == "ok"
     assert len(result.hits) == 200  # of 220 matching records
+
+
+def test_the_in_memory_index_starts_empty_and_grows(tmp_path: Path) -> None:
+    """A server starts on a database without vectors: its index is ready and empty,
+    then takes the first chunks written."""
+    db = tmp_path / "empty.db"
+    vector = np.ones(384, dtype=np.float32) / np.sqrt(384)
+
+    async def go() -> tuple[int, int, int, list[int]]:
+        store = await Store.open(db)
+        index = VectorIndex()
+        try:
+            first = await index.refresh(store.conn)
+            empty = len(index) if index.ready else -1
+            await store.conn.execute(
+                "INSERT INTO sources (id, path, display_path, project_dir, layout) "
+                "VALUES (1, x'61', 'a', '-p', 'session')")
+            await store.conn.execute(
+                "INSERT INTO records (id, source_id, line_key, part, kind, text, text_len) "
+                "VALUES (7, 1, 'k', 0, 'assistant', 'x', 1)")
+            await store.conn.execute("INSERT INTO chunks VALUES (70, 7, 0, 0, 1, ?)",
+                                     (bits_rows(vector)[0],))
+            await store.conn.commit()
+            added = await index.refresh(store.conn)
+            ids, _ = index.candidates(bits_rows(vector)[0], SearchFilters(), 10)
+            return first, empty, added, ids
+        finally:
+            await store.close()
+
+    assert anyio.run(go) == (0, 0, 1, [70])
 
 
 def test_the_in_memory_index_follows_new_deleted_and_reembedded_chunks(tmp_path: Path) -> None:

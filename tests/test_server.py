@@ -378,7 +378,28 @@ async def test_a_growing_history_becomes_searchable_within_5_s(tmp_path: Path) -
         assert [h["uuid"] for h in hits["hits"]] == ["5e55a000-appended"]
         sessions = await ok(s, "list_sessions", project="all")
         assert {x["session_id"] for x in sessions["sessions"]} == {SESSION_A, SESSION_B}
+
+        # The background embedder gives every line its vectors and the server's
+        # in-memory vector index takes them in (refreshed every 2 s).
+        def indexed(status: dict[str, Any]) -> bool:
+            return (status["pending_embeddings"] == 0 and bool(status["vector_index_chunks"])
+                    and status["vector_index_chunks"] == _chunks(db))
+
+        await poll(s, "memory_status", {}, indexed, within=45, every=0.5)
+        found = await ok(s, "search_memory", query="bird of prey importer", project="all")
+        assert found["vector_status"] == "ok"
+        assert any("vector_rank" in h["scores"] for h in found["hits"])
     print(f"searchable after: new file {new_file_s:.2f} s, appended line {appended_s:.2f} s")
+
+
+def _chunks(db: Path) -> int:
+    import sqlean
+
+    conn = sqlean.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+    finally:
+        conn.close()
     no_traceback(stderr)
 
 
