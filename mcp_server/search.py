@@ -395,7 +395,7 @@ async def _doc_counts(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> dict[
         "tokenize='porter unicode61 remove_diacritics 2')")
     await conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.deja_stems_vocab "
                        "USING fts5vocab(temp, deja_stems, 'instance')")
-    base = next(_STEM_BATCH) * 1000
+    base = next(_STEM_BATCH) * 1_000_000  # a query has far fewer terms
     await conn.executemany("INSERT INTO temp.deja_stems (rowid, t) VALUES (?, ?)",
                            [(base + i, fts_text(" ".join(t.words))) for i, t in enumerate(terms)])
     try:

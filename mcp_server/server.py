@@ -157,10 +157,14 @@ async def _index_loop(state: DejaState) -> None:
     scan until it is ready.
     """
     conn = await connect(state.db_path, readonly=True)
+    counted = 0.0
     try:
         while True:
             if state.embedder is not None:
-                await state.vector_index.refresh(conn)
+                check = time.monotonic() - counted >= 60.0
+                await state.vector_index.refresh(conn, check_removed=check)
+                if check:
+                    counted = time.monotonic()
             await anyio.sleep(state.config.index_refresh_seconds)
     finally:
         with anyio.CancelScope(shield=True):

@@ -76,17 +76,26 @@ class VectorIndex:
     def __len__(self) -> int:
         return 0 if self.arrays is None else len(self.arrays.ids)
 
-    async def refresh(self, conn: aiosqlite.Connection) -> int:
-        """Load chunks added since the last call (everything the first time); returns how many."""
+    async def refresh(self, conn: aiosqlite.Connection, check_removed: bool = True) -> int:
+        """Load chunks added since the last call (everything the first time); returns how many.
+
+        check_removed: also count the loaded chunks still in the database and
+        reload when some are gone (36 ms per million chunks, so the server
+        does it once a minute; a deleted chunk meanwhile only takes a
+        candidate slot, since the exact step reads the database).
+        """
         async with self._lock:
             generation = await conn.execute_fetchall(
                 "SELECT model_id, dim, created_at FROM embedding_model")
             generation = tuple(generation[0]) if generation else None
-            if self.arrays is not None:
+            if self.arrays is not None and generation != self.generation:
+                logger.info("vector index: the vectors were rebuilt; reloading")
+                self._reset()
+            if self.arrays is not None and check_removed:
                 count = (await conn.execute_fetchall(
                     "SELECT COUNT(*) FROM chunks WHERE id <= ?", (self.max_id,)))[0][0]
-                if generation != self.generation or count != len(self.arrays.ids):
-                    logger.info("vector index: chunks were removed or re-embedded; reloading")
+                if count != len(self.arrays.ids):
+                    logger.info("vector index: chunks were removed; reloading")
                     self._reset()
             self.generation = generation
             started = time.perf_counter()
