@@ -493,10 +493,41 @@ def _add_tool_result(obj: dict[str, Any], block: dict[str, Any], b: _Builder,
                 if value:
                     text = _blocks_text(value)
                     break
+        if text.startswith(PERSISTED_OUTPUT_TAG):
+            text, spilled = _with_persisted_output(text, tur)
+            if spilled:
+                meta = {**(meta or {}), "persisted_output": spilled}
     if not text.strip():
         text = "[error]" if is_error else "[empty result]"
     b.add("tool_result", text, role="tool", tool_use_id=tool_use_id,
           is_error=is_error, meta=meta)
+
+
+PERSISTED_OUTPUT_TAG = "<persisted-output>"
+
+
+def _with_persisted_output(text: str, tur: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """A large tool output Claude Code spilled to `<session>/tool-results/*.txt`.
+
+    The result block then holds only a notice and a 2 KB preview, while the
+    line's toolUseResult keeps much more of the output (30,000 characters of
+    stdout for Bash; the file content for Read). Keep the notice (it names the
+    spill file) followed by that fuller output, so words past the preview are
+    found; the spill file's path and size go into the record's meta.
+    """
+    fuller = ""
+    for key in ("stdout", "stderr"):
+        value = tur.get(key)
+        if isinstance(value, str) and value.strip():
+            fuller += ("\n" if fuller else "") + value
+    file = tur.get("file")
+    if not fuller and isinstance(file, dict) and isinstance(file.get("content"), str):
+        fuller = file["content"]
+    spilled = {k: tur[k] for k in ("persistedOutputPath", "persistedOutputSize") if k in tur}
+    head = text.split("Preview (first", 1)[0].rstrip()
+    if len(fuller) <= len(text) - len(head):
+        return text, spilled or None
+    return f"{head}\n\nOutput:\n{fuller}", spilled or None
 
 
 def _parse_assistant(obj: dict[str, Any], b: _Builder) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -475,9 +476,41 @@ def _expected_pieces(obj: dict[str, Any]) -> list[dict[str, Any]]:
             for b in content:
                 if isinstance(b, dict) and b.get("type") == "tool_result":
                     text = _block_text(b.get("content"))
+                    if text.startswith("<persisted-output>"):
+                        text = _persisted(text, obj.get("toolUseResult") or {})
                     if text.strip():
                         out.append({"kinds": {"tool_result"}, "text": text, "tool_use_id": b["tool_use_id"]})
     return out
+
+
+def _persisted(notice: str, tur: dict[str, Any]) -> str:
+    """What deja keeps of an output Claude Code spilled to tool-results/: the notice
+    (it names the file), then the fuller output the line's toolUseResult holds
+    (stdout and stderr; a Read's file content) in place of the 2 KB preview."""
+    fuller = "\n".join(v for v in (tur.get("stdout"), tur.get("stderr"))
+                       if isinstance(v, str) and v.strip())
+    if not fuller and isinstance(tur.get("file"), dict):
+        fuller = tur["file"].get("content") or ""
+    return notice.split("Preview (first", 1)[0].rstrip() + "\n\nOutput:\n" + fuller
+
+
+def test_spilled_tool_outputs_keep_the_fuller_output_not_the_preview(corpus: Corpus) -> None:
+    """4 results in the shared corpus were spilled to tool-results/*.txt: their block
+    holds a 2 KB preview, their toolUseResult 30 KB or more. Words far past the
+    preview are stored and found, and the spill file is named in the meta."""
+    rows = corpus.sql("SELECT uuid, length(text), meta FROM records "
+                      "WHERE kind = 'tool_result' AND text LIKE '<persisted-output>%'")
+    assert len(rows) == 4
+    assert all(length > 30_000 for _, length, _ in rows)
+    metas = [json.loads(m) for _, _, m in rows if m]
+    assert sum(1 for m in metas if m["persisted_output"]["persistedOutputPath"].endswith(".txt")) == 3
+    # A line near the end of the 30 KB kept of the 54 KB diff, 28 KB past the preview.
+    tail = corpus.sql("SELECT substr(text, -400, 200) FROM records WHERE uuid = ?",
+                      ("8090dd0a-8325-4657-b530-fcccb631beb3",))[0][0]
+    word = max(re.findall(r"[A-Za-z]{8,}", tail), key=len)
+    found = corpus.deja_json("search", word, "--json", "--mode", "keyword", "--project", "all",
+                             "--limit", "50")["hits"]
+    assert "8090dd0a-8325-4657-b530-fcccb631beb3" in {h["uuid"] for h in found}, word
 
 
 def test_real_lines_are_kept_verbatim_with_their_context(corpus: Corpus) -> None:
