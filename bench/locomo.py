@@ -889,45 +889,32 @@ RECOMMENDED_FUSION: dict[str, float] = {"k": 1, "keyword": 1.0, "vector": 1.0, "
                                         "neighbors": 0.25, "radius": 2}
 
 
-async def tuned_hybrid(ctx: Any, query: str, limit: int) -> list[str | None]:
-    from mcp_server.search import search
+def hybrid_ranker(fusion: dict[str, float] | None) -> Callable[..., Any]:
+    """A bench/recall.py ranker: search() hybrid over all projects with these fusion overrides."""
 
-    result = await search(ctx.conn, query, embedder=ctx.embedder, mode="hybrid", limit=limit,
-                          project="all", fusion=TUNED_FUSION)
-    if result.vector_status != "ok":
-        raise RuntimeError(f"vector search not used: {result.vector_status}")
-    return [h.uuid for h in result.hits]
+    async def ranker(ctx: Any, query: str, limit: int) -> list[str | None]:
+        from mcp_server.search import search
+
+        result = await search(ctx.conn, query, embedder=ctx.embedder, mode="hybrid",
+                              limit=limit, project="all", fusion=fusion)
+        if result.vector_status != "ok":
+            raise RuntimeError(f"vector search not used: {result.vector_status}")
+        return [h.uuid for h in result.hits]
+
+    return ranker
+
+
+tuned_hybrid = hybrid_ranker(TUNED_FUSION)
 
 
 def __getattr__(name: str) -> Any:
-    """`bench.locomo:fusion {"k": 3, "vector": 0.7}`: a recall.py ranker for any fusion."""
+    """`bench.locomo:fusion {"k": 3, "vector": 0.7}` or `bench.locomo:ctx {"weight": 0.5,
+    "fusion": {...}}`: a recall.py ranker for any fusion or context weight."""
     if name.startswith("fusion "):
-        fusion = json.loads(name[len("fusion "):])
-
-        async def ranker(ctx: Any, query: str, limit: int) -> list[str | None]:
-            from mcp_server.search import search
-
-            result = await search(ctx.conn, query, embedder=ctx.embedder, mode="hybrid",
-                                  limit=limit, project="all", fusion=fusion)
-            if result.vector_status != "ok":
-                raise RuntimeError(f"vector search not used: {result.vector_status}")
-            return [h.uuid for h in result.hits]
-
-        return ranker
+        return hybrid_ranker(json.loads(name[len("fusion "):]))
     if name.startswith("ctx "):
-        spec = json.loads(name[len("ctx "):])  # {"weight": 0.5, "fusion": {...}}
-
-        async def ctx_ranker(ctx: Any, query: str, limit: int) -> list[str | None]:
-            from mcp_server.search import search
-
-            fusion = {**(spec.get("fusion") or {}), "context": spec.get("weight", 0.25)}
-            result = await search(ctx.conn, query, embedder=ctx.embedder, mode="hybrid",
-                                  limit=limit, project="all", fusion=fusion)
-            if result.vector_status != "ok":
-                raise RuntimeError(f"vector search not used: {result.vector_status}")
-            return [h.uuid for h in result.hits]
-
-        return ctx_ranker
+        spec = json.loads(name[len("ctx "):])
+        return hybrid_ranker({**(spec.get("fusion") or {}), "context": spec.get("weight", 0.25)})
     raise AttributeError(name)
 
 

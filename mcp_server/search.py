@@ -218,32 +218,27 @@ class SearchFilters:
     until: str | None = None
 
     def sql(self) -> tuple[str, list[Any]]:
-        """AND-clauses over `records r` (joined to `sources src`)."""
-        return self._clauses({"kind": "r.kind", "session_id": "r.session_id",
-                              "project_dir": "src.project_dir", "tool_name": "r.tool_name",
-                              "ts": "r.ts"})
-
-    def _clauses(self, column: dict[str, str]) -> tuple[str, list[Any]]:
+        """AND-clauses over `records r` (joined to `sources src`), and their parameters."""
         clauses: list[str] = []
         params: list[Any] = []
 
-        def one_of(name: str, values: Sequence[str]) -> None:
-            clauses.append(f"{column[name]} IN ({', '.join('?' for _ in values)})")
+        def one_of(column: str, values: Sequence[str]) -> None:
+            clauses.append(f"{column} IN ({', '.join('?' for _ in values)})")
             params.extend(values)
 
         if self.kinds:
-            one_of("kind", self.kinds)
+            one_of("r.kind", self.kinds)
         if self.session_id:
-            one_of("session_id", [self.session_id])
+            one_of("r.session_id", [self.session_id])
         if self.project_dirs is not None:
-            one_of("project_dir", self.project_dirs)
+            one_of("src.project_dir", self.project_dirs)
         if self.tool:
-            one_of("tool_name", [self.tool])
+            one_of("r.tool_name", [self.tool])
         if self.since:
-            clauses.append(f"{column['ts']} >= ?")
+            clauses.append("r.ts >= ?")
             params.append(self.since)
         if self.until:
-            clauses.append(f"{column['ts']} < ?")
+            clauses.append("r.ts < ?")
             params.append(self.until)
         return "".join(" AND " + c for c in clauses), params
 

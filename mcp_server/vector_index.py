@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
@@ -52,6 +52,23 @@ class _Arrays:
     ts: "np.ndarray"        # bytes (S32): ISO timestamps compare as text, as in SQL
     has_ts: "np.ndarray"    # bool: NULL timestamps match no time filter
     codes: dict[str, dict[Any, int]]  # per filter column: value -> code (0 is NULL)
+
+    @staticmethod
+    def concat(parts: "list[_Arrays]", codes: dict[str, dict[Any, int]]) -> "_Arrays":
+        """One snapshot of several, in order (worker thread)."""
+        import numpy as np
+
+        rows = [p for p in parts if len(p.ids)]
+        if not rows:
+            empty = np.empty(0)
+            return _Arrays(empty.astype(np.int64), np.empty((0, 0), dtype=np.uint64),
+                           *(empty.astype(np.int32) for _ in range(4)),
+                           empty.astype("S32"), empty.astype(bool), codes)
+        joined = {f.name: np.concatenate([getattr(p, f.name) for p in rows],
+                                         axis=1 if f.name == "bits" else 0)
+                  for f in fields(_Arrays) if f.name != "codes"}
+        joined["bits"] = np.ascontiguousarray(joined["bits"])
+        return _Arrays(**joined, codes=codes)
 
 
 class VectorIndex:
@@ -99,20 +116,26 @@ class VectorIndex:
                     self._reset()
             self.generation = generation
             started = time.perf_counter()
-            added = 0
+            pages: list[_Arrays] = []
+            after = self.max_id
             while True:
                 rows = await conn.execute_fetchall(
                     "SELECT c.id, c.bits, r.kind, r.session_id, src.project_dir, r.tool_name, r.ts "
                     "FROM chunks c JOIN records r ON r.id = c.record_id "
                     "LEFT JOIN sources src ON src.id = r.source_id "
                     "WHERE c.id > ? AND c.bits IS NOT NULL ORDER BY c.id LIMIT ?",
-                    (self.max_id, PAGE))
+                    (after, PAGE))
                 if not rows:
                     break
-                await anyio.to_thread.run_sync(self._append, rows)
-                added += len(rows)
-            if self.arrays is None:
-                self._append([])
+                pages.append(await anyio.to_thread.run_sync(self._page, rows))
+                after = rows[-1][0]
+            if pages or self.arrays is None:
+                # One concatenation for the whole load, published at once: searches
+                # meanwhile use the previous snapshot plus the SQL scan above max_id.
+                parts = ([self.arrays] if self.arrays is not None else []) + pages
+                self.arrays = await anyio.to_thread.run_sync(_Arrays.concat, parts, self.codes)
+                self.max_id = after
+            added = sum(len(page.ids) for page in pages)
             if added > PAGE:
                 logger.info("vector index: loaded %d chunks in %.1f s", added,
                             time.perf_counter() - started)
@@ -132,33 +155,23 @@ class VectorIndex:
             code = table[value] = len(table) + 1
         return code
 
-    def _append(self, rows: list[Any]) -> None:
-        """Worker thread: turn a page of rows into arrays and publish a new snapshot."""
+    def _page(self, rows: list[Any]) -> _Arrays:
+        """Worker thread: a page of rows as arrays (filter values coded as they come)."""
         import numpy as np
 
         n = len(rows)
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-        bits = _words(b"".join(r[1] for r in rows), n).T
         columns = {name: np.fromiter((self._code(name, r[i]) for r in rows), dtype=np.int32,
                                      count=n)
                    for i, name in ((2, "kind"), (3, "session"), (4, "project"), (5, "tool"))}
-        ts = np.array([(r[6] or "").encode() for r in rows], dtype="S32")
-        has_ts = np.fromiter((r[6] is not None for r in rows), dtype=bool, count=n)
-        old = self.arrays
-        if old is None or not len(old.ids):
-            new = _Arrays(ids, np.ascontiguousarray(bits), columns["kind"], columns["session"],
-                          columns["project"], columns["tool"], ts, has_ts, self.codes)
-        else:
-            new = _Arrays(np.concatenate([old.ids, ids]), np.concatenate([old.bits, bits], axis=1),
-                          np.concatenate([old.kind, columns["kind"]]),
-                          np.concatenate([old.session, columns["session"]]),
-                          np.concatenate([old.project, columns["project"]]),
-                          np.concatenate([old.tool, columns["tool"]]),
-                          np.concatenate([old.ts, ts]), np.concatenate([old.has_ts, has_ts]),
-                          self.codes)
-        self.arrays = new
-        if n:
-            self.max_id = int(ids[-1])
+        return _Arrays(
+            ids=np.fromiter((r[0] for r in rows), dtype=np.int64, count=n),
+            bits=_words(b"".join(r[1] for r in rows), n).T,
+            kind=columns["kind"], session=columns["session"], project=columns["project"],
+            tool=columns["tool"],
+            ts=np.array([(r[6] or "").encode() for r in rows], dtype="S32"),
+            has_ts=np.fromiter((r[6] is not None for r in rows), dtype=bool, count=n),
+            codes=self.codes,
+        )
 
     def _mask(self, a: _Arrays, filters: "SearchFilters") -> "np.ndarray | None":
         """Rows passing the filters (None: all), with the same meaning as SearchFilters.sql()."""

@@ -40,14 +40,16 @@ MAX_K = 24_000
 
 
 def _coarse_sql(filters: "SearchFilters", after_id: int | None = None) -> tuple[str, list[Any]]:
-    """The SQL scan: chunks passing the filters (and with id > ? when after_id is
-    given; its value is bound first), nearest sign bits first."""
+    """The SQL scan: chunks passing the filters (and with an id above after_id),
+    nearest sign bits first; the query bits and k are bound after the params."""
     where, params = filters.sql()
     after = " AND c.id > ?" if after_id is not None else ""
+    if after_id is not None:
+        params = [after_id, *params]
     if not where:
         return ("SELECT c.id FROM chunks c "
                 f"WHERE 1 {after} "
-                "ORDER BY vec_distance_hamming(vec_bit(c.bits), vec_bit(?)) LIMIT ?"), []
+                "ORDER BY vec_distance_hamming(vec_bit(c.bits), vec_bit(?)) LIMIT ?"), params
     return ("SELECT c.id FROM chunks c JOIN records r ON r.id = c.record_id "
             "LEFT JOIN sources src ON src.id = r.source_id "
             f"WHERE 1 {after} {where} "
@@ -77,7 +79,7 @@ async def vector_ranks(conn: aiosqlite.Connection, qvec: "np.ndarray", filters: 
             covered = index.max_id  # read first: the snapshot searched holds at least these
             ids, passed = await anyio.to_thread.run_sync(index.candidates, qbits, filters, k)
             sql, params = _coarse_sql(filters, after_id=covered)
-            tail = [r[0] for r in await conn.execute_fetchall(sql, (covered, *params, qbits, k))]
+            tail = [r[0] for r in await conn.execute_fetchall(sql, (*params, qbits, k))]
             ids = list(dict.fromkeys(ids + tail))
             exhausted = passed <= k and len(tail) < k
         else:

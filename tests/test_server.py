@@ -32,7 +32,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.types import CallToolResult
 
-from fixtures.transcripts import REPO, assistant, run_cli, user, write
+from fixtures.transcripts import REPO, assistant, ingest_shared, sql, user, write
 
 pytestmark = [pytest.mark.anyio, pytest.mark.shared]
 
@@ -88,16 +88,8 @@ class Corpus:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     """The shared transcripts ingested once (keyword index only) into a module database."""
-    if not SHARED_PROJECTS.is_dir():
-        pytest.fail(f"the shared transcripts are missing: {SHARED_PROJECTS}")
-    base = tmp_path_factory.mktemp("server")
-    home = base / "home"
-    home.mkdir()
-    db = base / "data" / "deja.db"
-    proc = run_cli(home, "--db", str(db), "ingest", "--root", str(SHARED_PROJECTS), "--no-embed",
-                   "--json")
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["new_records"] > 1000
+    home, db, summary = ingest_shared(tmp_path_factory.mktemp("server"), SHARED_PROJECTS)
+    assert summary["new_records"] > 1000
     return Corpus(db=db, home=home, root=SHARED_PROJECTS)
 
 
@@ -319,8 +311,6 @@ async def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(
 
 
 async def _a_transcript_uuid(corpus: Corpus) -> str:
-    from fixtures.transcripts import sql
-
     return str(sql(corpus.db, "SELECT uuid FROM records WHERE kind = 'prompt' AND uuid IS NOT "
                               "NULL LIMIT 1")[0][0])
 
@@ -382,24 +372,15 @@ async def test_a_growing_history_becomes_searchable_within_5_s(tmp_path: Path) -
         # The background embedder gives every line its vectors and the server's
         # in-memory vector index takes them in (refreshed every 2 s).
         def indexed(status: dict[str, Any]) -> bool:
+            chunks = sql(db, "SELECT COUNT(*) FROM chunks")[0][0]
             return (status["pending_embeddings"] == 0 and bool(status["vector_index_chunks"])
-                    and status["vector_index_chunks"] == _chunks(db))
+                    and status["vector_index_chunks"] == chunks)
 
         await poll(s, "memory_status", {}, indexed, within=45, every=0.5)
         found = await ok(s, "search_memory", query="bird of prey importer", project="all")
         assert found["vector_status"] == "ok"
         assert any("vector_rank" in h["scores"] for h in found["hits"])
     print(f"searchable after: new file {new_file_s:.2f} s, appended line {appended_s:.2f} s")
-
-
-def _chunks(db: Path) -> int:
-    import sqlean
-
-    conn = sqlean.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return int(conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
-    finally:
-        conn.close()
     no_traceback(stderr)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import sqlean
 
-from fixtures.transcripts import REPO, cli_env, cli_json, run_cli
+from fixtures.transcripts import REPO, cli_env, cli_json, ingest_shared, run_cli
 from ingest.migrations import SCHEMA_VERSION
 
 TEXT_CAP = 64 * 1024
@@ -83,14 +83,7 @@ class Corpus:
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     from conftest import SHARED_PROJECTS
 
-    if not SHARED_PROJECTS.is_dir():
-        pytest.fail(f"the shared transcripts are missing: {SHARED_PROJECTS}")
-    base = tmp_path_factory.mktemp("corpus")
-    home = base / "home"
-    home.mkdir()
-    db = base / "data" / "deja.db"
-    summary = _deja_json(home, "--db", str(db), "ingest", "--root", str(SHARED_PROJECTS),
-                         "--json", "--no-embed")
+    home, db, summary = ingest_shared(tmp_path_factory.mktemp("corpus"), SHARED_PROJECTS)
     return Corpus(SHARED_PROJECTS, db, home, summary)
 
 
