@@ -445,7 +445,8 @@ class Bench:
             self.qvec[(q.sample_id, q.qid)] = v.astype("float32").tobytes()
 
     async def project_filter(self, sample_id: str) -> Any:
-        from mcp_server.search import SearchFilters, resolve_project
+        from mcp_server.projects import resolve_project
+        from mcp_server.search import SearchFilters
 
         if sample_id not in self.filters:
             dirs = await resolve_project(self.conn, project_path(sample_id))

@@ -17,8 +17,9 @@ import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from .discover import SourceFile, display_path
 from .parse import AgentLink, FileContext, LineError, parse_line
@@ -105,7 +106,7 @@ class FileReader:
 
     def open(self) -> None:
         """Open the file and choose the start offset. Raises OSError if unreadable."""
-        f = open(self.source.path, "rb")  # noqa: SIM115 - closed in close()
+        f = open(self.source.path, "rb")
         try:
             st = os.fstat(f.fileno())
             row = self.row

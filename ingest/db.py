@@ -19,9 +19,10 @@ import logging
 import os
 import re
 import sqlite3 as std_sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import aiosqlite
 

@@ -65,7 +65,7 @@ class IngestLock:
         os.close(self._fd)
         self._fd = None
 
-    def __enter__(self) -> "IngestLock":
+    def __enter__(self) -> IngestLock:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -20,7 +20,8 @@ Schema principles (see DESIGN.md):
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import SchemaTooNew
 

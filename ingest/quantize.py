@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["to_int8", "to_bits", "int8_rows", "bits_rows"]
 
 
-def to_int8(vectors: "np.ndarray") -> "np.ndarray":
+def to_int8(vectors: np.ndarray) -> np.ndarray:
     """(n, dim) float vectors -> (n, dim) int8, each row scaled to use the full range."""
     import numpy as np
 
@@ -37,7 +37,7 @@ def to_int8(vectors: "np.ndarray") -> "np.ndarray":
     return np.clip(np.rint(mat * (127.0 / peak)), -127, 127).astype(np.int8)
 
 
-def to_bits(vectors: "np.ndarray") -> "np.ndarray":
+def to_bits(vectors: np.ndarray) -> np.ndarray:
     """(n, dim) float vectors -> (n, dim / 8) uint8: the signs, packed (numpy bit order)."""
     import numpy as np
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
 import aiosqlite
+import anyio
 
 from .db import connect, driver_errors, is_locked_error, make_connector
 from .errors import DatabaseError, DatabaseLocked
@@ -175,7 +175,7 @@ class Store:
         self.conn = conn
 
     @classmethod
-    async def open(cls, path: Path) -> "Store":
+    async def open(cls, path: Path) -> Store:
         """Create or migrate the database at `path` and open it.
 
         Raises DatabaseLocked, SchemaTooNew or DatabaseError.
@@ -195,7 +195,7 @@ class Store:
     async def close(self) -> None:
         await self.conn.close()
 
-    async def __aenter__(self) -> "Store":
+    async def __aenter__(self) -> Store:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -362,7 +362,7 @@ class Store:
 
     # -- helpers --------------------------------------------------------------
 
-    def transaction(self) -> "_Transaction":
+    def transaction(self) -> _Transaction:
         return _Transaction(self.conn, self.path)
 
 

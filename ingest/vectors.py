@@ -102,7 +102,7 @@ async def _drop_vectors(store: Store) -> None:
     await store.conn.execute("DELETE FROM chunks")
 
 
-async def reembed(store: Store, embedder: "Embedder",
+async def reembed(store: Store, embedder: Embedder,
                   progress: Callable[[int, int], None] | None = None) -> EmbedSummary:
     """Drop every vector, record the embedder's model, and embed everything again."""
     async with store.transaction():
@@ -130,7 +130,7 @@ def embedding_text(kind: str, text: str, call: str | None) -> tuple[str, int]:
     return text, 0
 
 
-def windows_for(embedder: "Embedder", kind: str, text: str,
+def windows_for(embedder: Embedder, kind: str, text: str,
                 call: str | None = None) -> list[tuple[int, int, str]]:
     """(char_start, char_end, window text) for the parts of a record that get vectors.
 
@@ -150,7 +150,7 @@ def windows_for(embedder: "Embedder", kind: str, text: str,
     return out
 
 
-def _embed_batch(embedder: "Embedder", rows: Sequence[Any]
+def _embed_batch(embedder: Embedder, rows: Sequence[Any]
                  ) -> tuple[list[tuple[int, int, int, int]], list[Any], list[tuple[bytes, bytes]]]:
     """Blocking (worker thread): windows and (int8 vector, sign bits) for a batch of records."""
     chunks: list[tuple[int, int, int, int]] = []  # (row index, seq, start, end)
@@ -167,7 +167,7 @@ def _embed_batch(embedder: "Embedder", rows: Sequence[Any]
 
 async def embed_pending(
     store: Store,
-    embedder: "Embedder",
+    embedder: Embedder,
     *,
     batch_records: int = 64,
     progress: Callable[[int, int], None] | None = None,

@@ -27,6 +27,7 @@ from ingest.lease import IngestLock
 from ingest.store import Store
 
 from . import history
+from .projects import expand_project_arg
 from .search import MODES, search
 
 __all__ = ["main", "build_parser"]
@@ -142,12 +143,8 @@ async def _stats(db_path: Path, as_json: bool) -> int:
 async def _search(db_path: Path, args: argparse.Namespace) -> int:
     embedder = None
     embedder_error = None
-    if args.project and (args.project in (".", "..") or
-                         args.project.startswith(("./", "../", "~"))):
-        # `--project .` from inside a project (or one of its worktrees).
-        from .projects import main_worktree
-
-        args.project = str(main_worktree(Path(args.project).expanduser()))
+    # `--project .` from inside a project (or one of its worktrees).
+    args.project = expand_project_arg(args.project)
     store = await Store.open(db_path)
     vector_conn = None
     try:

@@ -18,7 +18,8 @@ import aiosqlite
 
 from ingest.errors import InvalidQuery, NotFound
 
-from .search import parse_time, resolve_project
+from .projects import resolve_project
+from .search import parse_time
 
 __all__ = ["find_record", "get_context", "list_sessions", "status", "trim"]
 

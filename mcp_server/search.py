@@ -37,6 +37,7 @@ from ingest.db import fts_text
 from ingest.errors import InvalidQuery
 from ingest.parse import KINDS
 
+from .projects import resolve_project
 from .vector_search import COARSE_K, vector_ranks
 
 if TYPE_CHECKING:
@@ -241,48 +242,6 @@ class SearchFilters:
             clauses.append("r.ts < ?")
             params.append(self.until)
         return "".join(" AND " + c for c in clauses), params
-
-
-def claude_project_dir(path: str) -> str:
-    """Claude Code's folder name for a project path (every non-alphanumeric becomes '-')."""
-    return re.sub(r"[^A-Za-z0-9]", "-", path)
-
-
-async def resolve_project(conn: aiosqlite.Connection, project: str | None) -> list[str] | None:
-    """The project folders a `project` argument means: None for all projects.
-
-    A path matches sessions whose cwd is that path or inside it (so a repo
-    root covers its subfolders), and the folder Claude Code names after it; a
-    bare name matches a project folder exactly. Unknown projects give [] (no
-    hits), not an error: the history may simply not have it yet.
-    """
-    if project is None or project.strip().lower() in ("", "all", "*"):
-        return None
-    p = project.strip().rstrip("/") or "/"
-    like = p.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
-    # The project at that path and those below it (a parent folder of several).
-    rows = await conn.execute_fetchall(
-        "SELECT DISTINCT project_dir FROM sessions WHERE project_dir IS NOT NULL AND "
-        "(project_dir = ? OR project_dir = ? OR cwd = ? OR cwd LIKE ? ESCAPE '\\')",
-        (p, claude_project_dir(p), p, like),
-    )
-    dirs = {r[0] for r in rows}
-    if not dirs and p.startswith("/"):
-        # A folder inside a project (`--project .` from a subfolder): the
-        # nearest enclosing project.
-        rows = await conn.execute_fetchall(
-            "SELECT project_dir, cwd FROM sessions WHERE project_dir IS NOT NULL AND "
-            "cwd IS NOT NULL AND cwd != '/' AND substr(?, 1, length(cwd) + 1) = cwd || '/' "
-            "ORDER BY length(cwd) DESC", (p,))
-        if rows:
-            longest = len(rows[0][1])
-            dirs = {r[0] for r in rows if len(r[1]) == longest}
-    rows = await conn.execute_fetchall(
-        "SELECT DISTINCT project_dir FROM sources WHERE project_dir = ? OR project_dir = ?",
-        (p, claude_project_dir(p)),
-    )
-    dirs.update(r[0] for r in rows)
-    return sorted(dirs)
 
 
 # -- results -------------------------------------------------------------------
@@ -554,7 +513,7 @@ async def search(
     conn: aiosqlite.Connection,
     query: str,
     *,
-    embedder: "Embedder | None" = None,
+    embedder: Embedder | None = None,
     embedder_error: str | None = None,
     mode: str = "hybrid",
     limit: int = 10,
@@ -567,7 +526,7 @@ async def search(
     max_tokens: int | None = None,
     now: datetime | None = None,
     fusion: dict[str, float] | None = None,
-    vector_index: "VectorIndex | None" = None,
+    vector_index: VectorIndex | None = None,
     vector_conn: aiosqlite.Connection | None = None,
 ) -> SearchResult:
     """Search the history; see the module docstring.
@@ -665,9 +624,9 @@ async def search(
     return result
 
 
-async def _vector_search(conn: aiosqlite.Connection, query: str, embedder: "Embedder | None",
+async def _vector_search(conn: aiosqlite.Connection, query: str, embedder: Embedder | None,
                          embedder_error: str | None, filters: SearchFilters, n: int,
-                         index: "VectorIndex | None" = None, coarse_k: int = COARSE_K
+                         index: VectorIndex | None = None, coarse_k: int = COARSE_K
                          ) -> tuple[list[tuple[int, float, int]], str]:
     if embedder is None:
         return [], embedder_error or "no embedding model loaded"
@@ -684,7 +643,7 @@ async def _vector_search(conn: aiosqlite.Connection, query: str, embedder: "Embe
 PENDING_RESCUE = 8
 
 
-async def _add_pending(conn: aiosqlite.Connection, query: str, embedder: "Embedder",
+async def _add_pending(conn: aiosqlite.Connection, query: str, embedder: Embedder,
                        keyword: list[tuple[int, float]],
                        vector: list[tuple[int, float, int]]) -> list[tuple[int, float, int]]:
     """Give the best keyword hits still awaiting their vector a similarity now.

@@ -42,7 +42,8 @@ from pydantic import Field
 from ingest.db import connect
 from ingest.errors import DejaError
 from ingest.lease import IngestLock
-from ingest.memories import MEMORY_KINDS, forget_memory as forget_memory_record
+from ingest.memories import MEMORY_KINDS
+from ingest.memories import forget_memory as forget_memory_record
 from ingest.memories import write_memory as write_memory_record
 from ingest.parse import KINDS
 from ingest.runner import IngestSummary, watch
@@ -50,8 +51,8 @@ from ingest.store import Store
 
 from . import history
 from .checkpoint import load_checkpoint as assemble_checkpoint
-from .projects import current_project
-from .search import claude_project_dir, resolve_project, search
+from .projects import current_project, memory_project, project_filter, resolve_project
+from .search import search
 from .vector_index import VectorIndex
 
 __all__ = ["ServerConfig", "DejaState", "build_server", "run_stdio"]
@@ -126,7 +127,7 @@ async def _retrying(name: str, job: Callable[[], Awaitable[None]], state: DejaSt
         except DejaError as exc:
             logger.warning("%s: %s; retrying in %.0f s", name, exc, delay)
             state.background_errors = (state.background_errors + [f"{name}: {exc}"])[-5:]
-        except Exception as exc:  # noqa: BLE001 - background work must survive anything
+        except Exception as exc:
             logger.exception("%s failed; retrying in %.0f s", name, delay)
             state.background_errors = (state.background_errors + [f"{name}: {exc!r}"])[-5:]
         if time.monotonic() - started > 60:
@@ -222,19 +223,6 @@ def _state(ctx: Context) -> DejaState:
     return ctx.request_context.lifespan_context  # type: ignore[no-any-return]
 
 
-async def _project_arg(state: DejaState, project: str | None) -> tuple[str | None, list[str]]:
-    """The project filter to use, and notes: "current" falls back to all when unknown."""
-    notes: list[str] = []
-    if project is None or project.strip().lower() == "current":
-        dirs = await resolve_project(state.store.conn, state.project)
-        if not dirs:
-            notes.append(f"the current project ({state.project}) has no history yet; "
-                         "searched all projects")
-            return None, notes
-        return state.project, notes
-    return project, notes
-
-
 def build_server(config: ServerConfig) -> MCPServer[DejaState]:
     """The deja MCP server; nothing happens until it runs (no work at import or build)."""
 
@@ -295,12 +283,12 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
         search. Returns hits with a snippet, timestamp, session and a handle; pass a hit's
         handle or uuid to get_context to read the surrounding turns."""
         state = _state(ctx)
-        project_filter, notes = await _project_arg(state, project)
+        scope, notes = await project_filter(state.store.conn, state.project, project)
         try:
             result = await search(
                 state.store.conn, query, embedder=state.embedder,
                 embedder_error=state.embedder_error, mode="hybrid", limit=limit, kinds=kinds,
-                session_id=session_id, project=project_filter, tool=tool, since=since,
+                session_id=session_id, project=scope, tool=tool, since=since,
                 until=until, max_tokens=max_tokens, vector_index=state.vector_index,
                 vector_conn=state.vector_conn,
             )
@@ -308,7 +296,7 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
             raise ToolError(str(exc)) from None
         out = result.to_dict()
         out["notes"] = notes + out["notes"]
-        out["project"] = project_filter or "all"
+        out["project"] = scope or "all"
         last = await state.store.get_meta("last_ingest")
         out["index"] = {"pending_embeddings": result.pending_embeddings, "last_ingest": last,
                         "this_process_ingests": state.ingesting}
@@ -341,13 +329,13 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
         """Recent Claude Code sessions, newest first: title, git branch, time span, size,
         number of prompts and subagent runs."""
         state = _state(ctx)
-        project_filter, notes = await _project_arg(state, project)
+        scope, notes = await project_filter(state.store.conn, state.project, project)
         try:
-            out = await history.list_sessions(state.store.conn, project=project_filter,
+            out = await history.list_sessions(state.store.conn, project=scope,
                                               since=since, limit=limit)
         except DejaError as exc:
             raise ToolError(str(exc)) from None
-        out["project"] = project_filter or "all"
+        out["project"] = scope or "all"
         out["notes"] = notes
         return out
 
@@ -371,12 +359,10 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
         that later sessions find it with search_memory and load_checkpoint. Exact duplicates are
         stored once. Returns the memory's id."""
         state = _state(ctx)
-        path = state.project if project is None or project.strip().lower() == "current" \
-            else project.strip()
-        dirs = await resolve_project(state.store.conn, path) or [claude_project_dir(path)]
+        project_dir, cwd = await memory_project(state.store.conn, state.project, project)
         try:
             written = await write_memory_record(
-                state.store, content, project_dir=dirs[0], cwd=path if path.startswith("/") else None,
+                state.store, content, project_dir=project_dir, cwd=cwd,
                 title=title, tags=tags, kind=kind, session_id=session_id,
             )
         except DejaError as exc:
@@ -413,8 +399,8 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
         try:
             dirs = None
             if not session_id and not checkpoint_id:
-                project_filter, _ = await _project_arg(state, project)
-                dirs = await resolve_project(state.store.conn, project_filter)
+                scope, _ = await project_filter(state.store.conn, state.project, project)
+                dirs = await resolve_project(state.store.conn, scope)
             return await assemble_checkpoint(state.store.conn, session_id=session_id,
                                              project_dirs=dirs, checkpoint_id=checkpoint_id,
                                              max_tokens=max_tokens)

@@ -42,19 +42,19 @@ PAGE = 50_000
 class _Arrays:
     """One immutable snapshot: searches read it while a refresh builds the next."""
 
-    ids: "np.ndarray"       # int64 chunk ids, ascending
-    bits: "np.ndarray"      # (words, n) uint64 sign bits, one contiguous row per word:
+    ids: np.ndarray       # int64 chunk ids, ascending
+    bits: np.ndarray      # (words, n) uint64 sign bits, one contiguous row per word:
                             # XOR + popcount per row is 5x faster than over (n, words)
-    kind: "np.ndarray"      # int32 codes (see VectorIndex.codes)
-    session: "np.ndarray"
-    project: "np.ndarray"
-    tool: "np.ndarray"
-    ts: "np.ndarray"        # bytes (S32): ISO timestamps compare as text, as in SQL
-    has_ts: "np.ndarray"    # bool: NULL timestamps match no time filter
+    kind: np.ndarray      # int32 codes (see VectorIndex.codes)
+    session: np.ndarray
+    project: np.ndarray
+    tool: np.ndarray
+    ts: np.ndarray        # bytes (S32): ISO timestamps compare as text, as in SQL
+    has_ts: np.ndarray    # bool: NULL timestamps match no time filter
     codes: dict[str, dict[Any, int]]  # per filter column: value -> code (0 is NULL)
 
     @staticmethod
-    def concat(parts: "list[_Arrays]", codes: dict[str, dict[Any, int]]) -> "_Arrays":
+    def concat(parts: list[_Arrays], codes: dict[str, dict[Any, int]]) -> _Arrays:
         """One snapshot of several, in order (worker thread)."""
         import numpy as np
 
@@ -173,7 +173,7 @@ class VectorIndex:
             codes=self.codes,
         )
 
-    def _mask(self, a: _Arrays, filters: "SearchFilters") -> "np.ndarray | None":
+    def _mask(self, a: _Arrays, filters: SearchFilters) -> np.ndarray | None:
         """Rows passing the filters (None: all), with the same meaning as SearchFilters.sql()."""
         import numpy as np
 
@@ -202,7 +202,7 @@ class VectorIndex:
             both(a.has_ts & (a.ts < filters.until.encode()))
         return mask
 
-    def candidates(self, qbits: bytes, filters: "SearchFilters", k: int) -> tuple[list[int], int]:
+    def candidates(self, qbits: bytes, filters: SearchFilters, k: int) -> tuple[list[int], int]:
         """Blocking (run it in a thread): the ids of the k chunks nearest by Hamming distance
         among those passing the filters, and how many passed."""
         import numpy as np
@@ -230,7 +230,7 @@ class VectorIndex:
         return a.ids[chosen].tolist(), total
 
 
-def _words(raw: bytes, n: int) -> "np.ndarray":
+def _words(raw: bytes, n: int) -> np.ndarray:
     """n packed bit vectors as an (n, words) uint64 array, zero-padded to 8 bytes."""
     import numpy as np
 

@@ -39,7 +39,7 @@ COARSE_K = 2000
 MAX_K = 24_000
 
 
-def _coarse_sql(filters: "SearchFilters", after_id: int | None = None) -> tuple[str, list[Any]]:
+def _coarse_sql(filters: SearchFilters, after_id: int | None = None) -> tuple[str, list[Any]]:
     """The SQL scan: chunks passing the filters (and with an id above after_id),
     nearest sign bits first; the query bits and k are bound after the params."""
     where, params = filters.sql()
@@ -56,8 +56,8 @@ def _coarse_sql(filters: "SearchFilters", after_id: int | None = None) -> tuple[
             "ORDER BY vec_distance_hamming(vec_bit(c.bits), vec_bit(?)) LIMIT ?"), params
 
 
-async def vector_ranks(conn: aiosqlite.Connection, qvec: "np.ndarray", filters: "SearchFilters",
-                       n: int, coarse_k: int = COARSE_K, index: "VectorIndex | None" = None
+async def vector_ranks(conn: aiosqlite.Connection, qvec: np.ndarray, filters: SearchFilters,
+                       n: int, coarse_k: int = COARSE_K, index: VectorIndex | None = None
                        ) -> list[tuple[int, float, int]]:
     """(record id, cosine similarity, best chunk id) of the n nearest records, best first.
 
@@ -97,7 +97,7 @@ async def vector_ranks(conn: aiosqlite.Connection, qvec: "np.ndarray", filters: 
 
 
 async def _exact(conn: aiosqlite.Connection, chunk_ids: list[int],
-                 query: "np.ndarray") -> dict[int, tuple[float, int]]:
+                 query: np.ndarray) -> dict[int, tuple[float, int]]:
     """Cosine of the query with each chunk's int8 vector; the best chunk per record.
 
     Computed inside SQLite by sqlite-vec (`vec_distance_cosine` over int8, the
