@@ -1,31 +1,71 @@
-"""Shared fixtures: the shared real transcripts, a temporary database, the CLI as a subprocess."""
+"""pytest wiring: the `shared` marker and its check, and per-test fixtures over tests/fixtures.
+
+The helpers themselves are plain functions in tests/fixtures (importable from
+module-scoped fixtures too); the fixtures here bind them to the test's own
+temporary HOME and database path.
+
+The shared real corpus: a test needs it when it carries the `shared` marker or
+requests the `shared_projects` fixture, directly or through another fixture
+(such tests are given the marker at collection). Before any fixture of such a
+test runs, the corpus is looked for: missing, the test is skipped with the
+reason, or fails under CI (`CI=true`). Modules that compute the shared path at
+import time are not affected: the check happens at setup, not at import.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("DEJA_SHARED", REPO.parent / "shared"))
-SHARED_PROJECTS = SHARED / "transcripts" / "projects"
+from fixtures.cli import deja as _deja, deja_json as _deja_json
+from fixtures.shared import missing_reason, require_shared, shared_projects_dir
+
+SHARED_FIXTURE = "shared_projects"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "shared: needs ../shared/transcripts")
+    config.addinivalue_line(
+        "markers", "shared: needs the shared real transcripts (../shared or $DEJA_SHARED); "
+                   "skipped without them, a failure under CI=true")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SHARED_FIXTURE in getattr(item, "fixturenames", ()) and \
+                item.get_closest_marker("shared") is None:
+            item.add_marker(pytest.mark.shared)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (fail under CI) a test of the shared corpus before its fixtures run."""
+    if item.get_closest_marker("shared") is not None:
+        require_shared()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    skipped = terminalreporter.stats.get("skipped", [])
+    reason = missing_reason()
+    if reason and skipped:
+        terminalreporter.write_line(
+            f"deja: the real-corpus tests were skipped; they {reason}", yellow=True)
+
+
+@pytest.fixture(scope="session")
+def shared_projects() -> Path:
+    """The shared real transcripts, laid out like ~/.claude/projects."""
+    return require_shared()
 
 
 @pytest.fixture
-def shared_projects() -> Path:
-    if not SHARED_PROJECTS.is_dir():
-        pytest.fail(f"the shared transcripts are missing: {SHARED_PROJECTS}")
-    return SHARED_PROJECTS
+def home(tmp_path: Path) -> Path:
+    """The test's HOME: deja's default data folder and ~/.claude live under it."""
+    folder = tmp_path / "home"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture
@@ -33,72 +73,31 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "deja.db"
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("DEJA_DB", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    # Ingest embeds by default; most tests are about the keyword side and the
-    # model costs ~1 min on the shared corpus. Embedding tests set DEJA_EMBED=1.
-    env["DEJA_EMBED"] = "0"
-    # One ONNX export of the model for every test and run (HOME is per test).
-    env.setdefault("DEJA_MODEL_CACHE", str(REPO / ".pytest_cache" / "deja-models"))
-    if extra:
-        env.update(extra)
-    return env
-
-
 @pytest.fixture
-def run_deja(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run `deja ARGS...` (as `python -m mcp_server.cli`) in a subprocess; HOME is a temp folder."""
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-
-    def run(*args: str, check: bool = True, env: dict[str, str] | None = None,
-            timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-c", "import sys; from mcp_server.cli import main; sys.exit(main())",
-             *args],
-            capture_output=True, text=True, timeout=timeout,
-            env=_env({"HOME": str(home), **(env or {})}), cwd=str(REPO), **kw,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"deja {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
-                f"stderr:\n{proc.stderr}"
-            )
-        return proc
-
-    return run
-
-
-@pytest.fixture
-def deja_json(run_deja: Callable[..., subprocess.CompletedProcess[str]]) -> Callable[..., Any]:
-    """Run a deja command that prints one JSON object on stdout, and parse it."""
+def deja(home: Path) -> Callable[..., Any]:
+    """`deja ARGS...` in a subprocess with the test's HOME (see fixtures.cli.deja)."""
 
     def run(*args: str, **kw: Any) -> Any:
-        proc = run_deja(*args, **kw)
-        lines = [line for line in proc.stdout.splitlines() if line.strip()]
-        assert len(lines) == 1, f"expected one JSON line on stdout, got:\n{proc.stdout}"
-        return json.loads(lines[0])
+        return _deja(home, *args, **kw)
 
     return run
 
 
-class FixedEmbedder:
-    """An embedder whose every vector is the one given: for tests of the vector
-    plumbing with vectors written straight into the schema (the real model is
-    tested elsewhere)."""
+@pytest.fixture
+def deja_json(home: Path) -> Callable[..., Any]:
+    """A deja command that must succeed and print one JSON object, parsed."""
 
-    backend = "fixed"
-    dim = 384
+    def run(*args: str, **kw: Any) -> Any:
+        return _deja_json(home, *args, **kw)
 
-    def __init__(self, vector: Any) -> None:
-        from ingest.embed import DEFAULT_MODEL
+    return run
 
-        self.model_id = DEFAULT_MODEL
-        self.vector = vector
 
-    def embed(self, texts: list[str]) -> Any:
-        import numpy as np
+# -- transitional -------------------------------------------------------------------------------
+# test_exactly_once, test_search and test_migrations import these from conftest;
+# they move to fixtures.shared / fixtures.embedders once those files switch (issue 8).
+from fixtures.embedders import FixedEmbedder  # noqa: E402
 
-        return np.stack([self.vector for _ in texts])
+SHARED_PROJECTS = shared_projects_dir()
+
+__all__ = ["FixedEmbedder", "SHARED_PROJECTS"]
