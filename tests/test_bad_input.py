@@ -3,26 +3,26 @@
 Malformed JSON, a JSON value that is not an object, invalid UTF-8, escaped lone
 surrogates, NUL characters, 50 MB single lines, an empty file, unknown line
 types, a broken subagent meta file, names that are not UTF-8, and files and
-folders the ingesting user cannot read (run as an unprivileged user when the
-tests run as root, since root reads everything).
+folders the ingesting user cannot read (when the tests run as root, the child
+runs without root's permission override: fixtures.privileges).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fixtures.transcripts import REPO, assistant, cli_env, conversation, line, sql, tool_result, write
+from fixtures.cli import deja
+from fixtures.db import sql
+from fixtures.privileges import permission_bound
+from fixtures.transcripts import assistant, conversation, line, tool_result, write
 
 SESSION = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
 BIG = 50 * 1024 * 1024
@@ -132,54 +132,23 @@ def test_bad_lines_are_reported_and_the_rest_is_kept(tmp_path: Path, db_path: Pa
 
 # -- unreadable files and folders --------------------------------------------------------------
 
-NOBODY = 65534
-
 
 @pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A temporary folder an unprivileged user can enter (pytest's tmp_path is 0700, root's)."""
-    base = Path(tempfile.mkdtemp(prefix="deja-unreadable-"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        for dirpath, dirnames, filenames in os.walk(base):
-            for name in dirnames + filenames:
-                p = os.path.join(dirpath, name)
-                if not os.path.islink(p):
-                    os.chmod(p, 0o700)
-        shutil.rmtree(base)
-
-
-def _as_user_runner(base: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run the CLI as an unprivileged user when we are root (root reads mode 000 files)."""
-    home = base / "home"
-    home.mkdir()
-    cmd = [sys.executable, "-c", "import sys; from mcp_server.cli import main; sys.exit(main())"]
-    kw: dict[str, Any] = {}
-    if os.geteuid() == 0:
-        os.chown(home, NOBODY, NOBODY)
-        setpriv = shutil.which("setpriv")
-        if setpriv:
-            # setpriv resolves the interpreter's path before dropping privileges, so an
-            # interpreter under a private folder (pyenv in /root) still starts.
-            cmd = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd]
-        else:
-            kw = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+def as_owner(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`deja ARGS...` in a child that file modes apply to (root drops its override)."""
+    prefix = permission_bound(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120,
-                              env=cli_env(home), cwd=str(REPO), **kw)
+        return deja(home, *args, prefix=prefix, expect=None)
 
-    probe = run("--help")
-    if probe.returncode != 0:
-        pytest.fail(f"cannot run deja as uid {NOBODY} here: {probe.stderr[-1500:]}")
     return run
 
 
-def test_unreadable_file_and_folder_are_reported_not_fatal(shared_tmp: Path) -> None:
-    run = _as_user_runner(shared_tmp)
-    root = shared_tmp / "projects"
+def test_unreadable_file_and_folder_are_reported_not_fatal(tmp_path: Path,
+                                                           as_owner: Callable[..., Any]) -> None:
+    root = tmp_path / "projects"
     ok_dir = root / "-home-dev-ok"
     write(ok_dir / f"{SESSION}.jsonl", _good(4, "ok"))
     locked_file = write(ok_dir / "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b.jsonl", _good(2, "lf"))
@@ -187,20 +156,17 @@ def test_unreadable_file_and_folder_are_reported_not_fatal(shared_tmp: Path) -> 
     write(locked_dir / "8d7c6b5a-4f3e-4d2c-9b1a-0f9e8d7c6b5a.jsonl", _good(2, "ld"))
     locked_sub = ok_dir / SESSION / "subagents"
     write(locked_sub / "agent-a1111111111111111.jsonl", _good(2, "ls"))
-    for d in (shared_tmp, root, ok_dir, ok_dir / SESSION):
-        d.chmod(0o755)
-    for f in root.rglob("*.jsonl"):
-        f.chmod(0o644)
     locked_file.chmod(0o000)
     locked_dir.chmod(0o000)
     locked_sub.chmod(0o000)
-    data = shared_tmp / "data"
-    data.mkdir()
-    if os.geteuid() == 0:
-        os.chown(data, NOBODY, NOBODY)
-    db = data / "deja.db"
+    db = tmp_path / "data" / "deja.db"
 
-    proc = run("--db", str(db), "ingest", "--root", str(root), "--json", "--no-embed")
+    try:
+        proc = as_owner("--db", str(db), "ingest", "--root", str(root), "--json", "--no-embed")
+    finally:  # readable again (pytest removes tmp_path later)
+        locked_file.chmod(0o644)
+        locked_dir.chmod(0o755)
+        locked_sub.chmod(0o755)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     errors = {e["path"]: e["reason"] for e in out["file_errors"]}
@@ -210,10 +176,7 @@ def test_unreadable_file_and_folder_are_reported_not_fatal(shared_tmp: Path) -> 
     assert _uuids(db) == _good_uuids(4, "ok")  # everything readable, nothing else
 
     # Once readable, what was unreadable is picked up, and nothing is doubled.
-    locked_file.chmod(0o644)
-    locked_dir.chmod(0o755)
-    locked_sub.chmod(0o755)
-    proc = run("--db", str(db), "ingest", "--root", str(root), "--json", "--no-embed")
+    proc = as_owner("--db", str(db), "ingest", "--root", str(root), "--json", "--no-embed")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["file_errors"] == []
@@ -223,20 +186,18 @@ def test_unreadable_file_and_folder_are_reported_not_fatal(shared_tmp: Path) -> 
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
 
 
-def test_unreadable_database_folder_is_a_clear_error(shared_tmp: Path) -> None:
+def test_unreadable_database_folder_is_a_clear_error(tmp_path: Path,
+                                                     as_owner: Callable[..., Any]) -> None:
     """No traceback: a one-line message and exit code 1 when the database cannot be created."""
-    run = _as_user_runner(shared_tmp)
-    root = shared_tmp / "projects"
+    root = tmp_path / "projects"
     write(root / "-p" / f"{SESSION}.jsonl", _good(2, "x"))
-    for d in (root, root / "-p"):
-        d.chmod(0o755)
-    (root / "-p" / f"{SESSION}.jsonl").chmod(0o644)
-    forbidden = shared_tmp / "forbidden"
-    forbidden.mkdir(mode=0o700)  # owned by root when we are root; by us otherwise
-    if os.geteuid() != 0:
-        forbidden.chmod(0o500)
-    proc = run("--db", str(forbidden / "sub" / "deja.db"), "ingest", "--root", str(root), "--json",
-               "--no-embed")
+    forbidden = tmp_path / "forbidden"
+    forbidden.mkdir(mode=0o500)  # no one but root's override may create anything in it
+    try:
+        proc = as_owner("--db", str(forbidden / "sub" / "deja.db"), "ingest", "--root", str(root),
+                        "--json", "--no-embed")
+    finally:
+        forbidden.chmod(0o700)
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("deja: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
