@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 import sqlean
 
-from fixtures.transcripts import PROJECT, assistant, cli_json, line, run_cli, sql, tool_result, user, write
+from fixtures.cli import deja, deja_json
+from fixtures.db import sql
+from fixtures.transcripts import PROJECT, assistant, line, tool_result, user, write
 
 SESSION = "7e2d9c41-0b3a-4f5e-8d6c-1a2b3c4d5e6f"
 ALNUM = string.ascii_letters + string.digits
@@ -166,20 +168,22 @@ def ingested(tmp_path_factory: pytest.TempPathFactory
     root = base / "projects"
     planted = _plant(root, s)
     db = base / "data" / "deja.db"
-    cli_json(home, "--db", str(db), "stats", "--json")  # create and migrate the file
+    empty = base / "empty"  # an ingest of nothing creates and migrates the file
+    empty.mkdir()
+    deja_json(home, "--db", str(db), "ingest", "--root", str(empty), "--json", "--no-embed")
     # Hold a read transaction open through the ingest: no checkpoint can move the
     # new pages out of the -wal file, so the WAL holds everything the ingest wrote.
     reader = sqlean.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
     try:
         reader.execute("BEGIN")
         reader.execute("SELECT COUNT(*) FROM sources").fetchall()
-        summary = cli_json(home, "--db", str(db), "ingest", "--root", str(root), "--json", "--no-embed")
+        summary = deja_json(home, "--db", str(db), "ingest", "--root", str(root), "--json", "--no-embed")
         during = _db_folder_bytes(db.parent)
         reader.execute("ROLLBACK")
     finally:
         reader.close()
     # Then let the last connection checkpoint it all into the main file.
-    cli_json(home, "--db", str(db), "stats", "--json")
+    deja_json(home, "--db", str(db), "stats", "--json")
     after = _db_folder_bytes(db.parent)
     files = {**{Path(str(p) + " (during ingest)"): b for p, b in during.items()}, **after}
     return summary, s, db, files, planted
@@ -237,9 +241,8 @@ def test_every_kind_of_place_was_ingested_and_redacted(ingested: Any) -> None:
 
 def test_search_output_shows_markers_not_secrets(ingested: Any, tmp_path: Path) -> None:
     _, s, db, _, _ = ingested
-    proc = run_cli(tmp_path, "--db", str(db), "search", "DATABASE_URL postgres", "--json", "--mode", "keyword",
-                   "--limit", "50")
-    assert proc.returncode == 0, proc.stderr
+    proc = deja(tmp_path, "--db", str(db), "search", "DATABASE_URL postgres", "--json", "--mode",
+                "keyword", "--limit", "50")
     hits = json.loads(proc.stdout)["hits"]
     assert hits
     for _, secret, piece in s.values():

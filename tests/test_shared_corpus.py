@@ -22,7 +22,11 @@ from typing import Any
 import pytest
 import sqlean
 
-from fixtures.transcripts import REPO, cli_env, cli_json, ingest_shared, run_cli
+from fixtures.cli import deja, deja_env, deja_json
+from fixtures.db import source_row, sql
+from fixtures.paths import REPO
+from fixtures.shared import ingest_shared
+from fixtures.transcripts import assistant, conversation, line, tool_result, user, write
 from ingest.migrations import SCHEMA_VERSION
 
 TEXT_CAP = 64 * 1024
@@ -48,12 +52,9 @@ S_EPISODIC = "9a9eadc8-c1f1-493e-a0f1-884aa996b05b"
 # -- running the CLI once for the module ------------------------------------------
 
 
-def _deja(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return run_cli(home, *args, timeout=timeout)
-
-
-def _deja_json(home: Path, *args: str) -> Any:
-    return cli_json(home, *args)
+def _deja(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """deja ARGS... whatever its exit code (the caller checks it)."""
+    return deja(home, *args, expect=None)
 
 
 class Corpus:
@@ -64,27 +65,19 @@ class Corpus:
         self.summary = summary
 
     def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = sqlean.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            return conn.execute(query, params).fetchall()
-        finally:
-            conn.close()
+        return sql(self.db, query, params)
 
     def source_id(self, path: Path) -> int:
-        rows = self.sql("SELECT id FROM sources WHERE path = ?", (os.fsencode(str(path)),))
-        assert rows, f"no source row for {path}"
-        return rows[0][0]
+        return int(source_row(self.db, path)["id"])
 
     def deja_json(self, *args: str) -> Any:
-        return _deja_json(self.home, "--db", str(self.db), *args)
+        return deja_json(self.home, "--db", str(self.db), *args)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
-    from conftest import SHARED_PROJECTS
-
-    home, db, summary = ingest_shared(tmp_path_factory.mktemp("corpus"), SHARED_PROJECTS)
-    return Corpus(SHARED_PROJECTS, db, home, summary)
+def corpus(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> Corpus:
+    home, db, summary = ingest_shared(tmp_path_factory.mktemp("corpus"), shared_projects)
+    return Corpus(shared_projects, db, home, summary)
 
 
 # -- reading the transcripts independently -----------------------------------------
@@ -364,8 +357,6 @@ def test_session_titles_last_one_wins(corpus: Corpus) -> None:
 
 def test_title_last_one_wins_and_agent_name_does_not_erase_it(tmp_path: Path) -> None:
     """A made-up session: titles and agent names interleaved as Claude Code 2.1.x writes them."""
-    from fixtures.transcripts import conversation, line, write
-
     session = "2a3b4c5d-6e7f-4a8b-9c0d-1e2f3a4b5c6d"
     path = write(tmp_path / "projects" / "-home-dev-t" / f"{session}.jsonl", [
         *conversation(session, 2),
@@ -378,13 +369,10 @@ def test_title_last_one_wins_and_agent_name_does_not_erase_it(tmp_path: Path) ->
     db = tmp_path / "data" / "deja.db"
 
     def ingest_and_read() -> tuple[Any, ...]:
-        cli_json(home, "--db", str(db), "ingest", "--root", str(tmp_path / "projects"), "--json", "--no-embed")
-        conn = sqlean.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            return conn.execute("SELECT title, title_kind, agent_name FROM sessions WHERE session_id = ?",
-                                (session,)).fetchone()
-        finally:
-            conn.close()
+        deja_json(home, "--db", str(db), "ingest", "--root", str(tmp_path / "projects"), "--json",
+                  "--no-embed")
+        return sql(db, "SELECT title, title_kind, agent_name FROM sessions WHERE session_id = ?",
+                   (session,))[0]
 
     assert ingest_and_read() == ("Named by the user", "custom-title", "named-by-the-user")
     with open(path, "ab") as f:  # a later pass: the newest title wins
@@ -648,7 +636,7 @@ def test_any_text_is_a_valid_query(corpus: Corpus) -> None:
     argvs += [["--db", str(corpus.db), "search", *KEYWORD, "--json", "--", q] for q in DASH_QUERIES]
     proc = subprocess.run(
         [sys.executable, "-c", _DRIVER], input=json.dumps(argvs), capture_output=True, text=True,
-        timeout=300, env=cli_env(corpus.home), cwd=str(REPO),
+        timeout=300, env=deja_env(corpus.home), cwd=str(REPO),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout)
@@ -734,8 +722,6 @@ def test_database_follows_the_design(corpus: Corpus) -> None:
 
 
 def test_long_tool_results_are_kept_to_the_cap_and_searchable_deep_inside(tmp_path: Path) -> None:
-    from fixtures.transcripts import assistant, tool_result, user, write
-
     session = "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9"
     root = tmp_path / "projects"
     kw = {"cwd": "/home/dev/deep", "gitBranch": "feature/deep"}
@@ -753,19 +739,17 @@ def test_long_tool_results_are_kept_to_the_cap_and_searchable_deep_inside(tmp_pa
             {"type": "thinking", "thinking": "Look at the log first.", "signature": "c2ln"},
             {"type": "text", "text": "Let me look."},
             {"type": "tool_use", "id": "toolu_01Deep", "name": "Bash", "input": command},
-        ], ts="2025-04-02T08:00:05.000Z", model="claude-opus-4-5"),
+        ], ts="2025-04-02T08:00:05.000Z", model="claude-opus-4-5", **kw),
         tool_result(session, "fr-1", "toolu_01Deep", result_60k, ts="2025-04-02T08:00:09.000Z", **kw),
         tool_result(session, "fr-2", "toolu_01Deep", result_200k, ts="2025-04-02T08:00:10.000Z", **kw),
         tool_result(session, "fr-3", "toolu_01Deep",
                     [{"type": "text", "text": exactly_cap}], ts="2025-04-02T08:00:11.000Z", **kw),
     ]
-    # user()/tool_result() default the cwd and branch; set them on every line here.
-    lines = [json.dumps({**json.loads(b), **kw}).encode() + b"\n" for b in lines]
     write(root / "-home-dev-deep" / f"{session}.jsonl", lines)
     home = tmp_path / "home"
     home.mkdir()
     db = tmp_path / "data" / "deja.db"
-    out = cli_json(home, "--db", str(db), "ingest", "--root", str(root), "--json", "--no-embed")
+    out = deja_json(home, "--db", str(db), "ingest", "--root", str(root), "--json", "--no-embed")
     assert out["new_records"] == 7
 
     def rec(uuid: str, part: int = 0) -> dict[str, Any]:
@@ -801,11 +785,11 @@ def test_long_tool_results_are_kept_to_the_cap_and_searchable_deep_inside(tmp_pa
     r3 = rec("fr-3")
     assert (r3["text"], r3["truncated"], r3["text_len"]) == (exactly_cap, 0, TEXT_CAP)
 
-    hits = cli_json(home, "--db", str(db), "search", "zephyrquokka", "--json", *KEYWORD)["hits"]
+    hits = deja_json(home, "--db", str(db), "search", "zephyrquokka", "--json", *KEYWORD)["hits"]
     assert [h["uuid"] for h in hits] == ["fr-1"]
     h = hits[0]
     assert (h["session_id"], h["kind"], h["project"], h["timestamp"]) == (
         session, "tool_result", "/home/dev/deep", "2025-04-02T08:00:09.000Z")
     assert "zephyrquokka" in h["snippet"]
-    hits = cli_json(home, "--db", str(db), "search", "capboundary", "--json", *KEYWORD)["hits"]
+    hits = deja_json(home, "--db", str(db), "search", "capboundary", "--json", *KEYWORD)["hits"]
     assert [h["uuid"] for h in hits] == ["fr-3"]
