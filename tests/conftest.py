@@ -6,9 +6,9 @@ temporary HOME and database path.
 
 The shared real corpus: a test needs it when it carries the `shared` marker or
 requests the `shared_projects` fixture, directly or through another fixture
-(such tests are given the marker at collection). Before any fixture of such a
-test runs, the corpus is looked for: missing, the test is skipped with the
-reason, or fails under CI (`CI=true`). Modules that compute the shared path at
+(such tests are given the marker at collection). Without the corpus, they are
+marked skipped with the reason at collection, or, under CI (`CI=true`), fail
+before any of their fixtures runs. Modules that compute the shared path at
 import time are not affected: the check happens at setup, not at import.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from fixtures.cli import deja as _deja, deja_json as _deja_json
-from fixtures.shared import missing_reason, require_shared, shared_projects_dir
+from fixtures.shared import in_ci, missing_reason, require_shared, shared_projects_dir
 
 SHARED_FIXTURE = "shared_projects"
 
@@ -33,16 +33,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that request the corpus; without it, mark them skipped (not under CI)."""
+    reason = missing_reason()
     for item in items:
         if SHARED_FIXTURE in getattr(item, "fixturenames", ()) and \
                 item.get_closest_marker("shared") is None:
             item.add_marker(pytest.mark.shared)
+        if reason and not in_ci() and item.get_closest_marker("shared") is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Skip (fail under CI) a test of the shared corpus before its fixtures run."""
-    if item.get_closest_marker("shared") is not None:
+    """Under CI, fail a test of the shared corpus without it, before its fixtures run."""
+    if in_ci() and item.get_closest_marker("shared") is not None:
         require_shared()
 
 
@@ -51,7 +55,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     reason = missing_reason()
     if reason and skipped:
         terminalreporter.write_line(
-            f"deja: the real-corpus tests were skipped; they {reason}", yellow=True)
+            f"deja: the real-corpus tests were skipped: {reason}", yellow=True)
 
 
 @pytest.fixture(scope="session")
