@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from fixtures.cli import deja as _deja, deja_json as _deja_json
+from fixtures.cli import deja as _deja
+from fixtures.cli import deja_json as _deja_json
 from fixtures.shared import in_ci, missing_reason, require_shared, shared_projects_dir
 
 SHARED_FIXTURE = "shared_projects"

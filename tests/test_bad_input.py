@@ -109,7 +109,8 @@ def test_bad_lines_are_reported_and_the_rest_is_kept(tmp_path: Path, db_path: Pa
     assert "\x00" not in text["nul-1"] and text["nul-1"].endswith("then wallabyword")
     # The 50 MB line is kept, cut at the cap and marked.
     truncated, text_len, length, tail = sql(
-        db_path, "SELECT truncated, text_len, length(text), substr(text, -120) FROM records WHERE uuid = 'big-1'")[0]
+        db_path, "SELECT truncated, text_len, length(text), substr(text, -120) FROM records "
+                 "WHERE uuid = 'big-1'")[0]
     assert truncated == 1 and text_len == len("numbat ") + BIG + len(" tailword")
     assert 64 * 1024 <= length < 64 * 1024 + 200 and "[deja: truncated" in tail
     # The non-UTF-8 names are stored printable, the file itself read like any other.
@@ -216,7 +217,8 @@ def test_assistant_line_with_odd_shapes(tmp_path: Path, db_path: Path, deja_json
         *_good(2, "a"),
         line({"type": "assistant", "uuid": "odd-1", "sessionId": SESSION, "message": "not an object"}),
         line({"type": "assistant", "uuid": "odd-2", "sessionId": SESSION,
-              "message": {"content": [None, 3, "str", {"type": "tool_use"}, {"type": "text", "text": None}]}}),
+              "message": {"content": [None, 3, "str", {"type": "tool_use"},
+                                      {"type": "text", "text": None}]}}),
         line({"type": "user", "uuid": "odd-3", "sessionId": SESSION, "message": {"content": {"a": 1}}}),
         line({"type": "user", "uuid": "odd-4", "sessionId": SESSION, "toolUseResult": ["x", 1],
               "message": {"content": [{"type": "tool_result", "content": [{"type": "image"}, 5, None]}]}}),

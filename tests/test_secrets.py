@@ -105,7 +105,8 @@ def _plant(root: Path, s: dict[str, tuple[str, str, str]]) -> int:
     # Tool results: a string, text blocks, and an empty content with the output in toolUseResult.
     add(tool_result(SESSION, "r-1", "toolu_01Write", f"cat .env\n{everything}\n"), n_all)
     add(tool_result(SESSION, "r-2", "toolu_01Bash",
-                    [{"type": "text", "text": t["private_key"]}, {"type": "text", "text": t["github_pat"]}]), 2)
+                    [{"type": "text", "text": t["private_key"]},
+                     {"type": "text", "text": t["github_pat"]}]), 2)
     add(tool_result(SESSION, "r-3", "toolu_01Env", "",
                     toolUseResult={"stdout": t["anthropic_key"], "stderr": "", "interrupted": False}), 1)
     # A huge result: a secret straddling the 64 KB cap, and one far beyond it (cut off, never stored).
@@ -208,7 +209,7 @@ def test_no_secret_reaches_any_file_of_the_database_folder(ingested: Any) -> Non
 
 
 def test_redactions_are_counted_and_marked_by_kind(ingested: Any) -> None:
-    summary, s, db, _, planted = ingested
+    summary, _, db, _, planted = ingested
     assert summary["redactions"] >= planted
     assert sum(summary["redactions_by_kind"].values()) == summary["redactions"]
     assert EXPECTED_KINDS <= set(summary["redactions_by_kind"]), summary["redactions_by_kind"]
@@ -222,7 +223,7 @@ def test_redactions_are_counted_and_marked_by_kind(ingested: Any) -> None:
 
 def test_every_kind_of_place_was_ingested_and_redacted(ingested: Any) -> None:
     """The leak test means something only if the planted texts were all ingested."""
-    _, s, db, _, _ = ingested
+    _, _, db, _, _ = ingested
     kinds = {r[0] for r in sql(db, "SELECT DISTINCT kind FROM records")}
     assert {"prompt", "thinking", "assistant", "tool_call", "tool_result", "compact_summary", "summary",
             "error", "attachment", "workflow_result"} <= kinds

@@ -101,8 +101,8 @@ def _block_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(b["text"] for b in content
-                         if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str))
+        return "\n".join(b["text"] for b in content if isinstance(b, dict)
+                         and b.get("type") == "text" and isinstance(b.get("text"), str))
     return ""
 
 
@@ -161,7 +161,8 @@ def _spawn_links_from_transcripts(root: Path) -> dict[tuple[str, str], str]:
             if obj.get("type") != "user" or not isinstance(tur, dict) or not tur.get("agentId"):
                 continue
             content = obj["message"]["content"]
-            ids = [b["tool_use_id"] for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+            ids = [b["tool_use_id"] for b in content
+                   if isinstance(b, dict) and b.get("type") == "tool_result"]
             assert len(ids) == 1
             links[(obj["sessionId"], tur["agentId"])] = ids[0]
     return links
@@ -249,7 +250,7 @@ def test_sidechains_in_the_main_file_are_subagent_runs_with_their_task_call(corp
         assert {r[2] for r in rows} == {"sidechain"}
         # Each run's first prompt is stored under that run.
         for uuid, tool_use_id in expected:
-            agent = [r[0] for r in rows if r[1] == tool_use_id][0]
+            agent = next(r[0] for r in rows if r[1] == tool_use_id)
             got = corpus.sql("SELECT agent_id, is_sidechain FROM records WHERE uuid = ? AND kind = 'prompt'",
                              (uuid,))
             assert got == [(agent, 1)], uuid
@@ -522,7 +523,8 @@ def test_real_lines_are_kept_verbatim_with_their_context(corpus: Corpus) -> None
                 kind = sorted(piece["kinds"])[0]
                 counts[kind] += 1
                 if "input" in piece:
-                    match = [r for r in candidates if r[3] == piece["tool_name"] and r[4] == piece["tool_use_id"]]
+                    match = [r for r in candidates
+                             if r[3] == piece["tool_name"] and r[4] == piece["tool_use_id"]]
                     assert len(match) == 1, (path.name, obj["uuid"], piece["tool_use_id"])
                     text = match[0][2]
                     name, _, payload = text.partition(" ")
@@ -559,9 +561,10 @@ def test_sessions_keep_cwd_branch_version_and_time_span(corpus: Corpus) -> None:
                 for key in ("cwd", "gitBranch", "version", "timestamp"):
                     if obj.get(key):
                         s[key].add(obj[key])
-    rows = corpus.sql("SELECT session_id, cwd, git_branch, version, first_ts, last_ts, project_dir FROM sessions")
+    rows = corpus.sql("SELECT session_id, cwd, git_branch, version, first_ts, last_ts, project_dir "
+                      "FROM sessions")
     assert {r[0] for r in rows} == set(seen) and len(rows) == 10
-    for sid, cwd, branch, version, first, last, project in rows:
+    for sid, cwd, branch, version, first, last, _project in rows:
         s = seen[sid]
         assert cwd in s["cwd"], sid
         assert branch in s["gitBranch"] or (branch is None and not s["gitBranch"]), sid
