@@ -20,8 +20,9 @@ from typing import Any, TextIO
 
 import anyio
 
-from .config import db_path_from, default_data_dir
+from .config import db_path_from
 from .discover import default_roots
+from .embed import load_configured_embedder
 from .errors import DejaError, IngestBusy
 from .lease import IngestLock
 from .runner import IngestSummary, ingest_once, watch
@@ -142,23 +143,6 @@ async def _wait_for_lock(lock: IngestLock, quiet: bool, wait_seconds: float) -> 
                 "pass --wait with a longer time, or stop it."
             )
         await anyio.sleep(0.5)
-
-
-def load_configured_embedder(environ: Mapping[str, str]) -> Any:
-    """The embedder the user configured: DEJA_EMBED_MODEL (name or path), DEJA_EMBED_BACKEND
-    (auto, onnx, torch), DEJA_MODEL_CACHE (where the ONNX export is kept).
-
-    Blocking and slow (seconds): call it in a worker thread. Raises
-    ModelUnavailable when the model cannot be loaded.
-    """
-    from .embed import load_embedder
-
-    return load_embedder(
-        environ.get("DEJA_EMBED_MODEL") or None,
-        backend=environ.get("DEJA_EMBED_BACKEND") or "auto",
-        cache_dir=Path(environ["DEJA_MODEL_CACHE"]) if environ.get("DEJA_MODEL_CACHE")
-        else default_data_dir(environ) / "models",
-    )
 
 
 async def run_embed(store: Store, environ: Mapping[str, str], *, quiet: bool,

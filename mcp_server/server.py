@@ -137,7 +137,7 @@ async def _retrying(name: str, job: Callable[[], Awaitable[None]], state: DejaSt
 
 
 async def _load_model(state: DejaState) -> None:
-    from ingest.cli import load_configured_embedder
+    from ingest.embed import load_configured_embedder
 
     await anyio.sleep(0.05)  # let the handshake go first
     try:

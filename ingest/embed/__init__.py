@@ -77,7 +77,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import ModelUnavailable
+from ..errors import ModelUnavailable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,6 +91,7 @@ __all__ = [
     "ModelSpec",
     "ModelUnavailable",
     "TextSplitter",
+    "load_configured_embedder",
     "load_embedder",
     "load_splitter",
     "onnx_cache_path",
@@ -755,7 +756,7 @@ def _export(
         "threads": threads,
         "local_files_only": local_files_only,
     }
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     code = f"import sys; from {__name__} import _export_main; sys.exit(_export_main(sys.argv[1]))"
@@ -939,3 +940,6 @@ def _export_fp32_then_int8(model: Any, out: Path) -> list[str]:
     )
     fp32.unlink()
     return names
+
+
+from .configured import load_configured_embedder  # noqa: E402
