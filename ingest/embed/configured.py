@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..config import default_data_dir
-from . import Embedder, load_embedder  # interim: the split moves these to submodules
+from .embedder import Embedder
+from .loader import load_embedder
 
 __all__ = ["load_configured_embedder"]
 
