@@ -64,7 +64,6 @@ _PROBES = (
 )
 
 
-
 def ensure_export(
     spec: ModelSpec, cache_dir: Path, threads: int, local_files_only: bool, retry_failed: bool
 ) -> Path:

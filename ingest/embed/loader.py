@@ -104,8 +104,6 @@ def _default_threads() -> int:
     return max(1, min(4, usable))
 
 
-
-
 def _load_onnx(
     spec: ModelSpec, cache_dir: Path, threads: int, local_files_only: bool, retry_failed: bool
 ) -> Embedder:
