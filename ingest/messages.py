@@ -257,3 +257,4 @@ def parse_attachment(obj: dict[str, Any], b: RecordBuilder, out: ParsedLine) -> 
     if DEJA_CONTEXT_MARKER in text:
         out.ignored = "deja's own context"
         return
+    b.add("attachment", text, role="system", meta={"attachment": atype})
