@@ -125,7 +125,7 @@ def env_for_cli() -> dict[str, str]:
 
 
 def load_embedder() -> Any:
-    from ingest.cli import load_configured_embedder
+    from ingest.embed import load_configured_embedder
 
     return load_configured_embedder(env_for_cli())
 
