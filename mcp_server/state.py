@@ -22,6 +22,8 @@ __all__ = ["ServerConfig", "DejaState"]
 
 @dataclass
 class ServerConfig:
+    """What `deja serve` asks of the server: where the database and transcripts are, what to run."""
+
     db_path: Path
     roots: list[Path]
     environ: Mapping[str, str]

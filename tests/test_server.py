@@ -248,9 +248,7 @@ async def test_write_memory(served: Served) -> None:
     written = await ok(s, "write_memory", content=content, kind="decision",
                        title="quillback cap", tags=["parser", "limits"])
     assert written["created"] is True and written["project"] == "-home-cwtrocks-android-avd"
-    again = await ok(s, "write_memory", content=content, kind="decision",
-                     title="quillback cap", tags=["limits", "parser"])
-    assert again == {**written, "created": False}
+    # (duplicates stored once: tests/test_tools.py)
     memories = await ok(s, "search_memory", query="quillback", kinds=["memory"])
     assert [h["uuid"] for h in memories["hits"]] == [written["id"]]
     await ok(s, "forget_memory", id=written["id"])  # the corpus stays as ingested
