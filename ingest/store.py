@@ -22,7 +22,8 @@ import anyio
 
 from .db import connect, driver_errors, is_locked_error, make_connector
 from .errors import DatabaseError, DatabaseLocked
-from .migrations import EMBEDDABLE_KINDS, FTS_CONTEXT_SQL, migrate
+from .indexing import EMBEDDABLE_KINDS, FTS_CONTEXT_SQL
+from .migrations import migrate
 from .parse import AgentLink, Record, SessionInfo
 
 __all__ = ["Store", "SourceRow", "Cursor", "Batch", "BatchResult", "SessionAgg", "index_new_records"]
