@@ -22,7 +22,8 @@ import anyio
 
 from .db import connect, driver_errors, is_locked_error, make_connector
 from .errors import DatabaseError, DatabaseLocked
-from .migrations import EMBEDDABLE_KINDS, FTS_CONTEXT_SQL, migrate
+from .indexing import EMBEDDABLE_KINDS, FTS_CONTEXT_SQL
+from .migrations import migrate
 from .parse import AgentLink, Record, SessionInfo
 
 __all__ = ["Store", "SourceRow", "Cursor", "Batch", "BatchResult", "SessionAgg", "index_new_records"]
@@ -249,7 +250,7 @@ class Store:
         result = BatchResult()
         conn = self.conn
         async with self.transaction():
-            before = (await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM records"))[0][0]
+            before = (await _rows(conn, "SELECT COALESCE(MAX(id), 0) FROM records"))[0][0]
             if batch.records:
                 await conn.executemany(
                     _INSERT_RECORD, [_record_row(batch.source_id, r) for r in batch.records]
@@ -295,7 +296,8 @@ class Store:
             for link in batch.agent_links:
                 tool_use_id = link.tool_use_id
                 if tool_use_id is None and link.spawn_prompt_sha:
-                    rows = await conn.execute_fetchall(
+                    rows = await _rows(
+                        conn,
                         "SELECT tool_use_id FROM records WHERE source_id = ? AND kind = 'tool_call' "
                         "AND tool_name IN ('Task', 'Agent') "
                         "AND json_extract(meta, '$.prompt_sha1') = ? ORDER BY id DESC LIMIT 1",
@@ -329,7 +331,7 @@ class Store:
             )
 
     async def get_meta(self, key: str) -> str | None:
-        rows = await self.conn.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+        rows = await _rows(self.conn, "SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
     # -- reads ----------------------------------------------------------------
@@ -405,6 +407,11 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
             await conn.execute("ROLLBACK")
         except Exception:  # noqa: BLE001 - no transaction left to roll back
             pass
+
+
+async def _rows(conn: aiosqlite.Connection, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """execute_fetchall as a list (aiosqlite types it as an Iterable)."""
+    return list(await conn.execute_fetchall(sql, params))
 
 
 def _migrate_file(path: Path) -> None:
