@@ -8,14 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import anyio
 
-from ingest.store import Store
-
 from ..history import get_context, list_sessions
-from .common import Subparsers, require_database
+from .common import Subparsers, read_store
 
 __all__ = ["register_show", "register_sessions", "run_show", "run_sessions"]
 
@@ -43,18 +40,9 @@ def register_sessions(sub: Subparsers) -> None:
     p.set_defaults(handler=run_sessions)
 
 
-async def _show(db_path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    require_database(db_path)
-    store = await Store.open(db_path)
-    try:
-        return await get_context(store.conn, args.ref, before=args.before, after=args.after,
-                                 max_tokens=args.max_tokens)
-    finally:
-        await store.close()
-
-
 def run_show(db_path: Path, args: argparse.Namespace) -> int:
-    out = anyio.run(_show, db_path, args)
+    out = anyio.run(read_store, db_path, lambda store: get_context(
+        store.conn, args.ref, before=args.before, after=args.after, max_tokens=args.max_tokens))
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
         return 0
@@ -72,18 +60,9 @@ def run_show(db_path: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _sessions(db_path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    require_database(db_path)
-    store = await Store.open(db_path)
-    try:
-        return await list_sessions(store.conn, project=args.project, since=args.since,
-                                   limit=args.limit)
-    finally:
-        await store.close()
-
-
 def run_sessions(db_path: Path, args: argparse.Namespace) -> int:
-    out = anyio.run(_sessions, db_path, args)
+    out = anyio.run(read_store, db_path, lambda store: list_sessions(
+        store.conn, project=args.project, since=args.since, limit=args.limit))
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
         return 0

@@ -42,19 +42,18 @@ def register_ingest(sub: Subparsers) -> None:
 
 def register_embed(sub: Subparsers) -> None:
     """`embed` and `reembed` (one handler; `reembed_all` tells them apart)."""
-    p = sub.add_parser("embed", help="compute the vectors still missing",
-                       description="Embed the records that await a vector, newest first "
-                                   "(after `deja ingest --no-embed`, or to catch up).")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(handler=run_embed_command, reembed_all=False)
-
-    p = sub.add_parser("reembed", help="rebuild every vector with the configured model",
-                       description="Drop all vectors and embed everything again with the model "
-                                   "set by DEJA_EMBED_MODEL (needed after changing it).")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(handler=run_embed_command, reembed_all=True)
+    for name, reembed_all, help_, description in (
+        ("embed", False, "compute the vectors still missing",
+         "Embed the records that await a vector, newest first "
+         "(after `deja ingest --no-embed`, or to catch up)."),
+        ("reembed", True, "rebuild every vector with the configured model",
+         "Drop all vectors and embed everything again with the model "
+         "set by DEJA_EMBED_MODEL (needed after changing it)."),
+    ):
+        p = sub.add_parser(name, help=help_, description=description)
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+        p.set_defaults(handler=run_embed_command, reembed_all=reembed_all)
 
 
 def run_ingest_command(db_path: Path, args: argparse.Namespace) -> int:

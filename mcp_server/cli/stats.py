@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import anyio
 
 from ingest.store import Store
 
-from .common import Subparsers, require_database
+from .common import Subparsers, read_store
 
 __all__ = ["register", "run"]
 
@@ -23,17 +22,8 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(handler=run)
 
 
-async def _stats(db_path: Path) -> dict[str, Any]:
-    require_database(db_path)
-    store = await Store.open(db_path)
-    try:
-        return await store.stats()
-    finally:
-        await store.close()
-
-
 def run(db_path: Path, args: argparse.Namespace) -> int:
-    stats = anyio.run(_stats, db_path)
+    stats = anyio.run(read_store, db_path, Store.stats)
     if args.json:
         print(json.dumps(stats))
         return 0
