@@ -20,6 +20,7 @@ from typing import Any
 import aiosqlite
 import anyio
 
+from .config import database_bytes
 from .db import connect, driver_errors, is_locked_error, make_connector
 from .errors import DatabaseError, DatabaseLocked
 from .indexing import EMBEDDABLE_KINDS, FTS_CONTEXT_SQL
@@ -337,8 +338,15 @@ class Store:
     # -- reads ----------------------------------------------------------------
 
     async def stats(self) -> dict[str, Any]:
-        """Counts for `deja stats`: sessions, records (by kind), subagent runs, files."""
-        q = self.conn.execute_fetchall
+        """Counts for `deja stats`: sessions, records (by kind), subagent runs, files.
+
+        `database_bytes` is the file plus its -wal and -shm (`config.database_bytes`),
+        the same figure the memory_status tool reports.
+        """
+
+        async def q(sql: str) -> list[Any]:
+            return list(await self.conn.execute_fetchall(sql))
+
         by_kind = {k: n for k, n in await q("SELECT kind, COUNT(*) FROM records GROUP BY kind")}
         sources = (await q(
             "SELECT COUNT(*), COALESCE(SUM(missing), 0), COALESCE(SUM(offset), 0) FROM sources "
@@ -346,7 +354,7 @@ class Store:
         ))[0]
         return {
             "database": str(self.path),
-            "database_bytes": _file_size(self.path),
+            "database_bytes": database_bytes(self.path),
             "sessions": (await q("SELECT COUNT(*) FROM sessions"))[0][0],
             "subagent_runs": (await q("SELECT COUNT(*) FROM agent_runs"))[0][0],
             "records": sum(by_kind.values()),
@@ -420,13 +428,3 @@ def _migrate_file(path: Path) -> None:
         migrate(conn)
     finally:
         conn.close()
-
-
-def _file_size(path: Path) -> int:
-    total = 0
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            total += os.stat(str(path) + suffix).st_size
-        except OSError:
-            pass
-    return total
