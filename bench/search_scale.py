@@ -64,7 +64,8 @@ import anyio  # noqa: E402
 
 from ingest.db import make_connector  # noqa: E402
 from ingest.embed import DEFAULT_MODEL  # noqa: E402
-from ingest.migrations import FTS_CONTEXT_SQL, SCHEMA_VERSION  # noqa: E402
+from ingest.indexing import FTS_CONTEXT_SQL  # noqa: E402
+from ingest.migrations import SCHEMA_VERSION  # noqa: E402
 from ingest.quantize import bits_rows, int8_rows  # noqa: E402
 from ingest.store import Store  # noqa: E402
 
