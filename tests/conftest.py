@@ -99,10 +99,20 @@ def deja_json(home: Path) -> Callable[..., Any]:
 
 
 # -- transitional -------------------------------------------------------------------------------
-# test_exactly_once, test_search and test_migrations import these from conftest;
-# they move to fixtures.shared / fixtures.embedders once those files switch (issue 8).
+# test_exactly_once, test_search and test_migrations import these from conftest, and
+# test_cli_commands uses run_deja; they go once those files switch (issue 8).
 from fixtures.embedders import FixedEmbedder  # noqa: E402
 
 SHARED_PROJECTS = shared_projects_dir()
+
+
+@pytest.fixture
+def run_deja(home: Path) -> Callable[..., Any]:
+    """The `deja` fixture under its old name: check=False is expect=None."""
+
+    def run(*args: str, check: bool = True, **kw: Any) -> Any:
+        return _deja(home, *args, expect=0 if check else None, **kw)
+
+    return run
 
 __all__ = ["FixedEmbedder", "SHARED_PROJECTS"]
