@@ -52,8 +52,7 @@ from ingest.store import Store
 from . import history
 from .checkpoint import load_checkpoint as assemble_checkpoint
 from .projects import current_project, memory_project, project_filter, resolve_project
-from .search import search
-from .vector_index import VectorIndex
+from .search import Resources, SearchRequest, VectorIndex, search
 
 __all__ = ["ServerConfig", "DejaState", "build_server", "run_stdio"]
 
@@ -286,11 +285,12 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
         scope, notes = await project_filter(state.store.conn, state.project, project)
         try:
             result = await search(
-                state.store.conn, query, embedder=state.embedder,
-                embedder_error=state.embedder_error, mode="hybrid", limit=limit, kinds=kinds,
-                session_id=session_id, project=scope, tool=tool, since=since,
-                until=until, max_tokens=max_tokens, vector_index=state.vector_index,
-                vector_conn=state.vector_conn,
+                state.store.conn,
+                SearchRequest(query, mode="hybrid", limit=limit, kinds=kinds,
+                              session_id=session_id, project=scope, tool=tool, since=since,
+                              until=until, max_tokens=max_tokens),
+                Resources(embedder=state.embedder, embedder_error=state.embedder_error,
+                          vector_index=state.vector_index, vector_conn=state.vector_conn),
             )
         except DejaError as exc:
             raise ToolError(str(exc)) from None

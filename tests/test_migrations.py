@@ -20,7 +20,7 @@ from ingest.db import make_connector
 from ingest.embed import DEFAULT_MODEL
 from ingest.migrations import MIGRATIONS, SCHEMA_VERSION
 from ingest.store import Store
-from mcp_server.search import search
+from mcp_server.search import Resources, SearchRequest, search
 
 
 def _version4_db(path: Path, rng: np.random.Generator) -> np.ndarray:
@@ -83,8 +83,8 @@ def test_a_version_4_database_upgrades_without_loss(tmp_path: Path) -> None:
             # The first record of a file has no context: word39 ends file 1.
             out["across_files"] = await conn.execute_fetchall(
                 "SELECT rowid FROM records_fts WHERE records_fts MATCH 'context : word39'")
-            hits = await search(conn, "nothing matches", embedder=FixedEmbedder(vectors[57]),
-                                mode="vector", limit=3)
+            hits = await search(conn, SearchRequest("nothing matches", mode="vector", limit=3),
+                                Resources(embedder=FixedEmbedder(vectors[57])))
             out["nearest"] = [h.uuid for h in hits.hits]
             out["status"] = hits.vector_status
             return out

@@ -10,7 +10,7 @@ a 250 ms search at a million chunks.
 The MCP server loads the index in the background and refreshes it every few
 seconds (chunks with a higher id than the last loaded). Until it is loaded, or
 for the chunks added since the last refresh, search uses the SQL scan
-(vector_search.py), so no vector is ever left out. Chunks deleted since (a
+(vector.py), so no vector is ever left out. Chunks deleted since (a
 forgotten memory) drop out at the exact step, which reads the database; a
 `deja reembed` (new model generation) or any other deletion makes the next
 refresh reload everything.
@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 import anyio
 
+from .filters import SearchFilters
+
 if TYPE_CHECKING:
     import numpy as np
-
-    from .search import SearchFilters
 
 __all__ = ["VectorIndex"]
 
