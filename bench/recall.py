@@ -223,18 +223,13 @@ async def rank_keyword_search(ctx: Ctx, query: str, limit: int) -> list[str | No
 def search_mode(mode: str) -> Ranker:
     async def rank(ctx: Ctx, query: str, limit: int) -> list[str | None]:
         try:
-            from mcp_server.search import search
+            from mcp_server.search import Resources, SearchRequest, search
         except (ImportError, AttributeError) as exc:
             raise Skip(f"mcp_server.search.search unavailable ({exc})") from exc
         if mode != "keyword" and ctx.embedder is None:
             raise Skip(ctx.embedder_error or "no embedder")
-        kwargs: dict[str, Any] = {"embedder": ctx.embedder, "mode": mode, "limit": limit,
-                                  "project": "all"}
-        try:
-            result = await search(ctx.conn, query, **kwargs)
-        except TypeError:  # an older signature
-            kwargs.pop("project")
-            result = await search(ctx.conn, query, **kwargs)
+        result = await search(ctx.conn, SearchRequest(query, mode=mode, limit=limit, project="all"),
+                              Resources(embedder=ctx.embedder))
         status = getattr(result, "vector_status", "ok")
         if mode != "keyword" and status != "ok":
             raise Skip(f"vector search not used: {status}")

@@ -72,14 +72,16 @@ async def smooth(conn: aiosqlite.Connection, order: list[tuple[int, float]], wei
         f"AND kind != 'memory'", ids)
     # Memories share one pseudo-source per project but are no conversation:
     # they have no neighbours.
-    source = dict(rows)  # type: ignore[arg-type]
+    source: dict[int, Any] = {rid: src for rid, src in rows}
     by_source: dict[Any, list[tuple[int, float]]] = {}
     for rid, score in order:
         if rid in source:
             by_source.setdefault(source[rid], []).append((rid, score))
     smoothed = []
     for rid, score in order:
-        bonus = sum(s for other, s in by_source.get(source.get(rid), [])
-                    if other != rid and abs(other - rid) <= radius) if rid in source else 0.0
+        bonus = 0.0
+        if rid in source:
+            bonus = sum(s for other, s in by_source[source[rid]]
+                        if other != rid and abs(other - rid) <= radius)
         smoothed.append((rid, score + weight * bonus))
     return sorted(smoothed, key=lambda kv: -kv[1])

@@ -15,8 +15,11 @@ from ingest.errors import InvalidQuery
 
 __all__ = ["parse_time"]
 
-_RELATIVE = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|h|hr|hours?|d|days?|w|wk|weeks?|mo|months?|y|years?)\s*(ago)?\s*$", re.I)
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400, "y": 365 * 86400}
+_RELATIVE = re.compile(
+    r"^\s*(\d+)\s*(s|sec|m|min|h|hr|hours?|d|days?|w|wk|weeks?|mo|months?|y|years?)\s*(ago)?\s*$",
+    re.I)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400,
+                 "y": 365 * 86400}
 
 
 def _unit(u: str) -> str:
