@@ -57,8 +57,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# First on the path even when PYTHONPATH names the repository: sys.path[0] is
+# bench/, whose ingest.py would shadow the ingest package.
+sys.path.insert(0, str(REPO))
 
 QUESTIONS = Path(__file__).with_name("questions.json")
 K = (1, 5, 10)
