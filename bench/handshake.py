@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-BENCH = Path(__file__).resolve().parent
 
 TARGET_S = 0.3
 AIM_S = 0.1
@@ -118,10 +117,11 @@ def make_db(path: Path, records: int, *, seed: int = 4) -> Path:
     ~200 records a session, 50 projects. The file is built beside `path` and
     renamed into place, so an interrupted build is never reused.
     """
-    from ingest.db import (
-        make_connector,  # here: bench/ingest.py shadows it on sys.path[0]
-    )
-    from ingest.migrations import FTS_CONTEXT_SQL, SCHEMA_VERSION, migrate
+    # deja is imported here, not at the top: the timed servers are subprocesses
+    # and the rest of this bench needs nothing of deja.
+    from ingest.db import make_connector
+    from ingest.indexing import FTS_CONTEXT_SQL
+    from ingest.migrations import SCHEMA_VERSION, migrate
 
     path = Path(path)
     marker = f"{SCHEMA_VERSION}:{records}:{seed}"
@@ -376,8 +376,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as a script, bench/ is sys.path[0] and bench/ingest.py would shadow
-    # deja's `ingest` package: import deja from the repository instead.
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+    # Run as a script: import deja from this repository, whatever is installed.
     sys.path.insert(0, str(REPO))
     raise SystemExit(main())

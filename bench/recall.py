@@ -157,7 +157,7 @@ def load_embedder(log: Callable[[str], None]) -> tuple[Any, str | None]:
     started = time.perf_counter()
     try:
         try:
-            from ingest.cli import load_configured_embedder
+            from ingest.embed import load_configured_embedder
         except ImportError:
             from ingest.embed import load_embedder as plain
 

@@ -67,7 +67,8 @@ import anyio  # noqa: E402
 
 from ingest.db import make_connector  # noqa: E402
 from ingest.embed import DEFAULT_MODEL  # noqa: E402
-from ingest.migrations import FTS_CONTEXT_SQL, SCHEMA_VERSION  # noqa: E402
+from ingest.indexing import FTS_CONTEXT_SQL  # noqa: E402
+from ingest.migrations import SCHEMA_VERSION  # noqa: E402
 from ingest.quantize import bits_rows, int8_rows  # noqa: E402
 from ingest.store import Store  # noqa: E402
 from mcp_server.search import FUSION  # noqa: E402
@@ -129,7 +130,7 @@ def env_for_cli() -> dict[str, str]:
 
 
 def load_embedder() -> Any:
-    from ingest.cli import load_configured_embedder
+    from ingest.embed import load_configured_embedder
 
     return load_configured_embedder(env_for_cli())
 

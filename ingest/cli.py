@@ -1,8 +1,15 @@
 """The ingest command, shared by `deja ingest` and `python -m ingest`.
 
-Thin: parse options, open the store, take the ingest lock, call the runner,
-print the summary. Progress goes to stderr (only on a terminal); the summary
-to stdout, as text or, with --json, as ONE JSON object.
+A command layer, nothing more: `add_ingest_arguments` declares the options,
+`IngestOptions.from_args` turns them into explicit values, and `run_ingest`
+opens the store, takes the ingest lock, calls the runner (ingest/runner.py)
+and the embedding driver (ingest/vectors.py), and prints the summary.
+Progress goes to stderr (only on a terminal); the summary to stdout, as text
+or, with --json, as ONE JSON object.
+
+The embedding model is loaded once per run (`ModelOnce`), lazily: a watch run
+loads it on the first pass that has something to embed and reuses it after;
+a model that failed to load is reported once and not retried every pass.
 """
 
 from __future__ import annotations
@@ -14,22 +21,28 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
-from .config import db_path_from, default_data_dir
+from .config import db_path_from
 from .discover import default_roots
+from .embed import load_configured_embedder
 from .errors import DejaError, IngestBusy
 from .lease import IngestLock
 from .runner import IngestSummary, ingest_once, watch
 from .store import Store
-from .vectors import pending_count
+from .vectors import pending_count, run_embed
 
-__all__ = ["add_ingest_arguments", "run_ingest", "main", "ProgressBar", "print_summary",
-           "load_configured_embedder", "run_embed"]
+if TYPE_CHECKING:
+    from .embed import Embedder
+
+__all__ = ["add_ingest_arguments", "IngestOptions", "run_ingest", "main", "ProgressBar",
+           "print_summary", "wait_for_lock", "load_configured_embedder", "ModelOnce",
+           "embed_with_progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +63,31 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                         help="how long to wait for another process that is ingesting this "
                              "database (default 60)")
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """What one ingest run does. `roots` empty: the default roots of the environment."""
+
+    roots: tuple[Path, ...] = ()
+    as_json: bool = False
+    quiet: bool = False
+    no_embed: bool = False
+    watch: bool = False
+    wait_seconds: float = 60.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> IngestOptions:
+        """The options `add_ingest_arguments` parsed; DEJA_EMBED=0 (or no, false, off)
+        in `environ` means --no-embed."""
+        embed_off = environ.get("DEJA_EMBED", "").strip().lower() in ("0", "no", "false", "off")
+        return cls(roots=tuple(args.root or ()), as_json=args.json, quiet=args.quiet,
+                   no_embed=args.no_embed or embed_off, watch=args.watch, wait_seconds=args.wait)
+
+    @property
+    def silent(self) -> bool:
+        """No progress or chatter on stderr (--quiet, or --json for scripts)."""
+        return self.quiet or self.as_json
 
 
 class ProgressBar:
@@ -121,17 +159,18 @@ def print_summary(summary: IngestSummary, stream: TextIO, extra: Mapping[str, An
     stream.flush()
 
 
-async def _wait_for_lock(lock: IngestLock, quiet: bool, wait_seconds: float) -> None:
+async def wait_for_lock(lock: IngestLock, wait_seconds: float, *,
+                        on_wait: Callable[[int | None], None] | None = None) -> None:
     """Take the ingest lock, waiting up to `wait_seconds` for its holder.
 
-    Raises IngestBusy: a deja server holds the lock for as long as it runs,
-    so waiting forever would hang a script while Claude Code is open.
+    `on_wait(holder_pid)` is called once when the lock is held by another
+    process. Raises IngestBusy: a deja server holds the lock for as long as it
+    runs, so waiting forever would hang a script while Claude Code is open.
     """
     if lock.acquire():
         return
-    if not quiet:
-        sys.stderr.write(f"another deja process (pid {lock.holder_pid()}) is ingesting; "
-                         f"waiting up to {wait_seconds:.0f} s for it...\n")
+    if on_wait is not None:
+        on_wait(lock.holder_pid())
     deadline = time.monotonic() + wait_seconds
     while not lock.acquire():
         if time.monotonic() >= deadline:
@@ -144,108 +183,141 @@ async def _wait_for_lock(lock: IngestLock, quiet: bool, wait_seconds: float) -> 
         await anyio.sleep(0.5)
 
 
-def load_configured_embedder(environ: Mapping[str, str]) -> Any:
-    """The embedder the user configured: DEJA_EMBED_MODEL (name or path), DEJA_EMBED_BACKEND
-    (auto, onnx, torch), DEJA_MODEL_CACHE (where the ONNX export is kept).
+class ModelOnce:
+    """The configured embedder, loaded on first use and kept for the run.
 
-    Blocking and slow (seconds): call it in a worker thread. Raises
-    ModelUnavailable when the model cannot be loaded.
+    A failure is kept too: `get()` raises the same error again without another
+    attempt (a missing model stays missing; retrying costs seconds per pass).
     """
-    from .embed import load_embedder
 
-    return load_embedder(
-        environ.get("DEJA_EMBED_MODEL") or None,
-        backend=environ.get("DEJA_EMBED_BACKEND") or "auto",
-        cache_dir=Path(environ["DEJA_MODEL_CACHE"]) if environ.get("DEJA_MODEL_CACHE")
-        else default_data_dir(environ) / "models",
-    )
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.embedder: Embedder | None = None
+        self.error: DejaError | None = None
+
+    async def get(self) -> Embedder:
+        """Raises ModelUnavailable (the first time and every time after)."""
+        if self.error is not None:
+            raise self.error
+        if self.embedder is not None:
+            return self.embedder
+        try:
+            embedder: Embedder = await anyio.to_thread.run_sync(load_configured_embedder,
+                                                                self.environ)
+        except DejaError as exc:
+            self.error = exc
+            raise
+        self.embedder = embedder
+        return embedder
 
 
-async def run_embed(store: Store, environ: Mapping[str, str], *, quiet: bool,
-                    reembed_all: bool = False) -> dict[str, Any]:
-    """Embed what awaits a vector, with a progress bar; returns the summary fields.
+async def embed_with_progress(store: Store, embedder: Embedder, *, quiet: bool,
+                              reembed_all: bool = False) -> dict[str, Any]:
+    """`vectors.run_embed` with a progress bar on stderr unless `quiet`.
 
-    Raises ModelUnavailable or ModelMismatch.
+    Raises ModelMismatch.
     """
-    from .vectors import embed_pending, reembed
-
-    embedder = await anyio.to_thread.run_sync(load_configured_embedder, environ)
     bar = ProgressBar(sys.stderr, label="embed ") if not quiet else None
     try:
-        if reembed_all:
-            summary = await reembed(store, embedder, progress=bar)
-        else:
-            summary = await embed_pending(store, embedder, progress=bar)
+        return await run_embed(store, embedder, progress=bar, reembed_all=reembed_all)
     finally:
         if bar:
             bar.finish()
-    out = summary.to_dict()
-    out["embedding_model"] = embedder.model_id
-    out["embedding_backend"] = embedder.backend
-    return out
 
 
-async def run_ingest(args: argparse.Namespace, db_path: Path, environ: Mapping[str, str]) -> int:
-    """Run the ingest command with parsed `args`; returns the exit code."""
-    if environ.get("DEJA_EMBED", "").strip().lower() in ("0", "no", "false", "off"):
-        args.no_embed = True
-    roots: list[Path] = list(args.root) if args.root else default_roots(environ)
-    missing_roots = [r for r in roots if not r.is_dir()]
-    if args.root and missing_roots:
-        for r in missing_roots:
-            sys.stderr.write(f"deja: warning: root {r} is not a folder\n")
-    progress = ProgressBar(sys.stderr) if not (args.quiet or args.json) else None
-    summary = IngestSummary()
-    extra: dict[str, Any] = {"database": str(db_path)}
-    lock = IngestLock(db_path)
-    store = await Store.open(db_path)
+async def _ingest_then_embed(store: Store, roots: Sequence[Path], options: IngestOptions,
+                             model: ModelOnce, summary: IngestSummary,
+                             extra: dict[str, Any]) -> None:
+    """One pass over `roots`, then the vectors it calls for (unless no_embed)."""
+    progress = ProgressBar(sys.stderr) if not options.silent else None
     try:
-        await _wait_for_lock(lock, args.quiet or args.json, args.wait)
-        if args.watch:
-            if not (args.quiet or args.json):
-                sys.stderr.write(
-                    f"watching {', '.join(str(r) for r in roots)} (Ctrl-C to stop)\n"
-                )
-
-            async def report(s: IngestSummary) -> None:
-                if not (args.quiet or args.json) and s.passes > 1 and s.new_records:
-                    sys.stderr.write(f"{time.strftime('%H:%M:%S')} records: {s.new_records} in all\n")
-                if not args.no_embed:
-                    try:
-                        extra.update(await run_embed(store, environ, quiet=True))
-                    except DejaError as exc:
-                        extra["embed_error"] = str(exc)
-
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async with anyio.create_task_group() as tg:
-                    async def stop_on_signal() -> None:
-                        async for _sig in signals:
-                            tg.cancel_scope.cancel()
-                            return
-
-                    tg.start_soon(stop_on_signal)
-                    await watch(store, roots, summary=summary, on_pass=report)
-        else:
-            await ingest_once(store, roots, summary=summary, progress=progress)
-            if progress:
-                progress.finish()
-            if not args.no_embed:
-                try:
-                    extra.update(await run_embed(store, environ, quiet=args.quiet or args.json))
-                except DejaError as exc:
-                    # Keyword search works without vectors: report, don't fail.
-                    extra["embed_error"] = str(exc)
-                    extra["pending_embeddings"] = await pending_count(store)
-            else:
-                extra["embedded"] = 0
-                extra["pending_embeddings"] = await pending_count(store)
+        await ingest_once(store, roots, summary=summary, progress=progress)
     finally:
         if progress:
             progress.finish()
+    if options.no_embed:
+        extra["embedded"] = 0
+        extra["pending_embeddings"] = await pending_count(store)
+        return
+    try:
+        embedder = await model.get()
+        extra.update(await embed_with_progress(store, embedder, quiet=options.silent))
+    except DejaError as exc:
+        # Keyword search works without vectors: report, don't fail.
+        extra["embed_error"] = str(exc)
+        extra["pending_embeddings"] = await pending_count(store)
+
+
+async def _watch_and_embed(store: Store, roots: Sequence[Path], options: IngestOptions,
+                           model: ModelOnce, summary: IngestSummary,
+                           extra: dict[str, Any]) -> None:
+    """Ingest as transcripts grow and embed after each pass, until SIGTERM or SIGINT."""
+    if not options.silent:
+        sys.stderr.write(f"watching {', '.join(str(r) for r in roots)} (Ctrl-C to stop)\n")
+
+    async def after_pass(s: IngestSummary) -> None:
+        if not options.silent and s.passes > 1 and s.new_records:
+            sys.stderr.write(f"{time.strftime('%H:%M:%S')} records: {s.new_records} in all\n")
+        if options.no_embed or model.error is not None:
+            return  # a model that failed to load was reported once; extra keeps the error
+        if model.embedder is None and not await pending_count(store):
+            extra.setdefault("embedded", 0)  # nothing to embed yet: no model to load either
+            extra["pending_embeddings"] = 0
+            return
+        try:
+            embedder = await model.get()
+        except DejaError as exc:
+            extra["embed_error"] = str(exc)
+            sys.stderr.write(f"deja: warning: {exc}; watching without vectors\n")
+            return
+        try:
+            extra.update(await run_embed(store, embedder))
+        except DejaError as exc:
+            extra["embed_error"] = str(exc)
+
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            async def stop_on_signal() -> None:
+                async for _sig in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+            tg.start_soon(stop_on_signal)
+            await watch(store, roots, summary=summary, on_pass=after_pass)
+
+
+async def run_ingest(options: IngestOptions, db_path: Path, environ: Mapping[str, str]) -> int:
+    """Run the ingest command into `db_path`; returns the exit code.
+
+    `environ` gives the default roots and the model settings (DEJA_EMBED_MODEL ...).
+    Raises IngestBusy, DatabaseError.
+    """
+    roots: list[Path] = list(options.roots) or default_roots(environ)
+    if options.roots:
+        for r in roots:
+            if not r.is_dir():
+                sys.stderr.write(f"deja: warning: root {r} is not a folder\n")
+    summary = IngestSummary()
+    extra: dict[str, Any] = {"database": str(db_path)}
+    model = ModelOnce(environ)
+    lock = IngestLock(db_path)
+    store = await Store.open(db_path)
+    try:
+        def say_waiting(pid: int | None) -> None:
+            if not options.silent:
+                sys.stderr.write(f"another deja process (pid {pid}) is ingesting; "
+                                 f"waiting up to {options.wait_seconds:.0f} s for it...\n")
+
+        await wait_for_lock(lock, options.wait_seconds, on_wait=say_waiting)
+        if options.watch:
+            await _watch_and_embed(store, roots, options, model, summary, extra)
+        else:
+            await _ingest_then_embed(store, roots, options, model, summary, extra)
+    finally:
         lock.release()
         with anyio.CancelScope(shield=True):
             await store.close()
-    if args.json:
+    if options.as_json:
         out = summary.to_dict()
         out.update(extra)
         sys.stdout.write(json.dumps(out) + "\n")
@@ -268,9 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.ERROR,
         stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s",
     )
-    db_path = db_path_from(args.db, os.environ)
     try:
-        return anyio.run(run_ingest, args, db_path, os.environ)
+        db_path = db_path_from(args.db, os.environ)
+        return anyio.run(run_ingest, IngestOptions.from_args(args, os.environ), db_path,
+                         os.environ)
     except DejaError as exc:
         sys.stderr.write(f"deja: {exc}\n")
         return 1

@@ -2,15 +2,28 @@
 
 Library functions take paths as arguments; the CLI and the server call these
 helpers once, with `os.environ`, and pass the results down.
+
+The database is one SQLite file. A `--db` (or `DEJA_DB`) that looks like a URL
+(`postgresql://...`) is refused here, where every command resolves its path:
+taken as a path it would create a folder named `postgresql:` in the working
+directory. URLs get a meaning with the team-memory storage engine.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["default_data_dir", "default_db_path", "db_path_from"]
+from .errors import DatabaseError
+
+__all__ = ["default_data_dir", "default_db_path", "db_path_from", "database_bytes"]
+
+# scheme://... as in RFC 3986 (a letter, then letters, digits, + - .). A Windows
+# drive (C:\...) has no "//" after its colon, so it stays a path.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -30,9 +43,34 @@ def default_db_path(environ: Mapping[str, str]) -> Path:
 
 
 def db_path_from(option: str | None, environ: Mapping[str, str]) -> Path:
-    """The database to use: the --db option, else $DEJA_DB, else the default."""
-    if option:
-        return Path(option).expanduser()
-    if environ.get("DEJA_DB"):
-        return Path(environ["DEJA_DB"]).expanduser()
+    """The database to use: the --db option, else $DEJA_DB, else the default.
+
+    Raises DatabaseError when the value looks like a URL (scheme://...): only
+    SQLite files are supported for now, and nothing is created for it.
+    """
+    for source, value in (("--db", option), ("DEJA_DB", environ.get("DEJA_DB"))):
+        if not value:
+            continue
+        if _URL.match(value):
+            raise DatabaseError(
+                f"{source} {value!r} looks like a URL; deja keeps its memory in a SQLite file "
+                "for now: pass the path of a file"
+            )
+        return Path(value).expanduser()
     return default_db_path(environ)
+
+
+def database_bytes(path: Path) -> int:
+    """The space the database takes on disk: the file plus its -wal and -shm.
+
+    One measure for `deja stats` and the memory_status tool (field
+    `database_bytes`): the write-ahead log can hold megabytes not yet
+    checkpointed into the main file. Missing files count 0.
+    """
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += os.stat(str(path) + suffix).st_size
+        except OSError:
+            pass
+    return total

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 from .discover import SourceFile, display_path
-from .parse import AgentLink, FileContext, LineError, parse_line
+from .parse import parse_line
+from .records import AgentLink, FileContext, LineError
 from .store import Batch, Cursor, SessionAgg, SourceRow
 
 __all__ = ["FileReader", "ReadStats", "HEAD_BYTES", "MAX_LINE_BYTES", "head_hash"]

@@ -57,7 +57,7 @@ def driver() -> ModuleType:
             _driver = std_sqlite3
         else:
             try:
-                import sqlean  # type: ignore[import-untyped]
+                import sqlean
             except ImportError as exc:  # pragma: no cover - sqlean is a dependency
                 raise DatabaseError(
                     "this Python's sqlite3 cannot load extensions and sqlean.py is not "
@@ -167,7 +167,7 @@ def _vec_extension() -> str:
         spec = importlib.util.find_spec("sqlite_vec")
         if spec is None or not spec.submodule_search_locations:
             raise DatabaseError("sqlite-vec is not installed: pip install sqlite-vec")
-        _vec_path = os.path.join(list(spec.submodule_search_locations)[0], "vec0")
+        _vec_path = os.path.join(next(iter(spec.submodule_search_locations)), "vec0")
     return _vec_path
 
 

@@ -110,7 +110,8 @@ def discover(roots: Iterable[Path]) -> Discovery:
         if not os.path.isdir(root_s):
             continue
 
-        def onerror(exc: OSError) -> None:
+        # root_s bound now: os.walk calls this only while walking this root.
+        def onerror(exc: OSError, root_s: str = root_s) -> None:
             found.errors.append((display_path(exc.filename or root_s), f"unreadable folder: {exc.strerror}"))
 
         for dirpath, dirnames, filenames in os.walk(root_s, onerror=onerror):
@@ -124,7 +125,7 @@ def discover(roots: Iterable[Path]) -> Discovery:
             for name in sorted(filenames):
                 if not name.endswith(".jsonl"):
                     continue
-                rel = parts[1:] + (name,)
+                rel = (*parts[1:], name)
                 layout, session_hint, agent_id = _classify(rel) or ("session", None, None)
                 # Ids read from a name that is not UTF-8 keep surrogate escapes,
                 # which SQLite cannot store: make them printable like the path.

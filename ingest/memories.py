@@ -48,7 +48,8 @@ async def _memory_source(store: Store, project_dir: str) -> int:
         "VALUES (?, ?, ?, 'memory')",
         (path, _SOURCE_PREFIX + project_dir, project_dir),
     )
-    rows = await store.conn.execute_fetchall("SELECT id FROM sources WHERE path = ?", (path,))
+    # aiosqlite types the rows as an Iterable; they are a list.
+    rows = list(await store.conn.execute_fetchall("SELECT id FROM sources WHERE path = ?", (path,)))
     return int(rows[0][0])
 
 
@@ -94,12 +95,14 @@ async def write_memory(
         )
         created = cur.rowcount == 1
         if created:
+            # The INSERT added one row, so lastrowid is its id.
+            assert cur.lastrowid is not None
             await index_new_records(store.conn, cur.lastrowid - 1)
         else:
-            rows = await store.conn.execute_fetchall(
+            rows = list(await store.conn.execute_fetchall(
                 "SELECT uuid FROM records WHERE source_id = ? AND line_key = ? AND part = 0",
                 (source_id, key),
-            )
+            ))
             new_uuid = rows[0][0]
         if session_id:
             await store.conn.execute(

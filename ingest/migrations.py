@@ -5,6 +5,19 @@ and runs inside ONE transaction together with the `user_version` bump, so a
 crash mid-migration leaves the previous version intact. Never edit a shipped
 migration: add the next number.
 
+Migrations are fixed text. A migration says what it did when it shipped,
+whatever the code around it says today: it reads no module constant and calls
+no deja function whose result may change later (the kinds that get vectors,
+the FTS context expression, the quantization of vectors are all spelled out
+below as they were). A database upgraded from any earlier version therefore
+ends exactly like one created at the current version (tests/test_migrations.py
+checks both from every version). Two things they need come from the
+connection, not from this file: `ingest.db.make_connector` loads sqlite-vec
+(the vec0 tables of m001/m002, dropped by m006) and registers the SQL
+function `deja_fts_text` (CJK spaced out for the tokenizer) that the FTS
+triggers and m005's re-index call. That function is the writers' too, so an
+index built by a migration matches what the writers add after it.
+
 Schema principles (see DESIGN.md):
 - `records` holds every indexed piece of a transcript (a prompt, a tool call, a
   tool result...). Its primary key is an explicit INTEGER `id` because FTS5
@@ -25,13 +38,9 @@ from typing import Any
 
 from .errors import SchemaTooNew
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "DEFAULT_EMBED_DIM", "EMBEDDABLE_KINDS",
-           "FTS_CONTEXT_SQL"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
 
 logger = logging.getLogger(__name__)
-
-# all-MiniLM-L6-v2; the vector table is rebuilt by `deja reembed` for another model.
-DEFAULT_EMBED_DIM = 384
 
 
 def _run_script(conn: Any, script: str) -> None:
@@ -182,14 +191,6 @@ def m001_initial(conn: Any) -> None:
     )
 
 
-# Kinds that get vectors. Others (commands, injected meta, system noise,
-# compaction markers, errors) stay keyword-only: FTS covers them.
-EMBEDDABLE_KINDS = (
-    "prompt", "assistant", "thinking", "tool_call", "tool_result", "compact_summary",
-    "summary", "workflow_result", "memory", "attachment",
-)
-
-
 def m002_embedding_queue(conn: Any) -> None:
     """Pending-embedding state per record, and filterable vec0 metadata.
 
@@ -197,19 +198,24 @@ def m002_embedding_queue(conn: Any) -> None:
     partial index on the waiting rows, by time, lets the embedder take the
     newest first without scanning the table. vec0 applies metadata filters
     during KNN, so filtered vector queries are never starved by an outer WHERE.
+
+    The kinds worth a vector are those of ingest.indexing.EMBEDDABLE_KINDS
+    when this shipped; 384 is all-MiniLM-L6-v2's dimension (vectors of
+    another model were made by `deja reembed`, which rebuilt the table).
     """
-    kinds = ", ".join(f"'{k}'" for k in EMBEDDABLE_KINDS)
     _run_script(
         conn,
-        f"""
+        """
         ALTER TABLE records ADD COLUMN embed_state INTEGER NOT NULL DEFAULT 0;
-        UPDATE records SET embed_state = 2 WHERE kind NOT IN ({kinds});
+        UPDATE records SET embed_state = 2 WHERE kind NOT IN (
+            'prompt', 'assistant', 'thinking', 'tool_call', 'tool_result', 'compact_summary',
+            'summary', 'workflow_result', 'memory', 'attachment');
         CREATE INDEX records_pending ON records(ts) WHERE embed_state = 0;
         DELETE FROM chunks;
         DROP TABLE vec_chunks;
         CREATE VIRTUAL TABLE vec_chunks USING vec0(
             chunk_id INTEGER PRIMARY KEY,
-            embedding float[{DEFAULT_EMBED_DIM}] distance_metric=cosine,
+            embedding float[384] distance_metric=cosine,
             kind text,
             project_dir text,
             session_id text,
@@ -238,19 +244,14 @@ def m004_fts_vocabulary(conn: Any) -> None:
     conn.execute("CREATE VIRTUAL TABLE records_fts_vocab USING fts5vocab(records_fts, 'row')")
 
 
-# What the full-text index holds for each record: its own text, and the text
-# before it in the same file (capped), in a second column that search weighs
-# low. Only what a record can answer counts as its context: a prompt, a reply,
-# a tool call (for its result), a summary. A tool's output or a thinking block
-# before a reply would add the most words (58% of the context text of the
-# shared transcripts) and say least about what the reply answers. Memories
-# stand alone: they have no conversation around them.
-CONTEXT_CHARS = 2000
-CONTEXT_KINDS = ("prompt", "assistant", "tool_call", "compact_summary", "summary")
-FTS_CONTEXT_SQL = (
+# m005's context expression, as ingest.indexing.FTS_CONTEXT_SQL was when it
+# shipped (fixed here: the trigger of every migrated database holds this text).
+# The previous record of the same file, if it is a prompt, a reply, a tool
+# call or a summary: its first 2,000 characters; nothing for a memory.
+_M005_CONTEXT = (
     "CASE WHEN r.kind = 'memory' THEN '' ELSE deja_fts_text(("
-    f"SELECT CASE WHEN p.kind IN ({', '.join(repr(k) for k in CONTEXT_KINDS)}) "
-    f"THEN substr(p.text, 1, {CONTEXT_CHARS}) END "
+    "SELECT CASE WHEN p.kind IN ('prompt', 'assistant', 'tool_call', 'compact_summary', 'summary') "
+    "THEN substr(p.text, 1, 2000) END "
     "FROM records p WHERE p.source_id = r.source_id AND p.id < r.id "
     "ORDER BY p.id DESC LIMIT 1)) END"
 )
@@ -262,7 +263,7 @@ def m005_fts_context(conn: Any) -> None:
     A question often shares its words with the turn that prompted the answer,
     not with the answer itself ("what did Caroline say about adoption?" ->
     the reply after the adoption line). A second FTS column holding the
-    previous record's text (first CONTEXT_CHARS characters), weighted 0.25 in
+    previous record's text (its first 2,000 characters), weighted 0.25 in
     bm25, lifted LoCoMo test R@5/R@10 from .593/.699 to .625/.724 and left our
     real-transcript questions at 80% hit@10 (bench/locomo.py --context).
 
@@ -292,11 +293,11 @@ def m005_fts_context(conn: Any) -> None:
         CREATE TRIGGER records_au AFTER UPDATE OF text ON records BEGIN
             DELETE FROM records_fts WHERE rowid = old.id;
             INSERT INTO records_fts (rowid, text, context)
-                SELECT r.id, deja_fts_text(r.text), {FTS_CONTEXT_SQL}
+                SELECT r.id, deja_fts_text(r.text), {_M005_CONTEXT}
                 FROM records r WHERE r.id = new.id;
         END;
         INSERT INTO records_fts (rowid, text, context)
-            SELECT r.id, deja_fts_text(r.text), {FTS_CONTEXT_SQL} FROM records r;
+            SELECT r.id, deja_fts_text(r.text), {_M005_CONTEXT} FROM records r;
         """,
     )
 
@@ -312,10 +313,8 @@ def m006_compact_vectors(conn: Any) -> None:
     per 1,000). Filters are applied by search itself, so they still never
     starve a query. Vectors go with their chunk (ON DELETE CASCADE).
 
-    Existing float vectors are converted, not recomputed.
+    Existing float vectors are converted, not recomputed (see _m006_convert).
     """
-    from .quantize import bits_rows, int8_rows
-
     _run_script(
         conn,
         """
@@ -340,9 +339,10 @@ def m006_compact_vectors(conn: Any) -> None:
                 break
             mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(-1, dim)
             ids = [r[0] for r in rows]
+            int8, bits = _m006_convert(mat)
             conn.executemany("INSERT INTO chunk_vectors (chunk_id, vec) VALUES (?, ?)",
-                             zip(ids, int8_rows(mat)))
-            conn.executemany("UPDATE chunks SET bits = ? WHERE id = ?", zip(bits_rows(mat), ids))
+                             zip(ids, int8))
+            conn.executemany("UPDATE chunks SET bits = ? WHERE id = ?", zip(bits, ids))
             last = ids[-1]
     # A chunk without a vector (none expected) is dropped and its record waits again.
     _run_script(
@@ -354,6 +354,23 @@ def m006_compact_vectors(conn: Any) -> None:
         DROP TABLE vec_chunks;
         """,
     )
+
+
+def _m006_convert(mat: Any) -> tuple[list[bytes], list[bytes]]:
+    """(n, dim) float32 vectors -> their int8 blobs and sign-bit blobs.
+
+    The forms ingest/quantize.py made when m006 shipped, written out here so a
+    change there never changes what this conversion writes: int8 is each row
+    scaled so its largest component is +-127, then rounded; bit i is set when
+    component i is positive, packed in numpy's bit order (48 bytes for 384).
+    """
+    import numpy as np
+
+    peak = np.abs(mat).max(axis=1, keepdims=True)
+    peak[peak == 0] = 1.0
+    int8 = np.clip(np.rint(mat * (127.0 / peak)), -127, 127).astype(np.int8)
+    bits = np.packbits(mat > 0, axis=1)
+    return [row.tobytes() for row in int8], [row.tobytes() for row in bits]
 
 
 MIGRATIONS: list[Callable[[Any], None]] = [m001_initial, m002_embedding_queue,

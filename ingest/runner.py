@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
 from .cursor import FileReader, ReadStats
 from .discover import SourceFile, discover, display_path
@@ -128,6 +129,33 @@ async def ingest_once(
     summary.passes += 1
     redactor = Redactor(summary.redactions_by_kind)
 
+    todo, gone = await _changed_files(store, roots, summary)
+    new_rows = await store.add_sources([
+        (source.path, display_path(source.path), source.project_dir, source.layout,
+         source.session_hint, source.agent_id)
+        for source, row, _ in todo if row is None
+    ])
+    jobs = [(source, row or new_rows[os.fsencode(source.path)]) for source, row, _ in todo]
+    total = sum(max(st.st_size - (row.offset if row else 0), 0) for _, row, st in todo)
+    await _read_and_write(store, jobs, redactor, summary, total, progress)
+
+    summary.sessions = await _count(
+        store, "SELECT COUNT(DISTINCT session_id) FROM sources WHERE missing = 0")
+    summary.subagent_runs = await _count(
+        store, "SELECT COUNT(*) FROM agent_runs WHERE session_id IN "
+        "(SELECT session_id FROM sources WHERE missing = 0)")
+    summary.missing_files = await _count(store, "SELECT COUNT(*) FROM sources WHERE missing = 1")
+    if todo or gone:
+        await store.set_meta("last_ingest", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    summary.elapsed_s += time.perf_counter() - started
+    return summary
+
+
+async def _changed_files(
+    store: Store, roots: Sequence[Path], summary: IngestSummary,
+) -> tuple[list[tuple[SourceFile, SourceRow | None, os.stat_result]], list[int]]:
+    """Discover and stat the files: those to read (new or changed) and the ids of
+    those gone. Flags gone files `missing`, and clears the flag of those back."""
     found = await anyio.to_thread.run_sync(discover, list(roots))
     summary.file_errors.extend(e for e in found.errors if e not in summary.file_errors)
     stats = await anyio.to_thread.run_sync(_stat_all, found.files)
@@ -156,45 +184,24 @@ async def ingest_once(
         if raw not in seen and not row.missing and _under_roots(raw, roots)
     ]
     await store.mark_missing(gone)
+    return todo, gone
 
-    new_rows = await store.add_sources([
-        (source.path, display_path(source.path), source.project_dir, source.layout,
-         source.session_hint, source.agent_id)
-        for source, row, _ in todo if row is None
-    ])
-    jobs = [(source, row or new_rows[os.fsencode(source.path)]) for source, row, _ in todo]
-    total = sum(max(st.st_size - (row.offset if row else 0), 0) for _, row, st in todo)
+
+async def _read_and_write(
+    store: Store, jobs: list[tuple[SourceFile, SourceRow]], redactor: Redactor,
+    summary: IngestSummary, total: int, progress: Progress | None,
+) -> None:
+    """Read the files from their cursors and commit each batch with its cursor.
+
+    Reading and parsing (a worker thread) overlap with writing (aiosqlite's
+    thread): each file's batches still commit in order, each with its cursor.
+    """
     start_bytes = summary.read.bytes
     if progress:
         progress(0, total)
-
-    # Reading and parsing (a worker thread) overlap with writing (aiosqlite's
-    # thread): each file's batches still commit in order, each with its cursor.
     send, receive = anyio.create_memory_object_stream[Batch](max_buffer_size=2)
-
-    async def produce() -> None:
-        async with send:
-            for source, row in jobs:
-                reader = FileReader(source, row, redactor, summary.read)
-                try:
-                    await anyio.to_thread.run_sync(reader.open)
-                except OSError as exc:
-                    _note_error(summary, source.path, f"cannot read: {exc.strerror or exc}")
-                    continue
-                summary.files_read += 1
-                try:
-                    while True:
-                        batch = await anyio.to_thread.run_sync(reader.next_batch)
-                        if batch is None:
-                            break
-                        await send.send(batch)
-                except OSError as exc:
-                    _note_error(summary, source.path, f"read failed: {exc.strerror or exc}")
-                finally:
-                    reader.close()
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(produce)
+        tg.start_soon(_produce, send, jobs, redactor, summary)
         async with receive:
             async for batch in receive:
                 result = await store.write_batch(batch)
@@ -205,21 +212,36 @@ async def ingest_once(
     if progress:
         progress(total, total)
 
-    counts = await store.conn.execute_fetchall(
-        "SELECT COUNT(DISTINCT session_id) FROM sources WHERE missing = 0"
-    )
-    summary.sessions = counts[0][0]
-    runs = await store.conn.execute_fetchall(
-        "SELECT COUNT(*) FROM agent_runs WHERE session_id IN "
-        "(SELECT session_id FROM sources WHERE missing = 0)"
-    )
-    summary.subagent_runs = runs[0][0]
-    missing = await store.conn.execute_fetchall("SELECT COUNT(*) FROM sources WHERE missing = 1")
-    summary.missing_files = missing[0][0]
-    if todo or gone:
-        await store.set_meta("last_ingest", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    summary.elapsed_s += time.perf_counter() - started
-    return summary
+
+async def _produce(
+    send: MemoryObjectSendStream[Batch], jobs: list[tuple[SourceFile, SourceRow]],
+    redactor: Redactor, summary: IngestSummary,
+) -> None:
+    """Send the batches of each file in turn; a file that fails is noted and skipped."""
+    async with send:
+        for source, row in jobs:
+            reader = FileReader(source, row, redactor, summary.read)
+            try:
+                await anyio.to_thread.run_sync(reader.open)
+            except OSError as exc:
+                _note_error(summary, source.path, f"cannot read: {exc.strerror or exc}")
+                continue
+            summary.files_read += 1
+            try:
+                while True:
+                    batch = await anyio.to_thread.run_sync(reader.next_batch)
+                    if batch is None:
+                        break
+                    await send.send(batch)
+            except OSError as exc:
+                _note_error(summary, source.path, f"read failed: {exc.strerror or exc}")
+            finally:
+                reader.close()
+
+
+async def _count(store: Store, sql: str) -> int:
+    rows = list(await store.conn.execute_fetchall(sql))
+    return int(rows[0][0])
 
 
 def _note_error(summary: IngestSummary, path: str, reason: str) -> None:

@@ -20,9 +20,11 @@ from typing import Any
 import aiosqlite
 import anyio
 
+from .config import database_bytes
 from .db import connect, driver_errors, is_locked_error, make_connector
 from .errors import DatabaseError, DatabaseLocked
-from .migrations import EMBEDDABLE_KINDS, FTS_CONTEXT_SQL, migrate
+from .indexing import EMBEDDABLE_KINDS, FTS_CONTEXT_SQL
+from .migrations import migrate
 from .parse import AgentLink, Record, SessionInfo
 
 __all__ = ["Store", "SourceRow", "Cursor", "Batch", "BatchResult", "SessionAgg", "index_new_records"]
@@ -249,7 +251,7 @@ class Store:
         result = BatchResult()
         conn = self.conn
         async with self.transaction():
-            before = (await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM records"))[0][0]
+            before = (await _rows(conn, "SELECT COALESCE(MAX(id), 0) FROM records"))[0][0]
             if batch.records:
                 await conn.executemany(
                     _INSERT_RECORD, [_record_row(batch.source_id, r) for r in batch.records]
@@ -295,7 +297,8 @@ class Store:
             for link in batch.agent_links:
                 tool_use_id = link.tool_use_id
                 if tool_use_id is None and link.spawn_prompt_sha:
-                    rows = await conn.execute_fetchall(
+                    rows = await _rows(
+                        conn,
                         "SELECT tool_use_id FROM records WHERE source_id = ? AND kind = 'tool_call' "
                         "AND tool_name IN ('Task', 'Agent') "
                         "AND json_extract(meta, '$.prompt_sha1') = ? ORDER BY id DESC LIMIT 1",
@@ -329,14 +332,21 @@ class Store:
             )
 
     async def get_meta(self, key: str) -> str | None:
-        rows = await self.conn.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+        rows = await _rows(self.conn, "SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
     # -- reads ----------------------------------------------------------------
 
     async def stats(self) -> dict[str, Any]:
-        """Counts for `deja stats`: sessions, records (by kind), subagent runs, files."""
-        q = self.conn.execute_fetchall
+        """Counts for `deja stats`: sessions, records (by kind), subagent runs, files.
+
+        `database_bytes` is the file plus its -wal and -shm (`config.database_bytes`),
+        the same figure the memory_status tool reports.
+        """
+
+        async def q(sql: str) -> list[Any]:
+            return list(await self.conn.execute_fetchall(sql))
+
         by_kind = {k: n for k, n in await q("SELECT kind, COUNT(*) FROM records GROUP BY kind")}
         sources = (await q(
             "SELECT COUNT(*), COALESCE(SUM(missing), 0), COALESCE(SUM(offset), 0) FROM sources "
@@ -344,7 +354,7 @@ class Store:
         ))[0]
         return {
             "database": str(self.path),
-            "database_bytes": _file_size(self.path),
+            "database_bytes": database_bytes(self.path),
             "sessions": (await q("SELECT COUNT(*) FROM sessions"))[0][0],
             "subagent_runs": (await q("SELECT COUNT(*) FROM agent_runs"))[0][0],
             "records": sum(by_kind.values()),
@@ -407,19 +417,14 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
             pass
 
 
+async def _rows(conn: aiosqlite.Connection, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """execute_fetchall as a list (aiosqlite types it as an Iterable)."""
+    return list(await conn.execute_fetchall(sql, params))
+
+
 def _migrate_file(path: Path) -> None:
     conn = make_connector(path)()
     try:
         migrate(conn)
     finally:
         conn.close()
-
-
-def _file_size(path: Path) -> int:
-    total = 0
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            total += os.stat(str(path) + suffix).st_size
-        except OSError:
-            pass
-    return total

@@ -13,13 +13,17 @@ log rarely matches a question by meaning, and FTS still covers every word).
 
 One model per database: its identity and dimension are recorded on first use;
 another model is refused (ModelMismatch) until `reembed()` rebuilds the vectors.
+
+`run_embed()` is the driver the commands and the watch loop call: it takes an
+embedder already loaded (loading costs seconds; a long-running caller loads it
+once and passes it to every call) and returns the summary a command prints.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +36,7 @@ from .store import Store
 if TYPE_CHECKING:
     from .embed import Embedder
 
-__all__ = ["EmbedSummary", "embed_pending", "pending_count", "ensure_model", "reembed",
+__all__ = ["EmbedSummary", "run_embed", "embed_pending", "pending_count", "ensure_model", "reembed",
            "stored_model", "windows_for"]
 
 logger = logging.getLogger(__name__)
@@ -57,15 +61,34 @@ class EmbedSummary:
                 "pending_embeddings": self.pending, "embed_seconds": round(self.seconds, 2)}
 
 
+async def run_embed(store: Store, embedder: Embedder, *,
+                    progress: Callable[[int, int], None] | None = None,
+                    reembed_all: bool = False) -> dict[str, Any]:
+    """Embed what awaits a vector (with `reembed_all`, every vector again) with `embedder`.
+
+    Returns the summary fields (`EmbedSummary.to_dict()`) plus `embedding_model`
+    and `embedding_backend`. Raises ModelMismatch if the database belongs to
+    another model (never with `reembed_all`, which adopts the embedder's).
+    """
+    if reembed_all:
+        summary = await reembed(store, embedder, progress=progress)
+    else:
+        summary = await embed_pending(store, embedder, progress=progress)
+    out = summary.to_dict()
+    out["embedding_model"] = embedder.model_id
+    out["embedding_backend"] = embedder.backend
+    return out
+
+
 async def pending_count(store: Store) -> int:
-    rows = await store.conn.execute_fetchall(
+    rows = list(await store.conn.execute_fetchall(
         "SELECT COUNT(*) FROM records WHERE embed_state = 0"
-    )
+    ))
     return int(rows[0][0])
 
 
 async def stored_model(store: Store) -> tuple[str, int] | None:
-    rows = await store.conn.execute_fetchall("SELECT model_id, dim FROM embedding_model")
+    rows = list(await store.conn.execute_fetchall("SELECT model_id, dim FROM embedding_model"))
     return (rows[0][0], int(rows[0][1])) if rows else None
 
 
@@ -84,7 +107,7 @@ async def ensure_model(store: Store, model_id: str, dim: int) -> None:
             )
         return
     async with store.transaction():
-        rows = await store.conn.execute_fetchall("SELECT model_id, dim FROM embedding_model")
+        rows = list(await store.conn.execute_fetchall("SELECT model_id, dim FROM embedding_model"))
         if rows:
             if (rows[0][0], int(rows[0][1])) != (model_id, dim):
                 raise ModelMismatch(f"another process registered model {rows[0][0]} meanwhile")
@@ -150,7 +173,7 @@ def windows_for(embedder: Embedder, kind: str, text: str,
     return out
 
 
-def _embed_batch(embedder: Embedder, rows: Sequence[Any]
+def _embed_batch(embedder: Embedder, rows: list[Any]
                  ) -> tuple[list[tuple[int, int, int, int]], list[Any], list[tuple[bytes, bytes]]]:
     """Blocking (worker thread): windows and (int8 vector, sign bits) for a batch of records."""
     chunks: list[tuple[int, int, int, int]] = []  # (row index, seq, start, end)
@@ -186,17 +209,17 @@ async def embed_pending(
         progress(0, total)
     conn = store.conn
     while not (should_stop and should_stop()):
-        rows = await conn.execute_fetchall(
+        rows = list(await conn.execute_fetchall(
             "SELECT r.id, r.kind, r.text, "
             "CASE WHEN r.kind = 'tool_result' AND r.tool_use_id IS NOT NULL THEN "
             "(SELECT substr(c.text, 1, 400) FROM records c WHERE c.tool_use_id = r.tool_use_id "
             "AND c.kind = 'tool_call' LIMIT 1) END "
             "FROM records r WHERE r.embed_state = 0 ORDER BY r.ts DESC LIMIT ?",
             (batch_records,),
-        )
+        ))
         if not rows:
             break
-        chunks, rows, blobs = await anyio.to_thread.run_sync(_embed_batch, embedder, list(rows))
+        chunks, rows, blobs = await anyio.to_thread.run_sync(_embed_batch, embedder, rows)
         async with store.transaction():
             # Re-check under the write lock: another process may have embedded
             # some of these meanwhile (a reembed, or a second embedder).
@@ -204,7 +227,8 @@ async def embed_pending(
             still = {r[0] for r in await conn.execute_fetchall(
                 f"SELECT id FROM records WHERE embed_state = 0 AND id IN "
                 f"({', '.join('?' for _ in ids)})", ids)}
-            first = (await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM chunks"))[0][0]
+            last_chunk = await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM chunks")
+            first = int(next(iter(last_chunk))[0])
             chunk_rows = []
             vec_rows = []
             for n, ((i, seq, start, end), (vec, bits)) in enumerate(zip(chunks, blobs)):

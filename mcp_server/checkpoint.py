@@ -11,6 +11,7 @@ shows every kind of fact.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
@@ -33,11 +34,17 @@ def _tool_input(text: str) -> Any:
         return None
 
 
+async def _rows(conn: aiosqlite.Connection, sql: str,
+                params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+    """All rows of a query, as a list (aiosqlite types them as a mere Iterable)."""
+    return list(await conn.execute_fetchall(sql, params))
+
+
 async def _pick_session(conn: aiosqlite.Connection, session_id: str | None,
                         project_dirs: list[str] | None) -> str:
     if session_id:
-        rows = await conn.execute_fetchall(
-            "SELECT session_id FROM sessions WHERE session_id = ?", (session_id,))
+        rows = await _rows(conn, "SELECT session_id FROM sessions WHERE session_id = ?",
+                           (session_id,))
         if not rows:
             raise NotFound(f"no session {session_id!r}; list_sessions shows the known ones")
         return session_id
@@ -48,8 +55,8 @@ async def _pick_session(conn: aiosqlite.Connection, session_id: str | None,
     if project_dirs is not None:
         clauses.append(f"project_dir IN ({', '.join('?' for _ in project_dirs)})")
         params.extend(project_dirs)
-    rows = await conn.execute_fetchall(
-        f"SELECT session_id FROM sessions WHERE {' AND '.join(clauses)} "
+    rows = await _rows(
+        conn, f"SELECT session_id FROM sessions WHERE {' AND '.join(clauses)} "
         f"ORDER BY last_ts DESC LIMIT 1", params)
     if not rows:
         raise NotFound("no session found for this project yet; pass session_id or project='all'")
@@ -66,16 +73,7 @@ async def load_checkpoint(conn: aiosqlite.Connection, *, session_id: str | None 
     budget = max_tokens * 4
     checkpoint: dict[str, Any] | None = None
     if checkpoint_id:
-        rows = await conn.execute_fetchall(
-            "SELECT r.text, r.ts, r.session_id, r.meta, src.project_dir FROM records r "
-            "LEFT JOIN sources src ON src.id = r.source_id WHERE r.uuid = ? AND r.kind = 'memory'",
-            (checkpoint_id,))
-        if not rows:
-            raise NotFound(f"no checkpoint or memory with id {checkpoint_id!r}: pass the id "
-                           "write_memory returned, or omit checkpoint_id")
-        text, ts, cp_session, meta, cp_project = rows[0]
-        checkpoint = {"id": checkpoint_id, "timestamp": ts, "text": trim(text, budget // 3),
-                      **{k: v for k, v in memory_meta(meta).items() if v}}
+        checkpoint, cp_session, cp_project = await _checkpoint(conn, checkpoint_id, budget)
         session_id = session_id or cp_session
         if project_dirs is None and cp_project:
             project_dirs = [cp_project]
@@ -85,40 +83,71 @@ async def load_checkpoint(conn: aiosqlite.Connection, *, session_id: str | None 
     if sid is None:
         out["memories"] = await _memories(conn, None, project_dirs, budget // 3)
         return out
+    out.update(await _session_turns(conn, sid, budget))
+    project_dir = out["session"]["project_dir"]
+    out["files_edited"] = await _files_edited(conn, sid)
+    out["open_todos"] = await _open_todos(conn, sid)
+    out["last_errors"] = await _last_errors(conn, sid)
+    out["memories"] = await _memories(conn, sid, [project_dir] if project_dir else project_dirs,
+                                      int(budget * 0.15))
+    return out
 
-    meta_rows = await conn.execute_fetchall(
-        "SELECT session_id, title, cwd, git_branch, first_ts, last_ts, project_dir FROM sessions "
-        "WHERE session_id = ?", (sid,))
+
+async def _checkpoint(conn: aiosqlite.Connection, checkpoint_id: str,
+                      budget: int) -> tuple[dict[str, Any], str | None, str | None]:
+    """The memory `checkpoint_id` as the briefing shows it, its session and its project."""
+    rows = await _rows(
+        conn, "SELECT r.text, r.ts, r.session_id, r.meta, src.project_dir FROM records r "
+        "LEFT JOIN sources src ON src.id = r.source_id WHERE r.uuid = ? AND r.kind = 'memory'",
+        (checkpoint_id,))
+    if not rows:
+        raise NotFound(f"no checkpoint or memory with id {checkpoint_id!r}: pass the id "
+                       "write_memory returned, or omit checkpoint_id")
+    text, ts, cp_session, meta, cp_project = rows[0]
+    checkpoint = {"id": checkpoint_id, "timestamp": ts, "text": trim(text, budget // 3),
+                  **{k: v for k, v in memory_meta(meta).items() if v}}
+    return checkpoint, cp_session, cp_project
+
+
+async def _session_turns(conn: aiosqlite.Connection, sid: str, budget: int) -> dict[str, Any]:
+    """The session, its latest summary, the turns after it (or the recent turns when it
+    has none) and the user's last requests."""
+    out: dict[str, Any] = {}
+    meta_rows = await _rows(
+        conn, "SELECT session_id, title, cwd, git_branch, first_ts, last_ts, project_dir "
+        "FROM sessions WHERE session_id = ?", (sid,))
     keys = ("session_id", "title", "cwd", "git_branch", "first_ts", "last_ts", "project_dir")
     out["session"] = dict(zip(keys, meta_rows[0]))
-    project_dir = meta_rows[0][6]
 
-    q = conn.execute_fetchall
-    summary = await q(
-        "SELECT text, ts FROM records WHERE session_id = ? AND kind IN ('compact_summary', 'summary') "
-        "AND agent_id IS NULL ORDER BY ts DESC, id DESC LIMIT 1", (sid,))
+    summary = await _rows(
+        conn, "SELECT text, ts FROM records WHERE session_id = ? AND kind IN ('compact_summary', "
+        "'summary') AND agent_id IS NULL ORDER BY ts DESC, id DESC LIMIT 1", (sid,))
     since_ts = summary[0][1] if summary else None
     out["latest_summary"] = (
         {"timestamp": summary[0][1], "text": trim(summary[0][0], int(budget * 0.35))}
         if summary else None
     )
-    after = await q(
-        "SELECT kind, ts, text, tool_name FROM records WHERE session_id = ? AND agent_id IS NULL "
-        "AND kind IN ('prompt', 'assistant') AND (? IS NULL OR ts > ?) "
+    after = await _rows(
+        conn, "SELECT kind, ts, text, tool_name FROM records WHERE session_id = ? AND "
+        "agent_id IS NULL AND kind IN ('prompt', 'assistant') AND (? IS NULL OR ts > ?) "
         "ORDER BY ts DESC, id DESC LIMIT 12", (sid, since_ts, since_ts))
     each = max(150, int(budget * 0.25) // max(len(after), 1))
     out["since_summary" if summary else "recent_turns"] = [
         {"kind": k, "timestamp": ts, "text": trim(t, each)} for k, ts, t, _ in reversed(after)
     ]
-    prompts = await q(
-        "SELECT ts, text FROM records WHERE session_id = ? AND kind = 'prompt' AND agent_id IS NULL "
-        "ORDER BY ts DESC, id DESC LIMIT 5", (sid,))
+    prompts = await _rows(
+        conn, "SELECT ts, text FROM records WHERE session_id = ? AND kind = 'prompt' AND "
+        "agent_id IS NULL ORDER BY ts DESC, id DESC LIMIT 5", (sid,))
     out["last_requests"] = [{"timestamp": ts, "text": trim(t, 400)} for ts, t in reversed(prompts)]
+    return out
 
-    edits = await q(
-        f"SELECT text FROM records WHERE session_id = ? AND kind = 'tool_call' AND tool_name IN "
-        f"({', '.join('?' for _ in _EDIT_TOOLS)}) ORDER BY ts DESC, id DESC LIMIT 200",
-        (sid, *_EDIT_TOOLS))
+
+async def _files_edited(conn: aiosqlite.Connection, sid: str) -> list[str]:
+    """The files the session's edit tools touched, latest first (at most 30)."""
+    edits = await _rows(
+        conn, f"SELECT text FROM records WHERE session_id = ? AND kind = 'tool_call' AND "
+        f"tool_name IN ({', '.join('?' for _ in _EDIT_TOOLS)}) ORDER BY ts DESC, id DESC "
+        f"LIMIT 200", (sid, *_EDIT_TOOLS))
     files: list[str] = []
     for (text,) in edits:
         data = _tool_input(text)
@@ -126,11 +155,14 @@ async def load_checkpoint(conn: aiosqlite.Connection, *, session_id: str | None 
             if isinstance(data, dict) else None
         if isinstance(path, str) and path not in files:
             files.append(path)
-    out["files_edited"] = files[:30]
+    return files[:30]
 
-    todo_rows = await q(
-        "SELECT text FROM records WHERE session_id = ? AND kind = 'tool_call' AND tool_name = 'TodoWrite' "
-        "ORDER BY ts DESC, id DESC LIMIT 1", (sid,))
+
+async def _open_todos(conn: aiosqlite.Connection, sid: str) -> list[dict[str, Any]]:
+    """The items of the session's last TodoWrite that are not completed."""
+    todo_rows = await _rows(
+        conn, "SELECT text FROM records WHERE session_id = ? AND kind = 'tool_call' AND "
+        "tool_name = 'TodoWrite' ORDER BY ts DESC, id DESC LIMIT 1", (sid,))
     todos: list[dict[str, Any]] = []
     if todo_rows:
         data = _tool_input(todo_rows[0][0])
@@ -138,17 +170,17 @@ async def load_checkpoint(conn: aiosqlite.Connection, *, session_id: str | None 
             if isinstance(item, dict) and item.get("status") != "completed":
                 todos.append({"content": str(item.get("content", ""))[:300],
                               "status": item.get("status")})
-    out["open_todos"] = todos
+    return todos
 
-    errors = await q(
-        "SELECT ts, kind, tool_name, text FROM records WHERE session_id = ? AND "
+
+async def _last_errors(conn: aiosqlite.Connection, sid: str) -> list[dict[str, Any]]:
+    """The session's last three errors and failed tool results, latest first."""
+    errors = await _rows(
+        conn, "SELECT ts, kind, tool_name, text FROM records WHERE session_id = ? AND "
         "(kind = 'error' OR (kind = 'tool_result' AND is_error = 1)) "
         "ORDER BY ts DESC, id DESC LIMIT 3", (sid,))
-    out["last_errors"] = [{"timestamp": ts, "kind": k, "tool_name": tn, "text": trim(t, 500)}
-                          for ts, k, tn, t in errors]
-    out["memories"] = await _memories(conn, sid, [project_dir] if project_dir else project_dirs,
-                                      int(budget * 0.15))
-    return out
+    return [{"timestamp": ts, "kind": k, "tool_name": tn, "text": trim(t, 500)}
+            for ts, k, tn, t in errors]
 
 
 async def _memories(conn: aiosqlite.Connection, sid: str | None, project_dirs: list[str] | None,
@@ -164,8 +196,8 @@ async def _memories(conn: aiosqlite.Connection, sid: str | None, project_dirs: l
         params.extend(project_dirs)
     if scope:
         clauses.append("(" + " OR ".join(scope) + ")")
-    rows = await conn.execute_fetchall(
-        "SELECT r.uuid, r.ts, r.text, r.meta, r.session_id FROM records r "
+    rows = await _rows(
+        conn, "SELECT r.uuid, r.ts, r.text, r.meta, r.session_id FROM records r "
         "LEFT JOIN sources src ON src.id = r.source_id "
         f"WHERE {' AND '.join(clauses)} ORDER BY r.ts DESC LIMIT 8", params)
     each = max(200, budget // max(len(rows), 1))

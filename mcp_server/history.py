@@ -9,19 +9,19 @@ connection and returns plain dicts ready for JSON.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from ingest.config import database_bytes
 from ingest.errors import InvalidQuery, NotFound
 
 from .projects import resolve_project
 from .search import parse_time
 
-__all__ = ["find_record", "get_context", "list_sessions", "status", "trim"]
+__all__ = ["find_record", "get_context", "list_sessions", "status", "trim", "memory_meta"]
 
 _HANDLE = re.compile(r"^rec:(\d+)$")
 
@@ -42,11 +42,11 @@ async def find_record(conn: aiosqlite.Connection, ref: str) -> tuple[Any, ...]:
     m = _HANDLE.match(ref)
     cols = "id, source_id, byte_offset, part, session_id, ts"
     if m:
-        rows = await conn.execute_fetchall(f"SELECT {cols} FROM records WHERE id = ?",
-                                           (int(m.group(1)),))
+        rows = await _rows(conn, f"SELECT {cols} FROM records WHERE id = ?", (int(m.group(1)),))
     else:
         # The same uuid can sit in two files (a /btw replay): prefer the session file.
-        rows = await conn.execute_fetchall(
+        rows = await _rows(
+            conn,
             f"SELECT {cols} FROM records WHERE uuid = ? ORDER BY "
             f"(SELECT layout != 'session' FROM sources WHERE sources.id = records.source_id), "
             f"part LIMIT 1",
@@ -79,9 +79,9 @@ async def get_context(conn: aiosqlite.Connection, ref: str, *, before: int = 5, 
     cols = "id, uuid, kind, role, ts, tool_name, text, truncated, agent_id"
     if source_id is None or offset is None:
         rows_before, rows_after = [], []
-        target = await conn.execute_fetchall(f"SELECT {cols} FROM records WHERE id = ?", (rid,))
+        target = await _rows(conn, f"SELECT {cols} FROM records WHERE id = ?", (rid,))
     else:
-        target = await conn.execute_fetchall(f"SELECT {cols} FROM records WHERE id = ?", (rid,))
+        target = await _rows(conn, f"SELECT {cols} FROM records WHERE id = ?", (rid,))
         rows_before = list(await conn.execute_fetchall(
             f"SELECT {cols} FROM records WHERE source_id = ? AND (byte_offset < ? OR "
             f"(byte_offset = ? AND part < ?)) ORDER BY byte_offset DESC, part DESC LIMIT ?",
@@ -99,8 +99,8 @@ async def get_context(conn: aiosqlite.Connection, ref: str, *, before: int = 5, 
     rest = budget_chars - len(hit["text"])
     neighbours = len(rows_before) + len(rows_after)
     each = max(200, rest // max(neighbours, 1))
-    session = await conn.execute_fetchall(
-        "SELECT session_id, title, cwd, git_branch, first_ts, last_ts FROM sessions "
+    session = await _rows(
+        conn, "SELECT session_id, title, cwd, git_branch, first_ts, last_ts FROM sessions "
         "WHERE session_id = ?", (session_id,),
     )
     return {
@@ -140,29 +140,38 @@ async def list_sessions(conn: aiosqlite.Connection, *, project: str | None = Non
 
 
 async def status(conn: aiosqlite.Connection, db_path: Path) -> dict[str, Any]:
-    """Counts and freshness for memory_status / deja stats."""
-    q = conn.execute_fetchall
-    size = 0
-    for suffix in ("", "-wal"):
-        try:
-            size += os.stat(str(db_path) + suffix).st_size
-        except OSError:
-            pass
-    model = await q("SELECT model_id, dim FROM embedding_model")
-    last = await q("SELECT value FROM meta WHERE key = 'last_ingest'")
+    """Counts and freshness for memory_status / deja stats.
+
+    `database_bytes` is the file plus its -wal and -shm (`config.database_bytes`),
+    the same figure `deja stats` prints.
+    """
+    model = await _rows(conn, "SELECT model_id, dim FROM embedding_model")
+    last = await _rows(conn, "SELECT value FROM meta WHERE key = 'last_ingest'")
     return {
         "database": str(db_path),
-        "database_bytes": size,
-        "sessions": (await q("SELECT COUNT(*) FROM sessions"))[0][0],
-        "records": (await q("SELECT COUNT(*) FROM records"))[0][0],
-        "memories": (await q("SELECT COUNT(*) FROM records WHERE kind = 'memory'"))[0][0],
-        "pending_embeddings": (await q("SELECT COUNT(*) FROM records WHERE embed_state = 0"))[0][0],
+        "database_bytes": database_bytes(db_path),
+        "sessions": await _count(conn, "SELECT COUNT(*) FROM sessions"),
+        "records": await _count(conn, "SELECT COUNT(*) FROM records"),
+        "memories": await _count(conn, "SELECT COUNT(*) FROM records WHERE kind = 'memory'"),
+        "pending_embeddings": await _count(conn,
+                                           "SELECT COUNT(*) FROM records WHERE embed_state = 0"),
         "embedding_model": {"model_id": model[0][0], "dim": model[0][1]} if model else None,
         "last_ingest": last[0][0] if last else None,
     }
 
 
+async def _rows(conn: aiosqlite.Connection, sql: str,
+                params: tuple[Any, ...] = ()) -> list[Any]:
+    """All rows of `sql`, as a list (aiosqlite types them as a bare Iterable)."""
+    return list(await conn.execute_fetchall(sql, params))
+
+
+async def _count(conn: aiosqlite.Connection, sql: str) -> int:
+    return int((await _rows(conn, sql))[0][0])
+
+
 def memory_meta(meta: str | None) -> dict[str, Any]:
+    """A memory record's meta column as a dict; {} when empty or not JSON."""
     try:
         return json.loads(meta) if meta else {}
     except ValueError:

@@ -360,7 +360,7 @@ def test_sigkill_at_random_instants_then_restart_equals_clean_run(
         # A round starts from an empty B; a second round only if the first
         # missed the plan (the machine was much slower or faster than run A).
         rounds += 1
-        for suffix in ("", "-wal", "-shm", ".ingest.lock"):
+        for suffix in ("", "-wal", "-shm", ".ingest.lock", ".ingest.lock.sqlite"):
             Path(str(db_b) + suffix).unlink(missing_ok=True)
         before = 0
         for kind, target in _plan(rng):

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ingest import embed
+from ingest.embed import loader as embed_loader
+from ingest.embed import resolve as embed_resolve
 from ingest.embed import (
     DEFAULT_DIM,
     DEFAULT_MODEL,
@@ -131,7 +132,7 @@ def test_without_the_package_the_hub_name_has_the_same_identity(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     packaged = resolve_model(None)
-    monkeypatch.setattr(embed, "_packaged_model_dir", lambda: None)
+    monkeypatch.setattr(embed_resolve, "_packaged_model_dir", lambda: None)
     spec = resolve_model(None)
     assert (spec.source, spec.origin) == (DEFAULT_MODEL, "hub")
     assert spec.model_id == packaged.model_id
@@ -305,7 +306,7 @@ def torch_loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ModelSpec]]:
         calls.append(spec)
         return _Stub()
 
-    monkeypatch.setattr(embed, "_load_torch", fake)
+    monkeypatch.setattr(embed_loader, "load_torch", fake)
     yield calls
 
 

@@ -30,7 +30,7 @@ import pytest
 
 from ingest.db import make_connector
 from ingest.embed import DEFAULT_DIM, DEFAULT_MODEL, Embedder, load_embedder, resolve_model
-from ingest.migrations import EMBEDDABLE_KINDS
+from ingest.indexing import EMBEDDABLE_KINDS
 from ingest.store import Store
 
 REPO = Path(__file__).resolve().parent.parent

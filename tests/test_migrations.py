@@ -1,109 +1,264 @@
-"""Upgrading a database made by an older deja keeps everything and searches the same.
+"""Upgrading a database made by any older deja keeps everything and searches the same.
 
-A version-4 database (the schema of the first release: FTS over the text
-alone, float32 vectors in vec0) is built with the shipped migrations 1-4 and
-filled the way that version filled it; opening it with today's Store must
-migrate it (m005 full-text context column, m006 int8 vectors + sign bits)
-without losing a record, a word or a vector.
+For each earlier schema version N (1 to 5), a database is built with the
+shipped migrations 1..N and filled the way that version filled it: records,
+their full-text rows (by trigger up to version 2, by the writer from 3, with
+the context column from 5), vectors in that version's vec0 table, cursors,
+sessions, subagent runs, the queue of records waiting for a vector. Opening
+it with today's Store must migrate it without losing a record, a word, a
+cursor or a vector (converted to int8 + sign bits by m006; version 1's vectors
+were dropped by m002, which re-queued their records), end with the same
+schema as a new database, and search.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
+import pytest
 
 from conftest import FixedEmbedder
 from ingest.db import make_connector
 from ingest.embed import DEFAULT_MODEL
-from ingest.migrations import MIGRATIONS, SCHEMA_VERSION
+from ingest.indexing import CONTEXT_KINDS, EMBEDDABLE_KINDS, FTS_CONTEXT_SQL
+from ingest.migrations import _M005_CONTEXT, MIGRATIONS, SCHEMA_VERSION
 from ingest.store import Store
 from mcp_server.search import Resources, SearchRequest, search
 
+FILES = 3
+PER_FILE = 20
+N = FILES * PER_FILE
+TS = "2026-01-01T00:00:{:02d}.000Z"
+# "meta" gets no vector (embed_state 2); the others do.
+KINDS = ("prompt", "assistant", "tool_call", "tool_result", "meta")
+# Rows that a migration must leave exactly as they were.
+KEPT_TABLES = ("sources", "sessions", "agent_runs", "meta", "embedding_model")
 
-def _version4_db(path: Path, rng: np.random.Generator) -> np.ndarray:
-    """A v4 database: 3 files x 40 records, one float vector per record. Returns the vectors."""
-    conn = make_connector(path)()
-    vectors = rng.normal(size=(120, 384)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    try:
-        for number, migration in enumerate(MIGRATIONS[:4], 1):
-            conn.execute("BEGIN IMMEDIATE")
-            migration(conn)
-            conn.execute(f"PRAGMA user_version = {number}")
-            conn.execute("COMMIT")
-        conn.execute("BEGIN")
-        conn.execute("INSERT INTO embedding_model VALUES (1, ?, 384, '2026-01-01')", (DEFAULT_MODEL,))
-        for source in (1, 2, 3):
-            conn.execute("INSERT INTO sources (id, path, display_path, project_dir, layout) "
-                         "VALUES (?, ?, ?, '-p', 'session')", (source, f"f{source}".encode(),
-                                                               f"f{source}"))
-        for i in range(120):
-            rid, source = i + 1, i // 40 + 1
-            text = f"turn {i} word{i} about topic{i % 7}"
-            conn.execute(
-                "INSERT INTO records (id, source_id, line_key, part, uuid, session_id, kind, text, "
-                "text_len, ts, embed_state) VALUES (?, ?, ?, 0, ?, 's', 'assistant', ?, ?, "
-                "'2026-01-01T00:00:00.000Z', 1)", (rid, source, f"k{rid}", f"u{rid}", text, len(text)))
-            conn.execute("INSERT INTO records_fts (rowid, text) VALUES (?, deja_fts_text(?))",
-                         (rid, text))
-            conn.execute("INSERT INTO chunks (id, record_id, seq, char_start, char_end) "
-                         "VALUES (?, ?, 0, 0, ?)", (rid, rid, len(text)))
-            conn.execute("INSERT INTO vec_chunks VALUES (?, ?, 'assistant', '-p', 's', '', "
-                         "'2026-01-01T00:00:00.000Z')", (rid, vectors[i].tobytes()))
+
+def _kind(i: int) -> str:
+    return KINDS[i % len(KINDS)]
+
+
+def _text(i: int) -> str:
+    return f"turn {i} word{i} about topic{i % 7}"
+
+
+def _embedded(i: int) -> bool:
+    """Whether record i (0-based) had a vector: embeddable, and not one of the waiting ones."""
+    return _kind(i) in EMBEDDABLE_KINDS and i % 4 != 3
+
+
+def _migrate_to(conn: Any, version: int, migrations: Sequence[Callable[[Any], None]]) -> None:
+    for number, migration in enumerate(migrations[:version], 1):
+        conn.execute("BEGIN IMMEDIATE")
+        migration(conn)
+        conn.execute(f"PRAGMA user_version = {number}")
         conn.execute("COMMIT")
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+
+
+def _fill(conn: Any, version: int, vectors: np.ndarray) -> None:
+    """Rows as deja at schema `version` wrote them (inside one transaction)."""
+    conn.execute("INSERT INTO embedding_model VALUES (1, ?, 384, '2026-01-01')", (DEFAULT_MODEL,))
+    for f in range(1, FILES + 1):
+        conn.execute(
+            "INSERT INTO sources (id, path, display_path, project_dir, layout, session_hint, "
+            "session_id, dev, ino, size, mtime_ns, offset, lines, head_len, head_hash, missing, "
+            "resets, updated_at) VALUES (?, ?, ?, '-p', 'session', ?, ?, 2049, ?, ?, ?, ?, ?, "
+            "1024, ?, ?, 0, '2026-01-01T00:01:00Z')",
+            (f, f"/h/f{f}.jsonl".encode(), f"/h/f{f}.jsonl", f"s{f}", f"s{f}", 1000 + f,
+             900 * f, 10**18 + f, 800 * f, PER_FILE, f"hash{f}", int(f == FILES)))
+        conn.execute("INSERT INTO sessions (session_id, project_dir, cwd, title, title_kind, "
+                     "first_ts, last_ts) VALUES (?, '-p', '/h', ?, 'ai-title', ?, ?)",
+                     (f"s{f}", f"title {f}", TS.format(0), TS.format(59)))
+    conn.execute("INSERT INTO agent_runs (session_id, agent_id, source_id, layout, agent_type, "
+                 "tool_use_id) VALUES ('s1', 'a1', 2, 'subagent', 'Explore', 'toolu_1')")
+    conn.execute("INSERT INTO meta VALUES ('last_ingest', '2026-01-01T00:01:00+00:00')")
+    queue = ", embed_state" if version >= 2 else ""
+    for i in range(N):
+        rid = i + 1
+        state = (1 if _embedded(i) else 0) if _kind(i) in EMBEDDABLE_KINDS else 2
+        conn.execute(
+            "INSERT INTO records (id, source_id, line_key, part, uuid, session_id, kind, text, "
+            f"text_len, ts{queue}) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?{', ?' if queue else ''})",
+            (rid, i // PER_FILE + 1, f"k{rid}", f"u{rid}", f"s{i // PER_FILE + 1}", _kind(i),
+             _text(i), len(_text(i)), TS.format(i), *([state] if queue else [])))
+        # Up to version 2 the insert trigger indexed the row; from 3 the writer does.
+        if version in (3, 4):
+            conn.execute("INSERT INTO records_fts (rowid, text) VALUES (?, deja_fts_text(?))",
+                         (rid, _text(i)))
+        elif version == 5:
+            # Version 5's writers indexed with the context expression m005 froze.
+            conn.execute("INSERT INTO records_fts (rowid, text, context) SELECT r.id, "
+                         f"deja_fts_text(r.text), {_M005_CONTEXT} FROM records r WHERE r.id = ?",
+                         (rid,))
+        if _kind(i) in EMBEDDABLE_KINDS and (version == 1 or _embedded(i)):
+            conn.execute("INSERT INTO chunks (id, record_id, seq, char_start, char_end) "
+                         "VALUES (?, ?, 0, 0, ?)", (rid, rid, len(_text(i))))
+            if version == 1:
+                conn.execute("INSERT INTO vec_chunks (chunk_id, embedding, kind, session_id, "
+                             "project_dir, ts) VALUES (?, ?, ?, 's', '-p', ?)",
+                             (rid, vectors[i].tobytes(), _kind(i), TS.format(i)))
+            else:
+                conn.execute("INSERT INTO vec_chunks (chunk_id, embedding, kind, project_dir, "
+                             "session_id, tool_name, ts) VALUES (?, ?, ?, '-p', 's', '', ?)",
+                             (rid, vectors[i].tobytes(), _kind(i), TS.format(i)))
+
+
+def build_version(path: Path, version: int, vectors: np.ndarray,
+                  migrations: Sequence[Callable[[Any], None]] = MIGRATIONS) -> dict[str, list[Any]]:
+    """A database at schema `version`, filled; returns the rows of KEPT_TABLES and records."""
+    conn = make_connector(path)()
+    try:
+        _migrate_to(conn, version, migrations)
+        conn.execute("BEGIN")
+        _fill(conn, version, vectors)
+        conn.execute("COMMIT")
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == version
+        return _rows(conn)
     finally:
         conn.close()
-    return vectors
 
 
-def test_a_version_4_database_upgrades_without_loss(tmp_path: Path) -> None:
-    db = tmp_path / "old.db"
-    vectors = _version4_db(db, np.random.default_rng(7))
+def _rows(conn: Any) -> dict[str, list[Any]]:
+    out = {t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY rowid")]
+           for t in KEPT_TABLES}
+    out["records"] = [tuple(r) for r in conn.execute(
+        "SELECT id, source_id, line_key, part, uuid, session_id, kind, text, text_len, ts "
+        "FROM records ORDER BY id")]
+    return out
+
+
+def _schema(conn: Any) -> set[tuple[Any, ...]]:
+    return {tuple(r) for r in conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")}
+
+
+def _vectors() -> np.ndarray:
+    vectors = np.random.default_rng(7).normal(size=(N, 384)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+async def _search(conn: Any, query: str, mode: str, embedder: Any = None) -> Any:
+    return await search(conn, SearchRequest(query, mode=mode, limit=3), Resources(embedder=embedder))
+
+
+def _inspect(db: Path, vectors: np.ndarray, nearest_to: int) -> dict[str, Any]:
+    """Open `db` with today's Store (which migrates it) and read back what matters."""
 
     async def go() -> dict[str, Any]:
         store = await Store.open(db)
         try:
             conn = store.conn
-            out: dict[str, Any] = {}
-            out["version"] = (await conn.execute_fetchall("PRAGMA user_version"))[0][0]
-            out["tables"] = {r[0] for r in await conn.execute_fetchall(
-                "SELECT name FROM sqlite_master")}
-            out["records"] = (await conn.execute_fetchall("SELECT COUNT(*) FROM records"))[0][0]
-            out["vectors"] = await conn.execute_fetchall(
+            q = conn.execute_fetchall
+            out: dict[str, Any] = {"version": (await q("PRAGMA user_version"))[0][0]}
+            out["rows"] = await anyio.to_thread.run_sync(_read_rows, db)
+            out["state"] = [r[0] for r in await q("SELECT embed_state FROM records ORDER BY id")]
+            out["vectors"] = list(await q(
                 "SELECT c.record_id, c.bits, v.vec FROM chunks c "
-                "JOIN chunk_vectors v ON v.chunk_id = c.id ORDER BY c.record_id")
-            out["own"] = await conn.execute_fetchall(
-                "SELECT rowid FROM records_fts WHERE records_fts MATCH 'text : word41'")
-            out["context"] = await conn.execute_fetchall(
-                "SELECT rowid FROM records_fts WHERE records_fts MATCH 'context : word41'")
-            # The first record of a file has no context: word39 ends file 1.
-            out["across_files"] = await conn.execute_fetchall(
-                "SELECT rowid FROM records_fts WHERE records_fts MATCH 'context : word39'")
-            hits = await search(conn, SearchRequest("nothing matches", mode="vector", limit=3),
-                                Resources(embedder=FixedEmbedder(vectors[57])))
-            out["nearest"] = [h.uuid for h in hits.hits]
-            out["status"] = hits.vector_status
+                "JOIN chunk_vectors v ON v.chunk_id = c.id ORDER BY c.record_id"))
+            out["own"] = [[r[0] for r in await q(
+                "SELECT rowid FROM records_fts WHERE records_fts MATCH ?", (f"text : word{i}",))]
+                for i in range(N)]
+            out["context"] = [[r[0] for r in await q(
+                "SELECT rowid FROM records_fts WHERE records_fts MATCH ?", (f"context : word{i}",))]
+                for i in range(N)]
+            await conn.execute("INSERT INTO records_fts (records_fts, rank) "
+                               "VALUES ('integrity-check', 1)")
+            keyword = await _search(conn, "word13", mode="keyword")
+            out["keyword"] = [h.uuid for h in keyword.hits]
+            vector = await _search(conn, "nothing matches", mode="vector",
+                                   embedder=FixedEmbedder(vectors[nearest_to]))
+            out["nearest"] = [h.uuid for h in vector.hits]
+            out["vector_status"] = vector.vector_status
+            # The triggers of today's schema still keep the index in step.
+            async with store.transaction():
+                await conn.execute("UPDATE records SET text = 'renamed zebra' WHERE id = 1")
+            out["renamed"] = [r[0] for r in await q(
+                "SELECT rowid FROM records_fts WHERE records_fts MATCH 'text : (zebra OR word0)'")]
             return out
         finally:
             await store.close()
 
-    out = anyio.run(go)
-    assert out["version"] == SCHEMA_VERSION == 6
-    assert "vec_chunks" not in out["tables"] and "chunk_vectors" in out["tables"]
-    assert out["records"] == 120
-    # Every float vector became an int8 vector pointing the same way, with its sign bits.
-    assert [r[0] for r in out["vectors"]] == list(range(1, 121))
+    return anyio.run(go)
+
+
+def _read_rows(db: Path) -> tuple[dict[str, list[Any]], set[tuple[Any, ...]]]:
+    conn = make_connector(db)()
+    try:
+        return _rows(conn), _schema(conn)
+    finally:
+        conn.close()
+
+
+def _fresh_schema(tmp_path: Path) -> set[tuple[Any, ...]]:
+    async def go() -> None:
+        store = await Store.open(tmp_path / "fresh.db")
+        await store.close()
+
+    anyio.run(go)
+    return _read_rows(tmp_path / "fresh.db")[1]
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
+def test_an_older_database_upgrades_without_loss(tmp_path: Path, version: int) -> None:
+    db = tmp_path / "old.db"
+    vectors = _vectors()
+    before = build_version(db, version, vectors)
+    nearest_to = 57  # a tool call with a vector
+    assert _embedded(nearest_to)
+    out = _inspect(db, vectors, nearest_to)
+    rows, schema = out["rows"]
+
+    assert out["version"] == SCHEMA_VERSION
+    # The same schema as a database created today, whatever the version it started from.
+    assert schema == _fresh_schema(tmp_path)
+    # Every record, cursor, session, subagent run and setting is as it was.
+    assert rows == before
+    # Every record is found by its own words, and by the previous record's when
+    # that one can be context (same file, a context kind).
+    assert out["own"] == [[i + 1] for i in range(N)]
+    assert out["context"] == [
+        [i + 2] if (i + 1) % PER_FILE and _kind(i) in CONTEXT_KINDS else [] for i in range(N)]
+    # The embed queue: version 1's vectors were dropped by m002 and their records
+    # wait again; later versions' vectors became int8 + sign bits, pointing the same way.
+    waiting = [i for i in range(N) if _kind(i) in EMBEDDABLE_KINDS
+               and (version == 1 or not _embedded(i))]
+    assert out["state"] == [0 if i in waiting else 1 if _kind(i) in EMBEDDABLE_KINDS else 2
+                            for i in range(N)]
+    embedded = [] if version == 1 else [i for i in range(N) if _embedded(i)]
+    assert [r[0] - 1 for r in out["vectors"]] == embedded
     for rid, bits, vec in out["vectors"]:
         q8 = np.frombuffer(vec, dtype=np.int8).astype(np.float32)
-        cosine = float(q8 @ vectors[rid - 1]) / float(np.linalg.norm(q8))
-        assert cosine > 0.999
+        assert np.abs(q8).max() == 127  # scaled to the full range (ingest/quantize.py)
+        assert float(q8 @ vectors[rid - 1]) / float(np.linalg.norm(q8)) > 0.999
         assert bits == np.packbits(vectors[rid - 1] > 0).tobytes()
-    # The full-text index holds each record's words, and the previous record's as context.
-    assert [tuple(r) for r in out["own"]] == [(42,)]
-    assert [tuple(r) for r in out["context"]] == [(43,)]
-    assert list(out["across_files"]) == []
-    assert out["status"] == "ok" and out["nearest"][0] == "u58"
+    # Search works on the upgraded file.
+    assert out["keyword"][0] == "u14"
+    if version == 1:
+        assert out["nearest"] == []
+    else:
+        assert out["vector_status"] == "ok" and out["nearest"][0] == f"u{nearest_to + 1}"
+    assert out["renamed"] == [1]
+
+
+def test_the_update_trigger_indexes_what_the_writers_index(tmp_path: Path) -> None:
+    """records_au (m005, fixed text) repeats the writers' context expression.
+
+    ingest.indexing.FTS_CONTEXT_SQL is free to change, but then an edited
+    record would be indexed differently from a new one until a migration
+    rebuilds the trigger: this fails to say so.
+    """
+    assert FTS_CONTEXT_SQL == _M005_CONTEXT, (
+        "FTS_CONTEXT_SQL changed: add a migration that recreates the records_au trigger "
+        "(and re-indexes), then point this test at it")
+    conn = make_connector(tmp_path / "t.db")()
+    try:
+        _migrate_to(conn, SCHEMA_VERSION, MIGRATIONS)
+        trigger = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'records_au'").fetchone()[0]
+    finally:
+        conn.close()
+    assert FTS_CONTEXT_SQL in trigger

@@ -233,6 +233,30 @@ def test_agent_name_is_redacted() -> None:
     assert "[REDACTED:github_token]" in out.session.agent_name
 
 
+# -- attachments -------------------------------------------------------------------
+
+
+def test_kept_attachment_is_a_record_with_its_path_first() -> None:
+    out = parse({"type": "attachment", "uuid": "at-1", **COMMON,
+                 "attachment": {"type": "file", "filename": "/home/t/proj/notes.md",
+                                "content": {"type": "text", "file": {"content": "rotate weekly"}}}})
+    assert [(r.kind, r.role, r.meta) for r in out.records] == [
+        ("attachment", "system", {"attachment": "file"})]
+    path, body = out.records[0].text.split("\n", 1)
+    assert path == "/home/t/proj/notes.md" and "rotate weekly" in body
+    assert out.ignored is None
+
+
+def test_other_attachments_and_deja_context_are_ignored() -> None:
+    other = parse({"type": "attachment", "uuid": "at-2", **COMMON,
+                   "attachment": {"type": "diagnostics", "content": "unused variable"}})
+    assert other.records == [] and other.ignored == "attachment diagnostics"
+    ours = parse({"type": "attachment", "uuid": "at-3", **COMMON,
+                  "attachment": {"type": "hook_additional_context",
+                                 "content": f"{DEJA_CONTEXT_MARKER}earlier sessions said..."}})
+    assert ours.records == [] and ours.ignored == "deja's own context"
+
+
 # -- noise -----------------------------------------------------------------------
 
 

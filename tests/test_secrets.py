@@ -166,7 +166,8 @@ def ingested(tmp_path_factory: pytest.TempPathFactory
     root = base / "projects"
     planted = _plant(root, s)
     db = base / "data" / "deja.db"
-    cli_json(home, "--db", str(db), "stats", "--json")  # create and migrate the file
+    (base / "empty").mkdir()  # create and migrate the file (read-only stats would refuse)
+    cli_json(home, "--db", str(db), "ingest", "--root", str(base / "empty"), "--json", "--no-embed")
     # Hold a read transaction open through the ingest: no checkpoint can move the
     # new pages out of the -wal file, so the WAL holds everything the ingest wrote.
     reader = sqlean.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)

@@ -6,7 +6,9 @@ a fault: a stray print on stdout, an exit that hangs, a traceback on stderr.
 
 The history is the shared real corpus, ingested once for the module with
 `deja ingest --no-embed`; the tool tests serve it with `--no-ingest` (the
-background embedder would only add load here). Live ingest runs on a
+background embedder would only add load here), one test per tool on one
+server process for the module (tests/test_tools.py drives the same tools in
+process, with the SDK's in-memory client). Live ingest runs on a
 temporary root of synthetic transcripts. Every wait is bounded
 (`anyio.fail_after`); polls sleep a fraction of a second between tries.
 """
@@ -45,9 +47,9 @@ S_AVD = "3e89eb15-32e7-43f8-8734-8d47310263ea"
 CALL_TIMEOUT = 20.0
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def anyio_backend() -> str:
-    return "asyncio"
+    return "asyncio"  # module scope: the per-tool tests share one server
 
 
 def _bench() -> Any:
@@ -163,81 +165,121 @@ def test_handshake_adds_little_to_a_trivial_server(tmp_path: Path) -> None:
     assert deja["median_s"] <= trivial["median_s"] + 1.0, result
 
 
-# -- every tool, good and bad arguments -----------------------------------------------
+# -- every tool, one test each, on one server for the module ----------------------------
 
 
-async def test_every_tool(corpus: Corpus, tmp_path: Path) -> None:
-    stderr = tmp_path / "stderr.txt"
+@dataclass
+class Served:
+    session: ClientSession
+    stderr: Path
+
+
+@pytest.fixture(scope="module")
+async def served(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory
+                 ) -> AsyncIterator[Served]:
+    """One `deja serve --no-ingest` process on the corpus for the per-tool tests; its stderr
+    must hold no traceback when they are done."""
+    stderr = tmp_path_factory.mktemp("served") / "stderr.txt"
     args = server_args(corpus.db, corpus.root, corpus.home, "--no-ingest")
-    async with mcp_session(args, server_env(corpus.home), stderr) as s:
-        with anyio.fail_after(10):
-            listed = await s.list_tools()
-        assert {t.name for t in listed.tools} == TOOLS
-        for tool in listed.tools:
-            assert tool.description and tool.input_schema.get("type") == "object", tool
-        annotations = {t.name: t.annotations for t in listed.tools}
-        search_hints, forget_hints = annotations["search_memory"], annotations["forget_memory"]
-        assert search_hints is not None and search_hints.read_only_hint is True
-        assert forget_hints is not None and forget_hints.destructive_hint is True
-
-        status = await ok(s, "memory_status")
-        assert status["records"] > 1000 and status["sessions"] >= 10
-        assert status["this_process_ingests"] is False  # --no-ingest
-        assert status["current_project"] == AVD_CWD
-        assert status["pid"] > 0
-
-        found = await ok(s, "search_memory", query="emulator root", project="all", limit=5)
-        assert 1 <= len(found["hits"]) <= 5, found
-        assert found["project"] == "all" and "index" in found
-        hit = found["hits"][0]
-        for key in ("handle", "uuid", "session_id", "kind", "timestamp", "snippet"):
-            assert key in hit, hit
-
-        # "current" is the AVD project (CLAUDE_PROJECT_DIR): hits stay in it.
-        current = await ok(s, "search_memory", query="emulator", limit=10)
-        assert current["project"] == AVD_CWD and current["hits"]
-        assert {h["session_id"] for h in current["hits"]} == {S_AVD}
-
-        context = await ok(s, "get_context", ref=hit["handle"], before=2, after=2)
-        assert context["hit"]["handle"] == hit["handle"]
-        assert context["session"]["session_id"] == hit["session_id"]
-        assert len(context["before"]) <= 2 and len(context["after"]) <= 2
-        by_uuid = await ok(s, "get_context", ref=hit["uuid"], before=0, after=0)
-        assert by_uuid["hit"]["uuid"] == hit["uuid"]
-
-        sessions = await ok(s, "list_sessions", project="all", limit=3)
-        assert len(sessions["sessions"]) == 3
-        last = [x["last_ts"] for x in sessions["sessions"]]
-        assert last == sorted(last, reverse=True)
-        mine = await ok(s, "list_sessions")
-        assert [x["session_id"] for x in mine["sessions"]] == [S_AVD]
-
-        content = "We decided the quillback parser keeps a 64 KiB cap per record."
-        written = await ok(s, "write_memory", content=content, kind="decision",
-                           title="quillback cap", tags=["parser", "limits"])
-        assert written["created"] is True and written["project"] == "-home-cwtrocks-android-avd"
-        again = await ok(s, "write_memory", content=content, kind="decision",
-                         title="quillback cap", tags=["limits", "parser"])
-        assert again == {**written, "created": False}
-        memories = await ok(s, "search_memory", query="quillback", kinds=["memory"])
-        assert [h["uuid"] for h in memories["hits"]] == [written["id"]]
-
-        checkpoint = await ok(s, "load_checkpoint", checkpoint_id=written["id"])
-        assert checkpoint["checkpoint"]["id"] == written["id"]
-        assert "quillback" in checkpoint["checkpoint"]["text"]
-        briefing = await ok(s, "load_checkpoint", session_id=S_AVD, max_tokens=1000)
-        assert briefing["session"]["session_id"] == S_AVD
-        assert briefing["last_requests"]
-        assert any(m["id"] == written["id"] for m in briefing["memories"])
-        latest = await ok(s, "load_checkpoint", project="all")
-        assert latest["session"]["session_id"]
-
-        assert await ok(s, "forget_memory", id=written["id"]) == {"id": written["id"],
-                                                                  "deleted": True}
-        gone = await ok(s, "search_memory", query="quillback", kinds=["memory"], project="all")
-        assert gone["hits"] == []
-        await ok(s, "memory_status")
+    async with mcp_session(args, server_env(corpus.home), stderr) as session:
+        yield Served(session=session, stderr=stderr)
     no_traceback(stderr)
+
+
+async def test_tools_are_listed_with_their_hints(served: Served) -> None:
+    with anyio.fail_after(10):
+        listed = await served.session.list_tools()
+    assert {t.name for t in listed.tools} == TOOLS
+    for tool in listed.tools:
+        assert tool.description and tool.input_schema.get("type") == "object", tool
+    annotations = {t.name: t.annotations for t in listed.tools}
+    search_hints, forget_hints = annotations["search_memory"], annotations["forget_memory"]
+    assert search_hints is not None and search_hints.read_only_hint is True
+    assert forget_hints is not None and forget_hints.destructive_hint is True
+
+
+async def test_memory_status(served: Served) -> None:
+    status = await ok(served.session, "memory_status")
+    assert status["records"] > 1000 and status["sessions"] >= 10
+    assert status["this_process_ingests"] is False  # --no-ingest
+    assert status["current_project"] == AVD_CWD
+    assert status["pid"] > 0
+
+
+async def test_search_memory(served: Served) -> None:
+    s = served.session
+    found = await ok(s, "search_memory", query="emulator root", project="all", limit=5)
+    assert 1 <= len(found["hits"]) <= 5, found
+    assert found["project"] == "all" and "index" in found
+    hit = found["hits"][0]
+    for key in ("handle", "uuid", "session_id", "kind", "timestamp", "snippet"):
+        assert key in hit, hit
+
+    # "current" is the AVD project (CLAUDE_PROJECT_DIR): hits stay in it.
+    current = await ok(s, "search_memory", query="emulator", limit=10)
+    assert current["project"] == AVD_CWD and current["hits"]
+    assert {h["session_id"] for h in current["hits"]} == {S_AVD}
+
+
+async def test_get_context(served: Served) -> None:
+    s = served.session
+    hit = (await ok(s, "search_memory", query="emulator root", project="all", limit=1))["hits"][0]
+    context = await ok(s, "get_context", ref=hit["handle"], before=2, after=2)
+    assert context["hit"]["handle"] == hit["handle"]
+    assert context["session"]["session_id"] == hit["session_id"]
+    assert len(context["before"]) <= 2 and len(context["after"]) <= 2
+    by_uuid = await ok(s, "get_context", ref=hit["uuid"], before=0, after=0)
+    assert by_uuid["hit"]["uuid"] == hit["uuid"]
+
+
+async def test_list_sessions(served: Served) -> None:
+    s = served.session
+    sessions = await ok(s, "list_sessions", project="all", limit=3)
+    assert len(sessions["sessions"]) == 3
+    last = [x["last_ts"] for x in sessions["sessions"]]
+    assert last == sorted(last, reverse=True)
+    mine = await ok(s, "list_sessions")
+    assert [x["session_id"] for x in mine["sessions"]] == [S_AVD]
+
+
+async def test_write_memory(served: Served) -> None:
+    s = served.session
+    content = "We decided the quillback parser keeps a 64 KiB cap per record."
+    written = await ok(s, "write_memory", content=content, kind="decision",
+                       title="quillback cap", tags=["parser", "limits"])
+    assert written["created"] is True and written["project"] == "-home-cwtrocks-android-avd"
+    # (duplicates stored once: tests/test_tools.py)
+    memories = await ok(s, "search_memory", query="quillback", kinds=["memory"])
+    assert [h["uuid"] for h in memories["hits"]] == [written["id"]]
+    await ok(s, "forget_memory", id=written["id"])  # the corpus stays as ingested
+
+
+async def test_load_checkpoint(served: Served) -> None:
+    s = served.session
+    written = await ok(s, "write_memory", content="Checkpoint: the marmot emulator image boots.",
+                       kind="checkpoint")
+    checkpoint = await ok(s, "load_checkpoint", checkpoint_id=written["id"])
+    assert checkpoint["checkpoint"]["id"] == written["id"]
+    assert "marmot" in checkpoint["checkpoint"]["text"]
+    briefing = await ok(s, "load_checkpoint", session_id=S_AVD, max_tokens=1000)
+    assert briefing["session"]["session_id"] == S_AVD
+    assert briefing["last_requests"]
+    assert any(m["id"] == written["id"] for m in briefing["memories"])
+    latest = await ok(s, "load_checkpoint", project="all")
+    assert latest["session"]["session_id"]
+    await ok(s, "forget_memory", id=written["id"])
+
+
+async def test_forget_memory(served: Served) -> None:
+    s = served.session
+    written = await ok(s, "write_memory", content="The ocelot build cache lives in /var/tmp.")
+    found = await ok(s, "search_memory", query="ocelot", kinds=["memory"], project="all")
+    assert [h["uuid"] for h in found["hits"]] == [written["id"]]
+    assert await ok(s, "forget_memory", id=written["id"]) == {"id": written["id"],
+                                                              "deleted": True}
+    gone = await ok(s, "search_memory", query="ocelot", kinds=["memory"], project="all")
+    assert gone["hits"] == []
+    await ok(s, "memory_status")
 
 
 # (tool, arguments, words the error must contain: the parameter, and what to send)

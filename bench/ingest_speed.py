@@ -20,14 +20,15 @@ subprocess, into a new database. Measured per corpus:
     `--reruns` (default 3).
 
 Usage (from the repository root):
-    python bench/ingest.py                      # shared corpus + a 1 GB corpus
-    python bench/ingest.py --target-mb 200      # a quicker run
-    python bench/ingest.py --target-mb 0        # the shared corpus only
-    python bench/ingest.py --workdir /tmp/b --keep --json
+    python bench/ingest_speed.py                  # shared corpus + a 1 GB corpus
+    python bench/ingest_speed.py --target-mb 200  # a quicker run
+    python bench/ingest_speed.py --target-mb 0    # the shared corpus only
+    python bench/ingest_speed.py --workdir /tmp/b --keep --json
 
-Note: this file is named ingest.py, like deja's `ingest` package. Run as a
-script, its folder is sys.path[0], so it must not import deja itself: it only
-runs deja as a subprocess (from the repository root).
+It imports nothing of deja: deja runs as a subprocess (from the repository
+root), as a user runs it. (Named ingest_speed.py, not ingest.py: run as a
+script, bench/ is sys.path[0] and a bench/ingest.py would shadow deja's
+`ingest` package for every bench.)
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def _db_mb(db: Path) -> float:
 def measure(name: str, root: Path, workdir: Path, reruns: int) -> Figures:
     """A first ingest into a new database, then `reruns` passes over the unchanged corpus."""
     db = workdir / f"{name}.db"
-    for suffix in ("", "-wal", "-shm", ".ingest.lock"):
+    for suffix in ("", "-wal", "-shm", ".ingest.lock", ".ingest.lock.sqlite"):
         Path(str(db) + suffix).unlink(missing_ok=True)
     first = run_ingest(db, root, workdir)
     s = first.summary

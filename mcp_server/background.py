@@ -1,0 +1,152 @@
+"""The server's background work: what runs beside the tools for the life of the server.
+
+`start_background(tg, state)` starts, in the lifespan's task group:
+- the model loader: loads the embedding model in a worker thread AFTER the
+  handshake, for query vectors. Until it is up, search answers from keywords
+  and says so;
+- the vector index loop: keeps the in-memory sign bits of every chunk current
+  once the model is up;
+- the ingest supervisor: takes the ingest lock when free (one ingesting
+  process per database; another takes over within seconds when it dies), then
+  watches the transcript roots and embeds what is pending.
+Each runs under `retrying`: a failure is logged, kept for memory_status and
+retried with backoff, never fatal. All stop when the task group is cancelled
+(the client closed stdin, or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from functools import partial
+
+import anyio
+import anyio.abc
+
+from ingest.db import connect
+from ingest.errors import DejaError
+from ingest.lease import IngestLock
+from ingest.runner import IngestSummary, watch
+from ingest.store import Store
+
+from .state import DejaState
+
+__all__ = ["start_background", "retrying"]
+
+logger = logging.getLogger(__name__)
+
+
+def start_background(tg: anyio.abc.TaskGroup, state: DejaState) -> None:
+    """Start the model loader, the vector index loop and the ingest supervisor, as configured."""
+    config = state.config
+    if config.load_model:
+        tg.start_soon(retrying, "model", partial(_load_model, state), state)
+        tg.start_soon(retrying, "vector index", partial(_index_loop, state), state)
+    else:
+        state.embedder_error = "model loading disabled"
+    if config.ingest:
+        tg.start_soon(retrying, "ingest supervisor", partial(_ingest_supervisor, state), state)
+
+
+async def retrying(name: str, job: Callable[[], Awaitable[None]], state: DejaState) -> None:
+    """Run `job` forever: a failure is logged and retried with backoff, never fatal."""
+    delay = 1.0
+    while True:
+        started = time.monotonic()
+        try:
+            await job()
+            return
+        except anyio.get_cancelled_exc_class():
+            raise
+        except DejaError as exc:
+            logger.warning("%s: %s; retrying in %.0f s", name, exc, delay)
+            state.background_errors = [*state.background_errors, f"{name}: {exc}"][-5:]
+        except Exception as exc:
+            logger.exception("%s failed; retrying in %.0f s", name, delay)
+            state.background_errors = [*state.background_errors, f"{name}: {exc!r}"][-5:]
+        if time.monotonic() - started > 60:
+            delay = 1.0
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 60.0)
+
+
+async def _load_model(state: DejaState) -> None:
+    from ingest.embed import load_configured_embedder
+
+    await anyio.sleep(0.05)  # let the handshake go first
+    try:
+        state.embedder = await anyio.to_thread.run_sync(
+            load_configured_embedder, state.config.environ
+        )
+        state.embedder_error = None
+    except DejaError as exc:
+        state.embedder_error = str(exc)
+        logger.warning("embedding model unavailable: %s (keyword search only)", exc)
+
+
+async def _index_loop(state: DejaState) -> None:
+    """Keep the in-memory vector index current: load it once, then add new chunks.
+
+    Runs on its own connection, so a first load of a large history (seconds
+    at a million chunks) never holds up a tool call; searches use the SQL
+    scan until it is ready.
+    """
+    conn = await connect(state.db_path, readonly=True)
+    counted = 0.0
+    try:
+        while True:
+            if state.embedder is not None:
+                check = time.monotonic() - counted >= 60.0
+                await state.vector_index.refresh(conn, check_removed=check)
+                if check:
+                    counted = time.monotonic()
+            await anyio.sleep(state.config.index_refresh_seconds)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await conn.close()
+
+
+async def _ingest_supervisor(state: DejaState) -> None:
+    """Hold the ingest lock when it is free; ingest and embed while holding it."""
+    config = state.config
+    lock = IngestLock(config.db_path)
+    while True:
+        if not lock.acquire():
+            await anyio.sleep(2.0)
+            continue
+        state.ingesting = True
+        logger.info("this process ingests %s", ", ".join(map(str, config.roots)))
+        store = await Store.open(config.db_path)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(retrying, "ingest", partial(_watch, store, state), state)
+                tg.start_soon(retrying, "embed", partial(_embed_loop, store, state), state)
+        finally:
+            state.ingesting = False
+            lock.release()
+            with anyio.CancelScope(shield=True):
+                await store.close()
+
+
+async def _watch(store: Store, state: DejaState) -> None:
+    def on_pass(summary: IngestSummary) -> None:
+        state.last_pass = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if summary.new_records:
+            logger.info("ingested %d new records so far", summary.new_records)
+
+    await watch(store, state.config.roots, rescan_seconds=state.config.rescan_seconds,
+                on_pass=on_pass)
+
+
+async def _embed_loop(store: Store, state: DejaState) -> None:
+    from ingest.vectors import embed_pending, pending_count
+
+    while True:
+        await anyio.sleep(state.config.embed_poll_seconds)
+        if state.embedder is None or not await pending_count(store):
+            continue
+        result = await embed_pending(store, state.embedder)
+        if result.embedded_records:
+            logger.info("embedded %d records (%d pending)", result.embedded_records, result.pending)

@@ -1,0 +1,46 @@
+"""What the command modules share: the subparsers' type and the read-only guard.
+
+A read-only command (stats, search, show, sessions) must not create a
+database: `Store.open` creates the file and its folders, so a mistyped `--db`
+would print "0 records" instead of saying that nothing is there.
+`read_store` refuses first, then opens the store for one read; the write
+commands (ingest, embed, reembed, serve) open the store directly and create it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from ingest.errors import DatabaseError
+from ingest.store import Store
+
+__all__ = ["Subparsers", "require_database", "read_store"]
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    Subparsers = argparse._SubParsersAction
+
+
+def require_database(db_path: Path) -> None:
+    """Raises DatabaseError when no database file is at `db_path`; creates nothing."""
+    if not db_path.is_file():
+        raise DatabaseError(f"no database at {db_path}; run `deja ingest` to create one")
+
+
+async def read_store(db_path: Path, read: Callable[[Store], Awaitable[T]]) -> T:
+    """`read(store)` on the database at `db_path`, which must exist.
+
+    Raises DatabaseError (no database there), and what `read` raises.
+    """
+    require_database(db_path)
+    store = await Store.open(db_path)
+    try:
+        return await read(store)
+    finally:
+        await store.close()

@@ -1,0 +1,100 @@
+"""`deja search`: hybrid search from the command line (read-only; creates nothing).
+
+Calls the same `search()` the memory_search tool calls. The model is loaded
+only when it can help: not in keyword mode, not before any vector exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+
+from ingest.cli import load_configured_embedder
+from ingest.db import connect
+from ingest.errors import DejaError
+from ingest.store import Store
+
+from ..projects import expand_project_arg
+from ..search import MODES, Resources, SearchRequest, SearchResult, search
+from .common import Subparsers, require_database
+
+__all__ = ["register", "run"]
+
+
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser("search", help="search everything ingested",
+                       description="Hybrid search (FTS5 BM25 + vectors, fused) over prompts, "
+                                   "answers, thinking, tool calls and results, summaries. "
+                                   "Any text works as a query.")
+    p.add_argument("query", help="words or a question; \"quoted phrases\" and prefix* work")
+    p.add_argument("--json", action="store_true", help="print {\"hits\": [...]} as JSON")
+    p.add_argument("--limit", "-n", type=int, default=10, help="number of hits (default 10)")
+    p.add_argument("--mode", choices=MODES, default="hybrid",
+                   help="hybrid (default), keyword (BM25 only, no model) or vector")
+    p.add_argument("--kind", action="append", dest="kinds", metavar="KIND",
+                   help="only records of this kind (repeatable): prompt, assistant, thinking, "
+                        "tool_call, tool_result, summary, compact_summary, memory, ...")
+    p.add_argument("--tool", help="only calls and results of this tool (e.g. Bash)")
+    p.add_argument("--session", help="only this session id")
+    p.add_argument("--project", help="a project path or folder name, or 'all' (default)")
+    p.add_argument("--since", help="from this time: 2026-05-01, 7d, 2w, yesterday ...")
+    p.add_argument("--until", help="before this time (same forms as --since)")
+    p.add_argument("--max-tokens", type=int, help="bound the total size of the hits")
+    p.set_defaults(handler=run)
+
+
+async def _search(db_path: Path, args: argparse.Namespace) -> SearchResult:
+    require_database(db_path)
+    embedder: Any = None
+    embedder_error = None
+    # `--project .` from inside a project (or one of its worktrees).
+    args.project = expand_project_arg(args.project)
+    # Checked before the model loads (raises InvalidQuery).
+    request = SearchRequest(args.query, mode=args.mode, limit=args.limit, kinds=args.kinds,
+                            session_id=args.session, project=args.project, tool=args.tool,
+                            since=args.since, until=args.until, max_tokens=args.max_tokens)
+    store = await Store.open(db_path)
+    vector_conn: aiosqlite.Connection | None = None
+    try:
+        has_vectors = await store.conn.execute_fetchall("SELECT 1 FROM chunks LIMIT 1")
+        if args.mode != "keyword" and not has_vectors:
+            # Loading the model costs seconds; without vectors it cannot help.
+            embedder_error = "no vectors yet (run `deja embed`)"
+        elif args.mode != "keyword":
+            try:
+                embedder = await anyio.to_thread.run_sync(load_configured_embedder, os.environ)
+            except DejaError as exc:
+                embedder_error = str(exc)
+        if embedder is not None and args.mode == "hybrid":
+            # The vector ranker on its own connection, beside the keyword ranker.
+            vector_conn = await connect(db_path, readonly=True)
+        return await search(store.conn, request, Resources(
+            embedder=embedder, embedder_error=embedder_error, vector_conn=vector_conn))
+    finally:
+        await store.close()
+        if vector_conn is not None:
+            await vector_conn.close()
+
+
+def run(db_path: Path, args: argparse.Namespace) -> int:
+    result = anyio.run(_search, db_path, args)
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return 0
+    for note in result.notes:
+        sys.stderr.write(f"note: {note}\n")
+    if not result.hits:
+        print("no hits")
+        return 0
+    for h in result.hits:
+        print(f"{h.timestamp or '?'}  {h.kind}{' ' + h.tool_name if h.tool_name else ''}  "
+              f"{h.project or ''}  session {h.session_id}  {h.handle}")
+        print("    " + h.snippet)
+    return 0

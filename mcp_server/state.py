@@ -1,0 +1,56 @@
+"""What the MCP server is told (`ServerConfig`) and what its parts share while it runs (`DejaState`).
+
+A module of its own so that the tools (tools.py), the background work
+(background.py) and the factory (server.py) all read the same two types
+without importing one another: server.py imports the other two, they import
+only this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ingest.store import Store
+
+from .search import VectorIndex
+
+__all__ = ["ServerConfig", "DejaState"]
+
+
+@dataclass
+class ServerConfig:
+    """What `deja serve` asks of the server: where the database and transcripts are, what to run."""
+
+    db_path: Path
+    roots: list[Path]
+    environ: Mapping[str, str]
+    ingest: bool = True  # run the background ingest supervisor
+    load_model: bool = True
+    rescan_seconds: float = 30.0
+    embed_poll_seconds: float = 3.0
+    index_refresh_seconds: float = 2.0
+
+
+@dataclass
+class DejaState:
+    """What the tools share for the life of the server."""
+
+    config: ServerConfig
+    store: Store  # the tools' connection (reads and memory writes)
+    project: str  # path of the "current" project
+    embedder: Any = None
+    embedder_error: str | None = "the embedding model is still loading"
+    ingesting: bool = False
+    last_pass: str | None = None
+    background_errors: list[str] = field(default_factory=list)
+    # Sign bits of every chunk in memory, refreshed in the background, and the
+    # second connection the vector ranker runs on beside the keyword ranker.
+    vector_index: VectorIndex = field(default_factory=VectorIndex)
+    vector_conn: Any = None
+
+    @property
+    def db_path(self) -> Path:
+        return self.config.db_path

@@ -1,0 +1,239 @@
+"""deja's MCP tools: what the agent calls, as plain async functions.
+
+Each tool is thin: typed parameters (the JSON schema comes from the hints and
+`Field`s, the description from the docstring), the same library calls the CLI
+makes, and a JSON-able dict back. A tool's docstring is sent to the agent
+verbatim, whitespace included: its continuation lines are indented eight
+spaces, as they were when the tools were nested in `build_server`, so that
+tools/list stays byte for byte what clients have seen.
+`build_server` registers every entry of `TOOLS` (function, annotations), in
+this order, through `reporting_deja_errors`: the one place a `DejaError`
+becomes a `ToolError`, a message the model can act on; no traceback crosses
+the wire.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal, cast
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+
+from ingest.errors import DejaError
+from ingest.memories import MEMORY_KINDS
+from ingest.memories import forget_memory as forget_memory_record
+from ingest.memories import write_memory as write_memory_record
+from ingest.parse import KINDS
+
+from . import history
+from .checkpoint import load_checkpoint as assemble_checkpoint
+from .projects import memory_project, project_filter, resolve_project
+from .search import Resources, SearchRequest, search
+from .state import DejaState
+
+__all__ = [
+    "TOOLS", "reporting_deja_errors", "search_memory", "get_context", "list_sessions",
+    "write_memory", "forget_memory", "load_checkpoint", "memory_status",
+]
+
+Kind = Literal[
+    "prompt", "command", "meta", "assistant", "thinking", "tool_call", "tool_result",
+    "compaction", "compact_summary", "summary", "system", "error", "attachment",
+    "workflow_result", "memory",
+]
+assert set(Kind.__args__) == set(KINDS)  # type: ignore[attr-defined]
+MemoryKind = Literal["note", "decision", "checkpoint", "todo", "fact", "preference"]
+assert set(MemoryKind.__args__) == set(MEMORY_KINDS)  # type: ignore[attr-defined]
+
+Tool = Callable[..., Awaitable[dict[str, Any]]]
+
+
+def reporting_deja_errors(tool: Tool) -> Tool:
+    """`tool` with a `DejaError` raised as a `ToolError` of the same message.
+
+    `functools.wraps` keeps the name, the docstring and (through `__wrapped__`)
+    the signature the SDK builds the schemas from.
+    """
+
+    @functools.wraps(tool)
+    async def call(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return await tool(*args, **kwargs)
+        except DejaError as exc:
+            raise ToolError(str(exc)) from None
+
+    return call
+
+
+def _state(ctx: Context) -> DejaState:
+    return cast(DejaState, ctx.request_context.lifespan_context)
+
+
+async def search_memory(
+    ctx: Context,
+    query: Annotated[str, Field(min_length=1, max_length=2000,
+                                description="what to look for: words, an error message, "
+                                            "or a question in plain language")],
+    project: Annotated[str | None, Field(description=(
+        "'current' (default: the project this session runs in, falling back to all "
+        "projects when it has no history), 'all', a project path, or a folder name"))] = None,
+    session_id: Annotated[str | None, Field(description="only this session")] = None,
+    kinds: Annotated[list[Kind] | None, Field(description=(
+        "only these kinds of records, e.g. ['prompt'] for what the user asked, "
+        "['tool_result'] for command output, ['memory'] for written memories"))] = None,
+    tool: Annotated[str | None, Field(description="only calls/results of this tool, "
+                                                  "e.g. 'Bash' or 'Edit'")] = None,
+    since: Annotated[str | None, Field(description="ISO date or relative: 7d, 2w, "
+                                                   "yesterday")] = None,
+    until: Annotated[str | None, Field(description="upper time bound, same forms")] = None,
+    limit: Annotated[int, Field(ge=1, le=50, description="hits to return")] = 10,
+    max_tokens: Annotated[int, Field(ge=100, le=20000,
+                                     description="bound on the size of the answer")] = 2000,
+) -> dict[str, Any]:
+    """Search past Claude Code sessions (prompts, answers, thinking, tool calls and outputs,
+        compaction summaries, subagent runs) and written memories. Hybrid keyword + meaning
+        search. Returns hits with a snippet, timestamp, session and a handle; pass a hit's
+        handle or uuid to get_context to read the surrounding turns."""
+    state = _state(ctx)
+    scope, notes = await project_filter(state.store.conn, state.project, project)
+    result = await search(
+        state.store.conn,
+        SearchRequest(query, mode="hybrid", limit=limit, kinds=kinds, session_id=session_id,
+                      project=scope, tool=tool, since=since, until=until, max_tokens=max_tokens),
+        Resources(embedder=state.embedder, embedder_error=state.embedder_error,
+                  vector_index=state.vector_index, vector_conn=state.vector_conn),
+    )
+    out = result.to_dict()
+    out["notes"] = notes + out["notes"]
+    out["project"] = scope or "all"
+    last = await state.store.get_meta("last_ingest")
+    out["index"] = {"pending_embeddings": result.pending_embeddings, "last_ingest": last,
+                    "this_process_ingests": state.ingesting}
+    return out
+
+
+async def get_context(
+    ctx: Context,
+    ref: Annotated[str, Field(min_length=1, description="a hit's handle (rec:123) or uuid")],
+    before: Annotated[int, Field(ge=0, le=50, description="records before the hit")] = 5,
+    after: Annotated[int, Field(ge=0, le=50, description="records after the hit")] = 5,
+    max_tokens: Annotated[int, Field(ge=200, le=30000)] = 4000,
+) -> dict[str, Any]:
+    """The turns around a search hit, in conversation order (prompts, answers, tool calls
+        and results), with the session's title, cwd and branch."""
+    return await history.get_context(_state(ctx).store.conn, ref, before=before,
+                                      after=after, max_tokens=max_tokens)
+
+
+async def list_sessions(
+    ctx: Context,
+    project: Annotated[str | None, Field(description="'current' (default), 'all', a path "
+                                                     "or a folder name")] = None,
+    since: Annotated[str | None, Field(description="ISO date or relative (7d, 2w)")] = None,
+    limit: Annotated[int, Field(ge=1, le=200)] = 20,
+) -> dict[str, Any]:
+    """Recent Claude Code sessions, newest first: title, git branch, time span, size,
+        number of prompts and subagent runs."""
+    state = _state(ctx)
+    scope, notes = await project_filter(state.store.conn, state.project, project)
+    out = await history.list_sessions(state.store.conn, project=scope, since=since, limit=limit)
+    out["project"] = scope or "all"
+    out["notes"] = notes
+    return out
+
+
+async def write_memory(
+    ctx: Context,
+    content: Annotated[str, Field(min_length=1, max_length=32000,
+                                  description="the memory, self-contained: it will be read "
+                                              "weeks later without this conversation")],
+    title: Annotated[str | None, Field(max_length=200)] = None,
+    tags: Annotated[list[str] | None, Field(max_length=20)] = None,
+    project: Annotated[str | None, Field(description="'current' (default) or a project "
+                                                     "path")] = None,
+    kind: Annotated[MemoryKind, Field(description="note, decision, checkpoint, todo, fact "
+                                                  "or preference")] = "note",
+    session_id: Annotated[str | None, Field(description="the session it belongs to, if "
+                                                        "known")] = None,
+) -> dict[str, Any]:
+    """Store an explicit memory (a decision, a note, a checkpoint of where work stands) so
+        that later sessions find it with search_memory and load_checkpoint. Exact duplicates are
+        stored once. Returns the memory's id."""
+    state = _state(ctx)
+    project_dir, cwd = await memory_project(state.store.conn, state.project, project)
+    written = await write_memory_record(
+        state.store, content, project_dir=project_dir, cwd=cwd,
+        title=title, tags=tags, kind=kind, session_id=session_id,
+    )
+    return written.to_dict()
+
+
+async def forget_memory(
+    ctx: Context,
+    id: Annotated[str, Field(min_length=1, description="the id write_memory returned")],
+) -> dict[str, Any]:
+    """Delete a memory written with write_memory. Transcript history cannot be deleted."""
+    await forget_memory_record(_state(ctx).store, id)
+    return {"id": id, "deleted": True}
+
+
+async def load_checkpoint(
+    ctx: Context,
+    session_id: Annotated[str | None, Field(description="the session to brief on; default: "
+                                                        "the project's latest")] = None,
+    project: Annotated[str | None, Field(description="'current' (default), 'all', a path "
+                                                     "or a folder name")] = None,
+    checkpoint_id: Annotated[str | None, Field(description="a checkpoint memory's id")] = None,
+    max_tokens: Annotated[int, Field(ge=200, le=30000)] = 4000,
+) -> dict[str, Any]:
+    """Where a session stood: its latest compaction summary and what happened after it, the
+        user's last requests, files edited, open todos, last errors, and checkpoints and
+        memories. Use it to resume work after a compaction or in a new session."""
+    state = _state(ctx)
+    dirs = None
+    if not session_id and not checkpoint_id:
+        scope, _ = await project_filter(state.store.conn, state.project, project)
+        dirs = await resolve_project(state.store.conn, scope)
+    return await assemble_checkpoint(state.store.conn, session_id=session_id,
+                                     project_dirs=dirs, checkpoint_id=checkpoint_id,
+                                     max_tokens=max_tokens)
+
+
+async def memory_status(ctx: Context) -> dict[str, Any]:
+    """The state of deja's memory: database path and size, sessions, records, memories,
+        records awaiting embedding, the embedding model, whether this server process is the one
+        ingesting, and the last ingest time."""
+    state = _state(ctx)
+    out = await history.status(state.store.conn, state.db_path)
+    out.update({
+        "this_process_ingests": state.ingesting,
+        "model_loaded": state.embedder is not None,
+        "model_error": state.embedder_error,
+        "vector_index_chunks": len(state.vector_index) if state.vector_index.ready else None,
+        "current_project": state.project,
+        "roots": [str(r) for r in state.config.roots],
+        "background_errors": state.background_errors,
+        "pid": os.getpid(),
+    })
+    return out
+
+
+_READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+
+# Every tool with its hints, in the order tools/list shows them.
+TOOLS: tuple[tuple[Tool, ToolAnnotations], ...] = (
+    (search_memory, _READ_ONLY),
+    (get_context, _READ_ONLY),
+    (list_sessions, _READ_ONLY),
+    (write_memory, ToolAnnotations(read_only_hint=False, destructive_hint=False,
+                                   idempotent_hint=True, open_world_hint=False)),
+    (forget_memory, ToolAnnotations(read_only_hint=False, destructive_hint=True,
+                                    idempotent_hint=True, open_world_hint=False)),
+    (load_checkpoint, _READ_ONLY),
+    (memory_status, _READ_ONLY),
+)
