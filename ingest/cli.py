@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .embed import Embedder
 
 __all__ = ["add_ingest_arguments", "IngestOptions", "run_ingest", "main", "ProgressBar",
-           "print_summary", "wait_for_lock", "load_configured_embedder", "ModelOnce",
+           "print_summary", "wait_for_lock", "ModelOnce",
            "embed_with_progress"]
 
 logger = logging.getLogger(__name__)

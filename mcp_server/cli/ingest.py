@@ -20,9 +20,9 @@ from ingest.cli import (
     IngestOptions,
     add_ingest_arguments,
     embed_with_progress,
-    load_configured_embedder,
     run_ingest,
 )
+from ingest.embed import load_configured_embedder
 from ingest.errors import DejaError
 from ingest.lease import IngestLock
 from ingest.store import Store

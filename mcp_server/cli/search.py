@@ -16,8 +16,8 @@ from typing import Any
 import aiosqlite
 import anyio
 
-from ingest.cli import load_configured_embedder
 from ingest.db import connect
+from ingest.embed import load_configured_embedder
 from ingest.errors import DejaError
 from ingest.store import Store
 
