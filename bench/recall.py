@@ -58,7 +58,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 # First on the path even when PYTHONPATH names the repository: sys.path[0] is
-# bench/, whose ingest.py would shadow the ingest package.
+# bench/, where a module named like a package (bench/ingest.py once) would shadow it.
 sys.path.insert(0, str(REPO))
 
 QUESTIONS = Path(__file__).with_name("questions.json")

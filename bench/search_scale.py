@@ -149,8 +149,9 @@ def build_base(workdir: Path) -> dict[str, Any]:
     projects = SHARED / "transcripts" / "projects"
     if not projects.is_dir():
         sys.exit(f"no shared transcripts at {projects}")
-    # `deja` as the tests run it: `python -m mcp_server.cli` would run nothing (the
-    # module has no main guard) and leave an empty base.db ("no such table: chunks").
+    # `deja` as the tests run it, through main(): `python -m mcp_server.cli` ran
+    # nothing while the CLI was a module without a main guard, and left an empty
+    # base.db ("no such table: chunks").
     cli = [sys.executable, "-c", "import sys; from mcp_server.cli import main; sys.exit(main())",
            "--db", str(db)]
     log(f"base: ingesting {projects}")
