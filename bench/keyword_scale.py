@@ -3,14 +3,20 @@
 A research record: written against the schema-4 databases bench/search_scale.py
 generated then (`scale-100k.db`, one-column records_fts). Its findings (rank
 inside the FTS table, exact stems for document counts, a posting budget for
-the OR query) are in mcp_server/search.py; later databases are named
-`scale-N-v<schema>.db` and have the context column, which variants here do
-not model except through --context.
+the OR query) are in mcp_server/search/keyword.py.
+
+What it needs: a database bench/search_scale.py generated, in --dbdir:
+`scale-<N>.db` (schema 4) when there is one, else today's `scale-<N>-v<schema>.db`
+(`python bench/search_scale.py --scales 100k --generate-only`). A schema-5+
+database has the context column: the vocabulary is then read for the text
+column only and records_fts ranks with the product's weights (1.0, 0.25), as
+mcp_server/search/keyword.py does; the variants do not model the context
+column otherwise (--context estimates it on two tables of its own).
 
 What it measures, on the databases bench/search_scale.py generates (opened
 read-only, never written):
 
-1. Latency of variants of `mcp_server.search._keyword_ranks` (re-implemented
+1. Latency of variants of `mcp_server.search.keyword.keyword_ranks` (re-implemented
    here synchronously on a plain sqlean connection with the product's pragmas,
    so no aiosqlite thread hop: add ~0.1 ms per statement for the product),
    for the first 50 questions of bench/questions.json (no filters, n=100
@@ -62,7 +68,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ingest.db import driver, fts_text  # noqa: E402
-from mcp_server.search import FtsTerm, build_fts_terms  # noqa: E402
+from ingest.migrations import SCHEMA_VERSION  # noqa: E402
+from mcp_server.search.terms import FtsTerm, build_fts_terms  # noqa: E402
 
 N = 100
 N_QUERIES = 50
@@ -118,16 +125,23 @@ def connect(path: Path, mmap: int) -> Any:
 
 
 def doc_counts(conn: Any, terms: list[FtsTerm], vocab: str = "records_fts_vocab") -> dict[str, int]:
-    """As mcp_server.search._doc_counts."""
+    """As mcp_server.search's document counts once were: the stem guessed as a prefix."""
     words = {w for t in terms for w in t.words}
     prefixes = {w: [fts_text(w).strip()[:i] for i in range(len(w), 2, -1)] or [w] for w in words}
     wanted = sorted({p for ps in prefixes.values() for p in ps})
     if not wanted:
         return {}
     found = dict(conn.execute(
-        f"SELECT term, doc FROM {vocab} WHERE term IN ({', '.join('?' for _ in wanted)})",
-        wanted).fetchall())
+        f"SELECT term, doc FROM {vocab} WHERE term IN ({', '.join('?' for _ in wanted)})"
+        f"{text_column(conn, vocab)}", wanted).fetchall())
     return {w: next((found[p] for p in ps if p in found), 0) for w, ps in prefixes.items()}
+
+
+def text_column(conn: Any, vocab: str) -> str:
+    """The vocabulary filter to the text column: a schema-5+ 'col' vocabulary
+    (text and context) has a row per column; a 'row' one (schema 4) has none."""
+    columns = {r[1] for r in conn.execute(f"PRAGMA table_info({vocab})").fetchall()}
+    return " AND col = 'text'" if "col" in columns else ""
 
 
 def stem_counts(conn: Any, terms: list[FtsTerm], vocab: str = "records_fts_vocab") -> dict[str, int]:
@@ -146,8 +160,8 @@ def stem_counts(conn: Any, terms: list[FtsTerm], vocab: str = "records_fts_vocab
         stems.setdefault(i, []).append(term)
     wanted = sorted({s for ss in stems.values() for s in ss})
     found = dict(conn.execute(
-        f"SELECT term, doc FROM {vocab} WHERE term IN ({', '.join('?' for _ in wanted)})",
-        wanted).fetchall()) if wanted else {}
+        f"SELECT term, doc FROM {vocab} WHERE term IN ({', '.join('?' for _ in wanted)})"
+        f"{text_column(conn, vocab)}", wanted).fetchall()) if wanted else {}
     return {t.fts: min((found.get(s, 0) for s in stems.get(i, [])), default=0)
             for i, t in enumerate(terms)}
 
@@ -190,8 +204,11 @@ class Ranker:
         self.conn = connect(path, v.mmap)
         self.total = self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()[0]
         sql = FULL_SQL if v.join == "full" else LATE_SQL
-        self.sql = sql.format(t=v.table, w=v.weights)
         self.vocab = v.table + "_vocab"
+        weights = v.weights
+        if v.table == "records_fts" and not weights and text_column(self.conn, self.vocab):
+            weights = ", 1.0, 0.25"  # the product's bm25 weights of text and context
+        self.sql = sql.format(t=v.table, w=weights)
         tok = "tokenize='porter unicode61 remove_diacritics 2'"
         self.conn.execute(f"CREATE VIRTUAL TABLE temp.deja_tok USING fts5(t, {tok})")
         self.conn.execute("CREATE VIRTUAL TABLE temp.deja_tok_v USING fts5vocab(temp, deja_tok, 'instance')")
@@ -396,7 +413,8 @@ def run_context(path: Path, workdir: Path, queries: list[str], repeats: int) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dbdir", type=Path, default=Path("/tmp/deja-search-scale"),
-                        help="where search_scale.py left scale-100k.db / scale-1M.db (read only)")
+                        help="where search_scale.py left scale-100k(-v<schema>).db / "
+                        "scale-1M(-v<schema>).db (read only)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kwexp"),
                         help="scratch space for --context")
     parser.add_argument("--scales", default="100k,1M")
@@ -414,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"cpus": os.cpu_count(), "load_at_start": load(), "scales": {}}
     for scale in args.scales.split(","):
         path = args.dbdir / f"scale-{scale.strip()}.db"
+        if not path.exists():
+            path = args.dbdir / f"scale-{scale.strip()}-v{SCHEMA_VERSION}.db"
+        if not path.exists():
+            sys.exit(f"no {path}: run bench/search_scale.py --scales {scale.strip()} "
+                     f"--generate-only --workdir {args.dbdir}")
         if args.context:
             args.workdir.mkdir(parents=True, exist_ok=True)
             report["scales"][scale] = run_context(path, args.workdir, queries, args.repeats)

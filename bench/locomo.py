@@ -31,12 +31,13 @@ questions left without evidence are skipped and counted.
 
 `--tune`: fusion tuned on DEV only, reported on both. Each question is
 embedded once and both candidate lists are fetched once with the engine's own
-rankers (`_keyword_ranks`, `vector_ranks`, 100 candidates; a shorter list is
-a prefix of it; cached per database and search.py). Every setting of a grid is
+rankers (`keyword_ranks`, `vector_ranks`, 100 candidates; a shorter list is
+a prefix of it; cached per database and mcp_server/search/ source). Every setting of a grid is
 then scored with numpy (`Pair`; `Setting.fuse` is the plain-Python reference
 and the two are compared): weighted RRF with one k or a k per ranker, min-max
 and z-normalised score fusion, each with and without the engine's neighbour
-smoothing. The best RRF setting is also run through `search(fusion=...)`, and
+smoothing. The best RRF setting is also run through `search(fusion=...)` (a
+`dataclasses.replace` of the engine's FUSION, as `--fusion` is), and
 a sensitivity table shows R@5/R@10 as each of its parameters moves.
 
 `--explore`: prototypes of engine changes, measured without touching the
@@ -64,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -83,8 +85,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# First on the path even when PYTHONPATH names the repository: sys.path[0] is
+# bench/, where a module named like a package (bench/ingest.py once) would shadow it.
+sys.path.insert(0, str(REPO))
 
 SHARED = Path(os.environ.get("DEJA_SHARED", REPO.parent / "shared"))
 DATA = SHARED / "eval" / "locomo10.json"
@@ -424,13 +427,16 @@ class Bench:
         return [q for q in self.ds.questions if ids is None or q.sample_id in ids]
 
     async def engine_run(self, questions: Sequence[Question], mode: str,
-                         fusion: dict[str, float] | None = None) -> list[list[str]]:
-        from mcp_server.search import search
+                         fusion: dict[str, Any] | None = None) -> list[list[str]]:
+        """search() over each question; `fusion` overrides fields of the engine's FUSION."""
+        from mcp_server.search import FUSION, Resources, SearchRequest, search
 
+        tuned = dataclasses.replace(FUSION, **(fusion or {}))
         out = []
         for q in questions:
-            res = await search(self.conn, q.question, embedder=self.embedder, mode=mode,
-                               limit=LIMIT, project=project_path(q.sample_id), fusion=fusion)
+            res = await search(self.conn, SearchRequest(q.question, mode=mode, limit=LIMIT,
+                                                        project=project_path(q.sample_id)),
+                               Resources(embedder=self.embedder), fusion=tuned)
             if mode != "keyword" and res.vector_status != "ok":
                 raise SystemExit(f"vector search unavailable: {res.vector_status}")
             out.append([self.by_uuid.get(h.uuid or "", "?") for h in res.hits])
@@ -458,14 +464,14 @@ class Bench:
         """Per question: the engine's keyword and vector candidate lists (record id, score)."""
         import numpy as np
 
-        from mcp_server.search import _keyword_ranks
-        from mcp_server.vector_search import vector_ranks
+        from mcp_server.search.keyword import keyword_ranks
+        from mcp_server.search.vector import vector_ranks
 
         await self.embed_queries(questions)
         kw_all, vec_all = [], []
         for q in questions:
             f = await self.project_filter(q.sample_id)
-            kw_all.append(await _keyword_ranks(self.conn, q.question, f, n))
+            kw_all.append(await keyword_ranks(self.conn, q.question, f, n))
             vec = await vector_ranks(
                 self.conn, np.frombuffer(self.qvec[(q.sample_id, q.qid)], dtype=np.float32), f, n)
             vec_all.append([(rid, sim) for rid, sim, _ in vec])
@@ -531,7 +537,7 @@ def score_fusion(lists: Sequence[Ranked], how: str, weights: Sequence[float],
 
 def smooth(order: list[tuple[int, float]], source: dict[int, Any], weight: float,
            radius: int) -> list[tuple[int, float]]:
-    """The engine's neighbour smoothing (mcp_server.search._smooth), without the database."""
+    """The engine's neighbour smoothing (mcp_server.search.fusion.smooth), without the database."""
     by_source: dict[Any, list[tuple[int, float]]] = defaultdict(list)
     for rid, score in order:
         by_source[source.get(rid)].append((rid, score))
@@ -782,13 +788,13 @@ async def keyword_variant(bench: Bench, questions: Sequence[Question], form: str
                           table: str = "records_fts", n: int = MAX_CANDIDATES,
                           columns: str = "") -> list[Ranked]:
     """Keyword candidates with another query form or FTS table (the engine's filters)."""
-    from mcp_server.search import _STOPWORDS
+    from mcp_server.search.terms import STOPWORDS
 
     out = []
     for q in questions:
         words = list(dict.fromkeys(w.lower() for w in _OR_WORD.findall(q.question)))
         if form == "or_content":
-            words = [w for w in words if w not in _STOPWORDS] or words
+            words = [w for w in words if w not in STOPWORDS] or words
         terms = ['"' + fts_text(w).strip().replace('"', '""') + '"' for w in words]
         if not terms:
             out.append([])
@@ -894,10 +900,12 @@ def hybrid_ranker(fusion: dict[str, float] | None) -> Callable[..., Any]:
     """A bench/recall.py ranker: search() hybrid over all projects with these fusion overrides."""
 
     async def ranker(ctx: Any, query: str, limit: int) -> list[str | None]:
-        from mcp_server.search import search
+        from mcp_server.search import FUSION, Resources, SearchRequest, search
 
-        result = await search(ctx.conn, query, embedder=ctx.embedder, mode="hybrid",
-                              limit=limit, project="all", fusion=fusion)
+        result = await search(ctx.conn, SearchRequest(query, mode="hybrid", limit=limit,
+                                                      project="all"),
+                              Resources(embedder=ctx.embedder),
+                              fusion=dataclasses.replace(FUSION, **(fusion or {})))
         if result.vector_status != "ok":
             raise RuntimeError(f"vector search not used: {result.vector_status}")
         return [h.uuid for h in result.hits]
@@ -986,7 +994,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             cand = {}
             # Cached per database and engine source: reruns of the tuning are quick.
-            engine_src = (REPO / "mcp_server" / "search.py").read_bytes()
+            engine_src = b"".join(f.read_bytes() for f in
+                                  sorted((REPO / "mcp_server" / "search").glob("*.py")))
             key = hashlib.sha256(json.dumps(info["stamp"]).encode() + engine_src).hexdigest()[:16]
             cache_file = db.parent / f"candidates-{key}.json"
             cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
@@ -1020,7 +1029,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 best_by_method.setdefault(method_key(s), (obj, s))
             from mcp_server.search import FUSION
 
-            engine = Setting("engine FUSION", {"method": "rrf", **FUSION})
+            engine = Setting("engine FUSION", {"method": "rrf", **dataclasses.asdict(FUSION)})
             engine.name = "engine FUSION: " + _name(engine.params)
             say("  best per method:\n" + "\n".join(f"    {m:<10} {o:.4f}  {s.name}"
                                                      for m, (o, s) in best_by_method.items()))
@@ -1078,7 +1087,7 @@ async def explore(bench: Bench, cand: dict[str, Any], tables: dict[str, Any], di
     the session prepended (appended) - computed here, ranked with numpy.
     The best (keyword, vector) pair's RRF setting then runs through search().
     """
-    from mcp_server.search import _keyword_ranks
+    from mcp_server.search.keyword import keyword_ranks
 
     started = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
@@ -1091,9 +1100,9 @@ async def explore(bench: Bench, cand: dict[str, Any], tables: dict[str, Any], di
         kw_lists["or_content"][split] = await keyword_variant(bench, qs, "or_content")
         kw_lists["or_all"][split] = await keyword_variant(bench, qs, "or_all")
         kw_lists["nostem_or_content"][split] = await keyword_variant(bench, qs, "or_content", "fts_plain")
-        for w in (0.0, 0.5, 1.0):  # the engine's list is 0.25 (FUSION["context"])
+        for w in (0.0, 0.5, 1.0):  # the engine's list is 0.25 (FUSION.context)
             kw_lists[f"ctx{w}"][split] = [
-                await _keyword_ranks(bench.conn, q.question, await bench.project_filter(q.sample_id),
+                await keyword_ranks(bench.conn, q.question, await bench.project_filter(q.sample_id),
                                      MAX_CANDIDATES, w) for q in qs]
     for how in ("plain", "prev", "prev_next"):
         texts = context_texts(bench.ds, how)

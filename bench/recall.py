@@ -57,8 +57,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# First on the path even when PYTHONPATH names the repository: sys.path[0] is
+# bench/, where a module named like a package (bench/ingest.py once) would shadow it.
+sys.path.insert(0, str(REPO))
 
 QUESTIONS = Path(__file__).with_name("questions.json")
 K = (1, 5, 10)
@@ -223,18 +224,13 @@ async def rank_keyword_search(ctx: Ctx, query: str, limit: int) -> list[str | No
 def search_mode(mode: str) -> Ranker:
     async def rank(ctx: Ctx, query: str, limit: int) -> list[str | None]:
         try:
-            from mcp_server.search import search
+            from mcp_server.search import Resources, SearchRequest, search
         except (ImportError, AttributeError) as exc:
             raise Skip(f"mcp_server.search.search unavailable ({exc})") from exc
         if mode != "keyword" and ctx.embedder is None:
             raise Skip(ctx.embedder_error or "no embedder")
-        kwargs: dict[str, Any] = {"embedder": ctx.embedder, "mode": mode, "limit": limit,
-                                  "project": "all"}
-        try:
-            result = await search(ctx.conn, query, **kwargs)
-        except TypeError:  # an older signature
-            kwargs.pop("project")
-            result = await search(ctx.conn, query, **kwargs)
+        result = await search(ctx.conn, SearchRequest(query, mode=mode, limit=limit, project="all"),
+                              Resources(embedder=ctx.embedder))
         status = getattr(result, "vector_status", "ok")
         if mode != "keyword" and status != "ok":
             raise Skip(f"vector search not used: {status}")

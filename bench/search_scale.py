@@ -9,8 +9,10 @@ Not a test: it prints numbers (and writes them as JSON with --json).
 How the corpora are made (cached in --workdir, reused on the next run):
 1. base: the shared real transcripts are ingested and embedded by deja itself
    (`deja ingest --no-embed`, `deja embed`) into base.db. Its chunks give real
-   MiniLM vectors of real transcript windows, with the real record texts,
-   kinds and tool names. Its size per chunk is reported too.
+   MiniLM vectors of real transcript windows (read back from the int8 copies
+   the database keeps, `chunk_vectors`, as float32 and normalised: within 1%
+   of the model's vectors), with the real record texts, kinds and tool names.
+   Its size per chunk is reported too.
 2. scale-N.db: N chunks in a database created by `Store.open` (the product
    schema), filled straight with SQL: records copied from the base texts
    (plus two tokens each, one real word and one fresh identifier, so the FTS
@@ -21,14 +23,14 @@ How the corpora are made (cached in --workdir, reused on the next run):
    its source ~0.9): the distribution stays MiniLM-like without 300 exact
    copies of each point. The FTS index is filled by the product's triggers,
    then optimized.
-3. Timing: `mcp_server.search.search(conn, q, mode="hybrid")` on a connection
+3. Timing: `mcp_server.search.search(conn, SearchRequest(q))` on a connection
    opened by `Store.open`, for the first 50 questions of bench/questions.json,
    once as warm-up and then measured: with a fixed, precomputed query vector
    (the database side alone) and with the real embedder (what a user waits
-   for). Also the two rankers alone (`_keyword_ranks`, `vector_ranks`) and
+   for). Also the two rankers alone (`keyword_ranks`, `vector_ranks`) and
    a project-filtered hybrid query.
 4. Recall of the vector ranker (sign-bit candidates re-ranked over int8
-   vectors, mcp_server/vector_search.py) against exact float32 search over
+   vectors, mcp_server/search/vector.py) against exact float32 search over
    the same vectors (numpy): the share of the exact top 10 records it
    returns, for the real question vectors, at half, once and twice its
    coarse candidate count.
@@ -44,6 +46,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -68,6 +71,7 @@ from ingest.indexing import FTS_CONTEXT_SQL  # noqa: E402
 from ingest.migrations import SCHEMA_VERSION  # noqa: E402
 from ingest.quantize import bits_rows, int8_rows  # noqa: E402
 from ingest.store import Store  # noqa: E402
+from mcp_server.search import FUSION  # noqa: E402
 
 DIM = 384
 N_QUERIES = 50
@@ -145,7 +149,11 @@ def build_base(workdir: Path) -> dict[str, Any]:
     projects = SHARED / "transcripts" / "projects"
     if not projects.is_dir():
         sys.exit(f"no shared transcripts at {projects}")
-    cli = [sys.executable, "-m", "mcp_server.cli", "--db", str(db)]
+    # `deja` as the tests run it, through main(): `python -m mcp_server.cli` ran
+    # nothing while the CLI was a module without a main guard, and left an empty
+    # base.db ("no such table: chunks").
+    cli = [sys.executable, "-c", "import sys; from mcp_server.cli import main; sys.exit(main())",
+           "--db", str(db)]
     log(f"base: ingesting {projects}")
     subprocess.run([*cli, "ingest", "--root", str(projects), "--no-embed", "--json"], check=True,
                    env=env_for_cli(), cwd=REPO, stdout=subprocess.DEVNULL)
@@ -156,10 +164,14 @@ def build_base(workdir: Path) -> dict[str, Any]:
     embed_s = time.perf_counter() - t  # ~0 when an earlier run left base.db complete
     conn = make_connector(db)()
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    # The database keeps int8 copies of the vectors (ingest/quantize.py): each a
+    # float vector scaled to +-127, so back to float32 and unit length.
     rows = conn.execute(
-        "SELECT c.id, c.record_id, v.embedding FROM chunks c JOIN vec_chunks v ON v.chunk_id = c.id "
+        "SELECT c.id, c.record_id, v.vec FROM chunks c JOIN chunk_vectors v ON v.chunk_id = c.id "
         "ORDER BY c.id").fetchall()
-    vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), DIM)
+    vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.int8).reshape(
+        len(rows), DIM).astype(np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     chunk_record = np.array([r[1] for r in rows], dtype=np.int64)
     recs = conn.execute(
         "SELECT id, kind, COALESCE(tool_name, ''), text FROM records WHERE embed_state = 1 "
@@ -376,10 +388,11 @@ class FixedEmbedder:
 
 
 async def time_search(path: Path, base: dict[str, Any], embedder: Any) -> dict[str, Any]:
-    from mcp_server import search as S
-
     from ingest.db import connect
-    from mcp_server.vector_index import VectorIndex
+    from mcp_server.search import (FUSION, Resources, SearchFilters, SearchRequest, VectorIndex,
+                                   search)
+    from mcp_server.search.keyword import keyword_ranks
+    from mcp_server.search.vector import vector_ranks
 
     queries = base["queries"]
     fixed: Any = FixedEmbedder({q: v for q, v in zip(queries, base["qvecs"])})
@@ -394,7 +407,10 @@ async def time_search(path: Path, base: dict[str, Any], embedder: Any) -> dict[s
     out: dict[str, Any] = {"index_load_s": round(time.perf_counter() - t, 2),
                            "index_chunks": len(index)}
     log(f"    vector index: {len(index)} chunks loaded in {out['index_load_s']} s")
-    server = {"vector_index": index, "vector_conn": second}
+    # As the MCP server searches (index and second connection), and as the CLI does.
+    server = Resources(embedder=fixed, vector_index=index, vector_conn=second)
+    real = Resources(embedder=embedder, vector_index=index, vector_conn=second)
+    cli = Resources(embedder=fixed)
     try:
         project = list(await conn.execute_fetchall(
             "SELECT project_dir FROM sources GROUP BY project_dir ORDER BY COUNT(*) DESC LIMIT 1"))[0][0]
@@ -415,28 +431,27 @@ async def time_search(path: Path, base: dict[str, Any], embedder: Any) -> dict[s
         hits_seen: list[int] = []
 
         async def hybrid_fixed(q: str) -> None:
-            r = await S.search(conn, q, embedder=fixed, mode="hybrid", limit=10, **server)
+            r = await search(conn, SearchRequest(q, limit=10), server)
             assert r.vector_status == "ok", r.vector_status
             hits_seen.append(len(r.hits))
 
         await run("hybrid, fixed query vector", hybrid_fixed)
-        out["hybrid_stages_mean_ms"] = await stage_breakdown(S, conn, queries, fixed, server)
+        out["hybrid_stages_mean_ms"] = await stage_breakdown(conn, queries, server)
         log("    stages (mean wall ms; keyword and vector overlap): " + ", ".join(
             f"{k} {v}" for k, v in out["hybrid_stages_mean_ms"].items()))
-        await run("hybrid, real embedder", lambda q: S.search(
-            conn, q, embedder=embedder, mode="hybrid", limit=10, **server))
-        await run("hybrid, project filter", lambda q: S.search(
-            conn, q, embedder=fixed, mode="hybrid", limit=10, project=project, **server))
-        await run("hybrid, one connection, no index (CLI)", lambda q: S.search(
-            conn, q, embedder=fixed, mode="hybrid", limit=10))
-        await run("keyword mode", lambda q: S.search(conn, q, mode="keyword", limit=10))
-        filters = S.SearchFilters()
-        n = int(getattr(S, "FUSION", {}).get("candidates", 50))  # what hybrid asks each ranker
-        await run(f"  FTS ranker alone ({n} cand.)", lambda q: S._keyword_ranks(
-            conn, q, filters, n, S.FUSION["context"]))
-        await run(f"  vector ranker alone, index ({n} cand.)", lambda q: S.vector_ranks(
+        await run("hybrid, real embedder", lambda q: search(conn, SearchRequest(q, limit=10), real))
+        await run("hybrid, project filter", lambda q: search(
+            conn, SearchRequest(q, limit=10, project=project), server))
+        await run("hybrid, one connection, no index (CLI)", lambda q: search(
+            conn, SearchRequest(q, limit=10), cli))
+        await run("keyword mode", lambda q: search(conn, SearchRequest(q, mode="keyword", limit=10)))
+        filters = SearchFilters()
+        n = FUSION.candidates  # what hybrid asks each ranker
+        await run(f"  FTS ranker alone ({n} cand.)", lambda q: keyword_ranks(
+            conn, q, filters, n, FUSION.context))
+        await run(f"  vector ranker alone, index ({n} cand.)", lambda q: vector_ranks(
             second, fixed.table[q], filters, n, index=index))
-        await run(f"  vector ranker alone, SQL ({n} cand.)", lambda q: S.vector_ranks(
+        await run(f"  vector ranker alone, SQL ({n} cand.)", lambda q: vector_ranks(
             conn, fixed.table[q], filters, n))
         t = time.perf_counter()
         for q in queries:
@@ -449,11 +464,21 @@ async def time_search(path: Path, base: dict[str, Any], embedder: Any) -> dict[s
     return out
 
 
-async def stage_breakdown(S: Any, conn: Any, queries: list[str], fixed: Any,
-                          server: dict[str, Any]) -> dict[str, float]:
-    """Mean wall time of each step of a hybrid search (the module's helpers, wrapped)."""
-    names = [n for n in ("resolve_project", "_keyword_ranks", "_vector_search", "vector_ranks",
-                         "_add_pending", "_smooth", "_materialize") if hasattr(S, n)]
+# The steps of a hybrid search, by the names mcp_server/search/engine.py calls
+# them under (imported there from projects.py, keyword.py, vector.py, fusion.py).
+STAGES = ("resolve_project", "keyword_ranks", "_vector_search", "vector_ranks", "_add_pending",
+          "smooth", "_materialize")
+
+
+async def stage_breakdown(conn: Any, queries: list[str], server: Any) -> dict[str, float]:
+    """Mean wall time of each step of a hybrid search (the engine's helpers, wrapped)."""
+    from mcp_server.search import SearchRequest
+    from mcp_server.search import engine as S
+
+    missing = [n for n in STAGES if not hasattr(S, n)]
+    if missing:
+        raise SystemExit(f"stage_breakdown: mcp_server.search.engine has no {', '.join(missing)}")
+    names = list(STAGES)
     spent: dict[str, float] = {n: 0.0 for n in names}
     originals = {n: getattr(S, n) for n in names}
 
@@ -472,7 +497,7 @@ async def stage_breakdown(S: Any, conn: Any, queries: list[str], fixed: Any,
             setattr(S, n, wrap(n, originals[n]))
         for q in queries:
             t = time.perf_counter()
-            await S.search(conn, q, embedder=fixed, mode="hybrid", limit=10, **server)
+            await S.search(conn, SearchRequest(q, limit=10), server)
             total += time.perf_counter() - t
     finally:
         for n, fn in originals.items():
@@ -491,7 +516,7 @@ async def vector_recall(path: Path, workdir: Path, base: dict[str, Any], n: int,
     product's vector ranker (sign-bit candidates, int8 re-rank) returns in its top k,
     for the real question vectors; also with twice and half the coarse candidates."""
     from mcp_server.search import SearchFilters
-    from mcp_server.vector_search import COARSE_K, vector_ranks
+    from mcp_server.search.vector import COARSE_K, vector_ranks
 
     vectors = np.load(workdir / f"vectors-{human(n)}.npy", mmap_mode="r")
     store = await Store.open(path)
@@ -544,9 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     base = build_base(args.workdir)
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "load_at_start": loadavg()},
-        "search_py": {"mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(
-            (REPO / "mcp_server" / "search.py").stat().st_mtime)),
-            "fusion": getattr(__import__("mcp_server.search").search, "FUSION", None)},
+        "search_py": {"mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(max(
+            f.stat().st_mtime for f in (REPO / "mcp_server" / "search").glob("*.py")))),
+            "fusion": dataclasses.asdict(FUSION)},
         "base": {"db_bytes": base["base_db_bytes"], "chunks": base["base_chunks"],
                  "records": base["base_records"],
                  "bytes_per_million_chunks": round(base["base_db_bytes"] / base["base_chunks"] * 1e6)},

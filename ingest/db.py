@@ -29,6 +29,7 @@ import aiosqlite
 from .errors import DatabaseError, DatabaseLocked
 
 __all__ = [
+    "CJK_CHAR",
     "driver",
     "driver_errors",
     "make_connector",
@@ -84,9 +85,14 @@ def is_locked_error(exc: BaseException) -> bool:
 # CJK scripts have no spaces between words, so unicode61 would index a whole
 # sentence as one token. Spacing every CJK character out makes each one a token
 # and a query phrase of consecutive characters matches exact substrings.
-_CJK = re.compile(
-    "([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f])"
+# The one definition of a CJK character: Hiragana and Katakana, CJK Extension A,
+# CJK Unified Ideographs, Hangul syllables, CJK Compatibility Ideographs,
+# halfwidth Katakana. Search splits queries with the same class
+# (mcp_server/search/terms.py): what the index spaced out, the query must too.
+CJK_CHAR = re.compile(
+    "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]"
 )
+_CJK = re.compile(f"({CJK_CHAR.pattern})")
 
 
 def fts_text(text: str | None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ingest.store import Store
 
-from .vector_index import VectorIndex
+from .search import VectorIndex
 
 __all__ = ["ServerConfig", "DejaState"]
 

@@ -33,7 +33,7 @@ from ingest.parse import KINDS
 from . import history
 from .checkpoint import load_checkpoint as assemble_checkpoint
 from .projects import memory_project, project_filter, resolve_project
-from .search import search
+from .search import Resources, SearchRequest, search
 from .state import DejaState
 
 __all__ = [
@@ -102,11 +102,11 @@ async def search_memory(
     state = _state(ctx)
     scope, notes = await project_filter(state.store.conn, state.project, project)
     result = await search(
-        state.store.conn, query, embedder=state.embedder,
-        embedder_error=state.embedder_error, mode="hybrid", limit=limit, kinds=kinds,
-        session_id=session_id, project=scope, tool=tool, since=since,
-        until=until, max_tokens=max_tokens, vector_index=state.vector_index,
-        vector_conn=state.vector_conn,
+        state.store.conn,
+        SearchRequest(query, mode="hybrid", limit=limit, kinds=kinds, session_id=session_id,
+                      project=scope, tool=tool, since=since, until=until, max_tokens=max_tokens),
+        Resources(embedder=state.embedder, embedder_error=state.embedder_error,
+                  vector_index=state.vector_index, vector_conn=state.vector_conn),
     )
     out = result.to_dict()
     out["notes"] = notes + out["notes"]

@@ -283,11 +283,12 @@ def test_a_stored_model_of_another_dimension_is_refused(tmp_path: Path, home: Pa
     assert "example/other-128" in proc.stderr and "deja reembed" in proc.stderr
 
     async def hybrid() -> Any:
-        from mcp_server.search import search
+        from mcp_server.search import Resources, SearchRequest, search
 
         store = await Store.open(db)
         try:
-            return await search(store.conn, "redis timeout", embedder=embedder)
+            return await search(store.conn, SearchRequest("redis timeout"),
+                                Resources(embedder=embedder))
         finally:
             await store.close()
 

@@ -27,7 +27,7 @@ from ingest.embed import DEFAULT_MODEL
 from ingest.indexing import CONTEXT_KINDS, EMBEDDABLE_KINDS, FTS_CONTEXT_SQL
 from ingest.migrations import _M005_CONTEXT, MIGRATIONS, SCHEMA_VERSION
 from ingest.store import Store
-from mcp_server.search import search
+from mcp_server.search import Resources, SearchRequest, search
 
 FILES = 3
 PER_FILE = 20
@@ -141,8 +141,8 @@ def _vectors() -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-async def _search(conn: Any, query: str, **kw: Any) -> Any:
-    return await search(conn, query, limit=3, **kw)
+async def _search(conn: Any, query: str, mode: str, embedder: Any = None) -> Any:
+    return await search(conn, SearchRequest(query, mode=mode, limit=3), Resources(embedder=embedder))
 
 
 def _inspect(db: Path, vectors: np.ndarray, nearest_to: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ boundary matters (exit codes, stderr, the JSON on stdout); the library
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -37,8 +38,8 @@ from ingest.embed import DEFAULT_MODEL, Embedder, load_embedder
 from ingest.errors import InvalidQuery
 from ingest.quantize import bits_rows, int8_rows
 from ingest.store import Store
-from mcp_server.search import SearchFilters, search
-from mcp_server.vector_index import VectorIndex
+from mcp_server.search import (FUSION, Resources, SearchFilters, SearchRequest, VectorIndex,
+                               search)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "tests" / "sample" / "projects"
@@ -245,24 +246,29 @@ class Corpus:
         self.info = info
         self.embedder = embedder
 
-    def search(self, query: str, *, indexed: bool = False, **kw: Any) -> Any:
+    def search(self, query: str, *, indexed: bool = False, fusion: dict[str, Any] | None = None,
+               **kw: Any) -> Any:
         """The library search on a fresh connection (returns SearchResult).
 
+        kw: the SearchRequest's fields; fusion: overrides of FUSION.
         indexed: as the server searches, with a loaded in-memory VectorIndex and
         the vector ranker on a second connection.
         """
-        kw.setdefault("embedder", self.embedder)
+        tuned = dataclasses.replace(FUSION, **(fusion or {}))
 
         async def go() -> Any:
+            request = SearchRequest(query, **kw)
             store = await Store.open(self.db)
             second = await connect(self.db) if indexed else None
             try:
+                resources = Resources(embedder=self.embedder)
                 if second is not None:
                     index = VectorIndex()
                     await index.refresh(second)
                     assert len(index) == self.sql("SELECT COUNT(*) FROM chunks")[0][0]
-                    kw.update(vector_index=index, vector_conn=second)
-                return await search(store.conn, query, **kw)
+                    resources = Resources(embedder=self.embedder, vector_index=index,
+                                          vector_conn=second)
+                return await search(store.conn, request, resources, fusion=tuned)
             finally:
                 await store.close()
                 if second is not None:
@@ -464,9 +470,9 @@ def test_records_with_many_chunks_do_not_starve_a_filtered_query(tmp_path: Path,
     async def go() -> Any:
         store = await Store.open(db)
         try:
-            return await search(store.conn, "nothing matches this by keyword", mode=mode,
-                                embedder=FixedEmbedder(query),  # type: ignore[arg-type]
-                                limit=200, project="-p-long")
+            return await search(store.conn, SearchRequest(
+                "nothing matches this by keyword", mode=mode, limit=200, project="-p-long"),
+                Resources(embedder=FixedEmbedder(query)))  # type: ignore[arg-type]
         finally:
             await store.close()
 
@@ -528,9 +534,11 @@ def test_the_in_memory_index_follows_new_deleted_and_reembedded_chunks(tmp_path:
         out: dict[str, Any] = {}
 
         async def top(**filters: Any) -> list[str]:
-            result = await search(store.conn, "no keyword match", embedder=FixedEmbedder(query),
-                                  mode="vector", limit=3, vector_index=index, vector_conn=second,
-                                  fusion={"coarse": 10_000}, **filters)
+            result = await search(
+                store.conn, SearchRequest("no keyword match", mode="vector", limit=3, **filters),
+                Resources(embedder=FixedEmbedder(query),  # type: ignore[arg-type]
+                          vector_index=index, vector_conn=second),
+                fusion=dataclasses.replace(FUSION, coarse=10_000))
             return [h.uuid for h in result.hits]
 
         try:
@@ -853,11 +861,12 @@ def test_or_query_keeps_the_rarest_terms_by_their_exact_stems(
     document counts come from the index's own stems, so words whose porter
     stem is no prefix of them (libraries -> librari, used -> us) count right,
     and the most common terms are the ones left out."""
-    import mcp_server.search as engine
+    import mcp_server.search.keyword as engine
+    from mcp_server.search.terms import build_fts_terms
 
     words = ["libraries", "used", "database", "migration", "tomato", "the", "zzzunseen"]
     query = " ".join(words)
-    terms = engine.build_fts_terms(query)
+    terms = build_fts_terms(query)
 
     def count(word: str) -> int:
         return corpus.sql("SELECT COUNT(*) FROM records_fts WHERE records_fts MATCH ?",
@@ -866,13 +875,13 @@ def test_or_query_keeps_the_rarest_terms_by_their_exact_stems(
     async def go() -> tuple[dict[str, int], str | None, str | None]:
         store = await Store.open(corpus.db)
         try:
-            counts = await engine._doc_counts(store.conn, terms)
+            counts = await engine.doc_counts(store.conn, terms)
             monkeypatch.setattr(engine, "OR_PRUNE_FROM", 0)
             monkeypatch.setattr(engine, "OR_MAX_TERMS", 3)
-            three = await engine._or_query(store.conn, terms)
+            three = await engine.or_query(store.conn, terms)
             monkeypatch.setattr(engine, "OR_MAX_TERMS", 12)
             monkeypatch.setattr(engine, "OR_MAX_POSTINGS", 1)
-            one = await engine._or_query(store.conn, terms)
+            one = await engine.or_query(store.conn, terms)
             return counts, three, one
         finally:
             await store.close()
@@ -887,3 +896,69 @@ def test_or_query_keeps_the_rarest_terms_by_their_exact_stems(
     # A budget of one posting: the rarest term always, then only what fits (unseen words).
     unseen = [w for n, w in content if n == 0] or [content[0][1]]
     assert one == " OR ".join(f'"{w}"' for w in unseen)
+
+
+# -- an empty query is an error, not arbitrary short prompts ---------------------------------
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\t\n"])
+def test_an_empty_query_is_a_clear_error(corpus: Corpus, query: str) -> None:
+    for mode in ("hybrid", "keyword"):
+        proc = run_cli(corpus.home, "--db", str(corpus.db), "search", query, "--mode", mode)
+        assert proc.returncode == 1, (query, mode, proc.stdout)
+        assert proc.stderr == ("deja: the query is empty: give words, an error message or a "
+                               "question\n"), proc.stderr
+        assert proc.stdout == ""
+    with pytest.raises(InvalidQuery, match="the query is empty"):
+        corpus.search(query)
+
+
+# -- the query splits CJK text exactly as the index does ---------------------------------------
+
+# One sample per range of ingest.db.CJK_CHAR: (script, a word of two characters
+# in a record, a longer run of the same script that starts with it).
+CJK_SAMPLES = [
+    ("hiragana", "ひら", "ひらがなです"),
+    ("katakana", "カタ", "カタカナテスト"),
+    ("extension A", "㐀㐁", "㐀㐁㐂㐃"),
+    ("unified ideographs", "東京", "東京大学図書館"),
+    ("hangul", "한국", "한국어사전"),
+    ("compatibility ideographs", "豈更", "豈更車賈"),
+    ("halfwidth katakana", "ｶﾀ", "ｶﾀｶﾅﾃｽﾄ"),
+]
+
+
+def test_the_query_treats_every_cjk_range_as_the_index_does() -> None:
+    from ingest.db import CJK_CHAR, fts_text
+    from mcp_server.search.terms import build_fts_terms, has_cjk
+
+    for script, word, run in CJK_SAMPLES:
+        for ch in run:
+            assert CJK_CHAR.fullmatch(ch) and fts_text(ch) == f" {ch} ", (script, ch)
+        assert has_cjk(run), script
+        # A run is cut into overlapping pairs, each a phrase of two indexed tokens.
+        pairs = [run[i:i + 2] for i in range(len(run) - 1)]
+        assert [t.words[0] for t in build_fts_terms(run)] == list(dict.fromkeys(pairs)), script
+        assert build_fts_terms(word)[0].fts == f'"{word[0]}  {word[1]}"', script
+
+
+def test_a_record_in_each_cjk_range_is_found_by_a_query_in_its_script(tmp_path: Path) -> None:
+    """Each record holds a two-character word; the query is a longer run of the same
+    script: its character pairs find the record (through the OR fallback) only
+    when the query splits the script as the index spaced it out."""
+    home = tmp_path / "home"
+    home.mkdir()
+    root = tmp_path / "projects"
+    f = SessionFile(root, "-home-cjk", "cjk00000-0000-0000-0000-000000000000", "/home/cjk",
+                    datetime(2026, 4, 1, tzinfo=timezone.utc))
+    uuids = {script: f.say(f"note {word} end") for script, word, _ in CJK_SAMPLES}
+    f.prompt("an unrelated line in English")
+    f.save()
+    db = tmp_path / "cjk.db"
+    cli_json(home, "--db", str(db), "ingest", "--root", str(root), "--no-embed", "--json")
+    corpus = Corpus(db, root, home, {}, None)  # type: ignore[arg-type]
+    for script, word, run in CJK_SAMPLES:
+        for query in (word, run):
+            hits = corpus.search(query, mode="keyword").hits
+            assert [h.uuid for h in hits] == [uuids[script]], (script, query)
+            assert f"[{word}]" in hits[0].snippet, (script, hits[0].snippet)

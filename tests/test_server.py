@@ -287,6 +287,8 @@ BAD_CALLS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("search_memory", {}, ["query", "required"]),
     ("search_memory", {"query": 123}, ["query", "string"]),
     ("search_memory", {"query": ""}, ["query", "at least 1 character"]),
+    ("search_memory", {"query": " "}, ["the query is empty"]),
+    ("search_memory", {"query": "\t\n"}, ["the query is empty"]),
     ("search_memory", {"query": "x", "limit": 0}, ["limit", "greater than or equal to 1"]),
     ("search_memory", {"query": "x", "limit": 51}, ["limit", "less than or equal to 50"]),
     ("search_memory", {"query": "x", "limit": "ten"}, ["limit", "integer"]),
@@ -317,7 +319,7 @@ BAD_CALLS: list[tuple[str, dict[str, Any], list[str]]] = [
 FTS_QUERIES = ['"', '""', '"unterminated phrase', "*", "**", "a*b", "*a", "emulator*", "NEAR(",
                "NEAR(a b, 2)", "AND OR", "a AND", "OR", "NOT", "NOT x", "a OR", "a.b()", "foo-bar",
                "-foo", "+", "(", ")", "((a)", "{a b}", "[x]", "^x", "col:foo", "text:emulator",
-               "records_fts:x", "'", "\\", "%_", ":", ";", " ", "\t\n", "-", "🙂", "中文 检索",
+               "records_fts:x", "'", "\\", "%_", ":", ";", "-", "🙂", "中文 检索",
                "a\u0000b", "rank MATCH x", "x" * 2000, "how did we fix the adb root emulator?"]
 
 

@@ -22,7 +22,7 @@ from ingest.errors import DejaError
 from ingest.store import Store
 
 from ..projects import expand_project_arg
-from ..search import MODES, SearchResult, search
+from ..search import MODES, Resources, SearchRequest, SearchResult, search
 from .common import Subparsers, require_database
 
 __all__ = ["register", "run"]
@@ -56,6 +56,10 @@ async def _search(db_path: Path, args: argparse.Namespace) -> SearchResult:
     embedder_error = None
     # `--project .` from inside a project (or one of its worktrees).
     args.project = expand_project_arg(args.project)
+    # Checked before the model loads (raises InvalidQuery).
+    request = SearchRequest(args.query, mode=args.mode, limit=args.limit, kinds=args.kinds,
+                            session_id=args.session, project=args.project, tool=args.tool,
+                            since=args.since, until=args.until, max_tokens=args.max_tokens)
     store = await Store.open(db_path)
     vector_conn: aiosqlite.Connection | None = None
     try:
@@ -71,12 +75,8 @@ async def _search(db_path: Path, args: argparse.Namespace) -> SearchResult:
         if embedder is not None and args.mode == "hybrid":
             # The vector ranker on its own connection, beside the keyword ranker.
             vector_conn = await connect(db_path, readonly=True)
-        return await search(
-            store.conn, args.query, embedder=embedder, embedder_error=embedder_error,
-            mode=args.mode, limit=args.limit, kinds=args.kinds, session_id=args.session,
-            project=args.project, tool=args.tool, since=args.since, until=args.until,
-            max_tokens=args.max_tokens, vector_conn=vector_conn,
-        )
+        return await search(store.conn, request, Resources(
+            embedder=embedder, embedder_error=embedder_error, vector_conn=vector_conn))
     finally:
         await store.close()
         if vector_conn is not None:

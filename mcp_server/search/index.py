@@ -10,7 +10,7 @@ a 250 ms search at a million chunks.
 The MCP server loads the index in the background and refreshes it every few
 seconds (chunks with a higher id than the last loaded). Until it is loaded, or
 for the chunks added since the last refresh, search uses the SQL scan
-(vector_search.py), so no vector is ever left out. Chunks deleted since (a
+(vector.py), so no vector is ever left out. Chunks deleted since (a
 forgotten memory) drop out at the exact step, which reads the database; a
 `deja reembed` (new model generation) or any other deletion makes the next
 refresh reload everything.
@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 import anyio
 
+from .filters import SearchFilters
+
 if TYPE_CHECKING:
     import numpy as np
-
-    from .search import SearchFilters
 
 __all__ = ["VectorIndex"]
 
@@ -60,10 +60,10 @@ class _Arrays:
 
         rows = [p for p in parts if len(p.ids)]
         if not rows:
-            empty = np.empty(0)
-            return _Arrays(empty.astype(np.int64), np.empty((0, 0), dtype=np.uint64),
-                           *(empty.astype(np.int32) for _ in range(4)),
-                           empty.astype("S32"), empty.astype(bool), codes)
+            none = np.empty(0, dtype=np.int32)
+            return _Arrays(ids=np.empty(0, dtype=np.int64), bits=np.empty((0, 0), dtype=np.uint64),
+                           kind=none, session=none, project=none, tool=none,
+                           ts=np.empty(0, dtype="S32"), has_ts=np.empty(0, dtype=bool), codes=codes)
         joined = {f.name: np.concatenate([getattr(p, f.name) for p in rows],
                                          axis=1 if f.name == "bits" else 0)
                   for f in fields(_Arrays) if f.name != "codes"}
@@ -102,15 +102,15 @@ class VectorIndex:
         candidate slot, since the exact step reads the database).
         """
         async with self._lock:
-            generation = await conn.execute_fetchall(
-                "SELECT model_id, dim, created_at FROM embedding_model")
-            generation = tuple(generation[0]) if generation else None
+            models = list(await conn.execute_fetchall(
+                "SELECT model_id, dim, created_at FROM embedding_model"))
+            generation = tuple(models[0]) if models else None
             if self.arrays is not None and generation != self.generation:
                 logger.info("vector index: the vectors were rebuilt; reloading")
                 self._reset()
             if self.arrays is not None and check_removed:
-                count = (await conn.execute_fetchall(
-                    "SELECT COUNT(*) FROM chunks WHERE id <= ?", (self.max_id,)))[0][0]
+                count = next(iter(await conn.execute_fetchall(
+                    "SELECT COUNT(*) FROM chunks WHERE id <= ?", (self.max_id,))))[0]
                 if count != len(self.arrays.ids):
                     logger.info("vector index: chunks were removed; reloading")
                     self._reset()
@@ -119,12 +119,12 @@ class VectorIndex:
             pages: list[_Arrays] = []
             after = self.max_id
             while True:
-                rows = await conn.execute_fetchall(
+                rows = list(await conn.execute_fetchall(
                     "SELECT c.id, c.bits, r.kind, r.session_id, src.project_dir, r.tool_name, r.ts "
                     "FROM chunks c JOIN records r ON r.id = c.record_id "
                     "LEFT JOIN sources src ON src.id = r.source_id "
                     "WHERE c.id > ? AND c.bits IS NOT NULL ORDER BY c.id LIMIT ?",
-                    (after, PAGE))
+                    (after, PAGE)))
                 if not rows:
                     break
                 pages.append(await anyio.to_thread.run_sync(self._page, rows))

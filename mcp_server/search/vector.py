@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 import anyio
 
+from .filters import SearchFilters
+
 if TYPE_CHECKING:
     import numpy as np
 
-    from .search import SearchFilters
-    from .vector_index import VectorIndex
+    from .index import VectorIndex
 
 __all__ = ["vector_ranks", "COARSE_K", "MAX_K"]
 

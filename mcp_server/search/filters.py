@@ -1,0 +1,52 @@
+"""The filters of a search, resolved once and applied by both rankers.
+
+Why a module of its own: the keyword ranker, the vector ranker and the
+in-memory vector index all read them, and the engine builds them; held here,
+none of those has to import another to know their shape. The SQL form
+(`SearchFilters.sql`) and the index's numpy mask (index.py) mean the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SearchFilters"]
+
+
+@dataclass
+class SearchFilters:
+    """Resolved filters shared by both rankers."""
+
+    kinds: list[str] | None = None
+    session_id: str | None = None
+    project_dirs: list[str] | None = None  # None: every project
+    tool: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def sql(self) -> tuple[str, list[Any]]:
+        """AND-clauses over `records r` (joined to `sources src`), and their parameters."""
+        clauses: list[str] = []
+        params: list[Any] = []
+
+        def one_of(column: str, values: Sequence[str]) -> None:
+            clauses.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            params.extend(values)
+
+        if self.kinds:
+            one_of("r.kind", self.kinds)
+        if self.session_id:
+            one_of("r.session_id", [self.session_id])
+        if self.project_dirs is not None:
+            one_of("src.project_dir", self.project_dirs)
+        if self.tool:
+            one_of("r.tool_name", [self.tool])
+        if self.since:
+            clauses.append("r.ts >= ?")
+            params.append(self.since)
+        if self.until:
+            clauses.append("r.ts < ?")
+            params.append(self.until)
+        return "".join(" AND " + c for c in clauses), params

@@ -1,0 +1,155 @@
+"""The keyword ranker: FTS5 BM25 over records, all terms first, then the rarest.
+
+All terms of the query are required first (AND); if that finds too few, an OR
+of the non-stopwords fills the list, still ranked by BM25. The OR query is
+pruned to its rarest terms on a large corpus (`or_query`), so a few common
+words do not make it score much of the database. Query terms come from
+terms.py; filters from filters.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import aiosqlite
+
+from ingest.db import fts_text
+
+from .filters import SearchFilters
+from .terms import FtsTerm, build_fts_terms
+
+__all__ = [
+    "OR_MAX_DOC_SHARE", "OR_MAX_POSTINGS", "OR_MAX_TERMS", "OR_PRUNE_FROM", "doc_counts",
+    "keyword_ranks", "or_query",
+]
+
+# bm25 weighs a record's own words 1 and those of the record before it
+# (the `context` column, migration m005) Fusion.context. Without filters
+# the ranking stays inside the FTS table (_KEYWORD_FTS_SQL): joining records
+# first looked up every matching row before the sort, 2.5-3x the time.
+_KEYWORD_FTS_SQL = """
+SELECT rowid, bm25(records_fts, 1.0, {context})
+FROM records_fts
+WHERE records_fts MATCH ?
+ORDER BY bm25(records_fts, 1.0, {context})
+LIMIT ?
+"""
+_KEYWORD_SQL = """
+SELECT r.id, bm25(records_fts, 1.0, {context})
+FROM records_fts
+JOIN records r ON r.id = records_fts.rowid
+LEFT JOIN sources src ON src.id = r.source_id
+WHERE records_fts MATCH ? {filters}
+ORDER BY bm25(records_fts, 1.0, {context})
+LIMIT ?
+"""
+
+
+# The OR query scores every record holding any of its terms, about 0.6 us per
+# posting: a few common words would make it score much of the corpus (0.6 s at
+# 1M records). It keeps the rarest terms, at most OR_MAX_TERMS, none found in
+# more than OR_MAX_DOC_SHARE of the records, and stops adding terms before
+# their documents sum past OR_MAX_POSTINGS (bench/keyword_scale.py: a share
+# threshold alone lets the work grow with the corpus; a posting budget only
+# trims the worst queries, and never below 100k records). Counts are of the
+# text column; the context column adds about 0.7x as many postings.
+OR_MAX_DOC_SHARE = 0.2
+OR_MAX_TERMS = 12
+OR_MAX_POSTINGS = 150_000
+OR_PRUNE_FROM = 20_000  # records; below this the OR query is cheap as it is
+
+_STEM_BATCH = itertools.count(1)
+
+
+async def doc_counts(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> dict[str, int]:
+    """Records whose text holds each term (its rarest word), keyed by the term's MATCH text.
+
+    The words are run through the index's own tokenizer (a temp FTS5 table
+    and its vocabulary) to get the exact stems the index holds: guessing a
+    stem as a prefix fails for use/us, only/onli, key/kei, library/librari.
+    Rows are numbered per call so concurrent searches on one connection do
+    not read each other's.
+    """
+    await conn.execute(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS temp.deja_stems USING fts5(t, "
+        "tokenize='porter unicode61 remove_diacritics 2')")
+    await conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.deja_stems_vocab "
+                       "USING fts5vocab(temp, deja_stems, 'instance')")
+    base = next(_STEM_BATCH) * 1_000_000  # a query has far fewer terms
+    await conn.executemany("INSERT INTO temp.deja_stems (rowid, t) VALUES (?, ?)",
+                           [(base + i, fts_text(" ".join(t.words))) for i, t in enumerate(terms)])
+    try:
+        rows = await conn.execute_fetchall(
+            "SELECT doc, term FROM temp.deja_stems_vocab WHERE doc >= ? AND doc < ?",
+            (base, base + len(terms)))
+    finally:
+        await conn.execute("DELETE FROM temp.deja_stems WHERE rowid >= ? AND rowid < ?",
+                           (base, base + len(terms)))
+    stems: dict[int, list[str]] = {}
+    for doc, term in rows:
+        stems.setdefault(doc - base, []).append(term)
+    wanted = sorted({stem for group in stems.values() for stem in group})
+    found: dict[str, int] = {}
+    if wanted:
+        found = {term: doc for term, doc in await conn.execute_fetchall(
+            f"SELECT term, doc FROM records_fts_vocab WHERE col = 'text' AND "
+            f"term IN ({', '.join('?' for _ in wanted)})", wanted)}
+    return {t.fts: min((found.get(stem, 0) for stem in stems.get(i, [])), default=0)
+            for i, t in enumerate(terms)}
+
+
+async def or_query(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> str | None:
+    """The OR fallback of a query of several terms, pruned to its rarest on a large corpus."""
+    content = [t for t in terms if not t.stop] or terms
+    if len(terms) < 2:
+        return None
+    total = next(iter(await conn.execute_fetchall(
+        "SELECT COALESCE(MAX(id), 0) FROM records")))[0]
+    if total < OR_PRUNE_FROM:
+        return " OR ".join(t.fts for t in content)
+    df = await doc_counts(conn, content)
+    ranked = sorted(content, key=lambda t: df[t.fts])
+    kept: list[FtsTerm] = []
+    postings = 0
+    for t in ranked:
+        if df[t.fts] > OR_MAX_DOC_SHARE * total or len(kept) == OR_MAX_TERMS:
+            break
+        if kept and postings + df[t.fts] > OR_MAX_POSTINGS:
+            break
+        kept.append(t)
+        postings += df[t.fts]
+    kept = kept or ranked[:1]
+    return " OR ".join(t.fts for t in kept)
+
+
+async def keyword_ranks(conn: aiosqlite.Connection, query: str, filters: SearchFilters,
+                        n: int, context: float = 0.25) -> list[tuple[int, float]]:
+    """(record id, bm25 score, higher is better), best first.
+
+    `context` is the bm25 weight of the previous record's words; 0 searches
+    the records' own words only (keyword mode: what an exact search expects)."""
+    terms = build_fts_terms(query)
+    if not terms:
+        return []
+    and_q = " ".join(t.fts for t in terms)
+    own_words = context <= 0
+    if own_words:
+        and_q = f"text : ({and_q})"
+    where, params = filters.sql()
+    sql = (_KEYWORD_SQL.format(filters=where, context=float(context)) if where
+           else _KEYWORD_FTS_SQL.format(context=float(context)))
+    out: list[tuple[int, float]] = []
+    seen: set[int] = set()
+    for rid, score in await conn.execute_fetchall(sql, (and_q, *params, n)):
+        seen.add(rid)
+        out.append((rid, -float(score)))
+    if len(out) < n:
+        or_q = await or_query(conn, terms)
+        if or_q is not None and own_words:
+            or_q = f"text : ({or_q})"
+        if or_q is not None:
+            for rid, score in await conn.execute_fetchall(sql, (or_q, *params, n)):
+                if rid not in seen:
+                    seen.add(rid)
+                    out.append((rid, -float(score)))
+    return out[:n]
