@@ -94,13 +94,13 @@ async def resolve_project(conn: aiosqlite.Connection, project: str | None) -> li
     if not dirs and p.startswith("/"):
         # A folder inside a project (`--project .` from a subfolder): the
         # nearest enclosing project.
-        rows = await conn.execute_fetchall(
+        enclosing = list(await conn.execute_fetchall(
             "SELECT project_dir, cwd FROM sessions WHERE project_dir IS NOT NULL AND "
             "cwd IS NOT NULL AND cwd != '/' AND substr(?, 1, length(cwd) + 1) = cwd || '/' "
-            "ORDER BY length(cwd) DESC", (p,))
-        if rows:
-            longest = len(rows[0][1])
-            dirs = {r[0] for r in rows if len(r[1]) == longest}
+            "ORDER BY length(cwd) DESC", (p,)))
+        if enclosing:
+            longest = len(enclosing[0][1])
+            dirs = {r[0] for r in enclosing if len(r[1]) == longest}
     rows = await conn.execute_fetchall(
         "SELECT DISTINCT project_dir FROM sources WHERE project_dir = ? OR project_dir = ?",
         (p, claude_project_dir(p)),
