@@ -8,8 +8,7 @@ The shared real corpus: a test needs it when it carries the `shared` marker or
 requests the `shared_projects` fixture, directly or through another fixture
 (such tests are given the marker at collection). Without the corpus, they are
 marked skipped with the reason at collection, or, under CI (`CI=true`), fail
-before any of their fixtures runs. Modules that compute the shared path at
-import time are not affected: the check happens at setup, not at import.
+before any of their fixtures runs.
 """
 
 from __future__ import annotations
