@@ -8,8 +8,7 @@ The shared real corpus: a test needs it when it carries the `shared` marker or
 requests the `shared_projects` fixture, directly or through another fixture
 (such tests are given the marker at collection). Without the corpus, they are
 marked skipped with the reason at collection, or, under CI (`CI=true`), fail
-before any of their fixtures runs. Modules that compute the shared path at
-import time are not affected: the check happens at setup, not at import.
+before any of their fixtures runs.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import pytest
 
 from fixtures.cli import deja as _deja
 from fixtures.cli import deja_json as _deja_json
-from fixtures.shared import in_ci, missing_reason, require_shared, shared_projects_dir
+from fixtures.shared import in_ci, missing_reason, require_shared
 
 SHARED_FIXTURE = "shared_projects"
 
@@ -96,23 +95,3 @@ def deja_json(home: Path) -> Callable[..., Any]:
         return _deja_json(home, *args, **kw)
 
     return run
-
-
-# -- transitional -------------------------------------------------------------------------------
-# test_exactly_once, test_search and test_migrations import these from conftest, and
-# test_cli_commands uses run_deja; they go once those files switch (issue 8).
-from fixtures.embedders import FixedEmbedder  # noqa: E402
-
-SHARED_PROJECTS = shared_projects_dir()
-
-
-@pytest.fixture
-def run_deja(home: Path) -> Callable[..., Any]:
-    """The `deja` fixture under its old name: check=False is expect=None."""
-
-    def run(*args: str, check: bool = True, **kw: Any) -> Any:
-        return _deja(home, *args, expect=0 if check else None, **kw)
-
-    return run
-
-__all__ = ["FixedEmbedder", "SHARED_PROJECTS"]

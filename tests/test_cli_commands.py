@@ -19,14 +19,15 @@ from typing import Any
 import anyio
 import pytest
 import sqlean
-from fixtures.transcripts import REPO, cli_env, conversation, sql, write
 
+from fixtures.cli import deja_argv, deja_env
+from fixtures.db import sql
+from fixtures.paths import REPO, SAMPLE
+from fixtures.transcripts import conversation, write
 from ingest.config import database_bytes
 from ingest.db import connect
 from mcp_server.history import status
 
-SAMPLE = REPO / "tests" / "sample" / "projects"
-MODEL_CACHE = Path(os.environ.get("DEJA_MODEL_CACHE", REPO / ".pytest_cache" / "deja-models"))
 SESSION = "5e55a0de-0000-4000-8000-00000000cafe"
 
 RunDeja = Callable[..., subprocess.CompletedProcess[str]]
@@ -38,30 +39,30 @@ RunDeja = Callable[..., subprocess.CompletedProcess[str]]
 @pytest.mark.parametrize("command", [["stats"], ["stats", "--json"], ["search", "redis"],
                                      ["search", "redis", "--mode", "keyword"],
                                      ["show", "rec:1"], ["sessions"]])
-def test_read_only_commands_refuse_a_missing_database(run_deja: RunDeja, tmp_path: Path,
+def test_read_only_commands_refuse_a_missing_database(deja: RunDeja, tmp_path: Path,
                                                       command: list[str]) -> None:
     db = tmp_path / "typo" / "deja.db"
-    proc = run_deja("--db", str(db), *command, check=False)
+    proc = deja("--db", str(db), *command, expect=None)
     assert proc.returncode == 1, proc
     assert proc.stderr == f"deja: no database at {db}; run `deja ingest` to create one\n"
     assert proc.stdout == ""
     assert not (tmp_path / "typo").exists()
 
 
-def test_write_commands_still_create_the_database(run_deja: RunDeja, tmp_path: Path) -> None:
+def test_write_commands_still_create_the_database(deja: RunDeja, tmp_path: Path) -> None:
     empty_root = tmp_path / "projects"
     empty_root.mkdir()
     db = tmp_path / "new" / "deja.db"
-    run_deja("--db", str(db), "ingest", "--root", str(empty_root), "--json")
+    deja("--db", str(db), "ingest", "--root", str(empty_root), "--json")
     assert db.is_file()
     # embed opens (and so creates) the database before it loads the model.
     db2 = tmp_path / "new2" / "deja.db"
-    proc = run_deja("--db", str(db2), "embed", check=False,
-                    env={"DEJA_EMBED_MODEL": str(tmp_path / "no-such-model")})
+    proc = deja("--db", str(db2), "embed", expect=None,
+                env={"DEJA_EMBED_MODEL": str(tmp_path / "no-such-model")})
     assert proc.returncode == 1 and "embedding model folder not found" in proc.stderr
     assert db2.is_file()
     # Once it exists, the read-only commands read it.
-    assert "records: 0" in run_deja("--db", str(db), "stats").stdout
+    assert "records: 0" in deja("--db", str(db), "stats").stdout
 
 
 # -- a URL is not a path -----------------------------------------------------------------------
@@ -69,13 +70,13 @@ def test_write_commands_still_create_the_database(run_deja: RunDeja, tmp_path: P
 
 @pytest.mark.parametrize("command", [["stats"], ["ingest", "--no-embed"], ["search", "x"],
                                      ["serve", "--no-ingest"]])
-def test_url_db_is_refused_and_nothing_created(run_deja: RunDeja, command: list[str]) -> None:
+def test_url_db_is_refused_and_nothing_created(deja: RunDeja, command: list[str]) -> None:
     url = "postgresql://deja@localhost/memory"
     # As a path, the URL is "postgresql:/deja@localhost/memory" under the working folder.
     created = REPO / "postgresql:"
     assert not created.exists()
     for args, env in (([*("--db", url), *command], None), (command, {"DEJA_DB": url})):
-        proc = run_deja(*args, check=False, env=env, stdin=subprocess.DEVNULL, timeout=30)
+        proc = deja(*args, expect=None, env=env, stdin=subprocess.DEVNULL, timeout=30)
         assert proc.returncode == 1, proc
         assert "looks like a URL" in proc.stderr and url in proc.stderr, proc.stderr
         assert proc.stderr.startswith("deja: ") and proc.stderr.count("\n") == 1
@@ -87,7 +88,7 @@ def test_python_m_ingest_refuses_a_url_too(tmp_path: Path) -> None:
     home.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "ingest", "--db", "sqlite:///memory.db", "--root", str(SAMPLE)],
-        capture_output=True, text=True, timeout=60, env=cli_env(home), cwd=str(tmp_path),
+        capture_output=True, text=True, timeout=60, env=deja_env(home), cwd=str(tmp_path),
     )
     assert proc.returncode == 1, proc
     assert "looks like a URL" in proc.stderr
@@ -97,8 +98,8 @@ def test_python_m_ingest_refuses_a_url_too(tmp_path: Path) -> None:
 # -- one database size -----------------------------------------------------------------------------
 
 
-def test_stats_and_memory_status_report_the_same_size(run_deja: RunDeja, db_path: Path) -> None:
-    run_deja("--db", str(db_path), "ingest", "--root", str(SAMPLE), "--json")
+def test_stats_and_memory_status_report_the_same_size(deja: RunDeja, db_path: Path) -> None:
+    deja("--db", str(db_path), "ingest", "--root", str(SAMPLE), "--json")
 
     async def main() -> None:
         # An open connection keeps the -wal and -shm files beside the database.
@@ -107,7 +108,7 @@ def test_stats_and_memory_status_report_the_same_size(run_deja: RunDeja, db_path
             await conn.execute("SELECT COUNT(*) FROM records")
             assert Path(f"{db_path}-shm").exists()
             before = (await status(conn, db_path))["database_bytes"]
-            stats = json.loads(run_deja("--db", str(db_path), "stats", "--json").stdout)
+            stats = json.loads(deja("--db", str(db_path), "stats", "--json").stdout)
             after = (await status(conn, db_path))["database_bytes"]
             on_disk = sum(os.stat(f"{db_path}{s}").st_size for s in ("", "-wal", "-shm")
                           if os.path.exists(f"{db_path}{s}"))
@@ -130,15 +131,12 @@ class Watch:
     def __init__(self, tmp_path: Path, root: Path, env: dict[str, str]) -> None:
         home = tmp_path / "home"
         home.mkdir(exist_ok=True)
-        full = cli_env(home)
-        for key in ("DEJA_EMBED_MODEL", "DEJA_EMBED_BACKEND"):
-            full.pop(key, None)
-        full.update({"DEJA_EMBED": "1", "DEJA_MODEL_CACHE": str(MODEL_CACHE), **env})
         self.db = tmp_path / "data" / "deja.db"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from mcp_server.cli import main; sys.exit(main())",
-             "-v", "--db", str(self.db), "ingest", "--watch", "--root", str(root), "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full, cwd=str(REPO),
+            deja_argv("-v", "--db", str(self.db), "ingest", "--watch", "--root", str(root),
+                      "--json"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=deja_env(home, env, embed=True), cwd=str(REPO),
         )
         self.stderr: list[str] = []
         assert self.proc.stderr is not None

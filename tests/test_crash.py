@@ -14,8 +14,9 @@ How:
    from random.Random(seed); the seed is printed and DEJA_CRASH_SEED replays
    it. At least MIN_MID_KILLS kills must land mid-ingest (the killed run had
    committed some records, not all), one of them early and one late; if the
-   machine's speed throws the aim off, another round starts from an empty B. After every kill, a COPY of B's files (so that deja itself,
-   not the test, recovers B's WAL on restart) is checked against A: for every
+   machine's speed throws the aim off, another round starts from an empty B.
+   After every kill, a COPY of B's files (so that deja itself, not the test,
+   recovers B's WAL on restart) is checked against A: for every
    file, B holds exactly A's records of the lines before B's cursor, no more,
    no fewer. That is the cursor-in-the-same-transaction property, seen at
    the instant of each crash.
@@ -50,19 +51,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from fixtures.cli import deja, deja_argv, deja_env
+from fixtures.paths import REPO
 from ingest.db import make_connector
-
-REPO = Path(__file__).resolve().parent.parent
 
 COPIES = 6             # ~95 MB of .jsonl: ~5 s per clean ingest on 2 cores
 MIN_MID_KILLS = 4      # kills that leave B with some but not all records
 MAX_ROUNDS = 3         # rounds of kills (each from an empty B) before giving up
 EARLY_FRAC = 0.30      # a kill is "early" below this fraction of the records...
 LATE_FRAC = 0.70       # ...and "late" at or above this one (and below 1)
-
-pytestmark = pytest.mark.shared
 
 
 def _load_corpus_module() -> Any:
@@ -75,29 +72,11 @@ def _load_corpus_module() -> Any:
     return module
 
 
-def _deja_argv(db: Path, root: Path) -> list[str]:
-    return [
-        sys.executable, "-c", "import sys; from mcp_server.cli import main; sys.exit(main())",
-        "--db", str(db), "ingest", "--root", str(root), "--json", "--no-embed",
-    ]
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("DEJA_DB", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["DEJA_EMBED"] = "0"  # the same as --no-embed; conftest sets it for every test
-    env["HOME"] = str(home)
-    return env
-
-
 def _run_to_end(db: Path, root: Path, home: Path) -> tuple[dict[str, Any], float]:
     """One complete ingest; returns its JSON summary and wall time."""
     started = time.perf_counter()
-    proc = subprocess.run(_deja_argv(db, root), capture_output=True, text=True, timeout=300,
-                          env=_env(home), cwd=str(REPO), check=False)
+    proc = deja(home, "ingest", "--root", str(root), "--json", "--no-embed", db=db, timeout=300)
     wall = time.perf_counter() - started
-    assert proc.returncode == 0, f"deja ingest exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1]), wall
 
 
@@ -370,8 +349,10 @@ def test_sigkill_at_random_instants_then_restart_equals_clean_run(
                 delay = rng.uniform(0.0, startup)
             else:
                 delay = startup + max(target - frac, 0.02) * ingest_s
-            proc = subprocess.Popen(_deja_argv(db_b, root), stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, env=_env(home), cwd=str(REPO))
+            proc = subprocess.Popen(
+                deja_argv("ingest", "--root", str(root), "--json", "--no-embed", db=db_b),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=deja_env(home),
+                cwd=str(REPO))
             try:
                 proc.wait(timeout=delay)
                 killed = False

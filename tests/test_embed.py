@@ -7,7 +7,6 @@ temporary cache, so the export path itself is exercised on every run.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from bisect import bisect_left, bisect_right
@@ -35,14 +34,13 @@ from ingest.embed import (
     resolve_model,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("DEJA_SHARED", REPO.parent / "shared"))
+from fixtures.paths import REPO
 
 
-def _transcript_texts(limit: int) -> list[str]:
+def _transcript_texts(projects: Path, limit: int) -> list[str]:
     """User prompts and assistant text from the shared real transcripts."""
     texts: list[str] = []
-    for path in sorted((SHARED / "transcripts" / "projects").rglob("*.jsonl")):
+    for path in sorted(projects.rglob("*.jsonl")):
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 record = json.loads(line)
@@ -70,13 +68,13 @@ def _transcript_texts(limit: int) -> list[str]:
         if len(texts) >= limit:
             break
     if not texts:
-        pytest.fail(f"no transcript text under {SHARED}")
+        pytest.fail(f"no transcript text under {projects}")
     return texts[:limit]
 
 
 @pytest.fixture(scope="session")
-def real_texts() -> list[str]:
-    return _transcript_texts(400)
+def real_texts(shared_projects: Path) -> list[str]:
+    return _transcript_texts(shared_projects, 400)
 
 
 @pytest.fixture(scope="session")

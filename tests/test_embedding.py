@@ -12,12 +12,9 @@ DEJA_MODEL_CACHE). Invariants checked after every step that writes vectors:
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid as uuid_mod
 from datetime import datetime, timedelta, timezone
@@ -28,57 +25,20 @@ import anyio
 import numpy as np
 import pytest
 
+from fixtures.cli import deja, deja_argv, deja_env, deja_json
+from fixtures.db import sql
+from fixtures.paths import MODEL_CACHE, REPO, SAMPLE
+from fixtures.transcripts import SessionFile
 from ingest.db import make_connector
 from ingest.embed import DEFAULT_DIM, DEFAULT_MODEL, Embedder, load_embedder, resolve_model
 from ingest.indexing import EMBEDDABLE_KINDS
 from ingest.store import Store
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "tests" / "sample" / "projects"
-MODEL_CACHE = Path(os.environ.get("DEJA_MODEL_CACHE", REPO / ".pytest_cache" / "deja-models"))
+# Loading the model and embedding take minutes on a loaded machine.
+TIMEOUT = 300
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def _env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("DEJA_DB", "DEJA_EMBED_MODEL", "DEJA_EMBED_BACKEND"):
-        env.pop(key, None)
-    env.update({"HOME": str(home), "PYTHONUNBUFFERED": "1", "DEJA_EMBED": "0",
-                "DEJA_MODEL_CACHE": str(MODEL_CACHE)})
-    env.update(extra or {})
-    return env
-
-
-def _cli_args(db: Path, *args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from mcp_server.cli import main; sys.exit(main())",
-            "--db", str(db), *args]
-
-
-def deja(home: Path, db: Path, *args: str, env: dict[str, str] | None = None,
-         expect: int = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(_cli_args(db, *args), capture_output=True, text=True, timeout=300,
-                          env=_env(home, env), cwd=str(REPO))
-    assert proc.returncode == expect, (
-        f"deja {' '.join(args)} exited {proc.returncode}, expected {expect}\n"
-        f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
-
-
-def deja_json(home: Path, db: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    proc = deja(home, db, *args, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stdout
-    return json.loads(lines[0])
-
-
-def sql(db: Path, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    conn = make_connector(db, readonly=True)()
-    try:
-        return [tuple(r) for r in conn.execute(query, params).fetchall()]
-    finally:
-        conn.close()
 
 
 def check_invariants(db: Path) -> dict[str, int]:
@@ -118,48 +78,24 @@ def write_sessions(root: Path, n_sessions: int, turns: int, seed: int = 1,
     start = datetime(2026, 4, 1, 8, 0, tzinfo=timezone.utc)
     for s in range(n_sessions):
         sid = str(uuid_mod.uuid5(uuid_mod.NAMESPACE_URL, f"gen-{seed}-{s}"))
-        folder = root / f"-home-gen-p{s % 3}"
-        folder.mkdir(parents=True, exist_ok=True)
-        parent = None
-        lines: list[str] = []
+        f = SessionFile(root, f"-home-gen-p{s % 3}", sid, f"/home/gen/p{s % 3}",
+                        start + timedelta(days=s))
         for t in range(turns):
-            for role in ("user", "assistant", "tool_use", "tool_result"):
-                uid = str(uuid_mod.uuid5(uuid_mod.NAMESPACE_URL, f"{sid}/{t}/{role}"))
-                text = " ".join(rng.choice(vocab) for _ in range(rng.randint(words // 2, words)))
-                ts = start + timedelta(days=s, minutes=4 * t + len(lines) % 4)
-                tid = f"toolu_{s}_{t}"
-                if role == "user":
-                    message: dict[str, Any] = {"role": "user", "content": f"Turn {t}: {text}?"}
-                elif role == "assistant":
-                    message = {"id": f"m{t}", "role": "assistant", "model": "claude-sonnet-4-5",
-                               "content": [{"type": "text", "text": text}]}
-                elif role == "tool_use":
-                    message = {"id": f"m{t}", "role": "assistant", "model": "claude-sonnet-4-5",
-                               "content": [{"type": "tool_use", "id": tid, "name": "Bash",
-                                            "input": {"command": f"grep -r {text[:30]!r} src"}}]}
-                else:
-                    message = {"role": "user", "content": [
-                        {"type": "tool_result", "tool_use_id": tid, "content": text}]}
-                kind = "user" if role in ("user", "tool_result") else "assistant"
-                lines.append(json.dumps({
-                    "parentUuid": parent, "isSidechain": False, "userType": "external",
-                    "cwd": f"/home/gen/p{s % 3}", "sessionId": sid, "version": "2.1.150",
-                    "gitBranch": "main", "uuid": uid, "type": kind, "message": message,
-                    "timestamp": ts.strftime("%Y-%m-%dT%H:%M:%S.000Z")}))
-                parent = uid
-        (folder / f"{sid}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            # user prompt, assistant text, tool call, tool result: four lines a minute apart
+            prompt, answer, command, result = (
+                " ".join(rng.choice(vocab) for _ in range(rng.randint(words // 2, words)))
+                for _ in range(4))
+            turn = start + timedelta(days=s, minutes=4 * t)
+            f.prompt(f"Turn {t}: {prompt}?", ts=turn)
+            f.say(answer, ts=turn + timedelta(minutes=1))
+            f.tool("Bash", {"command": f"grep -r {command[:30]!r} src"}, result,
+                   ts=turn + timedelta(minutes=2))
+        f.save()
 
 
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
     return load_embedder(None, "auto", cache_dir=MODEL_CACHE, local_files_only=True)
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "home"
-    h.mkdir()
-    return h
 
 
 @pytest.fixture(scope="session")
@@ -189,8 +125,8 @@ def test_ingest_embeds_everything_and_says_so(tmp_path: Path, home: Path) -> Non
     root = tmp_path / "projects"
     write_sessions(root, 2, 6)
     db = tmp_path / "a.db"
-    out = deja_json(home, db, "ingest", "--root", str(root), "--root", str(SAMPLE), "--json",
-                    env={"DEJA_EMBED": "1"})
+    out = deja_json(home, "ingest", "--root", str(root), "--root", str(SAMPLE), "--json",
+                    embed=True, db=db, timeout=TIMEOUT)
     assert out["pending_embeddings"] == 0
     assert out["embedded"] > 50 and out["chunks"] >= out["embedded"]
     assert out["embedding_model"] == DEFAULT_MODEL
@@ -205,7 +141,8 @@ def test_ingest_embeds_everything_and_says_so(tmp_path: Path, home: Path) -> Non
         signs = np.unpackbits(np.frombuffer(bits, dtype=np.uint8)).astype(bool)
         assert (signs == (q8 > 0))[q8 != 0].all()  # a tiny component rounds to 0 in int8
         assert np.abs(q8.astype(int)).max() == 127
-    again = deja_json(home, db, "ingest", "--root", str(root), "--json", env={"DEJA_EMBED": "1"})
+    again = deja_json(home, "ingest", "--root", str(root), "--json", embed=True, db=db,
+                      timeout=TIMEOUT)
     assert again["embedded"] == 0 and again["pending_embeddings"] == 0
 
 
@@ -213,17 +150,17 @@ def test_no_embed_leaves_work_pending_and_embed_finishes_it(tmp_path: Path, home
     root = tmp_path / "projects"
     write_sessions(root, 2, 5)
     db = tmp_path / "b.db"
-    out = deja_json(home, db, "ingest", "--root", str(root), "--no-embed", "--json",
-                    env={"DEJA_EMBED": "1"})
+    out = deja_json(home, "ingest", "--root", str(root), "--no-embed", "--json",
+                    embed=True, db=db, timeout=TIMEOUT)
     assert out["embedded"] == 0 and out["pending_embeddings"] == out["new_records"] > 0
     assert check_invariants(db)["chunks"] == 0
     assert sql(db, "SELECT COUNT(*) FROM embedding_model")[0][0] == 0
-    done = deja_json(home, db, "embed", "--json")
+    done = deja_json(home, "embed", "--json", db=db, timeout=TIMEOUT)
     assert done["pending_embeddings"] == 0
     assert done["embedded"] == out["pending_embeddings"]
     counts = check_invariants(db)
     assert counts["pending"] == 0 and counts["vectors"] == done["chunks"]
-    assert deja_json(home, db, "embed", "--json")["embedded"] == 0
+    assert deja_json(home, "embed", "--json", db=db, timeout=TIMEOUT)["embedded"] == 0
 
 
 # -- one model per database ----------------------------------------------------------------
@@ -232,40 +169,40 @@ def test_no_embed_leaves_work_pending_and_embed_finishes_it(tmp_path: Path, home
 def test_another_model_is_refused_until_reembed(tmp_path: Path, home: Path,
                                                 other_model: Path) -> None:
     db = tmp_path / "m.db"
-    deja_json(home, db, "ingest", "--root", str(SAMPLE), "--json", env={"DEJA_EMBED": "1"})
+    deja_json(home, "ingest", "--root", str(SAMPLE), "--json", embed=True, db=db, timeout=TIMEOUT)
     before = check_invariants(db)
     assert sql(db, "SELECT model_id, dim FROM embedding_model") == [(DEFAULT_MODEL, DEFAULT_DIM)]
     other = {"DEJA_EMBED_MODEL": str(other_model)}
 
     # embed refuses, and says what to do.
-    proc = deja(home, db, "embed", "--json", env=other, expect=1)
+    proc = deja(home, "embed", "--json", env=other, expect=1, db=db, timeout=TIMEOUT)
     assert "deja reembed" in proc.stderr and DEFAULT_MODEL in proc.stderr
     assert "Traceback" not in proc.stderr
     # search answers by keyword and says why.
-    res = deja_json(home, db, "search", "redis timeout", "--json", env=other)
+    res = deja_json(home, "search", "redis timeout", "--json", env=other, db=db, timeout=TIMEOUT)
     assert res["hits"] and "deja reembed" in res["vector_status"]
     assert any("keyword" in n for n in res["notes"])
     # ingest still ingests, and reports the refusal instead of failing.
     more = tmp_path / "more"
     write_sessions(more, 1, 1, seed=5)
-    out = deja_json(home, db, "ingest", "--root", str(more), "--json",
-                    env={**other, "DEJA_EMBED": "1"})
+    out = deja_json(home, "ingest", "--root", str(more), "--json",
+                    env=other, embed=True, db=db, timeout=TIMEOUT)
     assert out["new_records"] == 4 and "deja reembed" in out.get("embed_error", "")
     assert out["pending_embeddings"] == 4
     assert check_invariants(db)["vectors"] == before["vectors"]
 
     # reembed rebuilds every vector with the new model and records it.
-    out = deja_json(home, db, "reembed", "--json", env=other)
+    out = deja_json(home, "reembed", "--json", env=other, db=db, timeout=TIMEOUT)
     assert out["pending_embeddings"] == 0 and out["embedding_model"].startswith("local:")
     model = sql(db, "SELECT model_id, dim FROM embedding_model")
     assert model == [(out["embedding_model"], DEFAULT_DIM)]
     after = check_invariants(db)
     assert after["vectors"] > 0 and after["pending"] == 0
     assert after["embedded"] == before["embedded"] + 4
-    res = deja_json(home, db, "search", "redis timeout", "--json", env=other)
+    res = deja_json(home, "search", "redis timeout", "--json", env=other, db=db, timeout=TIMEOUT)
     assert res["vector_status"] == "ok"
     # ... and now the default model is the stranger.
-    res = deja_json(home, db, "search", "redis timeout", "--json")
+    res = deja_json(home, "search", "redis timeout", "--json", db=db, timeout=TIMEOUT)
     assert "deja reembed" in res["vector_status"] and res["hits"]
 
 
@@ -273,13 +210,13 @@ def test_a_stored_model_of_another_dimension_is_refused(tmp_path: Path, home: Pa
                                                          embedder: Embedder) -> None:
     """The database says 128-dim vectors of another model: refuse, then reembed to 384."""
     db = tmp_path / "d.db"
-    deja_json(home, db, "ingest", "--root", str(SAMPLE), "--json", env={"DEJA_EMBED": "1"})
+    deja_json(home, "ingest", "--root", str(SAMPLE), "--json", embed=True, db=db, timeout=TIMEOUT)
     conn = make_connector(db)()
     try:
         conn.execute("UPDATE embedding_model SET model_id = 'example/other-128', dim = 128")
     finally:
         conn.close()
-    proc = deja(home, db, "embed", env=None, expect=1)
+    proc = deja(home, "embed", expect=1, db=db, timeout=TIMEOUT)
     assert "example/other-128" in proc.stderr and "deja reembed" in proc.stderr
 
     async def hybrid() -> Any:
@@ -294,7 +231,7 @@ def test_a_stored_model_of_another_dimension_is_refused(tmp_path: Path, home: Pa
 
     res = anyio.run(hybrid)
     assert res.hits and "deja reembed" in res.vector_status
-    out = deja_json(home, db, "reembed", "--json")
+    out = deja_json(home, "reembed", "--json", db=db, timeout=TIMEOUT)
     assert out["pending_embeddings"] == 0
     assert sql(db, "SELECT model_id, dim FROM embedding_model") == [(DEFAULT_MODEL, DEFAULT_DIM)]
     assert check_invariants(db)["vectors"] > 0
@@ -309,13 +246,15 @@ def test_sigkill_mid_embedding_leaves_a_consistent_database(tmp_path: Path, home
     # 960 records: a few seconds of embedding even on an idle machine (~500 short texts/s)
     write_sessions(root, 8, 30, seed=3, words=40)
     db = tmp_path / "crash.db"
-    out = deja_json(home, db, "ingest", "--root", str(root), "--no-embed", "--json")
+    out = deja_json(home, "ingest", "--root", str(root), "--no-embed", "--json", db=db,
+                    timeout=TIMEOUT)
     total = out["pending_embeddings"]
     assert total >= 960
     for attempt in range(2):  # kill twice, at different points
         already = sql(db, "SELECT COUNT(*) FROM records WHERE embed_state = 1")[0][0]
-        proc = subprocess.Popen(_cli_args(db, "embed", "--json", "--quiet"), env=_env(home),
-                                cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(deja_argv("embed", "--json", "--quiet", db=db),
+                                env=deja_env(home), cwd=str(REPO), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and proc.poll() is None:
@@ -333,7 +272,7 @@ def test_sigkill_mid_embedding_leaves_a_consistent_database(tmp_path: Path, home
         counts = check_invariants(db)
         assert already < counts["embedded"] < total and counts["pending"] > 0
     before_rerun = check_invariants(db)["embedded"]
-    done = deja_json(home, db, "embed", "--json")
+    done = deja_json(home, "embed", "--json", db=db, timeout=TIMEOUT)
     assert done["pending_embeddings"] == 0
     assert done["embedded"] == total - before_rerun
     counts = check_invariants(db)
@@ -351,7 +290,7 @@ def test_event_loop_stays_responsive_while_embedding(tmp_path: Path, home: Path,
     # Enough work to span many ticks even when the machine is idle (~500 texts/s).
     write_sessions(root, 4, 50, seed=9, words=60)
     db = tmp_path / "loop.db"
-    deja_json(home, db, "ingest", "--root", str(root), "--no-embed", "--json")
+    deja_json(home, "ingest", "--root", str(root), "--no-embed", "--json", db=db, timeout=TIMEOUT)
 
     async def main() -> tuple[float, int, Any]:
         store = await Store.open(db)

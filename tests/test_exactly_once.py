@@ -10,26 +10,16 @@ import json
 import os
 import random
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SHARED_PROJECTS
 
-from fixtures.transcripts import (
-    PROJECT,
-    REPO,
-    assistant,
-    cli_env,
-    conversation,
-    sql,
-    source_row,
-    tool_result,
-    user,
-    write,
-)
+from fixtures.cli import deja_argv, deja_env
+from fixtures.db import source_row, sql
+from fixtures.paths import REPO
+from fixtures.transcripts import PROJECT, assistant, conversation, tool_result, user, write
 
 SESSION = "5f0c1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f"
 OTHER = "6a1b2c3d-4e5f-4a6b-9c7d-8e9f0a1b2c3d"
@@ -193,7 +183,8 @@ def test_replaced_file_with_the_same_head_is_reread_from_the_start(env: Env) -> 
     os.replace(tmp, path)
     out = env.ingest()
     assert out["skipped_lines"] == 0, out["skipped"]
-    expected = {f"m-{i:04d}-{SESSION[:8]}" for i in range(20)} | {f"alt-{i:04d}-{SESSION[:8]}" for i in range(20)}
+    expected = ({f"m-{i:04d}-{SESSION[:8]}" for i in range(20)}
+                | {f"alt-{i:04d}-{SESSION[:8]}" for i in range(20)})
     missing = expected - _uuids(env.db)
     assert not missing, f"{len(missing)} lines of the new file were not ingested: {sorted(missing)[:3]}"
     env.assert_unique()
@@ -279,15 +270,13 @@ def test_a_file_growing_over_many_passes_equals_one_pass(env: Env, tmp_path: Pat
     env.assert_unique()
 
 
-def test_two_ingests_at_once_add_each_record_once(tmp_path: Path) -> None:
+def test_two_ingests_at_once_add_each_record_once(home: Path, db_path: Path,
+                                                  shared_projects: Path) -> None:
     """Several deja processes start together (one server per Claude Code session): one ingests."""
-    home = tmp_path / "home"
-    home.mkdir()
-    db = tmp_path / "data" / "deja.db"
-    cmd = [sys.executable, "-c", "import sys; from mcp_server.cli import main; sys.exit(main())",
-           "--db", str(db), "ingest", "--root", str(SHARED_PROJECTS), "--json", "--no-embed"]
+    db = db_path
+    cmd = deja_argv("ingest", "--root", str(shared_projects), "--json", "--no-embed", db=db)
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=cli_env(home), cwd=str(REPO)) for _ in range(3)]
+                              env=deja_env(home), cwd=str(REPO)) for _ in range(3)]
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.paths import REPO
 from ingest import lease
 from ingest.lease import LOCK_METHODS, IngestLock
 
-REPO = Path(__file__).resolve().parent.parent
 METHODS = [m for m in LOCK_METHODS if m != "flock" or lease.fcntl is not None]
 
 # Take the lock, print "held <pid>" or "busy", then hold it until stdin closes.

@@ -28,12 +28,12 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from fixtures.transcripts import REPO, cli_env, sql
+from fixtures.cli import deja_argv, deja_env
+from fixtures.db import sql
+from fixtures.paths import REPO
 
-pytestmark = [pytest.mark.anyio, pytest.mark.shared]
+pytestmark = pytest.mark.anyio
 
-SHARED_PROJECTS = (Path(os.environ.get("DEJA_SHARED", REPO.parent / "shared"))
-                   / "transcripts" / "projects")
 SERVERS = 4
 WRITES = 20  # write_memory calls per server and phase
 CALL_TIMEOUT = 30.0  # a write may wait for another process's transaction (busy timeout 10 s)
@@ -119,15 +119,11 @@ async def _write_and_search(server: Server, phase: str, token: str, done: anyio.
         j += 1
 
 
-async def test_four_servers_and_an_ingest_share_one_database(tmp_path: Path) -> None:
-    if not SHARED_PROJECTS.is_dir():
-        pytest.fail(f"the shared transcripts are missing: {SHARED_PROJECTS}")
-    home = tmp_path / "home"
-    home.mkdir()
-    db = tmp_path / "data" / "deja.db"
-    env = {**os.environ, "HOME": str(home), "CLAUDE_PROJECT_DIR": "/home/cwtrocks/android-avd"}
-    env.pop("DEJA_DB", None)
-    env.setdefault("DEJA_MODEL_CACHE", str(REPO / ".pytest_cache" / "deja-models"))
+async def test_four_servers_and_an_ingest_share_one_database(tmp_path: Path, home: Path,
+                                                             db_path: Path,
+                                                             shared_projects: Path) -> None:
+    db = db_path
+    env = deja_env(home, {"CLAUDE_PROJECT_DIR": "/home/cwtrocks/android-avd"}, embed=True)
     token = f"tok{os.getpid()}"
     t0 = time.monotonic()
     marks: dict[str, float] = {}
@@ -140,7 +136,7 @@ async def test_four_servers_and_an_ingest_share_one_database(tmp_path: Path) -> 
             errlog = stack.enter_context(open(stderr, "w"))
             params = StdioServerParameters(
                 command=sys.executable, cwd=str(REPO), env=env,
-                args=["-m", "mcp_server", "--db", str(db), "--root", str(SHARED_PROJECTS),
+                args=["-m", "mcp_server", "--db", str(db), "--root", str(shared_projects),
                       "--log-file", str(tmp_path / f"server{i}.log")])
             read, write = await stack.enter_async_context(stdio_client(params, errlog=errlog))
             session = await stack.enter_async_context(ClientSession(read, write))
@@ -162,10 +158,8 @@ async def test_four_servers_and_an_ingest_share_one_database(tmp_path: Path) -> 
         async def run_ingest() -> None:
             started = time.monotonic()
             proc = await anyio.run_process(
-                [sys.executable, "-c", "import sys; from mcp_server.cli import main; "
-                 "sys.exit(main())", "--db", str(db), "ingest", "--root", str(SHARED_PROJECTS),
-                 "--json", "--no-embed"],
-                check=False, env=cli_env(home), cwd=str(REPO))
+                deja_argv("ingest", "--root", str(shared_projects), "--json", "--no-embed", db=db),
+                check=False, env=deja_env(home), cwd=str(REPO))
             ingest_result.update(proc=proc, seconds=time.monotonic() - started)
 
         async with anyio.create_task_group() as tg:

@@ -21,7 +21,7 @@ import anyio
 import numpy as np
 import pytest
 
-from conftest import FixedEmbedder
+from fixtures.embedders import FixedEmbedder
 from ingest.db import make_connector
 from ingest.embed import DEFAULT_MODEL
 from ingest.indexing import CONTEXT_KINDS, EMBEDDABLE_KINDS, FTS_CONTEXT_SQL

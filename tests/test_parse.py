@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from fixtures.transcripts import line
 from ingest.parse import (
     DEJA_CONTEXT_MARKER,
     TEXT_CAP,
@@ -37,13 +38,9 @@ COMMON = {
 }
 
 
-def _raw(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
-
-
 def parse(obj: dict[str, Any] | bytes, ctx: FileContext = CTX, redactor: Redactor | None = None,
           offset: int = 0) -> ParsedLine:
-    raw = obj if isinstance(obj, bytes) else _raw(obj)
+    raw = obj if isinstance(obj, bytes) else line(obj)
     return parse_line(raw, ctx, offset, redactor or Redactor())
 
 

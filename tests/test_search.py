@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import subprocess
-import sys
-import uuid as uuid_mod
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -32,7 +28,10 @@ import anyio
 import numpy as np
 import pytest
 
-from conftest import FixedEmbedder
+from fixtures.cli import deja, deja_json
+from fixtures.embedders import FixedEmbedder
+from fixtures.paths import MODEL_CACHE, SAMPLE
+from fixtures.transcripts import SessionFile
 from ingest.db import connect, make_connector
 from ingest.embed import DEFAULT_MODEL, Embedder, load_embedder
 from ingest.errors import InvalidQuery
@@ -41,76 +40,9 @@ from ingest.store import Store
 from mcp_server.search import (FUSION, Resources, SearchFilters, SearchRequest, VectorIndex,
                                search)
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "tests" / "sample" / "projects"
-MODEL_CACHE = Path(os.environ.get("DEJA_MODEL_CACHE", REPO / ".pytest_cache" / "deja-models"))
-
 QUERY = "database migration locked"
 
 # -- writing transcripts -----------------------------------------------------------------------
-
-
-class SessionFile:
-    """Writes one Claude Code session file, line by line, with known timestamps."""
-
-    def __init__(self, root: Path, project_dir: str, session_id: str, cwd: str,
-                 start: datetime) -> None:
-        folder = root / project_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"{session_id}.jsonl"
-        self.session_id = session_id
-        self.cwd = cwd
-        self.ts = start
-        self.parent: str | None = None
-        self.n = 0
-        self.lines: list[str] = []
-
-    def _emit(self, kind: str, message: dict[str, Any], ts: datetime | None,
-              step: timedelta) -> str:
-        self.n += 1
-        uid = str(uuid_mod.uuid5(uuid_mod.NAMESPACE_URL, f"{self.session_id}/{self.n}"))
-        when = ts or self.ts
-        self.ts = when + step
-        line = {
-            "parentUuid": self.parent, "isSidechain": False, "userType": "external",
-            "cwd": self.cwd, "sessionId": self.session_id, "version": "2.1.150",
-            "gitBranch": "main", "uuid": uid,
-            "timestamp": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z",
-            "type": kind, "message": message,
-        }
-        self.parent = uid
-        self.lines.append(json.dumps(line))
-        return uid
-
-    def prompt(self, text: str, ts: datetime | None = None,
-               step: timedelta = timedelta(minutes=1)) -> str:
-        return self._emit("user", {"role": "user", "content": text}, ts, step)
-
-    def say(self, text: str, ts: datetime | None = None,
-            step: timedelta = timedelta(minutes=1)) -> str:
-        return self._emit("assistant", {"id": f"msg_{self.n}", "model": "claude-sonnet-4-5",
-                                        "role": "assistant",
-                                        "content": [{"type": "text", "text": text}]}, ts, step)
-
-    def think(self, text: str) -> str:
-        return self._emit("assistant", {"id": f"msg_{self.n}", "model": "claude-sonnet-4-5",
-                                        "role": "assistant", "content": [
-                                            {"type": "thinking", "thinking": text,
-                                             "signature": "x"}]}, None, timedelta(minutes=1))
-
-    def tool(self, name: str, tool_input: dict[str, Any], result: str) -> tuple[str, str]:
-        tid = f"toolu_{self.session_id[:8]}_{self.n}"
-        call = self._emit("assistant", {"id": f"msg_{self.n}", "model": "claude-sonnet-4-5",
-                                        "role": "assistant", "content": [
-                                            {"type": "tool_use", "id": tid, "name": name,
-                                             "input": tool_input}]}, None, timedelta(minutes=1))
-        res = self._emit("user", {"role": "user", "content": [
-            {"tool_use_id": tid, "type": "tool_result", "content": result}]}, None,
-            timedelta(minutes=1))
-        return call, res
-
-    def save(self) -> None:
-        self.path.write_text("\n".join(self.lines) + "\n", encoding="utf-8")
 
 
 _SUBJECTS = ["the sqlite database", "schema version seven", "the users table", "the orders table",
@@ -211,32 +143,6 @@ def build_corpus(root: Path, now: datetime) -> dict[str, Any]:
 # -- fixtures ---------------------------------------------------------------------------------
 
 
-def _env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("DEJA_DB", None)
-    env.pop("DEJA_EMBED_MODEL", None)
-    env.update({"HOME": str(home), "PYTHONUNBUFFERED": "1", "DEJA_EMBED": "0",
-                "DEJA_MODEL_CACHE": str(MODEL_CACHE)})
-    env.update(extra or {})
-    return env
-
-
-def run_cli(home: Path, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 120, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "import sys; from mcp_server.cli import main; sys.exit(main())",
-         *args], capture_output=True, text=True, timeout=timeout, env=_env(home, env),
-        cwd=str(cwd))
-
-
-def cli_json(home: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    proc = run_cli(home, *args, env=env)
-    assert proc.returncode == 0, f"deja {' '.join(args)}: {proc.returncode}\n{proc.stderr}"
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"expected one JSON line on stdout, got:\n{proc.stdout}"
-    return json.loads(lines[0])
-
-
 class Corpus:
     def __init__(self, db: Path, root: Path, home: Path, info: dict[str, Any],
                  embedder: Embedder) -> None:
@@ -284,7 +190,8 @@ class Corpus:
             conn.close()
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-        return cli_json(self.home, "--db", str(self.db), *args, env=env)
+        out: dict[str, Any] = deja_json(self.home, "--db", str(self.db), *args, env=env)
+        return out
 
 
 @pytest.fixture(scope="session")
@@ -310,8 +217,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Iter
     f.save()
     info["real_project"] = real
     db = base / "data" / "deja.db"
-    out = cli_json(home, "--db", str(db), "ingest", "--root", str(root), "--root", str(SAMPLE),
-                   "--json", env={"DEJA_EMBED": "1"})
+    out = deja_json(home, "--db", str(db), "ingest", "--root", str(root), "--root", str(SAMPLE),
+                    "--json", embed=True)
     assert out["pending_embeddings"] == 0 and out["embedded"] > 400, out
     yield Corpus(db, root, home, info, embedder)
 
@@ -600,8 +507,8 @@ def test_project_as_an_absolute_path_of_an_existing_folder(corpus: Corpus) -> No
 def test_project_dot_means_the_current_folder(corpus: Corpus) -> None:
     real = corpus.info["real_project"]
     for cwd in (real, real / "src"):
-        proc = run_cli(corpus.home, "--db", str(corpus.db), "search", "walrus inventory",
-                       "--json", "--mode", "keyword", "--project", ".", cwd=cwd)
+        proc = deja(corpus.home, "--db", str(corpus.db), "search", "walrus inventory",
+                    "--json", "--mode", "keyword", "--project", ".", cwd=cwd, expect=None)
         assert proc.returncode == 0, proc.stderr
         assert len(json.loads(proc.stdout)["hits"]) == 2, cwd
 
@@ -674,8 +581,8 @@ def test_bad_values_are_clear_errors(corpus: Corpus, args: list[str], message: s
 
 
 def test_bad_value_through_the_process_boundary(corpus: Corpus) -> None:
-    proc = run_cli(corpus.home, "--db", str(corpus.db), "search", "tomato", "--json",
-                   "--since", "last tuesday")
+    proc = deja(corpus.home, "--db", str(corpus.db), "search", "tomato", "--json",
+                "--since", "last tuesday", expect=None)
     assert proc.returncode == 1, proc
     assert proc.stderr.startswith("deja: ") and "cannot read the time 'last tuesday'" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
@@ -780,7 +687,7 @@ def test_json_contract(corpus: Corpus) -> None:
     for key in ("vector_status", "notes", "pending_embeddings", "truncated_by_budget"):
         assert key in out
     # Without --json: readable text, no JSON.
-    proc = run_cli(corpus.home, "--db", str(corpus.db), "search", "redis timeout")
+    proc = deja(corpus.home, "--db", str(corpus.db), "search", "redis timeout", expect=None)
     assert proc.returncode == 0 and "redis" in proc.stdout.lower()
     assert not proc.stdout.lstrip().startswith("{")
 
@@ -792,10 +699,10 @@ def test_without_vectors_search_answers_from_keywords_and_says_so(tmp_path: Path
     home = tmp_path / "home"
     home.mkdir()
     db = tmp_path / "d.db"
-    out = cli_json(home, "--db", str(db), "ingest", "--root", str(SAMPLE), "--no-embed", "--json")
+    out = deja_json(home, "--db", str(db), "ingest", "--root", str(SAMPLE), "--no-embed", "--json")
     assert out["pending_embeddings"] > 0
     for mode in ("hybrid", "vector"):
-        res = cli_json(home, "--db", str(db), "search", "redis timeout", "--json", "--mode", mode)
+        res = deja_json(home, "--db", str(db), "search", "redis timeout", "--json", "--mode", mode)
         assert res["hits"] and "redis" in res["hits"][0]["snippet"].lower()
         assert res["mode"] == mode
         assert res["vector_status"] != "ok" and "embed" in res["vector_status"]
@@ -803,14 +710,14 @@ def test_without_vectors_search_answers_from_keywords_and_says_so(tmp_path: Path
         assert res["pending_embeddings"] == out["pending_embeddings"]
         assert all("vector_rank" not in h["scores"] for h in res["hits"])
     # Embedded, then more transcripts arrive unembedded: hits say how many wait.
-    assert cli_json(home, "--db", str(db), "embed", "--json")["pending_embeddings"] == 0
+    assert deja_json(home, "--db", str(db), "embed", "--json")["pending_embeddings"] == 0
     extra = tmp_path / "more"
     f = SessionFile(extra, "-home-demo-more", "more0000-0000-0000-0000-000000000000",
                     "/home/demo/more", datetime(2026, 5, 1, tzinfo=timezone.utc))
     f.prompt("redis cluster failover drill")
     f.save()
-    cli_json(home, "--db", str(db), "ingest", "--root", str(extra), "--no-embed", "--json")
-    res = cli_json(home, "--db", str(db), "search", "redis failover", "--json")
+    deja_json(home, "--db", str(db), "ingest", "--root", str(extra), "--no-embed", "--json")
+    res = deja_json(home, "--db", str(db), "search", "redis failover", "--json")
     assert res["vector_status"] == "ok" and res["pending_embeddings"] == 1
     assert any("await" in n for n in res["notes"])
     assert any(h["scores"].get("vector_rank") for h in res["hits"])
@@ -833,7 +740,7 @@ def test_a_pending_record_matching_every_word_stays_in_the_hybrid_top(
                     "/home/demo/more", datetime(2026, 5, 1, tzinfo=timezone.utc))
     f.prompt("The staging database migration stayed locked by the zebra batch job.")
     f.save()
-    cli_json(corpus.home, "--db", str(db), "ingest", "--root", str(extra), "--no-embed", "--json")
+    deja_json(corpus.home, "--db", str(db), "ingest", "--root", str(extra), "--no-embed", "--json")
     shutil.rmtree(extra)
     hits = Corpus(db, extra, corpus.home, {}, corpus.embedder).search(
         "zebra database migration locked", limit=10).hits
@@ -843,8 +750,8 @@ def test_a_pending_record_matching_every_word_stays_in_the_hybrid_top(
 def test_model_that_cannot_load_falls_back_to_keywords(corpus: Corpus) -> None:
     env = {"DEJA_EMBED_MODEL": "/nonexistent/path"}
     for mode in ("hybrid", "vector"):
-        proc = run_cli(corpus.home, "--db", str(corpus.db), "search", "tomato", "--json",
-                       "--mode", mode, env=env)
+        proc = deja(corpus.home, "--db", str(corpus.db), "search", "tomato", "--json",
+                    "--mode", mode, env=env, expect=None)
         assert proc.returncode == 0, proc.stderr
         assert "Traceback" not in proc.stderr
         out = json.loads(proc.stdout)
@@ -904,7 +811,8 @@ def test_or_query_keeps_the_rarest_terms_by_their_exact_stems(
 @pytest.mark.parametrize("query", ["", "   ", "\t\n"])
 def test_an_empty_query_is_a_clear_error(corpus: Corpus, query: str) -> None:
     for mode in ("hybrid", "keyword"):
-        proc = run_cli(corpus.home, "--db", str(corpus.db), "search", query, "--mode", mode)
+        proc = deja(corpus.home, "--db", str(corpus.db), "search", query, "--mode", mode,
+                    expect=None)
         assert proc.returncode == 1, (query, mode, proc.stdout)
         assert proc.stderr == ("deja: the query is empty: give words, an error message or a "
                                "question\n"), proc.stderr
@@ -955,7 +863,7 @@ def test_a_record_in_each_cjk_range_is_found_by_a_query_in_its_script(tmp_path: 
     f.prompt("an unrelated line in English")
     f.save()
     db = tmp_path / "cjk.db"
-    cli_json(home, "--db", str(db), "ingest", "--root", str(root), "--no-embed", "--json")
+    deja_json(home, "--db", str(db), "ingest", "--root", str(root), "--no-embed", "--json")
     corpus = Corpus(db, root, home, {}, None)  # type: ignore[arg-type]
     for script, word, run in CJK_SAMPLES:
         for query in (word, run):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -34,12 +33,13 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.types import CallToolResult
 
-from fixtures.transcripts import REPO, assistant, ingest_shared, sql, user, write
+from fixtures.cli import deja_env
+from fixtures.db import sql
+from fixtures.paths import REPO
+from fixtures.shared import ingest_shared
+from fixtures.transcripts import assistant, user, write
 
-pytestmark = [pytest.mark.anyio, pytest.mark.shared]
-
-SHARED_PROJECTS = (Path(os.environ.get("DEJA_SHARED", REPO.parent / "shared"))
-                   / "transcripts" / "projects")
+pytestmark = pytest.mark.anyio
 TOOLS = {"search_memory", "get_context", "list_sessions", "write_memory", "forget_memory",
          "load_checkpoint", "memory_status"}
 AVD_CWD = "/home/cwtrocks/android-avd"  # a project of the shared corpus: "current" in these tests
@@ -53,7 +53,7 @@ def anyio_backend() -> str:
 
 
 def _bench() -> Any:
-    """bench/handshake.py (not a package: bench/ingest.py would shadow deja's ingest)."""
+    """bench/handshake.py, loaded by path (bench/ is not a package)."""
     spec = importlib.util.spec_from_file_location("deja_bench_handshake",
                                                   REPO / "bench" / "handshake.py")
     assert spec is not None and spec.loader is not None
@@ -66,13 +66,8 @@ def _bench() -> Any:
 
 
 def server_env(home: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("DEJA_DB", None)
-    env["HOME"] = str(home)
-    env["CLAUDE_PROJECT_DIR"] = AVD_CWD
-    env.setdefault("DEJA_MODEL_CACHE", str(REPO / ".pytest_cache" / "deja-models"))
-    env.update(extra)
-    return env
+    """deja_env with the corpus's project as Claude Code's current one; the server embeds."""
+    return deja_env(home, {"CLAUDE_PROJECT_DIR": AVD_CWD, **extra}, embed=True)
 
 
 def server_args(db: Path, root: Path, home: Path, *extra: str) -> list[str]:
@@ -88,11 +83,11 @@ class Corpus:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+def corpus(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> Corpus:
     """The shared transcripts ingested once (keyword index only) into a module database."""
-    home, db, summary = ingest_shared(tmp_path_factory.mktemp("server"), SHARED_PROJECTS)
+    home, db, summary = ingest_shared(tmp_path_factory.mktemp("server"), shared_projects)
     assert summary["new_records"] > 1000
-    return Corpus(db=db, home=home, root=SHARED_PROJECTS)
+    return Corpus(db=db, home=home, root=shared_projects)
 
 
 @asynccontextmanager

@@ -23,7 +23,8 @@ import pytest
 from mcp import Client
 from mcp.types import CallToolResult
 
-from fixtures.transcripts import REPO, assistant, line, user, write
+from fixtures.paths import SAMPLE
+from fixtures.transcripts import assistant, user, write
 from ingest.runner import ingest_once
 from ingest.store import Store
 from mcp_server.server import INSTRUCTIONS, ServerConfig, build_server
@@ -71,7 +72,7 @@ def history_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample and gizmo sessions ingested (keyword index only) into a module database."""
     base = tmp_path_factory.mktemp("tools")
     root = base / "projects"
-    shutil.copytree(REPO / "tests" / "sample" / "projects", root)
+    shutil.copytree(SAMPLE, root)
     write(root / "-home-dev-gizmo" / f"{GIZMO_SESSION}.jsonl", _gizmo_session())
     db = base / "deja.db"
 
