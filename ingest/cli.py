@@ -30,7 +30,6 @@ import anyio
 
 from .config import db_path_from
 from .discover import default_roots
-from .embed import load_configured_embedder
 from .errors import DejaError, IngestBusy
 from .lease import IngestLock
 from .runner import IngestSummary, ingest_once, watch
@@ -201,6 +200,8 @@ class ModelOnce:
             raise self.error
         if self.embedder is not None:
             return self.embedder
+        from .embed import load_configured_embedder  # the model code only when used
+
         try:
             embedder: Embedder = await anyio.to_thread.run_sync(load_configured_embedder,
                                                                 self.environ)

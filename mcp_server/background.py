@@ -21,9 +21,9 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from functools import partial
+from typing import TYPE_CHECKING
 
 import anyio
-import anyio.abc
 
 from ingest.db import connect
 from ingest.errors import DejaError
@@ -32,6 +32,9 @@ from ingest.runner import IngestSummary, watch
 from ingest.store import Store
 
 from .state import DejaState
+
+if TYPE_CHECKING:
+    import anyio.abc
 
 __all__ = ["start_background", "retrying"]
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from ..errors import ModelUnavailable
 from .embedder import Embedder
-from .export import ensure_export
 from .onnx_backend import NoOnnxRuntime, OnnxUnavailable, load_onnx_export
 from .resolve import ModelSpec, resolve_model
 from .torch_backend import load_torch
@@ -109,5 +108,8 @@ def _load_onnx(
 ) -> Embedder:
     if importlib.util.find_spec("onnxruntime") is None:
         raise NoOnnxRuntime("onnxruntime is not installed")
+    # The export code (subprocess, tempfile, shutil) only when an export may be needed.
+    from .export import ensure_export
+
     folder = ensure_export(spec, cache_dir, threads, local_files_only, retry_failed)
     return load_onnx_export(spec, folder, threads)

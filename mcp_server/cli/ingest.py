@@ -22,7 +22,6 @@ from ingest.cli import (
     embed_with_progress,
     run_ingest,
 )
-from ingest.embed import load_configured_embedder
 from ingest.errors import DejaError
 from ingest.lease import IngestLock
 from ingest.store import Store
@@ -79,6 +78,8 @@ async def _embed(db_path: Path, quiet: bool, reembed_all: bool) -> dict[str, Any
         if not lock.acquire():
             raise DejaError(f"another deja process (pid {lock.holder_pid()}) is ingesting and "
                             "embedding this database; it will embed what is pending")
+        from ingest.embed import load_configured_embedder  # the model code only when used
+
         embedder = await anyio.to_thread.run_sync(load_configured_embedder, os.environ)
         return await embed_with_progress(store, embedder, quiet=quiet, reembed_all=reembed_all)
     finally:

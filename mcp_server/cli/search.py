@@ -17,7 +17,6 @@ import aiosqlite
 import anyio
 
 from ingest.db import connect
-from ingest.embed import load_configured_embedder
 from ingest.errors import DejaError
 from ingest.store import Store
 
@@ -69,6 +68,8 @@ async def _search(db_path: Path, args: argparse.Namespace) -> SearchResult:
             embedder_error = "no vectors yet (run `deja embed`)"
         elif args.mode != "keyword":
             try:
+                from ingest.embed import load_configured_embedder  # the model code only when used
+
                 embedder = await anyio.to_thread.run_sync(load_configured_embedder, os.environ)
             except DejaError as exc:
                 embedder_error = str(exc)

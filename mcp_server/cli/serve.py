@@ -11,7 +11,6 @@ import argparse
 import logging
 import os
 import sys
-from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 import anyio
@@ -41,6 +40,8 @@ def _log_to_file(log_file: Path, verbose: int) -> None:
     """Debug log to `log_file` (private, rotated); stderr at warning, or more with -v."""
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        from logging.handlers import RotatingFileHandler
+
         handler = RotatingFileHandler(log_file, maxBytes=5_000_000, backupCount=2)
         os.chmod(log_file, 0o600)
         handler.setLevel(logging.DEBUG)
