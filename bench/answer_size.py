@@ -173,7 +173,8 @@ def report(rows: list[dict[str, Any]]) -> None:
     snip = [r["snippet_chars"] for r in rows]
     rest = [r["chars"] - r["snippet_chars"] for r in rows]
     struct = [r["structured_chars"] for r in rows]
-    print(f"\n{n} questions (v1), search_memory limit {LIMIT}, mean {statistics.mean(r['hits'] for r in rows):.1f} hits")
+    hits = statistics.mean(r["hits"] for r in rows)
+    print(f"\n{n} questions (v1), search_memory limit {LIMIT}, mean {hits:.1f} hits")
     print(f"{'characters':<30} {'median':>7} {'p90':>7} {'mean':>7} {'max':>7}")
     for name, vals in (("answer (text content)", chars), ("  snippet text", snip),
                        ("  everything else", rest), ("structured, compact JSON", struct)):

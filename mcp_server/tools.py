@@ -15,13 +15,14 @@ the wire.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, cast
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from ingest.errors import DejaError
@@ -50,7 +51,7 @@ assert set(Kind.__args__) == set(KINDS)  # type: ignore[attr-defined]
 MemoryKind = Literal["note", "decision", "checkpoint", "todo", "fact", "preference"]
 assert set(MemoryKind.__args__) == set(MEMORY_KINDS)  # type: ignore[attr-defined]
 
-Tool = Callable[..., Awaitable[dict[str, Any]]]
+Tool = Callable[..., Awaitable[dict[str, Any] | CallToolResult]]
 
 
 def reporting_deja_errors(tool: Tool) -> Tool:
@@ -61,7 +62,7 @@ def reporting_deja_errors(tool: Tool) -> Tool:
     """
 
     @functools.wraps(tool)
-    async def call(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    async def call(*args: Any, **kwargs: Any) -> dict[str, Any] | CallToolResult:
         try:
             return await tool(*args, **kwargs)
         except DejaError as exc:
@@ -94,11 +95,15 @@ async def search_memory(
     limit: Annotated[int, Field(ge=1, le=50, description="hits to return")] = 10,
     max_tokens: Annotated[int, Field(ge=100, le=20000,
                                      description="bound on the size of the answer")] = 2000,
-) -> dict[str, Any]:
+    debug: Annotated[bool, Field(description=(
+        "also return every ranker's rank and score, uuids, record ids and index state"))] = False,
+) -> Annotated[CallToolResult, dict[str, Any]]:
     """Search past Claude Code sessions (prompts, answers, thinking, tool calls and outputs,
         compaction summaries, subagent runs) and written memories. Hybrid keyword + meaning
-        search. Returns hits with a snippet, timestamp, session and a handle; pass a hit's
-        handle or uuid to get_context to read the surrounding turns."""
+        search. Returns hits, best first, each with a handle, kind, tool, time (UTC), session_id
+        and a snippet with the query words in [brackets]; `sessions` maps each session_id to its
+        project (when all hits are from one session, they leave session_id out). Pass a hit's
+        handle to get_context to read the surrounding turns. debug: true adds the scores."""
     state = _state(ctx)
     scope, notes = await project_filter(state.store.conn, state.project, project)
     result = await search(
@@ -108,13 +113,22 @@ async def search_memory(
         Resources(embedder=state.embedder, embedder_error=state.embedder_error,
                   vector_index=state.vector_index, vector_conn=state.vector_conn),
     )
+    if not debug:
+        return _compact(result.to_answer(scope or "all", notes))
     out = result.to_dict()
     out["notes"] = notes + out["notes"]
     out["project"] = scope or "all"
     last = await state.store.get_meta("last_ingest")
     out["index"] = {"pending_embeddings": result.pending_embeddings, "last_ingest": last,
                     "this_process_ingests": state.ingesting}
-    return out
+    return _compact(out)
+
+
+def _compact(out: dict[str, Any]) -> CallToolResult:
+    """`out` as structured content, and as its text JSON without the SDK's indentation
+    (a fifth of a 10-hit answer was spaces and newlines)."""
+    text = json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=out)
 
 
 async def get_context(

@@ -1,7 +1,17 @@
 """What a search returns: hits, and the result that carries them with its notes.
 
-`to_dict()` is the JSON contract of `deja search --json` and of the
-search_memory tool: its keys and rounding do not change without a reason.
+Two JSON forms:
+- `to_dict()`: every field, scores included. The contract of `deja search
+  --json` (scripts read it) and of search_memory with `debug: true`: its keys
+  and rounding do not change without a reason.
+- `to_answer(project)`: what search_memory gives the agent by default, as few
+  characters as it can act on: per hit its handle (for get_context), kind,
+  tool, subagent, time to the minute, session and snippet, each only when
+  set. `sessions` maps each hit's session to its project, so a hit names its
+  project only when it has no session (a memory) and it is not the searched
+  one; when every hit is from one session, the hits leave session_id out.
+  Notes only when there are any. No scores, no uuid or record id beside the
+  handle.
 """
 
 from __future__ import annotations
@@ -9,7 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Hit", "SearchResult"]
+__all__ = ["Hit", "SearchResult", "minute"]
+
+
+def minute(ts: str | None) -> str | None:
+    """An ISO UTC time to the minute (2026-03-01T10:00:05.123Z -> 2026-03-01T10:00Z); others as they are."""
+    if ts and len(ts) >= 17 and ts[10] == "T" and ts[13] == ":" and (
+            ts.endswith("Z") or ts.endswith("+00:00")):
+        return ts[:16] + "Z"
+    return ts
 
 
 @dataclass
@@ -41,6 +59,13 @@ class Hit:
             "record_id": self.id, "score": round(self.score, 6), "scores": self.scores,
         }
 
+    def to_answer(self) -> dict[str, Any]:
+        """The agent's fields (see the module docstring), the unset ones left out."""
+        fields = {"handle": self.handle, "kind": self.kind, "tool": self.tool_name,
+                  "agent_id": self.agent_id, "time": minute(self.timestamp),
+                  "session_id": self.session_id, "project": self.project, "snippet": self.snippet}
+        return {k: v for k, v in fields.items() if v is not None}
+
 
 @dataclass
 class SearchResult:
@@ -62,3 +87,29 @@ class SearchResult:
             "notes": self.notes, "truncated_by_budget": self.truncated_by_budget,
             "elapsed_ms": round(self.elapsed_ms, 1),
         }
+
+    def to_answer(self, project: str, notes: list[str] | None = None) -> dict[str, Any]:
+        """The compact form for the agent (module docstring); `project` is the searched scope,
+        `notes` go before the search's own."""
+        hits = [h.to_answer() for h in self.hits]
+        sessions: dict[str, Any] = {}
+        for h in hits:
+            sid = h.get("session_id")
+            if sid is not None:
+                sessions.setdefault(sid, h.get("project"))
+                if sessions[sid] == h.get("project"):
+                    h.pop("project", None)  # given once, in `sessions`
+            elif h.get("project") == project:
+                del h["project"]  # the searched project itself
+        if len(hits) >= 2 and len(sessions) == 1 and all("session_id" in h for h in hits):
+            for h in hits:
+                del h["session_id"]  # the one key of `sessions`
+        out: dict[str, Any] = {"project": project, "vector_status": self.vector_status,
+                               "sessions": sessions}
+        out["hits"] = hits
+        all_notes = (notes or []) + self.notes
+        if all_notes:
+            out["notes"] = all_notes
+        if self.truncated_by_budget:
+            out["truncated_by_budget"] = True
+        return out
