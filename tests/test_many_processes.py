@@ -217,7 +217,8 @@ async def test_four_servers_and_an_ingest_share_one_database(tmp_path: Path, hom
         for s in servers:
             for needle in list(s.needles)[:: max(1, len(s.needles) // 5)]:
                 found = await survivors[0].call("search_memory", query=needle,
-                                                kinds=["memory"], project="all", limit=50)
+                                                kinds=["memory"], project="all", limit=50,
+                                                debug=True)
                 uuids = [h["uuid"] for h in found["hits"]]
                 assert s.needles[needle] in uuids, found
                 ranks.append(uuids.index(s.needles[needle]) + 1)

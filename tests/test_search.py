@@ -39,6 +39,7 @@ from ingest.quantize import bits_rows, int8_rows
 from ingest.store import Store
 from mcp_server.search import (FUSION, Resources, SearchFilters, SearchRequest, VectorIndex,
                                search)
+from mcp_server.search.snippets import SNIPPET_CHARS
 
 QUERY = "database migration locked"
 
@@ -652,7 +653,8 @@ def test_snippet_shows_a_match_deep_inside_a_long_record(corpus: Corpus) -> None
     hits = corpus.search("zanzibarquux", mode="keyword").hits
     assert len(hits) == 1
     assert "[zanzibarquux]" in hits[0].snippet
-    assert hits[0].snippet.startswith("…") and len(hits[0].snippet) < 400
+    # A window of the record (the word's brackets and two ellipses beside it), not all of it.
+    assert hits[0].snippet.startswith("…") and len(hits[0].snippet) <= SNIPPET_CHARS + 4
 
 
 def test_handle_names_the_hit(corpus: Corpus) -> None:

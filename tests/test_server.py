@@ -205,20 +205,27 @@ async def test_search_memory(served: Served) -> None:
     s = served.session
     found = await ok(s, "search_memory", query="emulator root", project="all", limit=5)
     assert 1 <= len(found["hits"]) <= 5, found
-    assert found["project"] == "all" and "index" in found
+    assert found["project"] == "all" and found["sessions"]
     hit = found["hits"][0]
-    for key in ("handle", "uuid", "session_id", "kind", "timestamp", "snippet"):
+    for key in ("handle", "kind", "time", "snippet"):
         assert key in hit, hit
+    assert "scores" not in hit and "uuid" not in hit
+    debug = await ok(s, "search_memory", query="emulator root", project="all", limit=5,
+                     debug=True)
+    assert "index" in debug and [h["handle"] for h in debug["hits"]] == [
+        h["handle"] for h in found["hits"]]
+    assert all(h["scores"] and h["uuid"] for h in debug["hits"])
 
     # "current" is the AVD project (CLAUDE_PROJECT_DIR): hits stay in it.
     current = await ok(s, "search_memory", query="emulator", limit=10)
     assert current["project"] == AVD_CWD and current["hits"]
-    assert {h["session_id"] for h in current["hits"]} == {S_AVD}
+    assert set(current["sessions"]) == {S_AVD}
 
 
 async def test_get_context(served: Served) -> None:
     s = served.session
-    hit = (await ok(s, "search_memory", query="emulator root", project="all", limit=1))["hits"][0]
+    hit = (await ok(s, "search_memory", query="emulator root", project="all", limit=1,
+                    debug=True))["hits"][0]
     context = await ok(s, "get_context", ref=hit["handle"], before=2, after=2)
     assert context["hit"]["handle"] == hit["handle"]
     assert context["session"]["session_id"] == hit["session_id"]
@@ -244,7 +251,7 @@ async def test_write_memory(served: Served) -> None:
                        title="quillback cap", tags=["parser", "limits"])
     assert written["created"] is True and written["project"] == "-home-cwtrocks-android-avd"
     # (duplicates stored once: tests/test_tools.py)
-    memories = await ok(s, "search_memory", query="quillback", kinds=["memory"])
+    memories = await ok(s, "search_memory", query="quillback", kinds=["memory"], debug=True)
     assert [h["uuid"] for h in memories["hits"]] == [written["id"]]
     await ok(s, "forget_memory", id=written["id"])  # the corpus stays as ingested
 
@@ -268,7 +275,8 @@ async def test_load_checkpoint(served: Served) -> None:
 async def test_forget_memory(served: Served) -> None:
     s = served.session
     written = await ok(s, "write_memory", content="The ocelot build cache lives in /var/tmp.")
-    found = await ok(s, "search_memory", query="ocelot", kinds=["memory"], project="all")
+    found = await ok(s, "search_memory", query="ocelot", kinds=["memory"], project="all",
+                     debug=True)
     assert [h["uuid"] for h in found["hits"]] == [written["id"]]
     assert await ok(s, "forget_memory", id=written["id"]) == {"id": written["id"],
                                                               "deleted": True}
@@ -394,14 +402,15 @@ async def test_a_growing_history_becomes_searchable_within_5_s(tmp_path: Path) -
         hits = await poll(s, "search_memory", {"query": "ptarmigan", "project": "all"},
                           lambda r: r["hits"], within=5)
         new_file_s = time.monotonic() - started
-        assert {h["session_id"] for h in hits["hits"]} == {SESSION_B}
+        assert set(hits["sessions"]) == {SESSION_B}
 
         # A line is appended to a session that was already read.
         with open(first, "ab") as f:
             f.write(user(SESSION_A, "5e55a000-appended", "and now the wombat importer",
                          ts="2026-03-01T11:00:00.000Z"))
         started = time.monotonic()
-        hits = await poll(s, "search_memory", {"query": "wombat", "project": "all"},
+        hits = await poll(s, "search_memory", {"query": "wombat", "project": "all",
+                                                "debug": True},
                           lambda r: r["hits"], within=5)
         appended_s = time.monotonic() - started
         assert [h["uuid"] for h in hits["hits"]] == ["5e55a000-appended"]
@@ -416,7 +425,8 @@ async def test_a_growing_history_becomes_searchable_within_5_s(tmp_path: Path) -
                     and status["vector_index_chunks"] == chunks)
 
         await poll(s, "memory_status", {}, indexed, within=45, every=0.5)
-        found = await ok(s, "search_memory", query="bird of prey importer", project="all")
+        found = await ok(s, "search_memory", query="bird of prey importer", project="all",
+                         debug=True)
         assert found["vector_status"] == "ok"
         assert any("vector_rank" in h["scores"] for h in found["hits"])
     print(f"searchable after: new file {new_file_s:.2f} s, appended line {appended_s:.2f} s")

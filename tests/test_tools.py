@@ -27,6 +27,7 @@ from fixtures.paths import SAMPLE
 from fixtures.transcripts import assistant, user, write
 from ingest.runner import ingest_once
 from ingest.store import Store
+from mcp_server.search.snippets import make_snippet
 from mcp_server.server import INSTRUCTIONS, ServerConfig, build_server
 
 pytestmark = pytest.mark.anyio
@@ -34,6 +35,8 @@ pytestmark = pytest.mark.anyio
 SHOP_CWD = "/home/demo/shop-api"  # tests/sample/projects: the "current" project here
 SHOP_SESSION = "7d5c2a4e-1f0b-4c1e-9a51-3b7e2f9d6c10"
 GIZMO_SESSION = "61a70000-0000-4000-8000-000000000001"
+# The fields a search_memory hit may have without debug (tools.search_memory's docstring).
+ANSWER_HIT_KEYS = {"handle", "kind", "tool", "agent_id", "time", "session_id", "project", "snippet"}
 TOOLS = ["search_memory", "get_context", "list_sessions", "write_memory", "forget_memory",
          "load_checkpoint", "memory_status"]
 
@@ -59,11 +62,19 @@ def _gizmo_session() -> list[bytes]:
                   ts=ts.format(2)),
         assistant(s, "g-0004", [{"type": "tool_use", "id": "toolu_g_bash", "name": "Bash",
                                  "input": {"command": "make check"}}], ts=ts.format(3)),
+        # Terminal colours, a window title (OSC), a stray ESC and a backspace, as tools print them.
         user(s, "g-0005", [{"type": "tool_result", "tool_use_id": "toolu_g_bash",
-                            "is_error": True, "content": "make: *** [check] Error 2 (quokka)"}],
+                            "is_error": True,
+                            "content": "\x1b]0;make\x07\x1b[1;31mmake: *** [check] Error 2\x1b[0m "
+                                       "(quokka)\x1b \x08done"}],
              ts=ts.format(4)),
         assistant(s, "g-0006", [{"type": "text", "text": "The check fails in the quokka step."}],
                   ts=ts.format(5)),
+        # The first "marmot" is alone; the answer, far below, names all three words.
+        assistant(s, "g-0007", [{"type": "text", "text": (
+            "A marmot appears in the changelog. " + "Unrelated notes follow. " * 40
+            + "Found it: the marmot parser drops the ibex field, so we pin the parser to 2.1.")}],
+                  ts=ts.format(6)),
     ]
 
 
@@ -153,29 +164,89 @@ async def test_the_server_lists_every_tool_with_its_hints_and_instructions(
 
 
 async def test_search_memory(client: Client) -> None:
-    found = await ok(client, "search_memory", query="redis timeout", limit=3)
+    result = await call(client, "search_memory", query="redis timeout", limit=3)
+    found = result.structured_content
+    assert not result.is_error and isinstance(found, dict)
+    # What the agent reads is that same JSON, unindented.
+    assert json.loads(_text(result)) == found and "\n" not in _text(result)
     assert found["project"] == SHOP_CWD
+    assert found["sessions"] == {SHOP_SESSION: SHOP_CWD}
     assert 1 <= len(found["hits"]) <= 3
-    assert {h["session_id"] for h in found["hits"]} == {SHOP_SESSION}
-    hit = found["hits"][0]
-    for key in ("handle", "uuid", "session_id", "kind", "timestamp", "snippet"):
-        assert key in hit, hit
-    assert found["index"]["this_process_ingests"] is False
+    for hit in found["hits"]:
+        assert {"handle", "kind", "time", "snippet"} <= set(hit) <= ANSWER_HIT_KEYS, hit
+        assert None not in hit.values(), hit
+        assert hit["handle"].startswith("rec:") and hit["time"].endswith("Z")
+    if len(found["hits"]) > 1:  # one session: it is the one key of `sessions`
+        assert all("session_id" not in h for h in found["hits"])
+    assert not {"query", "mode", "index", "elapsed_ms", "pending_embeddings"} & set(found)
 
     # Another project: found with project="all" or its path, not from "current".
     assert not (await ok(client, "search_memory", query="quokka"))["hits"]
     everywhere = await ok(client, "search_memory", query="quokka", project="all")
     assert everywhere["project"] == "all"
-    assert {h["session_id"] for h in everywhere["hits"]} == {GIZMO_SESSION}
+    assert everywhere["sessions"] == {GIZMO_SESSION: "/home/dev/gizmo"}
     prompts = await ok(client, "search_memory", query="wombat importer",
-                       project="/home/dev/gizmo", kinds=["prompt"])
+                       project="/home/dev/gizmo", kinds=["prompt"], debug=True)
     assert [h["uuid"] for h in prompts["hits"]] == ["g-0001"]
+    # Hits of several sessions name theirs; the map gives each one's project.
+    both = await ok(client, "search_memory", query="quokka OR redis", project="all", limit=20)
+    assert set(both["sessions"]) == {SHOP_SESSION, GIZMO_SESSION}
+    assert {h["session_id"] for h in both["hits"]} == {SHOP_SESSION, GIZMO_SESSION}
+    assert all("project" not in h for h in both["hits"])
 
     await refused(client, "search_memory", ["last tuesday", "ISO date", "7d"],
                   query="x", since="last tuesday")  # DejaError from the library
     await refused(client, "search_memory", ["limit", "greater than or equal to 1"],
                   query="x", limit=0)  # refused by the schema
     await refused(client, "search_memory", ["query", "required"])
+
+
+async def test_search_memory_with_debug_gives_every_field_and_score(client: Client) -> None:
+    plain = await ok(client, "search_memory", query="redis timeout", limit=3)
+    debug = await ok(client, "search_memory", query="redis timeout", limit=3, debug=True)
+    assert [h["handle"] for h in debug["hits"]] == [h["handle"] for h in plain["hits"]]
+    assert debug["query"] == "redis timeout" and debug["mode"] == "hybrid"
+    assert debug["index"]["this_process_ingests"] is False and "elapsed_ms" in debug
+    for hit in debug["hits"]:
+        assert {"uuid", "record_id", "session_id", "project", "timestamp", "tool_name",
+                "agent_id", "score", "scores"} <= set(hit), hit
+        assert hit["handle"] == f"rec:{hit['record_id']}" and hit["scores"]["bm25_rank"] >= 1
+    assert all("score" not in h and "scores" not in h for h in plain["hits"])
+    # Twice as long for the same hits (the JSON text, as the agent gets it).
+    assert len(json.dumps(debug)) > 1.5 * len(json.dumps(plain))
+
+
+async def test_snippets_never_show_terminal_codes(client: Client) -> None:
+    found = await ok(client, "search_memory", query="quokka check", project="all",
+                     kinds=["tool_result"])
+    snippet = found["hits"][0]["snippet"]
+    assert "Error 2" in snippet and "done" in snippet
+    assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in snippet), repr(snippet)
+    assert "[0m" not in snippet and "1;31m" not in snippet and "0;make" not in snippet
+    # The stored text stays as it came.
+    debug = await ok(client, "search_memory", query="quokka check", project="all",
+                     kinds=["tool_result"], debug=True)
+    context = await ok(client, "get_context", ref=debug["hits"][0]["uuid"], before=0, after=0)
+    assert "\x1b[1;31mmake" in context["hit"]["text"]
+
+    raw = ("\x1b[38;5;196mred\x1b[0m \x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\ "
+           "\x9b2Kbell\x07 nul\x00 esc\x1b tab\tend")
+    assert make_snippet(raw, ["red"]) == "[red] link bell nul esc tab end"
+
+
+async def test_the_snippet_window_with_more_query_words_wins(client: Client) -> None:
+    found = await ok(client, "search_memory", query="marmot parser ibex", project="all")
+    snippet = found["hits"][0]["snippet"]
+    assert "[marmot] [parser] drops the [ibex] field" in snippet, snippet
+    assert "changelog" not in snippet and snippet.startswith("…")
+    # The same rule straight from make_snippet, and `around` only settles a tie.
+    text = "alpha one. " + "filler " * 100 + "alpha beta here. " + "filler " * 100 + "alpha beta."
+    assert "[alpha] [beta] here" in make_snippet(text, ["alpha", "beta"], width=60)
+    assert "[alpha] [beta]." in make_snippet(text, ["alpha", "beta"], around=len(text) - 5,
+                                             width=60)
+    # Too narrow for two words: every window ties at one, the one nearest `around` wins.
+    assert make_snippet(text, ["alpha", "beta"], around=0, width=10) == "[alpha]…"
+    assert make_snippet(text, ["alpha", "beta"], around=len(text), width=10) == "…[beta]."
 
 
 async def test_get_context(client: Client) -> None:
@@ -185,8 +256,10 @@ async def test_get_context(client: Client) -> None:
     assert context["session"]["session_id"] == SHOP_SESSION
     assert context["session"]["cwd"] == SHOP_CWD
     assert len(context["before"]) == 2 and len(context["after"]) == 2
-    by_uuid = await ok(client, "get_context", ref=hit["uuid"], before=0, after=0)
-    assert by_uuid["hit"]["uuid"] == hit["uuid"]
+    uuid = (await ok(client, "search_memory", query="SCAN pool", limit=1,
+                     debug=True))["hits"][0]["uuid"]
+    by_uuid = await ok(client, "get_context", ref=uuid, before=0, after=0)
+    assert by_uuid["hit"]["uuid"] == uuid and by_uuid["hit"]["handle"] == hit["handle"]
     assert by_uuid["before"] == [] and by_uuid["after"] == []
 
     await refused(client, "get_context", ["rec:999999999", "handle"], ref="rec:999999999")
@@ -218,7 +291,8 @@ async def test_write_memory(client: Client) -> None:
     again = await ok(client, "write_memory", content=content, kind="decision",
                      title="redis scan", tags=["cache", "redis"])
     assert again == {**written, "created": False}
-    found = await ok(client, "search_memory", query="count=500 KEYS", kinds=["memory"])
+    found = await ok(client, "search_memory", query="count=500 KEYS", kinds=["memory"],
+                     debug=True)
     assert [h["uuid"] for h in found["hits"]] == [written["id"]]
     # A project with no history yet: filed under the folder Claude Code will name after it.
     elsewhere = await ok(client, "write_memory", content="a note for later",
