@@ -469,10 +469,9 @@ def audit(sides: list[Side], questions: list[dict[str, Any]], corpus: dict[str, 
 # ---------------------------------------------------------------- main
 
 
-async def run(args: argparse.Namespace, db: Path, workdir: Path,
+async def run(args: argparse.Namespace, db: Path, workdir: Path, peer: tuple[Path, str],
               questions: list[dict[str, Any]], roots: list[Path]) -> list[Side]:
-    entry, version = install_peer(workdir / "npm", args.peer_version)
-    log(f"{PEER} {version}: {entry}")
+    entry, version = peer
     corpus = read_corpus(roots)
     home = peer_home(workdir, roots)
     sides = []
@@ -486,7 +485,8 @@ async def run(args: argparse.Namespace, db: Path, workdir: Path,
             "system": s.name, "version": s.version, "startup_s": s.startup_s,
             "ready_s": s.ready_s, "tools": s.tools, "summary": metrics(s.answers),
             "answers": [{"id": a.qid, "rank": a.rank, "how": a.how, "seconds": a.seconds,
-                         "chars": a.chars, "hits": a.n_hits, "note": a.note}
+                         "chars": a.chars, "hits": a.n_hits, "note": a.note,
+                          "contents": a.contents}
                         for a in s.answers]} for s in sides], indent=1))
     return sides
 
@@ -506,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no questions of splits {SPLITS} in {args.questions}")
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    entry, version = install_peer(workdir / "npm", args.peer_version)
+    log(f"{PEER} {version}: {entry}")
     tmp = None
     if args.db:
         db = args.db
@@ -514,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         db = tmp / "peer.db"
         ingest(db, roots)
     try:
-        asyncio.run(run(args, db, workdir, questions, roots))
+        asyncio.run(run(args, db, workdir, (entry, version), questions, roots))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
