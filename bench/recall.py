@@ -1,20 +1,29 @@
 """Recall benchmark: do natural questions, asked weeks later, find the answering line?
 
 `bench/questions.json` holds hand-written questions over the real transcripts in
-`../shared/transcripts/projects` (never copied into this repo), each with the
-uuids of every line that answers it (`records.uuid`; the leafUuid for a summary
-line). A question counts as found at k when any expected uuid is among the
-first k hits. Categories: exact (a distinctive string), paraphrase (little word
-overlap with the answer), tool_result, subagent, compaction (compact summaries
-and summary lines), decision (something the user decided), non_english (the
-Chinese-language sessions).
+`../shared/transcripts/projects` and `../shared/transcripts/more/projects` (never
+copied into this repo), each with the uuids of every line that answers it
+(`records.uuid`; the leafUuid for a summary line). A question counts as found at
+k when any expected uuid is among the first k hits. Categories: exact (a
+distinctive string), paraphrase (little word overlap with the answer),
+tool_result, subagent (subagents and side questions), compaction (compact
+summaries and summary lines), decision (something the user decided), ask_user
+(an AskUserQuestion result), short_reply (a one-word reply after a long output),
+project (the question names the project), non_english.
+
+Splits: v1 (the first 60), dev and holdout. The default run reports v1 and dev,
+each and together; the holdout only with `--split holdout` or `--split all`.
 
 What it does:
-1. ingests the shared corpus into a temporary database with the CLI
+1. ingests the shared corpus (both sets into one database; `--corpus first` for
+   transcripts/projects alone, as the v1 figures were measured) into a temporary database with the CLI
    (`deja ingest --no-embed`), then computes vectors with `deja embed` when the
    CLI has it and a model loads (`--no-vectors` skips this);
-2. runs every question through each ranker with limit 10;
-3. prints hit@1, hit@5, hit@10 and MRR@10 overall and per category, then the
+2. checks that every expected uuid is a record uuid in the database, and stops
+   with the list of those that are not (`--check` stops there, ranking nothing);
+   with `--corpus first`, questions over the other set are left out;
+3. runs every question through each ranker with limit 10;
+4. prints hit@1, hit@5, hit@10 and MRR@10 per split and overall, per category, then the
    misses at 10 of the best ranker.
 
 Rankers (pluggable: `RANKERS` maps a name to `async (ctx, query, limit) -> [uuid]`,
@@ -33,9 +42,11 @@ Usage:
     python bench/recall.py --rankers bm25_line,keyword_search --no-vectors
     python bench/recall.py --db /tmp/q.db     # reuse an ingested database
     python bench/recall.py --json out.json    # per-question ranks
+    python bench/recall.py --corpus first --split v1   # the v1 figures as before
+    python bench/recall.py --split all --check         # every split loads and resolves
 
-The corpus is found at $DEJA_SHARED/transcripts/projects, else at
-../shared/transcripts/projects next to the repository.
+The corpus is found under $DEJA_SHARED/transcripts, else under
+../shared/transcripts next to the repository.
 """
 
 from __future__ import annotations
@@ -408,8 +419,9 @@ def report(questions: list[dict[str, Any]], results: dict[str, list[Outcome]],
     names = list(results)
     best = max(names, key=lambda n: (metrics(results[n])["hit@10"], metrics(results[n])["mrr"]))
     by_id = {q["id"]: q for q in questions}
-    misses = [o for o in results[best] if o.rank is None]
-    print(f"\nmisses at 10 for the best ranker, {best} ({len(misses)}):")
+    # Holdout misses are never printed: nobody should read them before tuning is over.
+    misses = [o for o in results[best] if o.rank is None and split_of(by_id[o.qid]) != "holdout"]
+    print(f"\nmisses at 10 for the best ranker, {best} ({len(misses)}, holdout not shown):")
     for o in misses:
         q = by_id[o.qid]
         print(f"  {o.qid} [{split_of(q)}/{q['category']}] {q['question']}")
