@@ -1,20 +1,29 @@
 """Recall benchmark: do natural questions, asked weeks later, find the answering line?
 
 `bench/questions.json` holds hand-written questions over the real transcripts in
-`../shared/transcripts/projects` (never copied into this repo), each with the
-uuids of every line that answers it (`records.uuid`; the leafUuid for a summary
-line). A question counts as found at k when any expected uuid is among the
-first k hits. Categories: exact (a distinctive string), paraphrase (little word
-overlap with the answer), tool_result, subagent, compaction (compact summaries
-and summary lines), decision (something the user decided), non_english (the
-Chinese-language sessions).
+`../shared/transcripts/projects` and `../shared/transcripts/more/projects` (never
+copied into this repo), each with the uuids of every line that answers it
+(`records.uuid`; the leafUuid for a summary line). A question counts as found at
+k when any expected uuid is among the first k hits. Categories: exact (a
+distinctive string), paraphrase (little word overlap with the answer),
+tool_result, subagent (subagents and side questions), compaction (compact
+summaries and summary lines), decision (something the user decided), ask_user
+(an AskUserQuestion result), short_reply (a one-word reply after a long output),
+project (the question names the project), non_english.
+
+Splits: v1 (the first 60), dev and holdout. The default run reports v1 and dev,
+each and together; the holdout only with `--split holdout` or `--split all`.
 
 What it does:
-1. ingests the shared corpus into a temporary database with the CLI
+1. ingests the shared corpus (both sets into one database; `--corpus first` for
+   transcripts/projects alone, as the v1 figures were measured) into a temporary database with the CLI
    (`deja ingest --no-embed`), then computes vectors with `deja embed` when the
    CLI has it and a model loads (`--no-vectors` skips this);
-2. runs every question through each ranker with limit 10;
-3. prints hit@1, hit@5, hit@10 and MRR@10 overall and per category, then the
+2. checks that every expected uuid is a record uuid in the database, and stops
+   with the list of those that are not (`--check` stops there, ranking nothing);
+   with `--corpus first`, questions over the other set are left out;
+3. runs every question through each ranker with limit 10;
+4. prints hit@1, hit@5, hit@10 and MRR@10 per split and overall, per category, then the
    misses at 10 of the best ranker.
 
 Rankers (pluggable: `RANKERS` maps a name to `async (ctx, query, limit) -> [uuid]`,
@@ -33,9 +42,11 @@ Usage:
     python bench/recall.py --rankers bm25_line,keyword_search --no-vectors
     python bench/recall.py --db /tmp/q.db     # reuse an ingested database
     python bench/recall.py --json out.json    # per-question ranks
+    python bench/recall.py --corpus first --split v1   # the v1 figures as before
+    python bench/recall.py --split all --check         # every split loads and resolves
 
-The corpus is found at $DEJA_SHARED/transcripts/projects, else at
-../shared/transcripts/projects next to the repository.
+The corpus is found under $DEJA_SHARED/transcripts, else under
+../shared/transcripts next to the repository.
 """
 
 from __future__ import annotations
@@ -82,8 +93,18 @@ def shared_dir() -> Path:
     return Path(env) if env else REPO.parent / "shared"
 
 
-def corpus_dir() -> Path:
-    return shared_dir() / "transcripts" / "projects"
+CORPORA = {
+    # A real user's history is all of it: both shared sets in one database.
+    "full": ("transcripts/projects", "transcripts/more/projects"),
+    # The first set only, so v1 figures stay comparable with earlier sessions.
+    "first": ("transcripts/projects",),
+}
+SPLITS = ("v1", "dev", "holdout")
+DEFAULT_SPLITS = ("v1", "dev")  # holdout stays unseen until the end of issue 12
+
+
+def corpus_dirs(corpus: str = "full") -> list[Path]:
+    return [shared_dir() / part for part in CORPORA[corpus]]
 
 
 def fts_text(text: str) -> str:
@@ -113,16 +134,20 @@ def cli_has(cmd: list[str], *args: str, word: str) -> bool:
     return out.returncode == 0 and word in out.stdout
 
 
-def ingest_corpus(db: Path, want_vectors: bool, log: Callable[[str], None]) -> str | None:
-    """Ingest the shared corpus into `db`; embed when asked and possible.
+def ingest_corpus(db: Path, want_vectors: bool, log: Callable[[str], None],
+                  corpus: str = "full") -> str | None:
+    """Ingest the shared corpus (every root of `corpus`) into `db`; embed when asked and possible.
 
     Returns why vectors are missing, or None when `deja embed` succeeded.
     """
-    root = corpus_dir()
-    if not root.is_dir():
-        raise SystemExit(f"corpus not found: {root} (set DEJA_SHARED)")
+    roots = corpus_dirs(corpus)
+    for root in roots:
+        if not root.is_dir():
+            raise SystemExit(f"corpus not found: {root} (set DEJA_SHARED)")
     cmd = deja_command()
-    ingest = [*cmd, "--db", str(db), "ingest", "--root", str(root), "--json"]
+    ingest = [*cmd, "--db", str(db), "ingest", "--json"]
+    for root in roots:
+        ingest += ["--root", str(root)]
     if cli_has(cmd, "ingest", word="--no-embed"):
         ingest.append("--no-embed")
     if cli_has(cmd, "ingest", word="--quiet"):
@@ -300,6 +325,38 @@ async def overlap(conn: Any, q: dict[str, Any]) -> float | None:
     return best
 
 
+# ---------------------------------------------------------------- validation
+
+
+async def has_uuid(conn: Any, uuid: str) -> bool:
+    return bool(await conn.execute_fetchall("SELECT 1 FROM records WHERE uuid = ? LIMIT 1", (uuid,)))
+
+
+async def questions_in_corpus(conn: Any, questions: list[dict[str, Any]], corpus: str,
+                              log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """With a partial corpus, keep the questions whose session was ingested."""
+    if corpus == "full":
+        return questions
+    kept = []
+    for q in questions:
+        rows = await conn.execute_fetchall("SELECT 1 FROM records WHERE session_id = ? LIMIT 1",
+                                           (q["session_id"],))
+        if rows:
+            kept.append(q)
+    if len(kept) < len(questions):
+        log(f"--corpus {corpus}: {len(questions) - len(kept)} questions over other transcripts left out")
+    return kept
+
+
+async def check_expected(conn: Any, questions: list[dict[str, Any]]) -> None:
+    """Every expected uuid must be a record uuid in the database; stop with the list if not."""
+    missing = [(q["id"], u) for q in questions for u in q["expected"] if not await has_uuid(conn, u)]
+    if missing:
+        lines = "\n".join(f"  {qid}: {u}" for qid, u in missing)
+        raise SystemExit(f"{len(missing)} expected uuids are not record uuids in the database "
+                         f"(wrong uuid, or the corpus was not fully ingested):\n{lines}")
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -307,47 +364,72 @@ def pct(x: float) -> str:
     return f"{100 * x:5.1f}"
 
 
-def report(questions: list[dict[str, Any]], results: dict[str, list[Outcome]],
-           skipped: dict[str, str], overlaps: dict[str, float | None]) -> None:
+def ranker_table(title: str, ids: set[str], results: dict[str, list[Outcome]],
+                 skipped: dict[str, str]) -> None:
     names = list(results)
-    print(f"\n{len(questions)} questions over {len({q['session_id'] for q in questions})} sessions\n")
     w = max([16, *(len(n) for n in names), *(len(n) for n in skipped)])
+    print(f"\n{title}")
     print(f"{'ranker':<{w}} {'hit@1':>6} {'hit@5':>6} {'hit@10':>6} {'MRR':>6}")
     for name in names:
-        m = metrics(results[name])
+        m = metrics([o for o in results[name] if o.qid in ids])
         print(f"{name:<{w}} {pct(m['hit@1']):>6} {pct(m['hit@5']):>6} {pct(m['hit@10']):>6} "
               f"{m['mrr']:6.3f}")
     for name, why in skipped.items():
         print(f"{name:<{w}} skipped: {why}")
-    if not names:
-        return
 
+
+def category_table(title: str, questions: list[dict[str, Any]], results: dict[str, list[Outcome]],
+                   overlaps: dict[str, float | None]) -> None:
+    names = list(results)
     groups: dict[str, set[str]] = {}
     for q in questions:
         groups.setdefault(q["category"], set()).add(q["id"])
-    for q in questions:
         groups.setdefault("(paraphrased)" if q.get("paraphrased") else "(lexical)", set()).add(q["id"])
-    print("\nper category: hit@5 / hit@10 / MRR")
-    head = f"{'category':<15} {'n':>3}  {'overlap':>7}"
-    print(head + "".join(f"  {n:>20}" for n in names))
+        if q.get("lang") and q["lang"] != "en":
+            groups.setdefault("(not English)", set()).add(q["id"])
+    print(f"\n{title}: hit@5 / hit@10 / MRR per category")
+    print(f"{'category':<15} {'n':>3}  {'overlap':>7}" + "".join(f"  {n:>20}" for n in names))
     for cat in sorted(groups, key=lambda c: (c.startswith("("), c)):
         ids = groups[cat]
-        ov = [overlaps[i] for i in ids if overlaps.get(i) is not None]
+        ov = [v for i in ids if (v := overlaps.get(i)) is not None]
         row = f"{cat:<15} {len(ids):>3}  {pct(sum(ov) / len(ov)) if ov else '    -':>7}"
         for name in names:
             m = metrics([o for o in results[name] if o.qid in ids])
             row += f"  {pct(m['hit@5']):>6}/{pct(m['hit@10']):>5}/{m['mrr']:.2f}"
         print(row)
+
+
+def report(questions: list[dict[str, Any]], results: dict[str, list[Outcome]],
+           skipped: dict[str, str], overlaps: dict[str, float | None]) -> None:
+    """Ranker and category tables per split and for all the selected questions together."""
+    splits = [s for s in SPLITS if any(split_of(q) == s for q in questions)]
+    subsets = [(s, [q for q in questions if split_of(q) == s]) for s in splits]
+    if len(subsets) > 1:
+        subsets.append(("+".join(splits), questions))
+    for name, qs in subsets:
+        n_sessions = len({q["session_id"] for q in qs})
+        ranker_table(f"[{name}] {len(qs)} questions over {n_sessions} sessions",
+                     {q["id"] for q in qs}, results, skipped)
+    if not results:
+        return
+    for name, qs in subsets:
+        category_table(f"[{name}]", qs, results, overlaps)
     print("(overlap: mean share of a question's content words found in its best answer line)")
 
+    names = list(results)
     best = max(names, key=lambda n: (metrics(results[n])["hit@10"], metrics(results[n])["mrr"]))
     by_id = {q["id"]: q for q in questions}
-    misses = [o for o in results[best] if o.rank is None]
-    print(f"\nmisses at 10 for the best ranker, {best} ({len(misses)}):")
+    # Holdout misses are never printed: nobody should read them before tuning is over.
+    misses = [o for o in results[best] if o.rank is None and split_of(by_id[o.qid]) != "holdout"]
+    print(f"\nmisses at 10 for the best ranker, {best} ({len(misses)}, holdout not shown):")
     for o in misses:
         q = by_id[o.qid]
-        print(f"  {o.qid} [{q['category']}] {q['question']}")
+        print(f"  {o.qid} [{split_of(q)}/{q['category']}] {q['question']}")
         print(f"        answer: {q['answer']}")
+
+
+def split_of(q: dict[str, Any]) -> str:
+    return str(q.get("split", "v1"))
 
 
 # ---------------------------------------------------------------- main
@@ -373,14 +455,12 @@ async def run(args: argparse.Namespace, db: Path, questions: list[dict[str, Any]
     store = await Store.open(db)
     try:
         conn = store.conn
-        missing = []
-        for q in questions:
-            for u in q["expected"]:
-                row = await conn.execute_fetchall("SELECT 1 FROM records WHERE uuid = ? LIMIT 1", (u,))
-                if not row:
-                    missing.append((q["id"], u))
-        if missing:
-            log(f"WARNING: {len(missing)} expected uuids are not in the database: {missing[:5]}")
+        questions = await questions_in_corpus(conn, questions, args.corpus, log)
+        await check_expected(conn, questions)
+        if args.check:
+            counts = {s: sum(1 for q in questions if split_of(q) == s) for s in SPLITS}
+            print(f"{len(questions)} questions load and every expected uuid resolves: {counts}")
+            return 0
         overlaps = {q["id"]: await overlap(conn, q) for q in questions}
 
         ctx = Ctx(conn=conn, embedder=embedder, embedder_error=embedder_error)
@@ -424,6 +504,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="an extra ranker: async (ctx, query, limit) -> list of uuids")
     p.add_argument("--no-vectors", action="store_true", help="do not embed; skip vector rankers")
     p.add_argument("--category", action="append", help="only questions of this category")
+    p.add_argument("--corpus", choices=list(CORPORA), default="full",
+                   help="full: both shared sets in one database (default); first: "
+                        "transcripts/projects only, comparable with earlier v1 figures")
+    p.add_argument("--split", choices=[*SPLITS, "all"], action="append",
+                   help="question split(s) to run (default: v1 and dev; the holdout only when asked)")
+    p.add_argument("--check", action="store_true",
+                   help="only load the questions and check every expected uuid; rank nothing")
     p.add_argument("--json", metavar="PATH", help="write per-question ranks as JSON")
     p.add_argument("--quiet", "-q", action="store_true")
     args = p.parse_args(argv)
@@ -435,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     questions = json.loads(Path(args.questions).read_text())["questions"]
     if args.category:
         questions = [q for q in questions if q["category"] in set(args.category)]
+    wanted = set(SPLITS) if args.split and "all" in args.split else set(args.split or DEFAULT_SPLITS)
+    questions = [q for q in questions if split_of(q) in wanted]
 
     tmp: Path | None = None
     if args.db:
@@ -443,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tmp = Path(tempfile.mkdtemp(prefix="deja-recall-"))
         db = tmp / "recall.db"
-        vector_error = ingest_corpus(db, not args.no_vectors, log)
+        vector_error = ingest_corpus(db, not args.no_vectors, log, args.corpus)
     try:
         return asyncio.run(run(args, db, questions, vector_error, log))
     finally:
