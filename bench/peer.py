@@ -13,7 +13,8 @@ the peer's `search_conversations` (the tool its README gives for searching past
 conversations; its default detail level).
 
 Matching hits to lines:
-- deja returns record uuids: a hit is the expected line when its uuid is an expected one.
+- deja returns handles (rec:<id>), looked up in its database: a hit is the expected line when
+  that record's uuid is an expected one.
 - the peer's results carry no uuid, only the message text (`content`, which it may cut to
   3,000-4,000 characters, or rebuild from code blocks, errors and "Key elements"). Its hit
   matches an expected line when, after collapsing whitespace, (a) the longest piece of its
@@ -235,11 +236,23 @@ async def open_session(stack: AsyncExitStack, command: str, args: list[str],
     return session
 
 
-def deja_hits(result: Any) -> tuple[list[str], str | None]:
+def deja_hits(result: Any, db: Path) -> tuple[list[str], str | None]:
+    """The hits' uuids: search_memory's answer gives a handle (rec:<id>, looked up in `db`);
+    only `debug: true` answers carry the uuid, and they are larger."""
+    from ingest.db import make_connector
+
     data = result.structured_content
     if not isinstance(data, dict):
         data = json.loads(text_of(result))
-    uuids = [str(h.get("uuid")) for h in data.get("hits", [])]
+    conn = make_connector(db, readonly=True)()
+    try:
+        uuids = []
+        for h in data.get("hits", []):
+            row = conn.execute("SELECT uuid FROM records WHERE id = ?",
+                               (int(str(h["handle"]).removeprefix("rec:")),)).fetchone()
+            uuids.append(str(h.get("uuid") or (row[0] if row else None)))
+    finally:
+        conn.close()
     status = data.get("vector_status")
     return uuids, None if status in (None, "ok") else f"vector_status {status}"
 
@@ -277,7 +290,7 @@ async def run_deja(db: Path, workdir: Path, questions: list[dict[str, Any]]) -> 
             first = await session.call_tool("search_memory", {
                 "query": questions[0]["question"], "project": "all", "limit": LIMIT})
             side.startup_s = time.perf_counter() - started
-            _, note = deja_hits(first)
+            _, note = deja_hits(first, db)
             side.notes.append(f"first answer: {note or 'vectors used'}")
             side.tools = [t.name for t in (await session.list_tools()).tools]
             deadline = time.perf_counter() + 180
@@ -296,7 +309,7 @@ async def run_deja(db: Path, workdir: Path, questions: list[dict[str, Any]]) -> 
                 result = await session.call_tool("search_memory", {
                     "query": q["question"], "project": "all", "limit": LIMIT})
                 dt = time.perf_counter() - t0
-                uuids, note = deja_hits(result)
+                uuids, note = deja_hits(result, db)
                 rank = rank_uuids(uuids, set(q["expected"]))
                 side.answers.append(Answer(q["id"], dt, len(text_of(result)), len(uuids), rank,
                                            "uuid" if rank else None, note=note))
