@@ -1,14 +1,20 @@
 """The server's background work: what runs beside the tools for the life of the server.
 
 `start_background(tg, state)` starts, in the lifespan's task group:
-- the model loader: loads the embedding model in a worker thread AFTER the
-  handshake, for query vectors. Until it is up, search answers from keywords
-  and says so;
-- the vector index loop: keeps the in-memory sign bits of every chunk current
-  once the model is up;
-- the ingest supervisor: takes the ingest lock when free (one ingesting
-  process per database; another takes over within seconds when it dies), then
-  watches the transcript roots and embeds what is pending.
+- the model loader: loads the embedding model in a worker thread right AFTER
+  the handshake, for query vectors. With the ONNX export cached that takes a
+  fraction of a second (onnxruntime, tokenizers and numpy; nothing of torch or
+  transformers), and a search arriving meanwhile waits for it (at most
+  `model_wait_seconds`, `DejaState.wait_for_model`). When the load is slow
+  (the one-time export, torch) search answers from keywords and says so;
+- the vector index loop: loads the in-memory sign bits of every chunk as soon
+  as the model is up (never before: the model goes first), then keeps them
+  current;
+- the ingest supervisor: lets a quick model load go first (its first pass
+  over a large history would hold the interpreter for seconds and delay the
+  query vectors), then takes the ingest lock when free (one ingesting process
+  per database; another takes over within seconds when it dies), watches the
+  transcript roots and embeds what is pending.
 Each runs under `retrying`: a failure is logged, kept for memory_status and
 retried with backoff, never fatal. All stop when the task group is cancelled
 (the client closed stdin, or SIGTERM).
@@ -45,6 +51,7 @@ def start_background(tg: anyio.abc.TaskGroup, state: DejaState) -> None:
     """Start the model loader, the vector index loop and the ingest supervisor, as configured."""
     config = state.config
     if config.load_model:
+        state.model_settled = anyio.Event()
         tg.start_soon(retrying, "model", partial(_load_model, state), state)
         tg.start_soon(retrying, "vector index", partial(_index_loop, state), state)
     else:
@@ -76,17 +83,29 @@ async def retrying(name: str, job: Callable[[], Awaitable[None]], state: DejaSta
 
 
 async def _load_model(state: DejaState) -> None:
-    from ingest.embed import load_configured_embedder
+    from ingest.embed import configured_model
 
+    settled = state.model_settled
     await anyio.sleep(0.05)  # let the handshake go first
     try:
-        state.embedder = await anyio.to_thread.run_sync(
-            load_configured_embedder, state.config.environ
-        )
+        model = await anyio.to_thread.run_sync(configured_model, state.config.environ)
+        if not model.quick:
+            # The one-time export or torch: seconds to a minute. Searches must not wait.
+            logger.info("loading %s takes a while (no cached export); keyword search meanwhile",
+                        model.spec.model_id)
+            _settle(settled)
+        state.embedder = await anyio.to_thread.run_sync(model.load)
         state.embedder_error = None
     except DejaError as exc:
         state.embedder_error = str(exc)
         logger.warning("embedding model unavailable: %s (keyword search only)", exc)
+    finally:
+        _settle(settled)  # also on failure: a retry later is slow by definition
+
+
+def _settle(event: anyio.Event | None) -> None:
+    if event is not None and not event.is_set():
+        event.set()
 
 
 async def _index_loop(state: DejaState) -> None:
@@ -96,6 +115,8 @@ async def _index_loop(state: DejaState) -> None:
     at a million chunks) never holds up a tool call; searches use the SQL
     scan until it is ready.
     """
+    if state.model_settled is not None:
+        await state.model_settled.wait()  # the model first; then at once, not a period later
     conn = await connect(state.db_path, readonly=True)
     counted = 0.0
     try:
@@ -114,6 +135,9 @@ async def _index_loop(state: DejaState) -> None:
 async def _ingest_supervisor(state: DejaState) -> None:
     """Hold the ingest lock when it is free; ingest and embed while holding it."""
     config = state.config
+    if state.model_settled is not None:
+        with anyio.move_on_after(config.ingest_defer_seconds):
+            await state.model_settled.wait()
     lock = IngestLock(config.db_path)
     while True:
         if not lock.acquire():

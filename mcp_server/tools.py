@@ -100,6 +100,7 @@ async def search_memory(
         search. Returns hits with a snippet, timestamp, session and a handle; pass a hit's
         handle or uuid to get_context to read the surrounding turns."""
     state = _state(ctx)
+    await state.wait_for_model()  # a quick load under way: vectors in a moment, not keywords
     scope, notes = await project_filter(state.store.conn, state.project, project)
     result = await search(
         state.store.conn,
