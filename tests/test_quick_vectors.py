@@ -31,10 +31,11 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from fixtures.cli import deja, deja_env
-from fixtures.paths import MODEL_CACHE, REPO, SAMPLE
 from ingest.embed import TextSplitter, configured_model, onnx_cache_path
 from mcp_server.state import DejaState, ServerConfig
+
+from fixtures.cli import deja, deja_env
+from fixtures.paths import MODEL_CACHE, REPO, SAMPLE
 
 HEAVY = ("numpy", "torch", "onnxruntime", "tokenizers", "transformers",
          "sentence_transformers", "huggingface_hub")
