@@ -10,11 +10,11 @@
 - the vector index loop: loads the in-memory sign bits of every chunk as soon
   as the model is up (never before: the model goes first), then keeps them
   current;
-- the ingest supervisor: lets a quick model load go first (its first pass
-  over a large history would hold the interpreter for seconds and delay the
-  query vectors), then takes the ingest lock when free (one ingesting process
-  per database; another takes over within seconds when it dies), watches the
-  transcript roots and embeds what is pending.
+- the ingest supervisor: takes the ingest lock when free (one ingesting
+  process per database; another takes over within seconds when it dies),
+  lets a quick model load go first (a first pass over a large history holds
+  the interpreter for seconds and would delay the query vectors), then
+  watches the transcript roots and embeds what is pending.
 Each runs under `retrying`: a failure is logged, kept for memory_status and
 retried with backoff, never fatal. All stop when the task group is cancelled
 (the client closed stdin, or SIGTERM).
@@ -133,11 +133,14 @@ async def _index_loop(state: DejaState) -> None:
 
 
 async def _ingest_supervisor(state: DejaState) -> None:
-    """Hold the ingest lock when it is free; ingest and embed while holding it."""
+    """Hold the ingest lock when it is free; ingest and embed while holding it.
+
+    The lock is taken at once (this process is the ingesting one from the
+    start), but the first pass waits for a quick model load to settle, at most
+    `ingest_defer_seconds`: a pass over a large history holds the interpreter
+    for seconds, which would delay the query vectors by as much.
+    """
     config = state.config
-    if state.model_settled is not None:
-        with anyio.move_on_after(config.ingest_defer_seconds):
-            await state.model_settled.wait()
     lock = IngestLock(config.db_path)
     while True:
         if not lock.acquire():
@@ -145,16 +148,21 @@ async def _ingest_supervisor(state: DejaState) -> None:
             continue
         state.ingesting = True
         logger.info("this process ingests %s", ", ".join(map(str, config.roots)))
-        store = await Store.open(config.db_path)
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(retrying, "ingest", partial(_watch, store, state), state)
-                tg.start_soon(retrying, "embed", partial(_embed_loop, store, state), state)
+            if state.model_settled is not None:
+                with anyio.move_on_after(config.ingest_defer_seconds):
+                    await state.model_settled.wait()
+            store = await Store.open(config.db_path)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(retrying, "ingest", partial(_watch, store, state), state)
+                    tg.start_soon(retrying, "embed", partial(_embed_loop, store, state), state)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await store.close()
         finally:
             state.ingesting = False
             lock.release()
-            with anyio.CancelScope(shield=True):
-                await store.close()
 
 
 async def _watch(store: Store, state: DejaState) -> None:
