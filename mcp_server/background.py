@@ -1,13 +1,19 @@
 """The server's background work: what runs beside the tools for the life of the server.
 
 `start_background(tg, state)` starts, in the lifespan's task group:
-- the model loader: loads the embedding model in a worker thread AFTER the
-  handshake, for query vectors. Until it is up, search answers from keywords
-  and says so;
-- the vector index loop: keeps the in-memory sign bits of every chunk current
-  once the model is up;
+- the model loader: loads the embedding model in a worker thread right AFTER
+  the handshake, for query vectors. With the ONNX export cached that takes a
+  fraction of a second (onnxruntime, tokenizers and numpy; nothing of torch or
+  transformers), and a search arriving meanwhile waits for it (at most
+  `model_wait_seconds`, `DejaState.wait_for_model`). When the load is slow
+  (the one-time export, torch) search answers from keywords and says so;
+- the vector index loop: loads the in-memory sign bits of every chunk as soon
+  as the model is up (never before: the model goes first), then keeps them
+  current;
 - the ingest supervisor: takes the ingest lock when free (one ingesting
-  process per database; another takes over within seconds when it dies), then
+  process per database; another takes over within seconds when it dies),
+  lets a quick model load go first (a first pass over a large history holds
+  the interpreter for seconds and would delay the query vectors), then
   watches the transcript roots and embeds what is pending.
 Each runs under `retrying`: a failure is logged, kept for memory_status and
 retried with backoff, never fatal. All stop when the task group is cancelled
@@ -45,6 +51,7 @@ def start_background(tg: anyio.abc.TaskGroup, state: DejaState) -> None:
     """Start the model loader, the vector index loop and the ingest supervisor, as configured."""
     config = state.config
     if config.load_model:
+        state.model_settled = anyio.Event()
         tg.start_soon(retrying, "model", partial(_load_model, state), state)
         tg.start_soon(retrying, "vector index", partial(_index_loop, state), state)
     else:
@@ -76,17 +83,29 @@ async def retrying(name: str, job: Callable[[], Awaitable[None]], state: DejaSta
 
 
 async def _load_model(state: DejaState) -> None:
-    from ingest.embed import load_configured_embedder
+    from ingest.embed import configured_model
 
+    settled = state.model_settled
     await anyio.sleep(0.05)  # let the handshake go first
     try:
-        state.embedder = await anyio.to_thread.run_sync(
-            load_configured_embedder, state.config.environ
-        )
+        model = await anyio.to_thread.run_sync(configured_model, state.config.environ)
+        if not model.quick:
+            # The one-time export or torch: seconds to a minute. Searches must not wait.
+            logger.info("loading %s takes a while (no cached export); keyword search meanwhile",
+                        model.spec.model_id)
+            _settle(settled)
+        state.embedder = await anyio.to_thread.run_sync(model.load)
         state.embedder_error = None
     except DejaError as exc:
         state.embedder_error = str(exc)
         logger.warning("embedding model unavailable: %s (keyword search only)", exc)
+    finally:
+        _settle(settled)  # also on failure: a retry later is slow by definition
+
+
+def _settle(event: anyio.Event | None) -> None:
+    if event is not None and not event.is_set():
+        event.set()
 
 
 async def _index_loop(state: DejaState) -> None:
@@ -96,6 +115,8 @@ async def _index_loop(state: DejaState) -> None:
     at a million chunks) never holds up a tool call; searches use the SQL
     scan until it is ready.
     """
+    if state.model_settled is not None:
+        await state.model_settled.wait()  # the model first; then at once, not a period later
     conn = await connect(state.db_path, readonly=True)
     counted = 0.0
     try:
@@ -112,7 +133,13 @@ async def _index_loop(state: DejaState) -> None:
 
 
 async def _ingest_supervisor(state: DejaState) -> None:
-    """Hold the ingest lock when it is free; ingest and embed while holding it."""
+    """Hold the ingest lock when it is free; ingest and embed while holding it.
+
+    The lock is taken at once (this process is the ingesting one from the
+    start), but the first pass waits for a quick model load to settle, at most
+    `ingest_defer_seconds`: a pass over a large history holds the interpreter
+    for seconds, which would delay the query vectors by as much.
+    """
     config = state.config
     lock = IngestLock(config.db_path)
     while True:
@@ -121,16 +148,21 @@ async def _ingest_supervisor(state: DejaState) -> None:
             continue
         state.ingesting = True
         logger.info("this process ingests %s", ", ".join(map(str, config.roots)))
-        store = await Store.open(config.db_path)
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(retrying, "ingest", partial(_watch, store, state), state)
-                tg.start_soon(retrying, "embed", partial(_embed_loop, store, state), state)
+            if state.model_settled is not None:
+                with anyio.move_on_after(config.ingest_defer_seconds):
+                    await state.model_settled.wait()
+            store = await Store.open(config.db_path)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(retrying, "ingest", partial(_watch, store, state), state)
+                    tg.start_soon(retrying, "embed", partial(_embed_loop, store, state), state)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await store.close()
         finally:
             state.ingesting = False
             lock.release()
-            with anyio.CancelScope(shield=True):
-                await store.close()
 
 
 async def _watch(store: Store, state: DejaState) -> None:

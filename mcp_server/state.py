@@ -8,10 +8,13 @@ only this.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from ingest.store import Store
 
@@ -32,6 +35,11 @@ class ServerConfig:
     rescan_seconds: float = 30.0
     embed_poll_seconds: float = 3.0
     index_refresh_seconds: float = 2.0
+    # How long a search waits for a model whose quick load (a cached export) is
+    # under way, rather than answering from keywords alone.
+    model_wait_seconds: float = 0.5
+    # How long the ingest supervisor lets a quick model load go first.
+    ingest_defer_seconds: float = 3.0
 
 
 @dataclass
@@ -50,6 +58,23 @@ class DejaState:
     # second connection the vector ranker runs on beside the keyword ranker.
     vector_index: VectorIndex = field(default_factory=VectorIndex)
     vector_conn: Any = None
+    # Set when the model loader has settled: the model is loaded, failed, or
+    # turned out slow to load (the one-time export, torch). None: no loader.
+    model_settled: anyio.Event | None = None
+
+    async def wait_for_model(self) -> float:
+        """Wait, at most `model_wait_seconds`, for a quick model load under way; the seconds waited.
+
+        Returns at once when the model is loaded, when no loader runs, or when
+        the load is slow (keyword search serves meanwhile, as the answer says).
+        """
+        settled = self.model_settled
+        if self.embedder is not None or settled is None or settled.is_set():
+            return 0.0
+        started = time.monotonic()
+        with anyio.move_on_after(self.config.model_wait_seconds):
+            await settled.wait()
+        return time.monotonic() - started
 
     @property
     def db_path(self) -> Path:

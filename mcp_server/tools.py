@@ -105,6 +105,7 @@ async def search_memory(
         project (when all hits are from one session, they leave session_id out). Pass a hit's
         handle to get_context to read the surrounding turns. debug: true adds the scores."""
     state = _state(ctx)
+    await state.wait_for_model()  # a quick load under way: vectors in a moment, not keywords
     scope, notes = await project_filter(state.store.conn, state.project, project)
     result = await search(
         state.store.conn,

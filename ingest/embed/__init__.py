@@ -29,6 +29,8 @@ The configured model (`configured`)
     `load_configured_embedder(environ)` reads DEJA_EMBED_MODEL,
     DEJA_EMBED_BACKEND and DEJA_MODEL_CACHE: the one place the environment
     meets this package (the CLI and the MCP server call it).
+    `configured_model(environ)` resolves without loading and tells whether
+    the load will be quick (a cached export) or take seconds.
 
 Cost of importing this package
     Nothing heavy: numpy, tokenizers, torch, sentence-transformers and
@@ -39,7 +41,7 @@ Cost of importing this package
 from __future__ import annotations
 
 from ..errors import ModelUnavailable
-from .configured import load_configured_embedder
+from .configured import ConfiguredModel, configured_model, load_configured_embedder
 from .embedder import Embedder
 from .loader import BACKENDS, load_embedder
 from .onnx_backend import onnx_cache_path
@@ -48,12 +50,14 @@ from .windows import TextSplitter, load_splitter
 
 __all__ = [
     "BACKENDS",
+    "ConfiguredModel",
     "DEFAULT_DIM",
     "DEFAULT_MODEL",
     "Embedder",
     "ModelSpec",
     "ModelUnavailable",
     "TextSplitter",
+    "configured_model",
     "load_configured_embedder",
     "load_embedder",
     "load_splitter",

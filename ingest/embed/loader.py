@@ -25,7 +25,13 @@ from pathlib import Path
 
 from ..errors import ModelUnavailable
 from .embedder import Embedder
-from .onnx_backend import NoOnnxRuntime, OnnxUnavailable, load_onnx_export
+from .onnx_backend import (
+    NoOnnxRuntime,
+    OnnxUnavailable,
+    export_ready,
+    load_onnx_export,
+    onnx_cache_path,
+)
 from .resolve import ModelSpec, resolve_model
 from .torch_backend import load_torch
 
@@ -108,7 +114,9 @@ def _load_onnx(
 ) -> Embedder:
     if importlib.util.find_spec("onnxruntime") is None:
         raise NoOnnxRuntime("onnxruntime is not installed")
-    # The export code (subprocess, tempfile, shutil) only when an export may be needed.
+    if export_ready(cache_dir, spec):
+        return load_onnx_export(spec, onnx_cache_path(cache_dir, spec), threads)
+    # The export code (subprocess, tempfile, shutil, inspect) only when an export is needed.
     from .export import ensure_export
 
     folder = ensure_export(spec, cache_dir, threads, local_files_only, retry_failed)

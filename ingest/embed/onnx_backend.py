@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "onnx_cache_path",
+    "export_ready",
     "load_onnx_export",
     "OnnxEncoder",
     "OnnxUnavailable",
@@ -66,6 +69,11 @@ def onnx_cache_path(cache_dir: Path, spec: ModelSpec) -> Path:
     key = hashlib.sha256(f"{spec.model_id}\0{RECIPE}".encode()).hexdigest()[:12]
     readable = re.sub(r"[^A-Za-z0-9._-]+", "-", spec.model_id).strip("-")[:60]
     return Path(cache_dir) / "onnx" / f"{readable}-{key}"
+
+
+def export_ready(cache_dir: Path, spec: ModelSpec) -> bool:
+    """Whether a complete export of `spec` is cached, so that loading it takes a fraction of a second."""
+    return (onnx_cache_path(cache_dir, spec) / META_FILE).is_file()
 
 
 class OnnxEncoder:
@@ -126,17 +134,37 @@ class OnnxEncoder:
         unit: np.ndarray = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
         return unit
 
+def _import_numpy() -> None:
+    """Import numpy (onnxruntime does, first thing) with OpenBLAS's thread pool capped at one.
+
+    At import OpenBLAS starts a thread per core, and they spin: 50 to 100 ms of
+    CPU here on 2 cores (more on a bigger machine), a third of a cached model's
+    load, for a pool nothing here uses (pooling and norms are numpy reductions,
+    not BLAS; the same vectors either way). A user's own setting is kept, and
+    the variable is removed again so that child processes do not inherit it.
+    """
+    if "numpy" in sys.modules or "OPENBLAS_NUM_THREADS" in os.environ:
+        return
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        import numpy  # noqa: F401
+    finally:
+        os.environ.pop("OPENBLAS_NUM_THREADS", None)
+
+
 def load_onnx_export(spec: ModelSpec, folder: Path, threads: int) -> Embedder:
     """The embedder for the complete export of `spec` in `folder` (see `export.ensure_export`).
 
     Raises OnnxUnavailable if the folder is damaged or holds another model or recipe.
     """
+    _import_numpy()
     try:
         from tokenizers import Tokenizer
 
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        splitter = TextSplitter(tokenizer, int(meta["max_tokens"]))
+        # Read again on first split (ingest's chunking), not now: query vectors never split.
+        splitter = TextSplitter(folder / "tokenizer.json", int(meta["max_tokens"]))
         encoder = OnnxEncoder(folder, meta, threads, tokenizer)
     # A damaged cache (truncated file, bad JSON, missing key) must not stop
     # deja: report it and let "auto" fall back; deleting the folder fixes it.
