@@ -205,8 +205,8 @@ async def test_a_search_half_a_second_after_the_handshake_uses_vectors(
         asked = time.monotonic()
         out = await search(session, "why did the checkout test fail")
         answered = time.monotonic() - asked
-    assert out["vector_status"] == "ok", (start, out["notes"], answered)
-    assert not any("keyword results only" in note for note in out["notes"])
+    assert out["vector_status"] == "ok", (start, out.get("notes", []), answered)
+    assert not any("keyword results only" in note for note in out.get("notes", []))
     assert answered < 2.0  # bounded: the wait is at most 0.5 s
 
 
@@ -229,7 +229,7 @@ async def test_questions_asked_at_the_handshake_are_answered_within_the_bound(
     assert len(answers) == 5
     for out, took in answers:
         assert took < 3.0, took
-        keywords_only = any("keyword results only" in note for note in out["notes"])
+        keywords_only = any("keyword results only" in note for note in out.get("notes", []))
         assert (out["vector_status"] == "ok") != keywords_only, out
 
 
@@ -243,5 +243,5 @@ async def test_a_model_that_cannot_load_is_not_waited_for(
         out = await search(session, "checkout test")
         answered = time.monotonic() - asked
     assert out["vector_status"] != "ok"
-    assert any("keyword results only" in note for note in out["notes"]), out["notes"]
+    assert any("keyword results only" in note for note in out.get("notes", [])), out.get("notes", [])
     assert answered < 0.4, answered  # no wait for a model that will not come
