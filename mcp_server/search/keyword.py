@@ -1,10 +1,16 @@
-"""The keyword ranker: FTS5 BM25 over records, all terms first, then the rarest.
+"""The keyword ranker: FTS5 BM25 over records and passages, all terms first, then the rarest.
 
 All terms of the query are required first (AND); if that finds too few, an OR
 of the non-stopwords fills the list, still ranked by BM25. The OR query is
 pruned to its rarest terms on a large corpus (`or_query`), so a few common
 words do not make it score much of the database. Query terms come from
 terms.py; filters from filters.py.
+
+A long record is also indexed as overlapping passages (`passages_fts`,
+migration m007): one sentence of a 10,000-character summary scores as a short
+record would instead of being buried by BM25's length normalisation. A record
+scores by the better of its own bm25 and its best passage's, and the start of
+that passage goes to the snippet.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ import itertools
 import aiosqlite
 
 from ingest.db import fts_text
+from ingest.indexing import PASSAGE_ROWID
 
 from .filters import SearchFilters
 from .terms import FtsTerm, build_fts_terms
 
 __all__ = [
-    "OR_MAX_DOC_SHARE", "OR_MAX_POSTINGS", "OR_MAX_TERMS", "OR_PRUNE_FROM", "doc_counts",
-    "keyword_ranks", "or_query",
+    "OR_MAX_DOC_SHARE", "OR_MAX_POSTINGS", "OR_MAX_TERMS", "OR_PRUNE_FROM", "PASSAGE_ROWS",
+    "PASSAGE_WEIGHT", "doc_counts", "keyword_ranks", "or_query",
 ]
 
 # bm25 weighs a record's own words 1 and those of the record before it
@@ -44,6 +51,29 @@ ORDER BY bm25(records_fts, 1.0, {context})
 LIMIT ?
 """
 
+# Passages of long records (migration m007): rowid = record id * PASSAGE_ROWID
+# + the passage's start. They have no context column: a column filter
+# `text : (...)` means the same in both tables.
+_PASSAGE_FTS_SQL = """
+SELECT rowid, bm25(passages_fts)
+FROM passages_fts
+WHERE passages_fts MATCH ?
+ORDER BY bm25(passages_fts)
+LIMIT ?
+"""
+_PASSAGE_SQL = """
+SELECT passages_fts.rowid, bm25(passages_fts)
+FROM passages_fts
+JOIN records r ON r.id = passages_fts.rowid / {rowid}
+LEFT JOIN sources src ON src.id = r.source_id
+WHERE passages_fts MATCH ? {filters}
+ORDER BY bm25(passages_fts)
+LIMIT ?
+"""
+# A record scores max(its bm25, PASSAGE_WEIGHT x its best passage's bm25);
+# PASSAGE_ROWS x n passages are read (a record has several).
+PASSAGE_WEIGHT = 1.0
+PASSAGE_ROWS = 3
 
 # The OR query scores every record holding any of its terms, about 0.6 us per
 # posting: a few common words would make it score much of the corpus (0.6 s at
@@ -123,33 +153,58 @@ async def or_query(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> str | No
 
 
 async def keyword_ranks(conn: aiosqlite.Connection, query: str, filters: SearchFilters,
-                        n: int, context: float = 0.25) -> list[tuple[int, float]]:
+                        n: int, context: float = 0.25, *, passages: float | None = None,
+                        starts: dict[int, int] | None = None) -> list[tuple[int, float]]:
     """(record id, bm25 score, higher is better), best first.
 
     `context` is the bm25 weight of the previous record's words; 0 searches
-    the records' own words only (keyword mode: what an exact search expects)."""
+    the records' own words only (keyword mode: what an exact search expects).
+    A long record also scores by its best passage (`passages` times its bm25,
+    default PASSAGE_WEIGHT; 0: records only); `starts`, when given, receives
+    where that passage starts in the record's text, for the snippet."""
     terms = build_fts_terms(query)
     if not terms:
         return []
-    and_q = " ".join(t.fts for t in terms)
     own_words = context <= 0
-    if own_words:
-        and_q = f"text : ({and_q})"
     where, params = filters.sql()
-    sql = (_KEYWORD_SQL.format(filters=where, context=float(context)) if where
-           else _KEYWORD_FTS_SQL.format(context=float(context)))
-    out: list[tuple[int, float]] = []
-    seen: set[int] = set()
-    for rid, score in await conn.execute_fetchall(sql, (and_q, *params, n)):
-        seen.add(rid)
-        out.append((rid, -float(score)))
-    if len(out) < n:
+    ranker = _Ranker(
+        conn, params, n, PASSAGE_WEIGHT if passages is None else passages, starts,
+        (_KEYWORD_SQL.format(filters=where, context=float(context)) if where
+         else _KEYWORD_FTS_SQL.format(context=float(context))),
+        _PASSAGE_SQL.format(filters=where, rowid=PASSAGE_ROWID) if where else _PASSAGE_FTS_SQL)
+    and_q = " ".join(t.fts for t in terms)
+    await ranker.add(f"text : ({and_q})" if own_words else and_q)
+    if len(ranker.out) < n:
         or_q = await or_query(conn, terms)
-        if or_q is not None and own_words:
-            or_q = f"text : ({or_q})"
         if or_q is not None:
-            for rid, score in await conn.execute_fetchall(sql, (or_q, *params, n)):
-                if rid not in seen:
-                    seen.add(rid)
-                    out.append((rid, -float(score)))
-    return out[:n]
+            await ranker.add(f"text : ({or_q})" if own_words else or_q)
+    return ranker.out[:n]
+
+
+class _Ranker:
+    """One keyword list filled query by query (AND, then OR): records not yet
+    listed, each scored by the better of its own bm25 and its best passage's."""
+
+    def __init__(self, conn: aiosqlite.Connection, params: list[object], n: int, weight: float,
+                 starts: dict[int, int] | None, sql: str, passage_sql: str) -> None:
+        self.conn, self.params, self.n, self.weight = conn, params, n, weight
+        self.starts, self.sql, self.passage_sql = starts, sql, passage_sql
+        self.out: list[tuple[int, float]] = []
+        self.seen: set[int] = set()
+
+    async def add(self, match: str) -> None:
+        best = {rid: -float(score) for rid, score in await self.conn.execute_fetchall(
+            self.sql, (match, *self.params, self.n)) if rid not in self.seen}
+        if self.weight > 0:
+            # A record's first passage in bm25 order is its best one.
+            for rowid, score in await self.conn.execute_fetchall(
+                    self.passage_sql, (match, *self.params, self.n * PASSAGE_ROWS)):
+                rid, start = divmod(int(rowid), PASSAGE_ROWID)
+                if rid in self.seen:
+                    continue
+                if self.starts is not None and rid not in self.starts:
+                    self.starts[rid] = start
+                best[rid] = max(best.get(rid, float("-inf")), -self.weight * float(score))
+        for rid, score in sorted(best.items(), key=lambda kv: -kv[1]):
+            self.seen.add(rid)
+            self.out.append((rid, score))

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["SNIPPET_CHARS", "make_snippet", "word_pattern"]
+__all__ = ["AROUND_CHARS", "SNIPPET_CHARS", "make_snippet", "word_pattern"]
 
 SNIPPET_CHARS = 240
+AROUND_CHARS = 1000  # a passage (ingest/indexing.py) or a vector chunk is about this long
 
 
 def word_pattern(words: Sequence[str]) -> re.Pattern[str]:
@@ -29,11 +30,19 @@ def word_pattern(words: Sequence[str]) -> re.Pattern[str]:
 
 def make_snippet(text: str, words: Sequence[str], around: int | None = None,
                  width: int = SNIPPET_CHARS) -> str:
-    """A window of `text` around the first query word (or `around`), words in [brackets]."""
+    """A window of `text` around the first query word, words in [brackets].
+
+    `around` is where the match was found (a keyword passage's or a vector
+    chunk's start): the first query word within AROUND_CHARS after it, else
+    the first one anywhere, else `around` itself."""
     pattern = word_pattern(words) if words else None
     center = around
     if pattern is not None:
-        first = pattern.search(text)
+        first = None
+        if around is not None:
+            first = pattern.search(text, around, around + AROUND_CHARS)
+        if first is None:
+            first = pattern.search(text)
         if first is not None:
             center = first.start()
     if center is None:
