@@ -111,10 +111,13 @@ _ANSI = re.compile(
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
-def clean_text(text: str) -> str:
-    """`text` without terminal escape codes and control characters (see _ANSI)."""
+def clean_text(text: str, *, keep_length: bool = False) -> str:
+    """`text` without terminal escape codes and control characters (see _ANSI).
+
+    keep_length: escape codes become spaces instead, so offsets into the
+    result are offsets into `text` (the embedder's chunks keep theirs)."""
     if "\x1b" in text or "\x9b" in text:
-        text = _ANSI.sub("", text)
+        text = _ANSI.sub((lambda m: " " * len(m.group())) if keep_length else "", text)
     return _CONTROL.sub(" ", text)
 
 

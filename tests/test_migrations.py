@@ -21,12 +21,11 @@ from typing import Any
 import anyio
 import numpy as np
 import pytest
-
 from fixtures.embedders import FixedEmbedder
+
 from ingest.db import make_connector
 from ingest.embed import DEFAULT_MODEL
-from ingest.indexing import CONTEXT_KINDS, EMBEDDABLE_KINDS, FTS_CONTEXT_SQL
-from ingest.indexing import FTS_SKIP_SQL, PASSAGES_SQL
+from ingest.indexing import CONTEXT_KINDS, EMBEDDABLE_KINDS, FTS_CONTEXT_SQL, FTS_SKIP_SQL, PASSAGES_SQL
 from ingest.migration_m007 import M007_PASSAGES, M007_SKIP
 from ingest.migrations import _M005_CONTEXT, MIGRATIONS, SCHEMA_VERSION, _m006_convert
 from ingest.store import Store
