@@ -61,15 +61,20 @@ FTS_SKIP_SQL = (
 )
 
 # Passages: a long record (a compaction summary, a long tool output or prompt)
-# is also indexed in pieces of about PASSAGE_CHARS characters, cut at line or
-# sentence ends and overlapping by about PASSAGE_OVERLAP, in `passages_fts`
+# is also indexed in pieces of at most PASSAGE_CHARS characters (the last one
+# up to a quarter longer), cut at line or sentence ends and overlapping by
+# about PASSAGE_OVERLAP, in `passages_fts`
 # (migration m007). BM25 over the whole record buries one sentence under its
 # length; a passage scores it as a short record would. A passage's rowid is
 # record id * PASSAGE_ROWID + where it starts in the record's text, so it
 # carries both without a table of its own (TEXT_CAP keeps starts far below).
+# Tuned on bench/recall.py's v1 questions (LoCoMo's turns are too short to
+# get passages): 500/100 gave hybrid hit@10 80.0, MRR .505; 800/150 80.0/.490;
+# 1,000/100 78.3/.463; 300/60 81.7/.489 with 1.7x the passages of 500/100.
+# A threshold of 1,000 or 2,500 instead of 1,500 did no better.
 PASSAGE_FROM = 1500
-PASSAGE_CHARS = 800
-PASSAGE_OVERLAP = 150
+PASSAGE_CHARS = 500
+PASSAGE_OVERLAP = 100
 PASSAGE_ROWID = 1 << 24
 
 _LINE_END = re.compile(r"\n")

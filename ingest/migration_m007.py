@@ -47,10 +47,11 @@ def m007_script(context_sql: str) -> str:
 
     Passage-level full-text index, cleaner text, no injected copies of commands.
 
-    - `passages_fts` (contentless, the records' tokenizer) holds overlapping
-      ~800-character passages of every record longer than 1,500 characters,
-      so one sentence of a 10,000-character summary is found and the hit
-      points at it. The triggers keep it in step with records.
+    - `passages_fts` (contentless, the records' tokenizer) holds the
+      overlapping passages (`deja_passages`: ingest.indexing.passage_spans,
+      ~500 characters when this shipped) of every record longer than 1,500
+      characters, so one sentence of a 10,000-character summary is found and
+      the hit points at it. The triggers keep it in step with records.
     - Records whose text (or whose previous record, their context) holds
       terminal escape codes are re-indexed without them.
     - The `system`/`meta`/`attachment` copies of a slash command's arguments
