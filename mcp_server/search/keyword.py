@@ -26,8 +26,8 @@ from .filters import SearchFilters
 from .terms import FtsTerm, build_fts_terms
 
 __all__ = [
-    "OR_MAX_DOC_SHARE", "OR_MAX_POSTINGS", "OR_MAX_TERMS", "OR_PRUNE_FROM", "PASSAGE_ROWS",
-    "PASSAGE_WEIGHT", "doc_counts", "keyword_ranks", "or_query",
+    "OR_MAX_DOC_SHARE", "OR_MAX_POSTINGS", "OR_MAX_TERMS", "OR_PRUNE_FROM", "PASSAGE_OR_POSTINGS",
+    "PASSAGE_ROWS", "PASSAGE_WEIGHT", "doc_counts", "keyword_ranks", "or_query",
 ]
 
 # bm25 weighs a record's own words 1 and those of the record before it
@@ -71,9 +71,20 @@ ORDER BY bm25(passages_fts)
 LIMIT ?
 """
 # A record scores max(its bm25, PASSAGE_WEIGHT x its best passage's bm25);
-# PASSAGE_ROWS x n passages are read (a record has several).
+# PASSAGE_ROWS x n passages are read (a record has several). On a large
+# corpus (OR_PRUNE_FROM) the passages' OR query keeps the rarest of the OR
+# query's terms while their records (doc_counts) sum to at most
+# PASSAGE_OR_POSTINGS (always the rarest one). Passages hold 1.4x the
+# postings of records, spread over 2.3x the documents: the whole OR query over
+# them doubled the keyword ranker's time at 100k records (p50 37 -> 77 ms,
+# bench/search_scale.py's corpus); the passages' OR query alone takes 13 ms
+# with a budget of 10,000 (20,000: 24 ms, 40,000: 38 ms). A share of records per term or
+# a cap on terms instead cost the v1 questions all of the passages' gain; the
+# budget scaled to their 3k records (315) kept hit@10 (80.0) and lost MRR
+# (.467 against .506 unpruned, .473 without passages).
 PASSAGE_WEIGHT = 1.0
 PASSAGE_ROWS = 3
+PASSAGE_OR_POSTINGS = 10_000
 
 # The OR query scores every record holding any of its terms, about 0.6 us per
 # posting: a few common words would make it score much of the corpus (0.6 s at
@@ -130,13 +141,21 @@ async def doc_counts(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> dict[s
 
 async def or_query(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> str | None:
     """The OR fallback of a query of several terms, pruned to its rarest on a large corpus."""
+    pruned = await _or_terms(conn, terms)
+    return None if pruned is None else " OR ".join(t.fts for t in pruned[0])
+
+
+async def _or_terms(conn: aiosqlite.Connection, terms: list[FtsTerm]
+                    ) -> tuple[list[FtsTerm], list[FtsTerm]] | None:
+    """The OR query's terms (see or_query) and the passages' share of them (see
+    PASSAGE_OR_TERMS), or None for a query of one term."""
     content = [t for t in terms if not t.stop] or terms
     if len(terms) < 2:
         return None
     total = next(iter(await conn.execute_fetchall(
         "SELECT COALESCE(MAX(id), 0) FROM records")))[0]
     if total < OR_PRUNE_FROM:
-        return " OR ".join(t.fts for t in content)
+        return content, content
     df = await doc_counts(conn, content)
     ranked = sorted(content, key=lambda t: df[t.fts])
     kept: list[FtsTerm] = []
@@ -149,7 +168,14 @@ async def or_query(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> str | No
         kept.append(t)
         postings += df[t.fts]
     kept = kept or ranked[:1]
-    return " OR ".join(t.fts for t in kept)
+    rare: list[FtsTerm] = []
+    postings = 0
+    for t in kept:
+        if rare and postings + df[t.fts] > PASSAGE_OR_POSTINGS:
+            break
+        rare.append(t)
+        postings += df[t.fts]
+    return kept, rare
 
 
 async def keyword_ranks(conn: aiosqlite.Connection, query: str, filters: SearchFilters,
@@ -175,9 +201,11 @@ async def keyword_ranks(conn: aiosqlite.Connection, query: str, filters: SearchF
     and_q = " ".join(t.fts for t in terms)
     await ranker.add(f"text : ({and_q})" if own_words else and_q)
     if len(ranker.out) < n:
-        or_q = await or_query(conn, terms)
-        if or_q is not None:
-            await ranker.add(f"text : ({or_q})" if own_words else or_q)
+        pruned = await _or_terms(conn, terms)
+        if pruned is not None:
+            or_q, rare_q = (" OR ".join(t.fts for t in group) for group in pruned)
+            await ranker.add(f"text : ({or_q})" if own_words else or_q,
+                             (f"text : ({rare_q})" if own_words else rare_q) if rare_q else None)
     return ranker.out[:n]
 
 
@@ -192,13 +220,16 @@ class _Ranker:
         self.out: list[tuple[int, float]] = []
         self.seen: set[int] = set()
 
-    async def add(self, match: str) -> None:
+    async def add(self, match: str, passage_match: str | None = "") -> None:
+        """Records matching `match`, and passages matching `passage_match` (the
+        same when "", none when None)."""
         best = {rid: -float(score) for rid, score in await self.conn.execute_fetchall(
             self.sql, (match, *self.params, self.n)) if rid not in self.seen}
-        if self.weight > 0:
+        if self.weight > 0 and passage_match is not None:
             # A record's first passage in bm25 order is its best one.
             for rowid, score in await self.conn.execute_fetchall(
-                    self.passage_sql, (match, *self.params, self.n * PASSAGE_ROWS)):
+                    self.passage_sql, (passage_match or match, *self.params,
+                                       self.n * PASSAGE_ROWS)):
                 rid, start = divmod(int(rowid), PASSAGE_ROWID)
                 if rid in self.seen:
                     continue
