@@ -7,15 +7,17 @@ words do not make it score much of the database. Query terms come from
 terms.py; filters from filters.py.
 
 A long record is also indexed as overlapping passages (`passages_fts`,
-migration m007): one sentence of a 10,000-character summary scores as a short
-record would instead of being buried by BM25's length normalisation. A record
-scores by the better of its own bm25 and its best passage's, and the start of
-that passage goes to the snippet.
+migration m007): BM25 over its whole text buries one sentence under its
+length, a passage scores it as a short record would. Each query takes
+PASSAGE_POOL times the candidates it returns from the records' ranking,
+rescores the long ones by their best passage, and keeps the best; the start
+of that passage goes to the snippet.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 
 import aiosqlite
 
@@ -26,8 +28,8 @@ from .filters import SearchFilters
 from .terms import FtsTerm, build_fts_terms
 
 __all__ = [
-    "OR_MAX_DOC_SHARE", "OR_MAX_POSTINGS", "OR_MAX_TERMS", "OR_PRUNE_FROM", "PASSAGE_OR_POSTINGS",
-    "PASSAGE_ROWS", "PASSAGE_WEIGHT", "doc_counts", "keyword_ranks", "or_query",
+    "OR_MAX_DOC_SHARE", "OR_MAX_POSTINGS", "OR_MAX_TERMS", "OR_PRUNE_FROM", "PASSAGE_POOL",
+    "PASSAGE_WEIGHT", "doc_counts", "keyword_ranks", "or_query",
 ]
 
 # bm25 weighs a record's own words 1 and those of the record before it
@@ -51,40 +53,25 @@ ORDER BY bm25(records_fts, 1.0, {context})
 LIMIT ?
 """
 
-# Passages of long records (migration m007): rowid = record id * PASSAGE_ROWID
-# + the passage's start. They have no context column: a column filter
-# `text : (...)` means the same in both tables.
-_PASSAGE_FTS_SQL = """
+# The passages of the candidates (a JSON list of ids) that match: rowid =
+# record id * PASSAGE_ROWID + the passage's start (ingest/indexing.py).
+# FTS5 walks the terms' doclists, but bm25 is computed only for the
+# candidates' passages (a correlated lookup per record recomputed bm25's
+# statistics each time: 150 ms a query at 100k records). Passages have no
+# context column: a column filter `text : (...)` means the same in both tables.
+_PASSAGE_SQL = f"""
 SELECT rowid, bm25(passages_fts)
 FROM passages_fts
-WHERE passages_fts MATCH ?
-ORDER BY bm25(passages_fts)
-LIMIT ?
+WHERE passages_fts MATCH ? AND rowid / {PASSAGE_ROWID} IN (SELECT value FROM json_each(?))
 """
-_PASSAGE_SQL = """
-SELECT passages_fts.rowid, bm25(passages_fts)
-FROM passages_fts
-JOIN records r ON r.id = passages_fts.rowid / {rowid}
-LEFT JOIN sources src ON src.id = r.source_id
-WHERE passages_fts MATCH ? {filters}
-ORDER BY bm25(passages_fts)
-LIMIT ?
-"""
-# A record scores max(its bm25, PASSAGE_WEIGHT x its best passage's bm25);
-# PASSAGE_ROWS x n passages are read (a record has several). On a large
-# corpus (OR_PRUNE_FROM) the passages' OR query keeps the rarest of the OR
-# query's terms while their records (doc_counts) sum to at most
-# PASSAGE_OR_POSTINGS (always the rarest one). Passages hold 1.4x the
-# postings of records, spread over 2.3x the documents: the whole OR query over
-# them doubled the keyword ranker's time at 100k records (p50 37 -> 77 ms,
-# bench/search_scale.py's corpus); the passages' OR query alone takes 13 ms
-# with a budget of 10,000 (20,000: 24 ms, 40,000: 38 ms). A share of records per term or
-# a cap on terms instead cost the v1 questions all of the passages' gain; the
-# budget scaled to their 3k records (315) kept hit@10 (80.0) and lost MRR
-# (.467 against .506 unpruned, .473 without passages).
+# A record scores max(its bm25, PASSAGE_WEIGHT x its best passage's bm25).
+# Rescoring the records' top PASSAGE_POOL x n gave the v1 questions all that
+# a search of every passage gave (pool 1: hybrid hit@10 78.3, MRR .496; 3:
+# 80.0, .505; 10: the same), at a fraction of its cost. At 100k records
+# (bench/search_scale.py's corpus) the keyword ranker took CPU p50/p95
+# 23/35 ms alone, 29/47 ms rescoring, 55/89 ms scoring every passage.
 PASSAGE_WEIGHT = 1.0
-PASSAGE_ROWS = 3
-PASSAGE_OR_POSTINGS = 10_000
+PASSAGE_POOL = 3
 
 # The OR query scores every record holding any of its terms, about 0.6 us per
 # posting: a few common words would make it score much of the corpus (0.6 s at
@@ -141,21 +128,13 @@ async def doc_counts(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> dict[s
 
 async def or_query(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> str | None:
     """The OR fallback of a query of several terms, pruned to its rarest on a large corpus."""
-    pruned = await _or_terms(conn, terms)
-    return None if pruned is None else " OR ".join(t.fts for t in pruned[0])
-
-
-async def _or_terms(conn: aiosqlite.Connection, terms: list[FtsTerm]
-                    ) -> tuple[list[FtsTerm], list[FtsTerm]] | None:
-    """The OR query's terms (see or_query) and the passages' share of them (see
-    PASSAGE_OR_TERMS), or None for a query of one term."""
     content = [t for t in terms if not t.stop] or terms
     if len(terms) < 2:
         return None
     total = next(iter(await conn.execute_fetchall(
         "SELECT COALESCE(MAX(id), 0) FROM records")))[0]
     if total < OR_PRUNE_FROM:
-        return content, content
+        return " OR ".join(t.fts for t in content)
     df = await doc_counts(conn, content)
     ranked = sorted(content, key=lambda t: df[t.fts])
     kept: list[FtsTerm] = []
@@ -168,14 +147,7 @@ async def _or_terms(conn: aiosqlite.Connection, terms: list[FtsTerm]
         kept.append(t)
         postings += df[t.fts]
     kept = kept or ranked[:1]
-    rare: list[FtsTerm] = []
-    postings = 0
-    for t in kept:
-        if rare and postings + df[t.fts] > PASSAGE_OR_POSTINGS:
-            break
-        rare.append(t)
-        postings += df[t.fts]
-    return kept, rare
+    return " OR ".join(t.fts for t in kept)
 
 
 async def keyword_ranks(conn: aiosqlite.Connection, query: str, filters: SearchFilters,
@@ -191,51 +163,45 @@ async def keyword_ranks(conn: aiosqlite.Connection, query: str, filters: SearchF
     terms = build_fts_terms(query)
     if not terms:
         return []
+    and_q = " ".join(t.fts for t in terms)
     own_words = context <= 0
     where, params = filters.sql()
-    ranker = _Ranker(
-        conn, params, n, PASSAGE_WEIGHT if passages is None else passages, starts,
-        (_KEYWORD_SQL.format(filters=where, context=float(context)) if where
-         else _KEYWORD_FTS_SQL.format(context=float(context))),
-        _PASSAGE_SQL.format(filters=where, rowid=PASSAGE_ROWID) if where else _PASSAGE_FTS_SQL)
-    and_q = " ".join(t.fts for t in terms)
-    await ranker.add(f"text : ({and_q})" if own_words else and_q)
-    if len(ranker.out) < n:
-        pruned = await _or_terms(conn, terms)
-        if pruned is not None:
-            or_q, rare_q = (" OR ".join(t.fts for t in group) for group in pruned)
-            await ranker.add(f"text : ({or_q})" if own_words else or_q,
-                             (f"text : ({rare_q})" if own_words else rare_q) if rare_q else None)
-    return ranker.out[:n]
+    sql = (_KEYWORD_SQL.format(filters=where, context=float(context)) if where
+           else _KEYWORD_FTS_SQL.format(context=float(context)))
+    weight = PASSAGE_WEIGHT if passages is None else passages
+    out: list[tuple[int, float]] = []
+    seen: set[int] = set()
+
+    async def add(match: str) -> None:
+        if own_words:
+            match = f"text : ({match})"
+        pool = n * PASSAGE_POOL if weight > 0 else n
+        best = {rid: -float(score) for rid, score in
+                await conn.execute_fetchall(sql, (match, *params, pool)) if rid not in seen}
+        if weight > 0 and best:
+            await _rescore(conn, match, best, weight, starts)
+        for rid, score in sorted(best.items(), key=lambda kv: -kv[1])[:n - len(out)]:
+            seen.add(rid)
+            out.append((rid, score))
+
+    await add(and_q)
+    if len(out) < n:
+        or_q = await or_query(conn, terms)
+        if or_q is not None:
+            await add(or_q)
+    return out
 
 
-class _Ranker:
-    """One keyword list filled query by query (AND, then OR): records not yet
-    listed, each scored by the better of its own bm25 and its best passage's."""
-
-    def __init__(self, conn: aiosqlite.Connection, params: list[object], n: int, weight: float,
-                 starts: dict[int, int] | None, sql: str, passage_sql: str) -> None:
-        self.conn, self.params, self.n, self.weight = conn, params, n, weight
-        self.starts, self.sql, self.passage_sql = starts, sql, passage_sql
-        self.out: list[tuple[int, float]] = []
-        self.seen: set[int] = set()
-
-    async def add(self, match: str, passage_match: str | None = "") -> None:
-        """Records matching `match`, and passages matching `passage_match` (the
-        same when "", none when None)."""
-        best = {rid: -float(score) for rid, score in await self.conn.execute_fetchall(
-            self.sql, (match, *self.params, self.n)) if rid not in self.seen}
-        if self.weight > 0 and passage_match is not None:
-            # A record's first passage in bm25 order is its best one.
-            for rowid, score in await self.conn.execute_fetchall(
-                    self.passage_sql, (passage_match or match, *self.params,
-                                       self.n * PASSAGE_ROWS)):
-                rid, start = divmod(int(rowid), PASSAGE_ROWID)
-                if rid in self.seen:
-                    continue
-                if self.starts is not None and rid not in self.starts:
-                    self.starts[rid] = start
-                best[rid] = max(best.get(rid, float("-inf")), -self.weight * float(score))
-        for rid, score in sorted(best.items(), key=lambda kv: -kv[1]):
-            self.seen.add(rid)
-            self.out.append((rid, score))
+async def _rescore(conn: aiosqlite.Connection, match: str, best: dict[int, float],
+                   weight: float, starts: dict[int, int] | None) -> None:
+    """Lift each long record in `best` to its best passage's score, if higher."""
+    top: dict[int, tuple[float, int]] = {}
+    for rowid, score in await conn.execute_fetchall(_PASSAGE_SQL, (match, json.dumps(list(best)))):
+        rid, start = divmod(int(rowid), PASSAGE_ROWID)
+        passage = -weight * float(score)
+        if rid not in top or passage > top[rid][0]:
+            top[rid] = (passage, start)
+    for rid, (passage, start) in top.items():
+        best[rid] = max(best[rid], passage)
+        if starts is not None:
+            starts.setdefault(rid, start)
