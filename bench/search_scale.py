@@ -67,7 +67,7 @@ import anyio  # noqa: E402
 
 from ingest.db import make_connector  # noqa: E402
 from ingest.embed import DEFAULT_MODEL  # noqa: E402
-from ingest.indexing import FTS_CONTEXT_SQL  # noqa: E402
+from ingest.indexing import FTS_CONTEXT_SQL, PASSAGES_SQL  # noqa: E402
 from ingest.migrations import SCHEMA_VERSION  # noqa: E402
 from ingest.quantize import bits_rows, int8_rows  # noqa: E402
 from ingest.store import Store  # noqa: E402
@@ -293,6 +293,7 @@ def generate(workdir: Path, base: dict[str, Any], n_chunks: int) -> Path:
     conn.execute(  # what ingest runs per batch (ingest.store.index_new_records)
         "INSERT INTO records_fts (rowid, text, context) "
         f"SELECT r.id, deja_fts_text(r.text), {FTS_CONTEXT_SQL} FROM records r")
+    conn.execute(PASSAGES_SQL.format(where="1"))  # and the passages of long records
     conn.execute("COMMIT")
 
     # Chunks: one per record, the rest as extra windows of random records.

@@ -10,7 +10,7 @@ blocks on SQLite.
 
 Every connection gets the same settings: WAL, a busy timeout, foreign keys,
 sqlite-vec loaded, and deja's SQL functions registered (the FTS triggers call
-`deja_fts_text`). The file is created 0600 inside a 0700 folder.
+`deja_fts_text` and `deja_passages`). The file is created 0600 inside a 0700 folder.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 import aiosqlite
 
 from .errors import DatabaseError, DatabaseLocked
+from .indexing import passages_json
 
 __all__ = [
     "CJK_CHAR",
@@ -34,6 +35,7 @@ __all__ = [
     "driver_errors",
     "make_connector",
     "connect",
+    "clean_text",
     "fts_text",
     "is_locked_error",
     "BUSY_TIMEOUT_MS",
@@ -95,13 +97,37 @@ CJK_CHAR = re.compile(
 _CJK = re.compile(f"({CJK_CHAR.pattern})")
 
 
+# Terminal escape codes in tool output ("\x1b[31mERROR\x1b[0m"): unicode61
+# would glue a code's parameters to the word after it ("31merror"), so no
+# query for ERROR found it. Removed from what is indexed and embedded (the
+# record keeps its raw text): CSI sequences (ESC [ or the C1 byte 0x9b), OSC
+# sequences (ESC ] ... BEL or ESC \), other two-byte ESC sequences, then any
+# control character left (tab and newline kept) becomes a space.
+_ANSI = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"          # CSI: colours, cursor moves, modes
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"         # OSC: titles, hyperlinks
+    r"|\x1b[ -/]*[0-~]"                          # other ESC sequences (charset, keypad)
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def clean_text(text: str, *, keep_length: bool = False) -> str:
+    """`text` without terminal escape codes and control characters (see _ANSI).
+
+    keep_length: escape codes become spaces instead, so offsets into the
+    result are offsets into `text` (the embedder's chunks keep theirs)."""
+    if "\x1b" in text or "\x9b" in text:
+        text = _ANSI.sub((lambda m: " " * len(m.group())) if keep_length else "", text)
+    return _CONTROL.sub(" ", text)
+
+
 def fts_text(text: str | None) -> str:
-    """The text FTS5 indexes for a record: the text itself, CJK characters spaced out."""
+    """The text FTS5 indexes for a record: escape codes out (clean_text), CJK spaced out."""
     if not text:
         return ""
     if text.isascii():
-        return text
-    return _CJK.sub(r" \1 ", text)
+        return _CONTROL.sub(" ", _ANSI.sub("", text)) if "\x1b" in text else text
+    return _CJK.sub(r" \1 ", clean_text(text))
 
 
 def _ensure_private_file(path: Path) -> None:
@@ -146,6 +172,7 @@ def make_connector(path: Path, *, readonly: bool = False) -> Callable[[], Any]:
             conn.execute("PRAGMA temp_store = MEMORY")
             _load_vec(conn)
             conn.create_function("deja_fts_text", 1, fts_text, deterministic=True)
+            conn.create_function("deja_passages", 1, passages_json, deterministic=True)
         except BaseException:
             conn.close()
             raise

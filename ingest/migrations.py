@@ -373,9 +373,18 @@ def _m006_convert(mat: Any) -> tuple[list[bytes], list[bytes]]:
     return [row.tobytes() for row in int8], [row.tobytes() for row in bits]
 
 
+def m007_passages(conn: Any) -> None:
+    """Passages of long records, escape codes out, injected command copies out (see
+    ingest/migration_m007.py, its own module for the house's line limit)."""
+    from .migration_m007 import m007_script
+
+    _run_script(conn, m007_script(_M005_CONTEXT))
+
+
 MIGRATIONS: list[Callable[[Any], None]] = [m001_initial, m002_embedding_queue,
                                            m003_fts_batch_insert, m004_fts_vocabulary,
-                                           m005_fts_context, m006_compact_vectors]
+                                           m005_fts_context, m006_compact_vectors,
+                                           m007_passages]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -23,7 +23,7 @@ import anyio
 from .config import database_bytes
 from .db import connect, driver_errors, is_locked_error, make_connector
 from .errors import DatabaseError, DatabaseLocked
-from .indexing import EMBEDDABLE_KINDS, FTS_CONTEXT_SQL
+from .indexing import EMBEDDABLE_KINDS, FTS_CONTEXT_SQL, FTS_SKIP_SQL, PASSAGES_SQL
 from .migrations import migrate
 from .parse import AgentLink, Record, SessionInfo
 
@@ -160,13 +160,17 @@ async def index_new_records(conn: aiosqlite.Connection, after_id: int) -> None:
     """Add records with id > after_id to the full-text index, in one statement.
 
     Inside the writer's transaction; one INSERT ... SELECT costs half what a
-    per-row trigger does (migration m003).
+    per-row trigger does (migration m003). Injected copies of a command's
+    arguments get no rows; records longer than PASSAGE_FROM also get passages.
     """
     await conn.execute(
         "INSERT INTO records_fts (rowid, text, context) "
-        f"SELECT r.id, deja_fts_text(r.text), {FTS_CONTEXT_SQL} FROM records r WHERE r.id > ?",
+        f"SELECT r.id, deja_fts_text(r.text), {FTS_CONTEXT_SQL} FROM records r "
+        f"WHERE r.id > ? AND NOT {FTS_SKIP_SQL}",
         (after_id,),
     )
+    # Long records also as passages (ingest/indexing.py, migration m007).
+    await conn.execute(PASSAGES_SQL.format(where="r.id > ?"), (after_id,))
 
 
 class Store:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .db import clean_text
 from .errors import ModelMismatch
 from .quantize import bits_rows, int8_rows
 from .store import Store
@@ -145,8 +146,10 @@ def embedding_text(kind: str, text: str, call: str | None) -> tuple[str, int]:
 
     A tool result alone ("8 passed in 1.92s") says little; prefixed with the
     call that produced it ("Bash pytest tests/test_cart.py") its vector can
-    match a question about running the cart tests.
+    match a question about running the cart tests. Terminal escape codes
+    become spaces (offsets into the text stay right).
     """
+    text = clean_text(text, keep_length=True)
     if kind == "tool_result" and call:
         prefix = call[:CALL_PREFIX_CHARS] + "\n"
         return prefix + text, len(prefix)

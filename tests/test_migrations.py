@@ -1,9 +1,10 @@
 """Upgrading a database made by any older deja keeps everything and searches the same.
 
-For each earlier schema version N (1 to 5), a database is built with the
+For each earlier schema version N (1 to 6), a database is built with the
 shipped migrations 1..N and filled the way that version filled it: records,
 their full-text rows (by trigger up to version 2, by the writer from 3, with
-the context column from 5), vectors in that version's vec0 table, cursors,
+the context column from 5), vectors in that version's vec0 table (int8 and
+sign bits from 6), cursors,
 sessions, subagent runs, the queue of records waiting for a vector. Opening
 it with today's Store must migrate it without losing a record, a word, a
 cursor or a vector (converted to int8 + sign bits by m006; version 1's vectors
@@ -20,12 +21,13 @@ from typing import Any
 import anyio
 import numpy as np
 import pytest
-
 from fixtures.embedders import FixedEmbedder
+
 from ingest.db import make_connector
 from ingest.embed import DEFAULT_MODEL
-from ingest.indexing import CONTEXT_KINDS, EMBEDDABLE_KINDS, FTS_CONTEXT_SQL
-from ingest.migrations import _M005_CONTEXT, MIGRATIONS, SCHEMA_VERSION
+from ingest.indexing import CONTEXT_KINDS, EMBEDDABLE_KINDS, FTS_CONTEXT_SQL, FTS_SKIP_SQL, PASSAGES_SQL
+from ingest.migration_m007 import M007_PASSAGES, M007_SKIP
+from ingest.migrations import _M005_CONTEXT, MIGRATIONS, SCHEMA_VERSION, _m006_convert
 from ingest.store import Store
 from mcp_server.search import Resources, SearchRequest, search
 
@@ -90,8 +92,8 @@ def _fill(conn: Any, version: int, vectors: np.ndarray) -> None:
         if version in (3, 4):
             conn.execute("INSERT INTO records_fts (rowid, text) VALUES (?, deja_fts_text(?))",
                          (rid, _text(i)))
-        elif version == 5:
-            # Version 5's writers indexed with the context expression m005 froze.
+        elif version in (5, 6):
+            # Versions 5 and 6's writers indexed with the context expression m005 froze.
             conn.execute("INSERT INTO records_fts (rowid, text, context) SELECT r.id, "
                          f"deja_fts_text(r.text), {_M005_CONTEXT} FROM records r WHERE r.id = ?",
                          (rid,))
@@ -102,6 +104,12 @@ def _fill(conn: Any, version: int, vectors: np.ndarray) -> None:
                 conn.execute("INSERT INTO vec_chunks (chunk_id, embedding, kind, session_id, "
                              "project_dir, ts) VALUES (?, ?, ?, 's', '-p', ?)",
                              (rid, vectors[i].tobytes(), _kind(i), TS.format(i)))
+            elif version >= 6:
+                # Version 6 keeps int8 vectors and sign bits (the forms m006 froze).
+                (int8,), (bits,) = _m006_convert(vectors[i:i + 1])
+                conn.execute("UPDATE chunks SET bits = ? WHERE id = ?", (bits, rid))
+                conn.execute("INSERT INTO chunk_vectors (chunk_id, vec) VALUES (?, ?)",
+                             (rid, int8))
             else:
                 conn.execute("INSERT INTO vec_chunks (chunk_id, embedding, kind, project_dir, "
                              "session_id, tool_name, ts) VALUES (?, ?, ?, '-p', 's', '', ?)",
@@ -245,15 +253,18 @@ def test_an_older_database_upgrades_without_loss(tmp_path: Path, version: int) -
 
 
 def test_the_update_trigger_indexes_what_the_writers_index(tmp_path: Path) -> None:
-    """records_au (m005, fixed text) repeats the writers' context expression.
+    """records_au (m007, fixed text) repeats the writers' statements.
 
-    ingest.indexing.FTS_CONTEXT_SQL is free to change, but then an edited
-    record would be indexed differently from a new one until a migration
-    rebuilds the trigger: this fails to say so.
+    ingest.indexing's FTS_CONTEXT_SQL, FTS_SKIP_SQL and PASSAGES_SQL are free
+    to change, but then an edited record would be indexed differently from a
+    new one until a migration rebuilds the trigger: this fails to say so.
     """
     assert FTS_CONTEXT_SQL == _M005_CONTEXT, (
         "FTS_CONTEXT_SQL changed: add a migration that recreates the records_au trigger "
         "(and re-indexes), then point this test at it")
+    assert (FTS_SKIP_SQL, PASSAGES_SQL) == (M007_SKIP, M007_PASSAGES), (
+        "FTS_SKIP_SQL or PASSAGES_SQL changed: add a migration that recreates the "
+        "records_au trigger (and re-indexes), then point this test at it")
     conn = make_connector(tmp_path / "t.db")()
     try:
         _migrate_to(conn, SCHEMA_VERSION, MIGRATIONS)
@@ -261,4 +272,5 @@ def test_the_update_trigger_indexes_what_the_writers_index(tmp_path: Path) -> No
             "SELECT sql FROM sqlite_master WHERE name = 'records_au'").fetchone()[0]
     finally:
         conn.close()
-    assert FTS_CONTEXT_SQL in trigger
+    assert FTS_CONTEXT_SQL in trigger and FTS_SKIP_SQL in trigger
+    assert PASSAGES_SQL.format(where="r.id = new.id") in trigger

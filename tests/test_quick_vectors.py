@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -49,9 +50,11 @@ def anyio_backend() -> str:
 
 def _run_python(code: str, *args: str, importtime: bool = False) -> subprocess.CompletedProcess[str]:
     flags = ["-X", "importtime"] if importtime else []
-    return subprocess.run([sys.executable, *flags, "-c", code, *args], capture_output=True,
-                          text=True, timeout=300, cwd=str(REPO),
-                          env=deja_env(REPO, {"DEJA_MODEL_CACHE": str(MODEL_CACHE)}))
+    # A HOME of its own: onnxruntime writes ~/.cache/Microsoft/... on load.
+    with tempfile.TemporaryDirectory(prefix="deja-home-") as home:
+        return subprocess.run([sys.executable, *flags, "-c", code, *args], capture_output=True,
+                              text=True, timeout=300, cwd=str(REPO),
+                              env=deja_env(Path(home), {"DEJA_MODEL_CACHE": str(MODEL_CACHE)}))
 
 
 def _imported(importtime_stderr: str) -> set[str]:

@@ -1,7 +1,9 @@
 """The search engine: one `search()` for the CLI and the MCP tools, BM25 + vectors, fused.
 
 Rankers
-- keyword: FTS5 BM25 over records (keyword.py, its terms from terms.py).
+- keyword: FTS5 BM25 over records and the passages of long records
+  (keyword.py, its terms from terms.py); a hit found by a passage carries its
+  start, and its snippet shows that passage.
 - vector: nearest chunks by sign bits, re-ranked by exact cosine over their
   int8 vectors (vector.py, in memory with index.py); a record scores as its
   best chunk. Filters apply before the candidates are cut, so a filtered
@@ -75,11 +77,12 @@ async def search(conn: aiosqlite.Connection, request: SearchRequest,
     result = SearchResult(hits=[], query=request.query, mode=request.mode)
     pending = await conn.execute_fetchall("SELECT COUNT(*) FROM records WHERE embed_state = 0")
     result.pending_embeddings = int(next(iter(pending))[0])
-    keyword, vector = await _rank(conn, request, res, filters, fusion, result)
+    passages: dict[int, int] = {}
+    keyword, vector = await _rank(conn, request, res, filters, fusion, result, passages)
     order = await _order(conn, request, keyword, vector, fusion)
     kw_rank = {rid: (i + 1, s) for i, (rid, s) in enumerate(keyword)}
     vec_rank = {rid: (i + 1, s, c) for i, (rid, s, c) in enumerate(vector)}
-    result.hits = await _materialize(conn, request, order, kw_rank, vec_rank, result)
+    result.hits = await _materialize(conn, request, order, kw_rank, vec_rank, result, passages)
     result.elapsed_ms = (time.perf_counter() - started) * 1000
     return result
 
@@ -91,9 +94,10 @@ async def keyword_search(conn: aiosqlite.Connection, query: str, *, limit: int =
 
 
 async def _rank(conn: aiosqlite.Connection, request: SearchRequest, res: Resources,
-                filters: SearchFilters, fusion: Fusion,
-                result: SearchResult) -> tuple[Keyword, Vector]:
-    """Both candidate lists (each empty when its ranker does not run), notes on `result`."""
+                filters: SearchFilters, fusion: Fusion, result: SearchResult,
+                passages: dict[int, int]) -> tuple[Keyword, Vector]:
+    """Both candidate lists (each empty when its ranker does not run), notes on `result`;
+    where the best passage of a long keyword hit starts goes into `passages`."""
     mode, query = request.mode, request.query
     n_candidates = max(fusion.candidates, request.limit * 2)
     keyword: Keyword = []
@@ -103,7 +107,8 @@ async def _rank(conn: aiosqlite.Connection, request: SearchRequest, res: Resourc
     async def keyword_side() -> None:
         nonlocal keyword
         keyword = await keyword_ranks(conn, query, filters, n_candidates,
-                                      fusion.context if mode == "hybrid" else 0.0)
+                                      fusion.context if mode == "hybrid" else 0.0,
+                                      starts=passages)
 
     async def vector_side() -> None:
         nonlocal vector, status
@@ -127,7 +132,9 @@ async def _rank(conn: aiosqlite.Connection, request: SearchRequest, res: Resourc
         if status != "ok":
             result.notes.append(f"vector search unavailable ({status}): keyword results only")
             if mode == "vector":
-                keyword = await keyword_ranks(conn, query, filters, n_candidates, 0.0)
+                passages.clear()
+                keyword = await keyword_ranks(conn, query, filters, n_candidates, 0.0,
+                                              starts=passages)
         elif result.pending_embeddings:
             result.notes.append(
                 f"{result.pending_embeddings} records still await embedding; they are found "
@@ -204,8 +211,11 @@ async def _add_pending(conn: aiosqlite.Connection, query: str, embedder: Embedde
 async def _materialize(conn: aiosqlite.Connection, request: SearchRequest,
                        order: list[tuple[int, float]], kw_rank: dict[int, tuple[int, float]],
                        vec_rank: dict[int, tuple[int, float, int]],
-                       result: SearchResult) -> list[Hit]:
-    """Rows for the ranked ids, one per transcript line, with snippets, within the budget."""
+                       result: SearchResult, passages: dict[int, int]) -> list[Hit]:
+    """Rows for the ranked ids, one per transcript line, with snippets, within the budget.
+
+    A snippet centres on the keyword passage that matched, else on the best
+    vector chunk, else on the first query word."""
     if not order:
         return []
     limit, max_tokens = request.limit, request.max_tokens
@@ -236,7 +246,9 @@ async def _materialize(conn: aiosqlite.Connection, request: SearchRequest,
         if key in seen:
             continue
         seen.add(key)
-        around = spans.get(vec_rank[rid][2]) if rid in vec_rank else None
+        around = passages.get(rid)
+        if around is None and rid in vec_rank:
+            around = spans.get(vec_rank[rid][2])
         snippet = make_snippet(row[6], words, around)
         cost = len(snippet) // 4 + 30  # the snippet and the hit's fields
         if max_tokens is not None and used_tokens + cost > max_tokens and hits:

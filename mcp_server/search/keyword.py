@@ -1,26 +1,35 @@
-"""The keyword ranker: FTS5 BM25 over records, all terms first, then the rarest.
+"""The keyword ranker: FTS5 BM25 over records and passages, all terms first, then the rarest.
 
 All terms of the query are required first (AND); if that finds too few, an OR
 of the non-stopwords fills the list, still ranked by BM25. The OR query is
 pruned to its rarest terms on a large corpus (`or_query`), so a few common
 words do not make it score much of the database. Query terms come from
 terms.py; filters from filters.py.
+
+A long record is also indexed as overlapping passages (`passages_fts`,
+migration m007): BM25 over its whole text buries one sentence under its
+length, a passage scores it as a short record would. Each query takes
+PASSAGE_POOL times the candidates it returns from the records' ranking,
+rescores the long ones by their best passage, and keeps the best; the start
+of that passage goes to the snippet.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 
 import aiosqlite
 
 from ingest.db import fts_text
+from ingest.indexing import PASSAGE_ROWID
 
 from .filters import SearchFilters
 from .terms import FtsTerm, build_fts_terms
 
 __all__ = [
-    "OR_MAX_DOC_SHARE", "OR_MAX_POSTINGS", "OR_MAX_TERMS", "OR_PRUNE_FROM", "doc_counts",
-    "keyword_ranks", "or_query",
+    "OR_MAX_DOC_SHARE", "OR_MAX_POSTINGS", "OR_MAX_TERMS", "OR_PRUNE_FROM", "PASSAGE_POOL",
+    "PASSAGE_WEIGHT", "doc_counts", "keyword_ranks", "or_query",
 ]
 
 # bm25 weighs a record's own words 1 and those of the record before it
@@ -44,6 +53,25 @@ ORDER BY bm25(records_fts, 1.0, {context})
 LIMIT ?
 """
 
+# The passages of the candidates (a JSON list of ids) that match: rowid =
+# record id * PASSAGE_ROWID + the passage's start (ingest/indexing.py).
+# FTS5 walks the terms' doclists, but bm25 is computed only for the
+# candidates' passages (a correlated lookup per record recomputed bm25's
+# statistics each time: 150 ms a query at 100k records). Passages have no
+# context column: a column filter `text : (...)` means the same in both tables.
+_PASSAGE_SQL = f"""
+SELECT rowid, bm25(passages_fts)
+FROM passages_fts
+WHERE passages_fts MATCH ? AND rowid / {PASSAGE_ROWID} IN (SELECT value FROM json_each(?))
+"""
+# A record scores max(its bm25, PASSAGE_WEIGHT x its best passage's bm25).
+# Rescoring the records' top PASSAGE_POOL x n gave the v1 questions all that
+# a search of every passage gave (pool 1: hybrid hit@10 78.3, MRR .496; 3:
+# 80.0, .505; 10: the same), at a fraction of its cost. At 100k records
+# (bench/search_scale.py's corpus) the keyword ranker took CPU p50/p95
+# 23/35 ms alone, 29/47 ms rescoring, 55/89 ms scoring every passage.
+PASSAGE_WEIGHT = 1.0
+PASSAGE_POOL = 3
 
 # The OR query scores every record holding any of its terms, about 0.6 us per
 # posting: a few common words would make it score much of the corpus (0.6 s at
@@ -123,33 +151,57 @@ async def or_query(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> str | No
 
 
 async def keyword_ranks(conn: aiosqlite.Connection, query: str, filters: SearchFilters,
-                        n: int, context: float = 0.25) -> list[tuple[int, float]]:
+                        n: int, context: float = 0.25, *, passages: float | None = None,
+                        starts: dict[int, int] | None = None) -> list[tuple[int, float]]:
     """(record id, bm25 score, higher is better), best first.
 
     `context` is the bm25 weight of the previous record's words; 0 searches
-    the records' own words only (keyword mode: what an exact search expects)."""
+    the records' own words only (keyword mode: what an exact search expects).
+    A long record also scores by its best passage (`passages` times its bm25,
+    default PASSAGE_WEIGHT; 0: records only); `starts`, when given, receives
+    where that passage starts in the record's text, for the snippet."""
     terms = build_fts_terms(query)
     if not terms:
         return []
     and_q = " ".join(t.fts for t in terms)
     own_words = context <= 0
-    if own_words:
-        and_q = f"text : ({and_q})"
     where, params = filters.sql()
     sql = (_KEYWORD_SQL.format(filters=where, context=float(context)) if where
            else _KEYWORD_FTS_SQL.format(context=float(context)))
+    weight = PASSAGE_WEIGHT if passages is None else passages
     out: list[tuple[int, float]] = []
     seen: set[int] = set()
-    for rid, score in await conn.execute_fetchall(sql, (and_q, *params, n)):
-        seen.add(rid)
-        out.append((rid, -float(score)))
+
+    async def add(match: str) -> None:
+        if own_words:
+            match = f"text : ({match})"
+        pool = n * PASSAGE_POOL if weight > 0 else n
+        best = {rid: -float(score) for rid, score in
+                await conn.execute_fetchall(sql, (match, *params, pool)) if rid not in seen}
+        if weight > 0 and best:
+            await _rescore(conn, match, best, weight, starts)
+        for rid, score in sorted(best.items(), key=lambda kv: -kv[1])[:n - len(out)]:
+            seen.add(rid)
+            out.append((rid, score))
+
+    await add(and_q)
     if len(out) < n:
         or_q = await or_query(conn, terms)
-        if or_q is not None and own_words:
-            or_q = f"text : ({or_q})"
         if or_q is not None:
-            for rid, score in await conn.execute_fetchall(sql, (or_q, *params, n)):
-                if rid not in seen:
-                    seen.add(rid)
-                    out.append((rid, -float(score)))
-    return out[:n]
+            await add(or_q)
+    return out
+
+
+async def _rescore(conn: aiosqlite.Connection, match: str, best: dict[int, float],
+                   weight: float, starts: dict[int, int] | None) -> None:
+    """Lift each long record in `best` to its best passage's score, if higher."""
+    top: dict[int, tuple[float, int]] = {}
+    for rowid, score in await conn.execute_fetchall(_PASSAGE_SQL, (match, json.dumps(list(best)))):
+        rid, start = divmod(int(rowid), PASSAGE_ROWID)
+        passage = -weight * float(score)
+        if rid not in top or passage > top[rid][0]:
+            top[rid] = (passage, start)
+    for rid, (passage, start) in top.items():
+        best[rid] = max(best[rid], passage)
+        if starts is not None:
+            starts.setdefault(rid, start)
