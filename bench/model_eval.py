@@ -175,11 +175,16 @@ def speed_worker(backend: str, inputs_file: Path, out_file: Path, repeat: int) -
     out_file.write_text(json.dumps(result))
 
 
+def open_questions() -> list[dict[str, Any]]:
+    """bench/questions.json without the held-out questions (split or set "holdout")."""
+    qs = json.loads((REPO / "bench" / "questions.json").read_text())["questions"]
+    return [q for q in qs if "holdout" not in (q.get("split"), q.get("set"))]
+
+
 def cmd_speed(args: argparse.Namespace) -> None:
     from bench.embed_speed import build_inputs
 
-    questions = [q["question"] for q in json.loads(
-        (REPO / "bench" / "questions.json").read_text())["questions"] if q.get("set") != "holdout"]
+    questions = [q["question"] for q in open_questions()]
     with tempfile.TemporaryDirectory(prefix="deja-model-speed-") as tmp_name:
         tmp = Path(tmp_name)
         inputs = build_inputs(0, args.short, args.long)
@@ -409,8 +414,7 @@ async def cmd_recall(args: argparse.Namespace) -> None:
 
     db = Path(args.db)
     await ensure_recall_db(db)
-    qs = [q for q in json.loads((REPO / "bench" / "questions.json").read_text())["questions"]
-          if q.get("set") != "holdout"]
+    qs = open_questions()
     cache = Path(args.cache)
     conn = await connect(db)
     try:
