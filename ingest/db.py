@@ -126,7 +126,7 @@ def fts_text(text: str | None) -> str:
     if not text:
         return ""
     if text.isascii():
-        return _CONTROL.sub(" ", _ANSI.sub("", text)) if "\x1b" in text else text
+        return clean_text(text) if "\x1b" in text else text  # the common case: as is
     return _CJK.sub(r" \1 ", clean_text(text))
 
 
