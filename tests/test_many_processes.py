@@ -64,7 +64,10 @@ class Server:
             result = await self.session.call_tool(tool, arguments)
         text = json.dumps(result.structured_content) if result.structured_content else ""
         text += "".join(getattr(c, "text", "") for c in result.content)
-        self.texts.append(text)
+        # What the server says about itself; not the hits, whose transcript text may
+        # well hold the word "locked".
+        said = {k: v for k, v in (result.structured_content or {}).items() if k != "hits"}
+        self.texts.append(text if result.is_error else json.dumps(said))
         if result.is_error:
             self.errors.append(f"server {self.index} {tool}({arguments}): {text[:300]}")
             return {}
