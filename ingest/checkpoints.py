@@ -26,6 +26,7 @@ from typing import Any
 
 import aiosqlite
 
+from .db import clean_text
 from .memories import MAX_MEMORY_CHARS, MemoryWritten, write_memory
 from .store import Store
 from .summary import sections
@@ -75,8 +76,16 @@ def _base_name(tool: str | None) -> str:
     return (tool or "").rsplit("__", 1)[-1]
 
 
+_ERROR_LINE = re.compile(r"error|fail|panic|exception|traceback|denied|not found|cannot|refused",
+                         re.IGNORECASE)
+
+
 def _first_lines(text: str, limit: int) -> str:
-    text = " ".join(line.strip() for line in text.strip().splitlines()[:6] if line.strip())
+    """The lines of an output that say what went wrong (those naming an error first),
+    on one line, within `limit` characters."""
+    lines = [line.strip() for line in clean_text(text).strip().splitlines() if line.strip()]
+    telling = [line for line in lines if _ERROR_LINE.search(line)]
+    text = " | ".join((telling or lines)[:4])
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -98,8 +107,9 @@ async def _rows(conn: aiosqlite.Connection, sql: str,
 
 
 async def session_facts(conn: aiosqlite.Connection, session_id: str,
-                        since_ts: str | None = None) -> SessionFacts:
-    """The facts of the session's main thread (subagents left out) after `since_ts`.
+                        since_ts: str | None = None, until_ts: str | None = None) -> SessionFacts:
+    """The facts of the session's main thread (subagents left out) after `since_ts`
+    (and up to `until_ts`, when given).
 
     Open todos are the state at the end, whenever they were written: the last
     TodoWrite list, and the Task* tasks not completed.
@@ -111,8 +121,9 @@ async def session_facts(conn: aiosqlite.Connection, session_id: str,
         "LEFT JOIN records r ON r.tool_use_id = c.tool_use_id AND r.kind = 'tool_result' "
         "AND r.session_id = c.session_id "
         "WHERE c.session_id = ? AND c.kind = 'tool_call' AND c.agent_id IS NULL "
-        "AND (? IS NULL OR c.ts > ?) ORDER BY c.ts DESC, c.id DESC LIMIT ?",
-        (session_id, since_ts, since_ts, _MAX_CALLS))
+        "AND (? IS NULL OR c.ts > ?) AND (? IS NULL OR c.ts <= ?) "
+        "ORDER BY c.ts DESC, c.id DESC LIMIT ?",
+        (session_id, since_ts, since_ts, until_ts, until_ts, _MAX_CALLS))
     for tool, text, ts, is_error, result in reversed(calls):
         name = _base_name(tool)
         data = tool_input(text)
@@ -140,8 +151,8 @@ async def session_facts(conn: aiosqlite.Connection, session_id: str,
     errors = await _rows(
         conn, "SELECT ts, kind, tool_name, text FROM records WHERE session_id = ? AND "
         "agent_id IS NULL AND (kind = 'error' OR (kind = 'tool_result' AND is_error = 1)) "
-        "AND (? IS NULL OR ts > ?) ORDER BY ts DESC, id DESC LIMIT 3",
-        (session_id, since_ts, since_ts))
+        "AND (? IS NULL OR ts > ?) AND (? IS NULL OR ts <= ?) ORDER BY ts DESC, id DESC LIMIT 3",
+        (session_id, since_ts, since_ts, until_ts, until_ts))
     facts.last_errors = [{"timestamp": ts, "kind": k, "tool_name": tn, "text": _first_lines(t, 500)}
                          for ts, k, tn, t in errors]
     return facts
