@@ -19,7 +19,9 @@ bad usage exit code 2. `DEJA_DB` is read here and nowhere else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import logging
 import os
 import sys
@@ -112,10 +114,18 @@ def _fail_open_main(command: str, argv: list[str]) -> int:
     stderr and exit code 0 (the handler itself fails open)."""
     from .hook import fail_open
 
+    said = io.StringIO()
     try:
-        args = build_parser(command).parse_args(argv)
+        with contextlib.redirect_stderr(said):  # argparse's usage text: one line instead
+            args, extra = build_parser(command).parse_known_args(argv)
     except SystemExit as exc:  # --help (0), or a bad command line (2: not for a hook)
-        return 0 if exc.code in (0, None) else fail_open("", "bad command line", None)
+        if exc.code in (0, None):
+            return 0
+        return fail_open("", (said.getvalue().strip().splitlines() or ["bad command line"])[-1],
+                         None)
+    if extra:
+        return fail_open(getattr(args, "event", ""), f"unexpected arguments: {' '.join(extra)}",
+                         None)
     _configure_logging(args.verbose)
     try:
         db_path = db_path_from(args.db, os.environ)

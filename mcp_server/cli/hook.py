@@ -75,6 +75,7 @@ def fail_open(event: str, message: str, db_path: Path | None) -> int:
     log = _log_path(db_path)
     if log is not None:
         try:
+            log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if log.exists() and log.stat().st_size > _LOG_MAX_BYTES:
                 log.replace(log.with_name(LOG_NAME + ".1"))
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
