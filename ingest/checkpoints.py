@@ -278,7 +278,7 @@ async def build_checkpoint(conn: aiosqlite.Connection, session_id: str) -> Check
     since = summary[0][1] if summary else None
     if summary:
         cp.summary = {"uuid": summary[0][0], "timestamp": since}
-        by_key = {}
+        by_key: dict[str, str] = {}
         for s in sections(summary[0][2]):
             by_key.setdefault(s.key, s.text)
         cp.summary_pending = _clip(by_key.get("pending_tasks"), 2000)

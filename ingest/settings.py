@@ -21,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,9 @@ from typing import Any
 
 from .errors import ConfigError
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ImportError:  # pragma: no cover - Python 3.10
+else:  # pragma: no cover - Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 __all__ = ["Settings", "Exclusions", "load_settings", "DEFAULT_CONTEXT_CHARS", "MAX_CONTEXT_CHARS"]

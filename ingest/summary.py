@@ -31,13 +31,14 @@ _KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("files", ("files and code", "file", "code section")),
     ("concepts", ("technical concept", "concept")),
 )
-SECTION_KEYS: tuple[str, ...] = tuple(key for key, _ in _KINDS) + ("other",)
+SECTION_KEYS: tuple[str, ...] = (*(key for key, _ in _KINDS), "other")
 
 # A heading: at the start of a line, "7. Pending Tasks:" (maybe bold or a
 # markdown heading), or "## Pending Tasks". Nested numbered items are indented,
 # or end with more text after the colon, so they are not headings.
 _HEADING = re.compile(
-    r"^(?:#{1,4}\s*)?(?:\*\*)?(?:(\d{1,2})\.\s+)?(?:\*\*)?([A-Z][A-Za-z /&'-]{2,60}?)(?:\*\*)?:?(?:\*\*)?\s*$",
+    r"^(?:#{1,4}\s*)?(?:\*\*)?(?:(\d{1,2})\.\s+)?(?:\*\*)?"
+    r"([A-Z][A-Za-z /&'-]{2,60}?)(?:\*\*)?:?(?:\*\*)?\s*$",
     re.MULTILINE,
 )
 

@@ -163,7 +163,7 @@ def _shaped(checkpoint: dict[str, Any], budget: int) -> dict[str, Any]:
         if size <= left:
             kept.append({"heading": heading, "text": section.text})
             left -= size
-        elif left > 300 and not kept or left > 600:
+        elif (left > 300 and not kept) or left > 600:
             kept.append({"heading": heading, "text": trim(section.text, left - len(heading) - 60)})
             left = 0
         else:
