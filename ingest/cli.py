@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
-from .config import db_path_from
+from .config import config_path_from, db_path_from
 from .discover import default_roots
 from .errors import DejaError, IngestBusy
 from .lease import IngestLock
 from .runner import IngestSummary, ingest_once, watch
+from .settings import Exclusions, load_settings
 from .store import Store
 from .vectors import pending_count, run_embed
 
@@ -74,14 +75,19 @@ class IngestOptions:
     no_embed: bool = False
     watch: bool = False
     wait_seconds: float = 60.0
+    exclude: Exclusions | None = None  # projects kept out (the settings file's `exclude`)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> IngestOptions:
         """The options `add_ingest_arguments` parsed; DEJA_EMBED=0 (or no, false, off)
-        in `environ` means --no-embed."""
+        in `environ` means --no-embed. The settings file gives `exclude`.
+
+        Raises ConfigError when the settings file is not valid."""
         embed_off = environ.get("DEJA_EMBED", "").strip().lower() in ("0", "no", "false", "off")
+        exclude = load_settings(config_path_from(environ), environ).exclude
         return cls(roots=tuple(args.root or ()), as_json=args.json, quiet=args.quiet,
-                   no_embed=args.no_embed or embed_off, watch=args.watch, wait_seconds=args.wait)
+                   no_embed=args.no_embed or embed_off, watch=args.watch, wait_seconds=args.wait,
+                   exclude=exclude)
 
     @property
     def silent(self) -> bool:
@@ -232,7 +238,8 @@ async def _ingest_then_embed(store: Store, roots: Sequence[Path], options: Inges
     """One pass over `roots`, then the vectors it calls for (unless no_embed)."""
     progress = ProgressBar(sys.stderr) if not options.silent else None
     try:
-        await ingest_once(store, roots, summary=summary, progress=progress)
+        await ingest_once(store, roots, summary=summary, progress=progress,
+                          exclude=options.exclude)
     finally:
         if progress:
             progress.finish()
@@ -284,7 +291,8 @@ async def _watch_and_embed(store: Store, roots: Sequence[Path], options: IngestO
                     return
 
             tg.start_soon(stop_on_signal)
-            await watch(store, roots, summary=summary, on_pass=after_pass)
+            await watch(store, roots, summary=summary, on_pass=after_pass,
+                        exclude=options.exclude)
 
 
 async def run_ingest(options: IngestOptions, db_path: Path, environ: Mapping[str, str]) -> int:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .errors import DatabaseError
 
-__all__ = ["default_data_dir", "default_db_path", "db_path_from", "database_bytes"]
+__all__ = ["default_data_dir", "default_db_path", "db_path_from", "database_bytes",
+           "default_config_path", "config_path_from"]
 
 # scheme://... as in RFC 3986 (a letter, then letters, digits, + - .). A Windows
 # drive (C:\...) has no "//" after its colon, so it stays a path.
@@ -58,6 +59,22 @@ def db_path_from(option: str | None, environ: Mapping[str, str]) -> Path:
             )
         return Path(value).expanduser()
     return default_db_path(environ)
+
+
+def default_config_path(environ: Mapping[str, str]) -> Path:
+    """The settings file: `$XDG_CONFIG_HOME/deja/config.toml`, else ~/.config/deja/config.toml
+    (%APPDATA%\\deja\\config.toml on Windows). It is optional (ingest/settings.py)."""
+    home = Path(environ.get("HOME") or Path.home())
+    if sys.platform == "win32" and environ.get("APPDATA"):
+        return Path(environ["APPDATA"]) / "deja" / "config.toml"
+    xdg = environ.get("XDG_CONFIG_HOME")
+    return (Path(xdg) if xdg else home / ".config") / "deja" / "config.toml"
+
+
+def config_path_from(environ: Mapping[str, str]) -> Path:
+    """The settings file to read: $DEJA_CONFIG, else `default_config_path`."""
+    value = environ.get("DEJA_CONFIG")
+    return Path(value).expanduser() if value else default_config_path(environ)
 
 
 def database_bytes(path: Path) -> int:

@@ -13,6 +13,7 @@ for the next pass. Each batch carries the cursor that covers exactly its lines.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -26,7 +27,7 @@ from .parse import parse_line
 from .records import AgentLink, FileContext, LineError
 from .store import Batch, Cursor, SessionAgg, SourceRow
 
-__all__ = ["FileReader", "ReadStats", "HEAD_BYTES", "MAX_LINE_BYTES", "head_hash"]
+__all__ = ["FileReader", "ReadStats", "HEAD_BYTES", "MAX_LINE_BYTES", "head_hash", "peek_cwd"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +78,31 @@ def _peek_session_id(f: BinaryIO, limit: int = 256 * 1024) -> str | None:
     return m.group(1).decode("utf-8", "replace") if m else None
 
 
+_CWD = re.compile(rb'"cwd"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def peek_cwd(path: str, limit: int = 64 * 1024) -> str | None:
+    """The first `cwd` in the file's first `limit` bytes (the folder Claude Code ran in),
+    without parsing the lines; None when there is none. Raises OSError."""
+    with open(path, "rb") as f:
+        m = _CWD.search(f.read(limit))
+    if m is None:
+        return None
+    try:
+        value = json.loads(m.group(1))
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
+
+
 class FileReader:
     """Reads one source file from its cursor; see the module docstring."""
 
     def __init__(self, source: SourceFile, row: SourceRow, redact: Callable[[str], str],
-                 stats: ReadStats) -> None:
+                 stats: ReadStats, *, batch_lines: int = BATCH_LINES) -> None:
         self.source = source
+        # Smaller batches let a caller with a deadline (a hook) stop sooner between them.
+        self.batch_lines = batch_lines
         self.row = row
         self.redact = redact
         self.stats = stats
@@ -169,7 +189,7 @@ class FileReader:
         batch = Batch(source_id=self.row.id, project_dir=self.source.project_dir)
         n_lines = 0
         n_bytes = 0
-        while n_lines < BATCH_LINES and n_bytes < BATCH_BYTES:
+        while n_lines < self.batch_lines and n_bytes < BATCH_BYTES:
             line = f.readline(MAX_LINE_BYTES + 1)
             if not line:
                 self.done = True

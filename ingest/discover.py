@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SourceFile", "Discovery", "discover", "default_roots", "display_path"]
+__all__ = ["SourceFile", "Discovery", "discover", "session_files", "default_roots", "display_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,40 +106,65 @@ def discover(roots: Iterable[Path]) -> Discovery:
     """Every transcript file under the roots, sorted by path (deterministic order)."""
     found = Discovery()
     for root in roots:
-        root_s = str(root)
-        if not os.path.isdir(root_s):
-            continue
-
-        # root_s bound now: os.walk calls this only while walking this root.
-        def onerror(exc: OSError, root_s: str = root_s) -> None:
-            found.errors.append((display_path(exc.filename or root_s), f"unreadable folder: {exc.strerror}"))
-
-        for dirpath, dirnames, filenames in os.walk(root_s, onerror=onerror):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, root_s)
-            if rel_dir == ".":
-                continue  # files directly in the root belong to no project
-            parts = tuple(Path(rel_dir).parts)
-            if "tool-results" in parts:
-                continue
-            for name in sorted(filenames):
-                if not name.endswith(".jsonl"):
-                    continue
-                rel = (*parts[1:], name)
-                layout, session_hint, agent_id = _classify(rel) or ("session", None, None)
-                # Ids read from a name that is not UTF-8 keep surrogate escapes,
-                # which SQLite cannot store: make them printable like the path.
-                session_hint = display_path(session_hint) if session_hint else session_hint
-                agent_id = display_path(agent_id) if agent_id else agent_id
-                path = os.path.join(dirpath, name)
-                meta = _read_meta(path, found.errors) if layout in ("subagent", "workflow_agent") else None
-                found.files.append(SourceFile(
-                    path=path,
-                    project_dir=display_path(parts[0]),
-                    layout=layout,
-                    session_hint=session_hint,
-                    agent_id=agent_id,
-                    meta=meta,
-                ))
+        _walk(str(root), found)
     found.files.sort(key=lambda f: os.fsencode(f.path))
     return found
+
+
+def session_files(transcript: Path) -> Discovery:
+    """One session's files: `transcript` (`<root>/<project>/<session>.jsonl`, as a hook
+    names it) and its subagents' (`<root>/<project>/<session>/subagents/...`), sorted.
+    A transcript that does not exist gives no files."""
+    found = Discovery()
+    path = str(transcript)
+    if not path.endswith(".jsonl") or not os.path.isfile(path):
+        return found
+    project = os.path.dirname(path)
+    project_dir = display_path(os.path.basename(project))
+    stem = os.path.basename(path)[: -len(".jsonl")]
+    layout, session_hint, agent_id = _classify((os.path.basename(path),)) or ("session", None, None)
+    found.files.append(SourceFile(path=path, project_dir=project_dir, layout=layout,
+                                  session_hint=display_path(session_hint) if session_hint else None,
+                                  agent_id=agent_id))
+    _walk(os.path.dirname(project), found, only=os.path.join(project, stem, "subagents"))
+    found.files.sort(key=lambda f: os.fsencode(f.path))
+    return found
+
+
+def _walk(root_s: str, found: Discovery, only: str | None = None) -> None:
+    """Add the transcript files under `root_s` (or only under its folder `only`)."""
+    start = only or root_s
+    if not os.path.isdir(start):
+        return
+
+    # root_s bound now: os.walk calls this only while walking this root.
+    def onerror(exc: OSError, root_s: str = root_s) -> None:
+        found.errors.append((display_path(exc.filename or root_s), f"unreadable folder: {exc.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(start, onerror=onerror):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root_s)
+        if rel_dir == ".":
+            continue  # files directly in the root belong to no project
+        parts = tuple(Path(rel_dir).parts)
+        if "tool-results" in parts:
+            continue
+        for name in sorted(filenames):
+            if not name.endswith(".jsonl"):
+                continue
+            rel = (*parts[1:], name)
+            layout, session_hint, agent_id = _classify(rel) or ("session", None, None)
+            # Ids read from a name that is not UTF-8 keep surrogate escapes,
+            # which SQLite cannot store: make them printable like the path.
+            session_hint = display_path(session_hint) if session_hint else session_hint
+            agent_id = display_path(agent_id) if agent_id else agent_id
+            path = os.path.join(dirpath, name)
+            meta = _read_meta(path, found.errors) if layout in ("subagent", "workflow_agent") else None
+            found.files.append(SourceFile(
+                path=path,
+                project_dir=display_path(parts[0]),
+                layout=layout,
+                session_hint=session_hint,
+                agent_id=agent_id,
+                meta=meta,
+            ))

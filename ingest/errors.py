@@ -17,6 +17,7 @@ __all__ = [
     "InvalidQuery",
     "NotFound",
     "IngestBusy",
+    "ConfigError",
 ]
 
 
@@ -54,3 +55,7 @@ class NotFound(DejaError):
 
 class IngestBusy(DejaError):
     """Another process holds the ingest lock longer than we may wait."""
+
+
+class ConfigError(DejaError):
+    """The settings file (ingest/settings.py) is not valid TOML or holds a bad value."""

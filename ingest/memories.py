@@ -7,6 +7,12 @@ project filters of search work unchanged and gives exact duplicates a unique
 key to collide on: the hash of (memory kind, content) within the project.
 
 Memories are redacted like transcripts: an agent may paste a secret too.
+
+Checkpoints (kind `checkpoint`) written by deja itself (ingest/checkpoints.py)
+carry an `origin` in their meta and `supersede` it: a session keeps only its
+latest checkpoint of each origin, so hooks firing at every compaction and
+session end do not pile up copies. An agent's own checkpoints have no origin
+and are never superseded.
 """
 
 from __future__ import annotations
@@ -63,8 +69,15 @@ async def write_memory(
     tags: list[str] | None = None,
     kind: str = "note",
     session_id: str | None = None,
+    meta: dict[str, Any] | None = None,
+    supersede: bool = False,
 ) -> MemoryWritten:
-    """Store a memory (deduplicated); returns its id. Raises InvalidQuery on bad input."""
+    """Store a memory (deduplicated); returns its id. Raises InvalidQuery on bad input.
+
+    meta: more fields for the record's meta (JSON-able). supersede: delete the
+    session's other memories of the same kind and `meta["origin"]` in the same
+    transaction (see the module docstring).
+    """
     if not isinstance(content, str) or not content.strip():
         raise InvalidQuery("content must be a non-empty text")
     if len(content) > MAX_MEMORY_CHARS:
@@ -83,7 +96,10 @@ async def write_memory(
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + \
         f"{datetime.now(timezone.utc).microsecond // 1000:03d}Z"
     new_uuid = str(uuid_mod.uuid4())
-    meta = {"memory_kind": kind, "title": title, "tags": clean_tags}
+    record_meta = {**(meta or {}), "memory_kind": kind, "title": title, "tags": clean_tags}
+    origin = record_meta.get("origin")
+    if supersede and (not session_id or not isinstance(origin, str)):
+        raise InvalidQuery("supersede needs a session_id and an origin in meta")
     async with store.transaction():
         source_id = await _memory_source(store, project_dir)
         cur = await store.conn.execute(
@@ -91,7 +107,7 @@ async def write_memory(
             "role, text, text_len, ts, cwd, meta, embed_state) "
             "VALUES (?, ?, 0, ?, ?, 'memory', 'memory', ?, ?, ?, ?, ?, 0)",
             (source_id, key, new_uuid, session_id, text, len(text), now, cwd,
-             json.dumps(meta, ensure_ascii=False)),
+             json.dumps(record_meta, ensure_ascii=False)),
         )
         created = cur.rowcount == 1
         if created:
@@ -104,6 +120,13 @@ async def write_memory(
                 (source_id, key),
             ))
             new_uuid = rows[0][0]
+        if supersede:
+            # Its chunks and FTS rows go with it (ON DELETE CASCADE, the delete trigger).
+            await store.conn.execute(
+                "DELETE FROM records WHERE kind = 'memory' AND session_id = ? AND uuid != ? "
+                "AND json_extract(meta, '$.memory_kind') = ? AND json_extract(meta, '$.origin') = ?",
+                (session_id, new_uuid, kind, origin),
+            )
         if session_id:
             await store.conn.execute(
                 "INSERT INTO sessions (session_id, project_dir, cwd) VALUES (?, ?, ?) "

@@ -8,6 +8,11 @@ replaced, so the text stays readable ("DATABASE_URL=postgres://app:[REDACTED:
 url_password]@db/x"). Value classes exclude backslashes and quotes so that
 redacting serialized JSON (tool inputs) keeps it valid.
 
+Text a person marks `<private>...</private>` (in a prompt, and wherever it is
+quoted back: a compaction summary, a subagent's prompt) is replaced whole, as
+`[REDACTED:private]`; an opening tag without its closing one hides the rest of
+the text.
+
 Redaction errs on the side of hiding: a false positive costs a word of
 context, a false negative leaks a credential into a file that lives for years.
 """
@@ -28,6 +33,8 @@ _VALUE = r"[^\s\"'`\\,;()\[\]{}]"
 # none, and one big alternation tried at every position was the slowest part
 # of ingest. Hints of None mean "check the lowercased text" (see _LOWER_HINTS).
 _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
+    # First, so that a secret inside a private span is hidden with the span.
+    ("private", ("<private>",), r"<private>.*?(?:</private>|\Z)"),
     ("private_key", ("PRIVATE KEY",),
      r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----.*?"
      r"(?:-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|\Z)"),
@@ -72,7 +79,7 @@ _PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
 
 SECRET_KINDS: tuple[str, ...] = tuple(name for name, _, _ in _PATTERNS)
 
-_CASE_INSENSITIVE_HINTS = {"secret_assignment", "bearer_token"}
+_CASE_INSENSITIVE_HINTS = {"secret_assignment", "bearer_token", "private"}
 _ASSIGNMENT_KEYWORDS = re.compile(
     r"secret|token|passw|passphrase|api_?key|access_?key|private_?key|credential|auth_?key"
 )
@@ -88,7 +95,8 @@ def _hint_test(hints: tuple[str, ...]) -> Callable[[str], bool]:
 
 
 _COMPILED: list[tuple[str, Callable[[str], bool], re.Pattern[str]]] = [
-    (name, _hint_test(hints), re.compile(pattern, re.DOTALL))
+    (name, _hint_test(hints),
+     re.compile(pattern, re.DOTALL | (re.IGNORECASE if name == "private" else 0)))
     for name, hints, pattern in _PATTERNS
 ]
 

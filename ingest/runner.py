@@ -10,6 +10,12 @@ deja must not).
 `watch()` runs passes when watchfiles reports changes, and at least every
 `rescan_seconds` as a safety net (file events are lost on some filesystems).
 
+`ingest_files()` reads given files only (a hook's transcript and its
+subagents) and stops between two batches once its deadline has passed: each
+batch commits with its cursor, so what is left is read by the next pass.
+
+Files of an excluded project (settings.Exclusions) are not read at all.
+
 The caller holds the IngestLock: these functions do not take it.
 """
 
@@ -20,23 +26,24 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .cursor import FileReader, ReadStats
+from .cursor import FileReader, ReadStats, peek_cwd
 from .discover import SourceFile, discover, display_path
 from .redact import Redactor
+from .settings import Exclusions
 from .store import Batch, SourceRow, Store
 
 if TYPE_CHECKING:
     # A type only: importing anyio.streams costs ~7 ms on every CLI start.
     from anyio.streams.memory import MemoryObjectSendStream
 
-__all__ = ["IngestSummary", "ingest_once", "watch", "Progress"]
+__all__ = ["IngestSummary", "ingest_once", "ingest_files", "watch", "Progress", "is_excluded"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +132,7 @@ async def ingest_once(
     *,
     summary: IngestSummary | None = None,
     progress: Progress | None = None,
+    exclude: Exclusions | None = None,
 ) -> IngestSummary:
     """Read everything new under `roots` into `store`; returns (and fills) the summary."""
     started = time.perf_counter()
@@ -132,13 +140,8 @@ async def ingest_once(
     summary.passes += 1
     redactor = Redactor(summary.redactions_by_kind)
 
-    todo, gone = await _changed_files(store, roots, summary)
-    new_rows = await store.add_sources([
-        (source.path, display_path(source.path), source.project_dir, source.layout,
-         source.session_hint, source.agent_id)
-        for source, row, _ in todo if row is None
-    ])
-    jobs = [(source, row or new_rows[os.fsencode(source.path)]) for source, row, _ in todo]
+    todo, gone = await _changed_files(store, roots, summary, exclude)
+    jobs = await _jobs(store, todo)
     total = sum(max(st.st_size - (row.offset if row else 0), 0) for _, row, st in todo)
     await _read_and_write(store, jobs, redactor, summary, total, progress)
 
@@ -154,11 +157,76 @@ async def ingest_once(
     return summary
 
 
+async def ingest_files(
+    store: Store,
+    files: Sequence[SourceFile],
+    *,
+    deadline: float | None = None,
+    batch_lines: int = 2000,
+    exclude: Exclusions | None = None,
+) -> IngestSummary:
+    """Read what is new in `files` only, in batches of `batch_lines`, stopping between
+    batches once `time.monotonic()` passes `deadline` (the rest waits for the next pass).
+
+    Unlike `ingest_once`, nothing is flagged missing: other files are not looked at.
+    """
+    started = time.perf_counter()
+    summary = IngestSummary(passes=1)
+    known = await store.load_sources()
+    # The same file under another name (a symlinked root, CLAUDE_CONFIG_DIR): its row,
+    # or its records would be read twice under two sources.
+    by_inode = {(r.dev, r.ino): r for r in known.values() if r.ino is not None}
+    todo: list[tuple[SourceFile, SourceRow | None, os.stat_result]] = []
+    for source, st in await anyio.to_thread.run_sync(_stat_all, list(files)):
+        if isinstance(st, OSError):
+            _note_error(summary, source.path, f"cannot stat: {st.strerror}")
+            continue
+        row = known.get(os.fsencode(source.path))
+        if row is None and (st.st_dev, st.st_ino) in by_inode:
+            row = by_inode[(st.st_dev, st.st_ino)]
+            source = replace(source, path=os.fsdecode(row.path))
+        if (row is None or not _unchanged(row, st)) and not is_excluded(source, exclude):
+            todo.append((source, row, st))
+    summary.files = len(files)
+    jobs = await _jobs(store, todo)
+    await _read_and_write(store, jobs, Redactor(summary.redactions_by_kind), summary, 0, None,
+                          deadline=deadline, batch_lines=batch_lines)
+    if todo:
+        await store.set_meta("last_ingest", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+def is_excluded(source: SourceFile, exclude: Exclusions | None) -> bool:
+    """True when the file belongs to an excluded project: by its folder's name, else by
+    the first working directory written in it (the folder name is lossy)."""
+    if not exclude:
+        return False
+    if exclude.excludes_folder(source.project_dir):
+        return True
+    try:
+        return exclude.excludes_path(peek_cwd(source.path))
+    except OSError:
+        return False  # unreadable: reading it will report why
+
+
+async def _jobs(store: Store, todo: list[tuple[SourceFile, SourceRow | None, os.stat_result]]
+                ) -> list[tuple[SourceFile, SourceRow]]:
+    """The files to read with their source rows, registering the new ones."""
+    new_rows = await store.add_sources([
+        (source.path, display_path(source.path), source.project_dir, source.layout,
+         source.session_hint, source.agent_id)
+        for source, row, _ in todo if row is None
+    ])
+    return [(source, row or new_rows[os.fsencode(source.path)]) for source, row, _ in todo]
+
+
 async def _changed_files(
     store: Store, roots: Sequence[Path], summary: IngestSummary,
+    exclude: Exclusions | None = None,
 ) -> tuple[list[tuple[SourceFile, SourceRow | None, os.stat_result]], list[int]]:
-    """Discover and stat the files: those to read (new or changed) and the ids of
-    those gone. Flags gone files `missing`, and clears the flag of those back."""
+    """Discover and stat the files: those to read (new or changed, not excluded) and the
+    ids of those gone. Flags gone files `missing`, and clears the flag of those back."""
     found = await anyio.to_thread.run_sync(discover, list(roots))
     summary.file_errors.extend(e for e in found.errors if e not in summary.file_errors)
     stats = await anyio.to_thread.run_sync(_stat_all, found.files)
@@ -178,6 +246,8 @@ async def _changed_files(
             came_back.append(row.id)
         if row is not None and _unchanged(row, st):
             continue
+        if is_excluded(source, exclude):
+            continue
         todo.append((source, row, st))
     summary.files = len(stats)
     await store.mark_missing(came_back, missing=False)
@@ -193,6 +263,7 @@ async def _changed_files(
 async def _read_and_write(
     store: Store, jobs: list[tuple[SourceFile, SourceRow]], redactor: Redactor,
     summary: IngestSummary, total: int, progress: Progress | None,
+    *, deadline: float | None = None, batch_lines: int | None = None,
 ) -> None:
     """Read the files from their cursors and commit each batch with its cursor.
 
@@ -204,7 +275,7 @@ async def _read_and_write(
         progress(0, total)
     send, receive = anyio.create_memory_object_stream[Batch](max_buffer_size=2)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_produce, send, jobs, redactor, summary)
+        tg.start_soon(_produce, send, jobs, redactor, summary, deadline, batch_lines)
         async with receive:
             async for batch in receive:
                 result = await store.write_batch(batch)
@@ -219,11 +290,16 @@ async def _read_and_write(
 async def _produce(
     send: MemoryObjectSendStream[Batch], jobs: list[tuple[SourceFile, SourceRow]],
     redactor: Redactor, summary: IngestSummary,
+    deadline: float | None = None, batch_lines: int | None = None,
 ) -> None:
-    """Send the batches of each file in turn; a file that fails is noted and skipped."""
+    """Send the batches of each file in turn; a file that fails is noted and skipped.
+    Past `deadline`, no further batch is read."""
     async with send:
         for source, row in jobs:
-            reader = FileReader(source, row, redactor, summary.read)
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            reader = FileReader(source, row, redactor, summary.read,
+                                **({"batch_lines": batch_lines} if batch_lines else {}))
             try:
                 await anyio.to_thread.run_sync(reader.open)
             except OSError as exc:
@@ -231,7 +307,7 @@ async def _produce(
                 continue
             summary.files_read += 1
             try:
-                while True:
+                while deadline is None or time.monotonic() < deadline:
                     batch = await anyio.to_thread.run_sync(reader.next_batch)
                     if batch is None:
                         break
@@ -270,6 +346,7 @@ async def watch(
     rescan_seconds: float = 30.0,
     debounce_ms: int = 400,
     on_pass: Callable[[IngestSummary], Awaitable[None] | None] | None = None,
+    exclude: Exclusions | None = None,
 ) -> IngestSummary:
     """Ingest now, then whenever files change (and every `rescan_seconds`), until cancelled."""
     from watchfiles import awatch
@@ -277,7 +354,7 @@ async def watch(
     summary = summary or IngestSummary()
 
     async def one_pass() -> None:
-        await ingest_once(store, roots, summary=summary)
+        await ingest_once(store, roots, summary=summary, exclude=exclude)
         if on_pass is not None:
             maybe = on_pass(summary)
             if maybe is not None:

@@ -172,7 +172,7 @@ async def _watch(store: Store, state: DejaState) -> None:
             logger.info("ingested %d new records so far", summary.new_records)
 
     await watch(store, state.config.roots, rescan_seconds=state.config.rescan_seconds,
-                on_pass=on_pass)
+                on_pass=on_pass, exclude=state.config.exclude)
 
 
 async def _embed_loop(store: Store, state: DejaState) -> None:

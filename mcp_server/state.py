@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from ingest.settings import Exclusions
 from ingest.store import Store
 
 from .search import VectorIndex
@@ -40,6 +41,7 @@ class ServerConfig:
     model_wait_seconds: float = 0.5
     # How long the ingest supervisor lets a quick model load go first.
     ingest_defer_seconds: float = 3.0
+    exclude: Exclusions | None = None  # projects kept out of ingest (ingest/settings.py)
 
 
 @dataclass

@@ -329,7 +329,11 @@ async def test_load_checkpoint(client: Client) -> None:
     assert gizmo["files_edited"] == ["/home/dev/gizmo/wombat.py"]
     assert [e["tool_name"] for e in gizmo["last_errors"]] == ["Bash"]
     assert "quokka" in gizmo["last_errors"][0]["text"]
-    assert gizmo["latest_summary"] is None and gizmo["recent_turns"]
+    assert gizmo["checkpoint"] is None and gizmo["recent_turns"]  # no summary, no checkpoint
+    assert gizmo["failed_commands"] == [{"command": "make check", "timestamp": gizmo[
+        "failed_commands"][0]["timestamp"], "error": gizmo["failed_commands"][0]["error"]}]
+    assert "Error 2" in gizmo["failed_commands"][0]["error"]
+    assert "\x1b" not in gizmo["failed_commands"][0]["error"]  # terminal codes left out
 
     written = await ok(client, "write_memory", content="checkpoint: quokka step still red",
                        kind="checkpoint", project="/home/dev/gizmo", session_id=GIZMO_SESSION)

@@ -62,17 +62,27 @@ def _log_to_file(log_file: Path, verbose: int) -> None:
 
 def run(db_path: Path, args: argparse.Namespace) -> int:
     """Run the MCP server until stdin closes or SIGTERM."""
-    from ingest.config import default_data_dir
+    from ingest.config import config_path_from, default_data_dir
     from ingest.discover import default_roots
+    from ingest.errors import ConfigError
+    from ingest.settings import load_settings
 
     from ..server import ServerConfig, build_server, run_stdio
 
     _log_to_file(args.log_file or default_data_dir(os.environ) / "deja-server.log", args.verbose)
+    ingest, exclude = not args.no_ingest, None
+    try:
+        exclude = load_settings(config_path_from(os.environ), os.environ).exclude
+    except ConfigError as exc:
+        # Ingesting without the user's exclusions could store a project they keep out.
+        logging.getLogger("deja").error("%s; serving without ingesting until it is fixed", exc)
+        ingest = False
     config = ServerConfig(
         db_path=db_path,
         roots=list(args.root) if args.root else default_roots(os.environ),
         environ=dict(os.environ),
-        ingest=not args.no_ingest,
+        ingest=ingest,
+        exclude=exclude,
     )
     # SIGTERM ends the server as cleanly as stdin closing (see run_stdio).
     anyio.run(run_stdio, build_server(config))

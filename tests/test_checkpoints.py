@@ -1,0 +1,130 @@
+"""Checkpoints: compaction summaries by section, and load_checkpoint on the real compacted
+session c0dddd8d (its pending tasks first, its branch, within max_tokens)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from fixtures.cli import deja_argv, deja_env
+from fixtures.paths import REPO
+from ingest.summary import by_priority, sections
+from mcp_server.server import ServerConfig, build_server
+
+C0 = "c0dddd8d-6c0f-4a12-8927-28271848cfc7"
+C0_CWD = "/Users/dumitruvulpe/uw/telecom-mobile"
+C0_BRANCH = "dv-sd-contract-expiration-tmt-1818"
+
+SUMMARY = """This session is being continued from a previous conversation.
+
+Summary:
+1. Primary Request and Intent:
+   The user wants the ibex importer ported.
+2. Key Technical Concepts:
+   - streaming parsers
+3. Files and Code Sections:
+   1. Parser setup:
+      the new reader
+4. Errors and fixes:
+   - IbexError on empty files: fixed by a guard.
+7. Pending Tasks:
+   - port the ibex writer
+8. Current Work:
+   Writing the ibex writer test.
+9. Optional Next Step:
+   Run the writer test.
+"""
+
+
+def test_sections_are_found_by_heading() -> None:
+    found = sections(SUMMARY)
+    assert [s.key for s in found] == ["other", "intent", "concepts", "files", "errors_and_fixes",
+                                      "pending_tasks", "current_work", "next_step"]
+    files = next(s for s in found if s.key == "files")
+    assert "Parser setup" in files.text  # an indented numbered item is body, not a heading
+    ordered = [s.key for s in by_priority(found)]
+    assert ordered[:4] == ["pending_tasks", "current_work", "next_step", "errors_and_fixes"]
+    assert ordered[-1] == "other"
+
+    markdown = sections("## Pending Tasks\n- a\n## Current Work\nb\n")
+    assert [(s.key, s.text) for s in markdown] == [("pending_tasks", "- a"), ("current_work", "b")]
+    assert [s.key for s in sections("just some prose\nwith lines")] == ["other"]
+    assert sections("  ") == []
+
+
+@pytest.fixture(scope="module")
+def c0_db(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> Path:
+    """The compacted session c0dddd8d ingested by a PreCompact hook, with its checkpoint."""
+    base = tmp_path_factory.mktemp("c0")
+    db = base / "deja.db"
+    transcript = shared_projects / "-Users-dumitruvulpe-uw-telecom-mobile" / f"{C0}.jsonl"
+    home = base / "home"
+    home.mkdir()
+    proc = subprocess.run(deja_argv("hook", "pre-compact", db=db), capture_output=True,
+                          text=True, timeout=60, cwd=str(REPO), env=deja_env(home),
+                          input=json.dumps({"session_id": C0, "transcript_path": str(transcript),
+                                            "cwd": C0_CWD, "trigger": "auto"}))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    return db
+
+
+async def _load(db: Path, **arguments: Any) -> dict[str, Any]:
+    config = ServerConfig(db_path=db, roots=[], environ={"CLAUDE_PROJECT_DIR": C0_CWD},
+                          ingest=False, load_model=False)
+    async with Client(build_server(config)) as client:
+        with anyio.fail_after(20):
+            result = await client.call_tool("load_checkpoint", arguments)
+    assert not result.is_error, result.content
+    return json.loads(result.content[0].text)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("max_tokens", [600, 4000])
+def test_load_checkpoint_of_the_compacted_session(c0_db: Path, max_tokens: int) -> None:
+    briefing = anyio.run(partial(_load, c0_db, session_id=C0, max_tokens=max_tokens))
+    assert len(json.dumps(briefing)) <= max_tokens * 4
+    assert briefing["session"]["git_branch"] == C0_BRANCH
+    checkpoint = briefing["checkpoint"]
+    assert checkpoint["source"] == "compaction summary" and checkpoint["handle"].startswith("rec:")
+    first = checkpoint["sections"][0]
+    assert first["heading"] == "Pending Tasks" and "os.Exit(1)" in first["text"]
+    assert "ErrConflict" in first["text"]
+    headings = [s["heading"] for s in checkpoint["sections"]]
+    assert "Key Technical Concepts" not in headings[:3]
+    assert "Key Technical Concepts" in checkpoint.get("omitted_sections", []) or \
+        headings.index("Key Technical Concepts") > headings.index("Current Work")
+    if max_tokens >= 4000:
+        assert headings[:3] == ["Pending Tasks", "Current Work", "Optional Next Step"]
+        assert briefing["since_checkpoint"] and briefing["last_requests"]
+        assert any(p.endswith("storage.go") for p in briefing["files_edited"])
+    assert briefing["memories"] == []  # deja's own checkpoint is not shown as a memory
+
+
+def test_load_checkpoint_prefers_a_later_agent_checkpoint(c0_db: Path, tmp_path: Path) -> None:
+    db = tmp_path / "deja.db"
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{c0_db}{suffix}").exists():
+            Path(f"{db}{suffix}").write_bytes(Path(f"{c0_db}{suffix}").read_bytes())
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        config = ServerConfig(db_path=db, roots=[], environ={"CLAUDE_PROJECT_DIR": C0_CWD},
+                              ingest=False, load_model=False)
+        async with Client(build_server(config)) as client:
+            written = await client.call_tool("write_memory", {
+                "content": "7. Pending Tasks:\n- reconcile with origin first\n"
+                           "8. Current Work:\n- reading the jobs tests",
+                "kind": "checkpoint", "session_id": C0})
+            briefing = await client.call_tool("load_checkpoint", {"project": "current"})
+        return (json.loads(written.content[0].text),  # type: ignore[union-attr]
+                json.loads(briefing.content[0].text))  # type: ignore[union-attr]
+
+    written, briefing = anyio.run(scenario)
+    assert briefing["session"]["session_id"] == C0
+    assert briefing["checkpoint"]["id"] == written["id"]
+    assert briefing["checkpoint"]["sections"][0]["text"] == "- reconcile with origin first"
