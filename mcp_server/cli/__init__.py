@@ -23,7 +23,7 @@ from ingest import __version__
 from ingest.config import db_path_from
 from ingest.errors import DejaError
 
-from . import history, ingest, search, serve, stats
+from . import history, ingest, install, search, serve, stats
 from .common import Subparsers
 
 __all__ = ["main", "build_parser"]
@@ -36,6 +36,7 @@ _COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     history.register_show,
     history.register_sessions,
     ingest.register_embed,  # embed, reembed
+    install.register,  # install, uninstall
 )
 
 
