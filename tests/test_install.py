@@ -387,3 +387,20 @@ def test_windows_hook_commands_are_written_for_git_bash() -> None:
     assert hook_slug_of({"command": "deja hook stop"}) == "stop"
     assert hook_slug_of({"command": "not-deja hook stop"}) is None
     assert hook_slug_of({"command": "deja hook unknown-event"}) is None
+
+
+def test_the_plugin_runs_the_same_hooks_and_server_as_install() -> None:
+    """plugin/ holds what install writes, with `deja` from PATH instead of an absolute path."""
+    from ingest import __version__
+    from fixtures.paths import REPO
+
+    plugin = REPO / "plugin"
+    hooks = json.loads((plugin / "hooks" / "hooks.json").read_text())["hooks"]
+    on_path = Invocation("deja")
+    assert hooks == {spec.event: [on_path.hook_group(spec)] for spec in HOOKS}
+    server = json.loads((plugin / ".mcp.json").read_text())["mcpServers"]["deja"]
+    assert server == {"type": "stdio", "command": "deja", "args": ["serve"]}
+    manifest = json.loads((plugin / ".claude-plugin" / "plugin.json").read_text())
+    assert manifest["name"] == "deja" and manifest["version"] == __version__
+    marketplace = json.loads((REPO / ".claude-plugin" / "marketplace.json").read_text())
+    assert [(p["name"], p["source"]) for p in marketplace["plugins"]] == [("deja", "./plugin")]
