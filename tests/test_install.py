@@ -24,6 +24,9 @@ from typing import Any
 
 import pytest
 
+from fixtures.cli import deja_argv, deja_env
+from fixtures.paths import REPO
+from ingest import __version__
 from mcp_server.install import HOOKS, Invocation
 from mcp_server.install.entries import hook_slug_of, without_hooks, without_server
 
@@ -391,9 +394,6 @@ def test_windows_hook_commands_are_written_for_git_bash() -> None:
 
 def test_the_plugin_runs_the_same_hooks_and_server_as_install() -> None:
     """plugin/ holds what install writes, with `deja` from PATH instead of an absolute path."""
-    from ingest import __version__
-    from fixtures.paths import REPO
-
     plugin = REPO / "plugin"
     hooks = json.loads((plugin / "hooks" / "hooks.json").read_text())["hooks"]
     on_path = Invocation("deja")
@@ -404,3 +404,36 @@ def test_the_plugin_runs_the_same_hooks_and_server_as_install() -> None:
     assert manifest["name"] == "deja" and manifest["version"] == __version__
     marketplace = json.loads((REPO / ".claude-plugin" / "marketplace.json").read_text())
     assert [(p["name"], p["source"]) for p in marketplace["plugins"]] == [("deja", "./plugin")]
+
+
+@pytest.mark.parametrize("answer", ["y", "n"])
+def test_on_a_terminal_it_asks_first(home: Path, answer: str) -> None:
+    """With a terminal on stdin, install shows the diff and writes only after a yes."""
+    import pty  # POSIX only, like the terminal it stands for
+
+    settings_path, claude_path = _home(home)
+    before = {p: p.read_bytes() for p in (settings_path, claude_path)}
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(deja_argv("install", "--no-claude-cli"), stdin=follower,
+                            stdout=follower, stderr=follower, env=deja_env(home), cwd=str(REPO))
+    os.close(follower)
+    seen = b""
+    while b"[y/N]" not in seen:
+        chunk = os.read(leader, 65536)
+        assert chunk, seen.decode(errors="replace")
+        seen += chunk
+    os.write(leader, answer.encode() + b"\n")
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=60) == (0 if answer == "y" else 1)
+    os.close(leader)
+    assert b"hook session-start" in seen
+    changed = {p: p.read_bytes() != before[p] for p in before}
+    assert changed == {settings_path: answer == "y", claude_path: answer == "y"}
+    assert (b"nothing written" in seen) == (answer == "n")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fixtures.claude import claude, connected, require_claude
 from fixtures.paths import REPO
 
@@ -77,3 +76,17 @@ def test_the_plugin_installed_from_the_marketplace_connects(home: Path) -> None:
     assert "Hooks (5)" in details and "MCP servers (1)" in details, details
     listed = claude(home, "mcp", "list").stdout
     assert connected(listed, f"plugin:{plugin['name']}:deja"), listed
+
+
+def test_uninstall_after_claude_code_changed_its_file_uses_claude(home: Path, deja: Deja) -> None:
+    config_path = home / ".claude.json"
+    config_path.write_text(json.dumps({"numStartups": 7, "mcpServers": OTHER_SERVERS}))
+    deja("install", "--yes", input="")
+    config = json.loads(config_path.read_text())
+    config["numStartups"] = 8  # Claude Code counts every start
+    config_path.write_text(json.dumps(config, indent=2))
+    out = deja("uninstall", "--yes", input="").stdout
+    assert "mcp remove --scope user deja" in out
+    assert claude(home, "mcp", "get", "deja", expect=None).returncode != 0
+    left = json.loads(config_path.read_text())
+    assert left["numStartups"] == 8 and left["mcpServers"] == OTHER_SERVERS

@@ -110,7 +110,10 @@ def _confirmed(args: argparse.Namespace, action: str) -> bool:
         answer = input(f"Apply this {action}? [y/N] ")
     except EOFError:
         answer = ""
-    return answer.strip().lower() in ("y", "yes")
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    sys.stderr.write("deja: nothing written\n")
+    return False
 
 
 def _execute(plan: Plan, args: argparse.Namespace) -> int:
