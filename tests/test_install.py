@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fixtures.cli import deja_argv, deja_env
 from fixtures.paths import REPO
+
 from ingest import __version__
 from mcp_server.install import HOOKS, Invocation
 from mcp_server.install.entries import hook_slug_of, without_hooks, without_server
