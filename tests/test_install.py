@@ -18,6 +18,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -406,34 +407,51 @@ def test_the_plugin_runs_the_same_hooks_and_server_as_install() -> None:
     assert [(p["name"], p["source"]) for p in marketplace["plugins"]] == [("deja", "./plugin")]
 
 
-@pytest.mark.parametrize("answer", ["y", "n"])
+def _read_terminal(fd: int, until: bytes | None, timeout: float = 60) -> bytes:
+    """What the child writes to its terminal, up to `until` (None: until it closes it)."""
+    import select
+
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while until is None or until not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no {until!r} within {timeout} s:\n{seen.decode(errors='replace')}"
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            chunk = b""
+        if not chunk:
+            assert until is None, seen.decode(errors="replace")
+            break
+        seen += chunk
+    return seen
+
+
+@pytest.mark.parametrize("answer", ["y", "n", "y, but the file changed meanwhile"])
 def test_on_a_terminal_it_asks_first(home: Path, answer: str) -> None:
-    """With a terminal on stdin, install shows the diff and writes only after a yes."""
+    """With a terminal on stdin, install shows the diff and writes only after a yes, and only
+    over the content the diff was made from."""
     import pty  # POSIX only, like the terminal it stands for
 
     settings_path, claude_path = _home(home)
-    before = {p: p.read_bytes() for p in (settings_path, claude_path)}
     leader, follower = pty.openpty()
     proc = subprocess.Popen(deja_argv("install", "--no-claude-cli"), stdin=follower,
                             stdout=follower, stderr=follower, env=deja_env(home), cwd=str(REPO))
     os.close(follower)
-    seen = b""
-    while b"[y/N]" not in seen:
-        chunk = os.read(leader, 65536)
-        assert chunk, seen.decode(errors="replace")
-        seen += chunk
-    os.write(leader, answer.encode() + b"\n")
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    assert proc.wait(timeout=60) == (0 if answer == "y" else 1)
+    seen = _read_terminal(leader, b"[y/N]")
+    if "changed" in answer:
+        settings_path.write_bytes(_claude_layout({**SETTINGS, "model": "sonnet"}))
+    before = {p: p.read_bytes() for p in (settings_path, claude_path)}
+    os.write(leader, answer[0].encode() + b"\n")
+    seen += _read_terminal(leader, None)
     os.close(leader)
+    applied = answer == "y"
+    assert proc.wait(timeout=60) == (0 if applied else 1)
     assert b"hook session-start" in seen
     changed = {p: p.read_bytes() != before[p] for p in before}
-    assert changed == {settings_path: answer == "y", claude_path: answer == "y"}
-    assert (b"nothing written" in seen) == (answer == "n")
+    if "changed" in answer:  # one file moved: none is written
+        assert b"changed while deja was looking at it; nothing written" in seen
+        assert changed == {settings_path: False, claude_path: False}
+    else:
+        assert changed == {settings_path: applied, claude_path: applied}
+    assert (b"nothing written" in seen) == (not applied)

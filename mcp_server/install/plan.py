@@ -257,18 +257,26 @@ def _remove_dirs(dirs: list[str]) -> None:
 def apply(plan: Plan, data_dir: Path, run: Runner = _run) -> list[str]:
     """Makes the plan's changes, each file backed up first; returns one line per change.
 
-    `data_dir` holds the backups and the record. Raises InstallError when a file
-    changed since the plan was made, or cannot be written; the changes made
-    before it stay (a second run finishes the job: install is idempotent).
+    `data_dir` holds the backups and the record. Raises InstallError, before
+    writing anything, when a file changed since the plan was made; and when a
+    file cannot be written or `claude` fails, in which case the changes made
+    before stay (a second run finishes the job: install is idempotent).
     """
+    def check(change: Change, found: bytes | None) -> None:
+        # `claude mcp` merges into the file as it is then (a running Claude Code writes
+        # ~/.claude.json all the time); a direct write must find what the diff was made from.
+        if found != change.before and not change.commands:
+            raise InstallError(f"{change.path} changed while deja was looking at it; nothing "
+                               "written: run again to see the new change")
+
+    for change in plan.changes:  # all of them first, so that one moved file stops them all
+        check(change, _read_raw(change.path))
     state = InstallState.load(data_dir / STATE_FILE)
     done = []
     for change in plan.changes:
-        if _read_raw(change.path) != change.before:
-            raise InstallError(f"{change.path} changed while deja was looking at it; "
-                               "run again to see the new change")
-        saved = backup(change.path, change.before, data_dir / BACKUP_DIR) \
-            if change.before is not None else None
+        found = _read_raw(change.path)
+        check(change, found)
+        saved = backup(change.path, found, data_dir / BACKUP_DIR) if found is not None else None
         created: list[Path] = []
         if change.commands:
             _run_commands(change, run)
@@ -282,7 +290,7 @@ def apply(plan: Plan, data_dir: Path, run: Runner = _run) -> list[str]:
         old = state.records.get(key)
         if plan.action == "install":
             # The first backup stays the original while the file holds what deja wrote last.
-            keep = old is not None and old.written == _sha(change.before)
+            keep = old is not None and old.written == _sha(found)
             original = old.backup if keep and old else (str(saved) if saved else None)
             dirs = [*(old.dirs if keep and old else []), *map(str, created)]
             state.records[key] = Record(original, _sha(_read_raw(change.path)), dirs)
@@ -293,7 +301,7 @@ def apply(plan: Plan, data_dir: Path, run: Runner = _run) -> list[str]:
         how = f" with `{' '.join(change.commands[-1][:3])} ...`" if change.commands else ""
         kept = f" (backup: {saved})" if saved else ""
         verb = "removed" if change.after is None and not change.commands else \
-            "created" if change.before is None else "updated"
+            "created" if found is None else "updated"
         done.append(f"{verb} {change.path}{how}: {change.what}{kept}")
     state.save()
     return done
