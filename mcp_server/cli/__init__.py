@@ -43,6 +43,7 @@ _COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("sessions",), "history", "register_sessions"),
     (("embed", "reembed"), "ingest", "register_embed"),
     (("hook",), "hook", "register"),
+    (("install", "uninstall"), "install", "register"),
 )
 # Commands that exit 0 whatever happens (Claude Code's hooks).
 _FAIL_OPEN = {"hook"}
