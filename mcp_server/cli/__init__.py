@@ -45,6 +45,7 @@ _COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("hook",), "hook", "register"),
     (("install", "uninstall"), "install", "register"),
     (("doctor",), "doctor", "register"),
+    (("export", "import"), "exchange", "register"),
 )
 # Commands that exit 0 whatever happens (Claude Code's hooks).
 _FAIL_OPEN = {"hook"}
