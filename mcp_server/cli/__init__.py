@@ -44,6 +44,8 @@ _COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("embed", "reembed"), "ingest", "register_embed"),
     (("hook",), "hook", "register"),
     (("install", "uninstall"), "install", "register"),
+    (("doctor",), "doctor", "register"),
+    (("export", "import"), "exchange", "register"),
 )
 # Commands that exit 0 whatever happens (Claude Code's hooks).
 _FAIL_OPEN = {"hook"}

@@ -1,0 +1,120 @@
+"""`deja doctor`: its JSON structure, its figures against the database, and broken databases.
+
+Each test runs `deja doctor` as a subprocess; the figures it reports (records
+awaiting vectors, records of transcripts deleted from disk) are compared with
+what the test counts itself, in SQL and on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fixtures.cli import deja
+from fixtures.db import sql
+from fixtures.privileges import permission_bound
+
+from mcp_server.install.entries import Invocation, with_hooks, with_server
+
+NAMES = ["database", "integrity", "schema", "sqlite_vec", "fts5", "model", "onnx_cache",
+         "embeddings", "transcripts", "last_ingest", "retention", "mcp", "hooks", "ingest_lock"]
+
+
+def _doctor(home: Path, db: Path, expect: int) -> dict[str, Any]:
+    proc = deja(home, "--db", str(db), "doctor", "--json", expect=expect)
+    assert "Traceback" not in proc.stderr
+    out: dict[str, Any] = json.loads(proc.stdout)
+    return out
+
+
+def _by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in report["checks"]}
+
+
+def test_doctor_json_on_the_shared_corpus(tmp_path: Path, shared_projects: Path) -> None:
+    home = tmp_path / "home"
+    projects = home / ".claude" / "projects"
+    shutil.copytree(shared_projects, projects)
+    db = tmp_path / "data" / "deja.db"
+    deja(home, "--db", str(db), "ingest", "--json", "--no-embed")
+    # Claude Code's clean-up deletes a transcript: deja keeps its records.
+    gone = max(projects.rglob("*.jsonl"), key=lambda p: p.stat().st_size)
+    gone.unlink()
+    (home / ".claude" / "settings.json").write_text(json.dumps({"cleanupPeriodDays": 7}))
+
+    report = _doctor(home, db, expect=0)
+    assert set(report) == {"ok", "database", "summary", "checks"}
+    assert report["ok"] is True and report["database"] == str(db)
+    assert [c["name"] for c in report["checks"]] == NAMES
+    for check in report["checks"]:
+        assert set(check) == {"name", "status", "detail", "fix"}
+        assert check["status"] in ("ok", "warn", "fail")
+        assert check["status"] == "ok" or check["fix"], check
+    assert report["summary"] == {s: sum(c["status"] == s for c in report["checks"])
+                                 for s in ("ok", "warn", "fail")}
+    checks = _by_name(report)
+    assert checks["integrity"]["status"] == "ok" and checks["schema"]["status"] == "ok"
+    pending = sql(db, "SELECT COUNT(*) FROM records WHERE embed_state = 0")[0][0]
+    assert pending > 0 and checks["embeddings"]["status"] == "warn"
+    assert f"{pending} records" in checks["embeddings"]["detail"]
+    held = sql(db, "SELECT COUNT(*) FROM records r JOIN sources s ON s.id = r.source_id "
+                   "WHERE s.display_path = ?", (str(gone),))[0][0]
+    assert held > 0
+    assert "after 7 days" in checks["retention"]["detail"]
+    assert f"deja holds {held} records of 1 transcripts" in checks["retention"]["detail"]
+    files = len(list(projects.rglob("*.jsonl")))
+    assert checks["transcripts"]["detail"].startswith(f"{files} transcripts under {projects}")
+    assert checks["mcp"]["status"] == "warn" and checks["hooks"]["status"] == "warn"
+
+
+def test_doctor_recognises_installed_entries(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".claude").mkdir(parents=True)
+    invocation = Invocation("/opt/deja/bin/deja", None, False)
+    (home / ".claude" / "settings.json").write_text(
+        json.dumps(with_hooks({"hooks": {}}, invocation, "settings.json")))
+    (home / ".claude.json").write_text(json.dumps(with_server({}, invocation, ".claude.json")))
+    checks = _by_name(_doctor(home, tmp_path / "none.db", expect=1))
+    assert checks["mcp"]["status"] == "ok" and checks["hooks"]["status"] == "ok"
+    assert checks["database"]["status"] == "fail"
+    assert "no database at" in checks["database"]["detail"]
+    assert checks["retention"]["detail"].startswith(
+        "Claude Code deletes transcripts after 30 days (the default)")
+
+
+def test_doctor_on_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    bad = tmp_path / "notes.db"
+    bad.write_text("these are my notes, not a database\n" * 20)
+    proc = deja(home, "--db", str(bad), "doctor", expect=1)
+    assert f"FAIL  database: {bad} is not a SQLite database" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    report = _doctor(home, bad, expect=1)
+    assert report["ok"] is False and _by_name(report)["database"]["status"] == "fail"
+    # A SQLite header over garbage: quick_check or the open says it is damaged.
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    broken.chmod(0o600)
+    checks = _by_name(_doctor(home, broken, expect=1))
+    assert checks["integrity"]["status"] == "fail"
+    assert "schema" not in checks and "embeddings" not in checks
+
+
+def test_doctor_on_an_unreadable_database(tmp_path: Path) -> None:
+    prefix = permission_bound(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    db = tmp_path / "data" / "deja.db"
+    deja(home, "--db", str(db), "ingest", "--root", str(tmp_path / "nothing"), "--json",
+         "--no-embed")
+    db.chmod(0o000)
+    try:
+        proc = deja(home, "--db", str(db), "doctor", prefix=prefix, expect=1)
+    finally:
+        db.chmod(0o600)
+    assert f"FAIL  database: cannot read {db}: Permission denied" in proc.stdout
+    assert "chmod 600" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
