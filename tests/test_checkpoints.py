@@ -67,11 +67,18 @@ def c0_db(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> Pa
     transcript = shared_projects / "-Users-dumitruvulpe-uw-telecom-mobile" / f"{C0}.jsonl"
     home = base / "home"
     home.mkdir()
-    proc = subprocess.run(deja_argv("hook", "pre-compact", db=db), capture_output=True,
-                          text=True, timeout=60, cwd=str(REPO), env=deja_env(home),
-                          input=json.dumps({"session_id": C0, "transcript_path": str(transcript),
-                                            "cwd": C0_CWD, "trigger": "auto"}))
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    # On a loaded machine one hook may stop at its 0.8 s budget with the file half read; the
+    # next one goes on from the cursor and records the checkpoint, as in a real session.
+    for _ in range(5):
+        proc = subprocess.run(deja_argv("hook", "pre-compact", db=db), capture_output=True,
+                              text=True, timeout=60, cwd=str(REPO), env=deja_env(home),
+                              input=json.dumps({"session_id": C0, "transcript_path": str(transcript),
+                                                "cwd": C0_CWD, "trigger": "auto"}))
+        assert proc.returncode == 0 and proc.stdout == "", proc.stdout
+        if proc.stderr == "":
+            break
+        assert "gave up at its" in proc.stderr, proc.stderr
+    assert proc.stderr == "", proc.stderr
     return db
 
 
