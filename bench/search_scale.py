@@ -1,8 +1,9 @@
 """Search latency at scale: hybrid queries over 10k, 100k and 1M chunks.
 
-Targets (issue): hybrid p95 <= 50 ms at 100k chunks and <= 250 ms at 1M; the
-database size per million chunks; whether int8 and sign-bit vectors keep
-recall while cutting the vector scan.
+Targets (issues 8 and 12): hybrid p95 <= 50 ms at 100k chunks and <= 200 ms
+at 1M, every stage included, as the server runs it; the database size per
+million chunks; the server's RSS with the model loaded; whether int8 and
+sign-bit vectors keep recall while cutting the vector scan.
 
 Not a test: it prints numbers (and writes them as JSON with --json).
 
@@ -29,6 +30,9 @@ How the corpora are made (cached in --workdir, reused on the next run):
    (the database side alone) and with the real embedder (what a user waits
    for). Also the two rankers alone (`keyword_ranks`, `vector_ranks`) and
    a project-filtered hybrid query.
+   Then the real server (`deja --db scale-N.db serve --no-ingest`, over stdio
+   with the MCP SDK client): its VmRSS / VmHWM once the model is loaded and the
+   vector index is in memory, after one search and after 50 (--no-rss skips it).
 4. Recall of the vector ranker (sign-bit candidates re-ranked over int8
    vectors, mcp_server/search/vector.py) against exact float32 search over
    the same vectors (numpy): the share of the exact top 10 records it
@@ -364,6 +368,7 @@ def table_sizes(path: Path) -> dict[str, int]:
     for name, size in rows:
         key = ("chunk_vectors" if name.startswith("chunk_vectors") else
                "records_fts" if name.startswith("records_fts") else
+               "passages_fts" if name.startswith("passages_fts") else
                "records (+indexes)" if name.startswith(("records", "sqlite_autoindex_records")) else
                "chunks (+index)" if name.startswith(("chunks", "sqlite_autoindex_chunks")) else
                name.split("_")[0] if name.startswith("v") else "other")
