@@ -106,12 +106,9 @@ async def _rank(conn: aiosqlite.Connection, request: SearchRequest, res: Resourc
 
     async def keyword_side() -> None:
         nonlocal keyword
-        # In hybrid mode the vector connection takes half of the OR query
-        # once its own work is done (keyword.py, SPLIT_FROM).
         keyword = await keyword_ranks(conn, query, filters, n_candidates,
                                       fusion.context if mode == "hybrid" else 0.0,
-                                      starts=passages,
-                                      helper=res.vector_conn if mode == "hybrid" else None)
+                                      starts=passages)
 
     async def vector_side() -> None:
         nonlocal vector, status

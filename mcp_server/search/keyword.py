@@ -16,8 +16,10 @@ of that passage goes to the snippet.
 Given a second connection (the server's vector connection), the OR query and
 its passage rescoring, the bulk of the work on a large corpus, run as two
 halves of the rowid range at once, one on each connection (`helper`): the
-same results, in about 60% of the wall time when the second core is free
-(no gain on a machine already busy; ~2 ms more CPU: bm25's statistics twice).
+same results, in about 60% of the OR query's wall time when measured alone.
+The engine does not pass one: in hybrid search the vector side already holds
+the second core, and at 100k records hybrid measured slower with the split
+(p50/p95 48.7/77.0 ms against 39.9/63.2 without, load 2; bench/README.md).
 """
 
 from __future__ import annotations
