@@ -1,8 +1,9 @@
 """Search latency at scale: hybrid queries over 10k, 100k and 1M chunks.
 
-Targets (issue): hybrid p95 <= 50 ms at 100k chunks and <= 250 ms at 1M; the
-database size per million chunks; whether int8 and sign-bit vectors keep
-recall while cutting the vector scan.
+Targets (issues 8 and 12): hybrid p95 <= 50 ms at 100k chunks and <= 200 ms
+at 1M, every stage included, as the server runs it; the database size per
+million chunks; the server's RSS with the model loaded; whether int8 and
+sign-bit vectors keep recall while cutting the vector scan.
 
 Not a test: it prints numbers (and writes them as JSON with --json).
 
@@ -29,6 +30,9 @@ How the corpora are made (cached in --workdir, reused on the next run):
    (the database side alone) and with the real embedder (what a user waits
    for). Also the two rankers alone (`keyword_ranks`, `vector_ranks`) and
    a project-filtered hybrid query.
+   Then the real server (`deja --db scale-N.db serve --no-ingest`, over stdio
+   with the MCP SDK client): its VmRSS / VmHWM once the model is loaded and the
+   vector index is in memory, after one search and after 50 (--no-rss skips it).
 4. Recall of the vector ranker (sign-bit candidates re-ranked over int8
    vectors, mcp_server/search/vector.py) against exact float32 search over
    the same vectors (numpy): the share of the exact top 10 records it
@@ -364,6 +368,7 @@ def table_sizes(path: Path) -> dict[str, int]:
     for name, size in rows:
         key = ("chunk_vectors" if name.startswith("chunk_vectors") else
                "records_fts" if name.startswith("records_fts") else
+               "passages_fts" if name.startswith("passages_fts") else
                "records (+indexes)" if name.startswith(("records", "sqlite_autoindex_records")) else
                "chunks (+index)" if name.startswith(("chunks", "sqlite_autoindex_chunks")) else
                name.split("_")[0] if name.startswith("v") else "other")
@@ -508,6 +513,70 @@ async def stage_breakdown(conn: Any, queries: list[str], server: Any) -> dict[st
     return out
 
 
+# -- 3b. the real server's memory -------------------------------------------------------------
+
+SERVE_MAIN = "import sys; from mcp_server.cli import main; sys.exit(main())"
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM (peak RSS) and RssAnon / RssFile of a process, in kB."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+async def server_memory(path: Path, queries: list[str], workdir: Path) -> dict[str, Any]:
+    """RSS of `deja --db PATH serve --no-ingest` (the real MCP server over stdio, the SDK
+    client) once the model is loaded and the vector index is in memory, after one
+    search, and after every question once (hybrid, as an agent asks)."""
+    from contextlib import AsyncExitStack
+
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    env = {**env_for_cli(), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    params = StdioServerParameters(command=sys.executable, args=[
+        "-c", SERVE_MAIN, "--db", str(path), "serve", "--no-ingest",
+        "--log-file", str(workdir / "serve-rss.log")], env=env, cwd=str(REPO))
+    out: dict[str, Any] = {}
+
+    def payload(result: Any) -> dict[str, Any]:
+        data = result.structured_content
+        if isinstance(data, dict):
+            return data
+        return dict(json.loads("\n".join(getattr(c, "text", "") for c in result.content)))
+
+    with (workdir / "serve-rss.stderr").open("w") as errlog:
+        async with AsyncExitStack() as stack:
+            read, write = await stack.enter_async_context(stdio_client(params, errlog=errlog))
+            session = await stack.enter_async_context(ClientSession(read, write))
+            started = time.perf_counter()
+            await session.initialize()
+            while True:
+                status = payload(await session.call_tool("memory_status", {}))
+                if status.get("model_loaded") and status.get("vector_index_chunks"):
+                    break
+                if time.perf_counter() - started > 300:
+                    raise SystemExit(f"server not ready after 300 s: {status}")
+                await anyio.sleep(0.2)
+            pid = int(status["pid"])
+            out["ready_s"] = round(time.perf_counter() - started, 1)
+            out["index_chunks"] = status["vector_index_chunks"]
+            out["idle"] = proc_status(pid)
+            first = payload(await session.call_tool("search_memory", {
+                "query": queries[0], "project": "all", "limit": 10}))
+            assert first.get("vector_status", "ok") == "ok", first.get("vector_status")
+            out["after_one_search"] = proc_status(pid)
+            for q in queries:
+                await session.call_tool("search_memory", {"query": q, "project": "all",
+                                                          "limit": 10})
+            out[f"after_{len(queries)}_searches"] = proc_status(pid)
+    return out
+
+
 # -- 4. recall of the vector ranker against exact float search ---------------------------------
 
 
@@ -560,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated chunk counts (default 10k,100k,1M)")
     parser.add_argument("--no-recall", action="store_true",
                         help="skip the vector ranker's recall against exact search")
+    parser.add_argument("--no-rss", action="store_true",
+                        help="skip the real server's memory (deja serve, model and index loaded)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--generate-only", action="store_true",
                         help="build and cache the databases, time nothing")
@@ -595,6 +666,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"    file {size / 1e9:.2f} GB = {entry['gb_per_million_chunks']} GB per 1M chunks; "
             + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in entry["tables_bytes"].items()))
         entry.update(anyio.run(time_search, path, base, embedder))
+        if not args.no_rss:
+            entry["server_memory_kb"] = anyio.run(server_memory, path, base["queries"],
+                                                  args.workdir)
+            log(f"    server memory (kB): {entry['server_memory_kb']}")
         if not args.no_recall:
             entry["vector_recall"] = anyio.run(vector_recall, path, args.workdir, base, n)
             log(f"    vector ranker vs exact: {entry['vector_recall']}")
