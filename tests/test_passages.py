@@ -18,14 +18,14 @@ from typing import Any
 import anyio
 from fixtures.transcripts import PROJECT, assistant, tool_result, user, write
 
-from ingest.db import clean_text, connect, fts_text, make_connector
+from ingest.db import clean_text, fts_text, make_connector
 from ingest.indexing import PASSAGE_CHARS, PASSAGE_FROM, PASSAGE_ROWID, passage_spans
 from ingest.migrations import _M005_CONTEXT, MIGRATIONS, SCHEMA_VERSION
 from ingest.runner import ingest_once
 from ingest.store import Store
 from ingest.vectors import embedding_text
 from mcp_server.search import SearchFilters, SearchRequest, search
-from mcp_server.search.keyword import keyword_ranks, max_id
+from mcp_server.search.keyword import keyword_ranks
 
 SESSION = "5e55a6e0-0000-4000-8000-00000000beef"
 DEEP = "The flamingo rollout finally listened on port 8443 behind the nginx proxy."
@@ -131,37 +131,6 @@ def test_a_sentence_deep_in_a_long_summary_is_found_and_shown(tmp_path: Path) ->
     # The snippet of a word found everywhere still centres on the passage that matched.
     hit = _query(db, lambda conn: _keyword(conn, "flamingo proxy")).hits[0]
     assert hit.uuid == "u-summary" and "[flamingo]" in hit.snippet
-
-
-def test_the_or_query_split_over_two_connections_ranks_as_one(tmp_path: Path) -> None:
-    """The server cuts the OR query and its passages in two rowid halves, one on
-    each connection (keyword.py, SPLIT_FROM): the ranking, scores and passage
-    starts must be those of the whole query."""
-    db = _ingest(tmp_path)
-
-    async def go() -> None:
-        async with await Store.open(db) as store:
-            helper = await connect(db, readonly=True)
-            try:
-                total = await max_id(store.conn)
-                for query, context in ((QUERY, 0.0), (QUERY, 0.25), ("walrus port proxy", 0.25)):
-                    whole: dict[int, int] = {}
-                    halves: dict[int, int] = {}
-                    one = await keyword_ranks(store.conn, query, SearchFilters(), 10, context,
-                                              starts=whole)
-                    two = await keyword_ranks(store.conn, query, SearchFilters(), 10, context,
-                                              starts=halves, helper=helper, split_from=0)
-                    assert [rid for rid, _ in two] == [rid for rid, _ in one]
-                    assert [round(s, 9) for _, s in two] == [round(s, 9) for _, s in one]
-                    assert halves == whole
-                    # Both halves contributed: hits on each side of the cut.
-                    mid = total // 2 + 1
-                    assert min(rid for rid, _ in two) < mid <= max(rid for rid, _ in two)
-                assert whole, "the long summary matched by a passage"
-            finally:
-                await helper.close()
-
-    anyio.run(go)
 
 
 def test_escape_codes_never_block_a_match_and_stay_out_of_the_index(tmp_path: Path) -> None:

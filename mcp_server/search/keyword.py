@@ -12,24 +12,14 @@ length, a passage scores it as a short record would. Each query takes
 PASSAGE_POOL times the candidates it returns from the records' ranking,
 rescores the long ones by their best passage, and keeps the best; the start
 of that passage goes to the snippet.
-
-Given a second connection (the server's vector connection), the OR query and
-its passage rescoring, the bulk of the work on a large corpus, run as two
-halves of the rowid range at once, one on each connection (`helper`): the
-same results, in about 60% of the OR query's wall time when measured alone.
-The engine does not pass one: in hybrid search the vector side already holds
-the second core, and at 100k records hybrid measured slower with the split
-(p50/p95 48.7/77.0 ms against 39.9/63.2 without, load 2; bench/README.md).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from typing import Any
 
 import aiosqlite
-import anyio
 
 from ingest.db import fts_text
 from ingest.indexing import PASSAGE_ROWID
@@ -39,7 +29,7 @@ from .terms import FtsTerm, build_fts_terms
 
 __all__ = [
     "OR_MAX_DOC_SHARE", "OR_MAX_POSTINGS", "OR_MAX_TERMS", "OR_PRUNE_FROM", "PASSAGE_POOL",
-    "PASSAGE_WEIGHT", "SPLIT_FROM", "doc_counts", "keyword_ranks", "or_query",
+    "PASSAGE_WEIGHT", "doc_counts", "keyword_ranks", "or_query",
 ]
 
 # bm25 weighs a record's own words 1 and those of the record before it
@@ -49,7 +39,7 @@ __all__ = [
 _KEYWORD_FTS_SQL = """
 SELECT rowid, bm25(records_fts, 1.0, {context})
 FROM records_fts
-WHERE records_fts MATCH ? {range}
+WHERE records_fts MATCH ?
 ORDER BY bm25(records_fts, 1.0, {context})
 LIMIT ?
 """
@@ -58,7 +48,7 @@ SELECT r.id, bm25(records_fts, 1.0, {context})
 FROM records_fts
 JOIN records r ON r.id = records_fts.rowid
 LEFT JOIN sources src ON src.id = r.source_id
-WHERE records_fts MATCH ? {filters} {range}
+WHERE records_fts MATCH ? {filters}
 ORDER BY bm25(records_fts, 1.0, {context})
 LIMIT ?
 """
@@ -74,10 +64,6 @@ SELECT rowid, bm25(passages_fts)
 FROM passages_fts
 WHERE passages_fts MATCH ? AND rowid / {PASSAGE_ROWID} IN (SELECT value FROM json_each(?))
 """
-_PASSAGE_RANGE_SQL = _PASSAGE_SQL + " AND rowid >= ? AND rowid < ?"
-# A rowid range of the records (FTS5 seeks the doclists to it and scores only
-# the rows inside): how the OR query is cut in two halves.
-_RANGE = "AND {table}.rowid >= ? AND {table}.rowid < ?"
 # A record scores max(its bm25, PASSAGE_WEIGHT x its best passage's bm25).
 # Rescoring the records' top PASSAGE_POOL x n gave the v1 questions all that
 # a search of every passage gave (pool 1: hybrid hit@10 78.3, MRR .496; 3:
@@ -99,14 +85,6 @@ OR_MAX_DOC_SHARE = 0.2
 OR_MAX_TERMS = 12
 OR_MAX_POSTINGS = 150_000
 OR_PRUNE_FROM = 20_000  # records; below this the OR query is cheap as it is
-
-# From this many records, with a second connection, the OR query and its
-# passages run in two rowid halves at once. At 100k records (bench/
-# search_scale.py) the OR query took 20.9 ms alone, each half 11.4 ms (both
-# compute bm25's statistics over the whole table) and both at once 12.6; its
-# passage query 6.7 ms, halves 4.1 and 4.3. Below this the query is a few ms
-# and the thread hops would cost as much as they save.
-SPLIT_FROM = 20_000
 
 _STEM_BATCH = itertools.count(1)
 
@@ -148,16 +126,13 @@ async def doc_counts(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> dict[s
             for i, t in enumerate(terms)}
 
 
-async def or_query(conn: aiosqlite.Connection, terms: list[FtsTerm],
-                   total: int | None = None) -> str | None:
-    """The OR fallback of a query of several terms, pruned to its rarest on a large corpus.
-
-    `total`: the records' highest id (the corpus size), when the caller has it."""
+async def or_query(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> str | None:
+    """The OR fallback of a query of several terms, pruned to its rarest on a large corpus."""
     content = [t for t in terms if not t.stop] or terms
     if len(terms) < 2:
         return None
-    if total is None:
-        total = await max_id(conn)
+    total = next(iter(await conn.execute_fetchall(
+        "SELECT COALESCE(MAX(id), 0) FROM records")))[0]
     if total < OR_PRUNE_FROM:
         return " OR ".join(t.fts for t in content)
     df = await doc_counts(conn, content)
@@ -175,106 +150,53 @@ async def or_query(conn: aiosqlite.Connection, terms: list[FtsTerm],
     return " OR ".join(t.fts for t in kept)
 
 
-async def max_id(conn: aiosqlite.Connection) -> int:
-    """The records' highest id: the corpus size, without counting it."""
-    return int(next(iter(await conn.execute_fetchall(
-        "SELECT COALESCE(MAX(id), 0) FROM records")))[0])
-
-
-# (connection, first record id, end record id): one half of a split query.
-_Part = tuple[aiosqlite.Connection, int, int]
-
-
-async def _each(calls: list[tuple[aiosqlite.Connection, str, tuple[Any, ...]]]
-                ) -> list[list[Any]]:
-    """Run each (connection, sql, parameters) at once, each on its connection; rows in order."""
-    out: list[list[Any]] = [[] for _ in calls]
-
-    async def one(i: int) -> None:
-        c, sql, args = calls[i]
-        out[i] = list(await c.execute_fetchall(sql, args))
-
-    async with anyio.create_task_group() as tg:
-        for i in range(len(calls)):
-            tg.start_soon(one, i)
-    return out
-
-
 async def keyword_ranks(conn: aiosqlite.Connection, query: str, filters: SearchFilters,
                         n: int, context: float = 0.25, *, passages: float | None = None,
-                        starts: dict[int, int] | None = None,
-                        helper: aiosqlite.Connection | None = None,
-                        split_from: int | None = None) -> list[tuple[int, float]]:
+                        starts: dict[int, int] | None = None) -> list[tuple[int, float]]:
     """(record id, bm25 score, higher is better), best first.
 
     `context` is the bm25 weight of the previous record's words; 0 searches
     the records' own words only (keyword mode: what an exact search expects).
     A long record also scores by its best passage (`passages` times its bm25,
     default PASSAGE_WEIGHT; 0: records only); `starts`, when given, receives
-    where that passage starts in the record's text, for the snippet.
-    `helper`: a second connection to the same database; from `split_from`
-    records (default SPLIT_FROM) the OR step runs in two halves, one on each
-    connection, at once. The results are the same as without it."""
+    where that passage starts in the record's text, for the snippet."""
     terms = build_fts_terms(query)
     if not terms:
         return []
     and_q = " ".join(t.fts for t in terms)
     own_words = context <= 0
     where, params = filters.sql()
-    template = _KEYWORD_SQL if where else _KEYWORD_FTS_SQL
-    whole = template.format(filters=where, context=float(context), range="")
-    halves = template.format(filters=where, context=float(context),
-                             range=_RANGE.format(table="records_fts"))
+    sql = (_KEYWORD_SQL.format(filters=where, context=float(context)) if where
+           else _KEYWORD_FTS_SQL.format(context=float(context)))
     weight = PASSAGE_WEIGHT if passages is None else passages
     out: list[tuple[int, float]] = []
     seen: set[int] = set()
 
-    async def add(match: str, parts: list[_Part]) -> None:
+    async def add(match: str) -> None:
         if own_words:
             match = f"text : ({match})"
         pool = n * PASSAGE_POOL if weight > 0 else n
-        if len(parts) == 1:
-            rows = list(await conn.execute_fetchall(whole, (match, *params, pool)))
-        else:
-            # Each half's best `pool`, merged: bm25's statistics are of the
-            # whole table in both, so the scores compare.
-            got = await _each([(c, halves, (match, *params, lo, hi, pool))
-                               for c, lo, hi in parts])
-            rows = sorted((r for g in got for r in g), key=lambda r: (r[1], r[0]))[:pool]
-        best = {rid: -float(score) for rid, score in rows if rid not in seen}
+        best = {rid: -float(score) for rid, score in
+                await conn.execute_fetchall(sql, (match, *params, pool)) if rid not in seen}
         if weight > 0 and best:
-            await _rescore(parts, match, best, weight, starts)
+            await _rescore(conn, match, best, weight, starts)
         for rid, score in sorted(best.items(), key=lambda kv: -kv[1])[:n - len(out)]:
             seen.add(rid)
             out.append((rid, score))
 
-    await add(and_q, [(conn, 0, 0)])
-    if len(out) < n and len(terms) >= 2:
-        total = await max_id(conn)
-        or_q = await or_query(conn, terms, total)
+    await add(and_q)
+    if len(out) < n:
+        or_q = await or_query(conn, terms)
         if or_q is not None:
-            split = SPLIT_FROM if split_from is None else split_from
-            if helper is not None and total >= split and total > 1:
-                mid = total // 2 + 1
-                await add(or_q, [(conn, 0, mid), (helper, mid, total + 1)])
-            else:
-                await add(or_q, [(conn, 0, 0)])
+            await add(or_q)
     return out
 
 
-async def _rescore(parts: list[_Part], match: str, best: dict[int, float],
+async def _rescore(conn: aiosqlite.Connection, match: str, best: dict[int, float],
                    weight: float, starts: dict[int, int] | None) -> None:
-    """Lift each long record in `best` to its best passage's score, if higher;
-    split as the records' query was (`parts`)."""
-    if len(parts) == 1:
-        got = [list(await parts[0][0].execute_fetchall(
-            _PASSAGE_SQL, (match, json.dumps(list(best)))))]
-    else:
-        got = await _each([(c, _PASSAGE_RANGE_SQL, (
-            match, json.dumps([rid for rid in best if lo <= rid < hi]),
-            lo * PASSAGE_ROWID, hi * PASSAGE_ROWID)) for c, lo, hi in parts])
+    """Lift each long record in `best` to its best passage's score, if higher."""
     top: dict[int, tuple[float, int]] = {}
-    for rowid, score in (r for g in got for r in g):
+    for rowid, score in await conn.execute_fetchall(_PASSAGE_SQL, (match, json.dumps(list(best)))):
         rid, start = divmod(int(rowid), PASSAGE_ROWID)
         passage = -weight * float(score)
         if rid not in top or passage > top[rid][0]:
