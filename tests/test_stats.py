@@ -17,10 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlean
 
 from fixtures.cli import deja, deja_json
 from fixtures.shared import ingest_shared
 from fixtures.truth import truth_of
+from ingest.migration_m008 import M008_RESPONSE_KEY
+from ingest.migrations import SCHEMA_VERSION
+from ingest.store import RESPONSE_KEY_SQL
 from mcp_server.analytics.periods import dense_weeks, sparkline, week_of
 from mcp_server.analytics.prices import SHIPPED, PriceTable, load_prices
 
@@ -226,6 +230,30 @@ def test_html_report_renders_in_headless_chromium(corpus: Ingested, tmp_path: Pa
     assert 'data-drawn="yes"' in dom  # the page's own script ran
     console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
     assert console == []
+
+
+def test_m008_fills_responses_from_old_records_as_ingest_does(corpus: Ingested,
+                                                              tmp_path: Path) -> None:
+    """A database of schema 7 (usage only in records.meta) upgraded by m008 counts exactly
+    what a fresh ingest counts: the backfill and the writer follow one rule."""
+    assert RESPONSE_KEY_SQL == M008_RESPONSE_KEY
+    old = tmp_path / "old.db"
+    src = sqlean.connect(str(corpus.db))
+    src.execute(f"VACUUM INTO '{old}'")
+    fresh = src.execute("SELECT * FROM responses ORDER BY key").fetchall()
+    src.close()
+    assert len(fresh) == corpus.stats()["responses"] > 1000
+    conn = sqlean.connect(str(old))
+    conn.executescript("DROP TABLE responses; DROP INDEX records_activity; "
+                       "DROP INDEX records_calls; DROP INDEX records_tool_name; "
+                       "PRAGMA user_version = 7;")
+    conn.close()
+    upgraded = deja_json(corpus.home, "--db", str(old), "stats", "--json")
+    conn = sqlean.connect(str(old))
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT * FROM responses ORDER BY key").fetchall() == fresh
+    conn.close()
+    assert upgraded["tokens"] == corpus.stats()["tokens"]
 
 
 # -- the pure helpers ----------------------------------------------------------------

@@ -10,8 +10,7 @@ response spans several lines"):
 - tokens: once per (`message.id`, `requestId`), keeping the largest value of
   each usage field (older versions grow usage chunk by chunk; newer ones
   repeat it on every chunk). A line without a message id counts once by
-  itself. The ids and usage are in `records.meta` of assistant records since
-  the first schema (ingest/messages.py), so no migration is needed.
+  itself. The `responses` table (migration m008) holds them so counted.
 - tool calls: once per tool_use id within a session, across all its files (a
   `/btw` aside replays the parent's lines, subagent progress copies exist).
   Keyed by session too because non-Anthropic ids such as `call_function_1`
@@ -116,20 +115,13 @@ FROM records r{where}
 GROUP BY 1, 2, 3, 4
 """
 
-# Usage per response (message id, request id), the largest of each field,
-# then summed per (day, session, model).
+# Usage per response: `responses` holds one row per (message id, request id)
+# with the largest usage of its lines (migration m008, ingest/store.py).
 _USAGE = """
-SELECT day, session_id, model, SUM(i), SUM(o), SUM(cc), SUM(cr), COUNT(*) FROM (
-    SELECT MIN(substr(r.ts, 1, 10)) AS day, MIN(r.session_id) AS session_id, MIN(r.model) AS model,
-        MAX(json_extract(r.meta, '$.usage.input_tokens')) AS i,
-        MAX(json_extract(r.meta, '$.usage.output_tokens')) AS o,
-        MAX(json_extract(r.meta, '$.usage.cache_creation_input_tokens')) AS cc,
-        MAX(json_extract(r.meta, '$.usage.cache_read_input_tokens')) AS cr
-    FROM records r
-    WHERE r.role = 'assistant' AND r.meta LIKE '%"usage":%'{where}
-    GROUP BY COALESCE(json_extract(r.meta, '$.message_id'), 'line:' || r.line_key),
-             json_extract(r.meta, '$.request_id')
-) GROUP BY 1, 2, 3
+SELECT substr(r.ts, 1, 10), r.session_id, r.model, SUM(r.input), SUM(r.output),
+    SUM(r.cache_creation), SUM(r.cache_read), COUNT(*)
+FROM responses r{where}
+GROUP BY 1, 2, 3
 """
 
 # One row per tool: calls (session, tool_use_id) and those with an error result.
@@ -236,7 +228,7 @@ async def collect(conn: aiosqlite.Connection, filters: StatsFilters, prices: Pri
     day_tokens: dict[str, dict[str, int]] = defaultdict(_tokens)
     responses = 0
     for day, sid, model, *usage, count in await _rows(
-            conn, _USAGE.format(where=where.clause(first=False)), where.params):
+            conn, _USAGE.format(where=where.clause()), where.params):
         responses += count
         _add(tokens, usage)
         name = model or "?"
