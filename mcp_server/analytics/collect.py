@@ -36,6 +36,7 @@ from datetime import datetime
 from typing import Any
 
 import aiosqlite
+import anyio
 
 from ..projects import resolve_project
 from ..search.times import parse_time
@@ -164,11 +165,28 @@ def _json_string(raw: str) -> str:
 
 
 async def collect(conn: aiosqlite.Connection, filters: StatsFilters, prices: PriceTable,
-                  top: int = _TOP) -> dict[str, Any]:
+                  top: int = _TOP, terms_conn: aiosqlite.Connection | None = None
+                  ) -> dict[str, Any]:
     """Every figure of `deja stats` as one JSON-ready dict (see the module docstring).
 
+    `terms_conn`, a second connection to the same database, lets the top terms
+    (a walk over the whole full-text index: 2.5 s of about 6 at a million
+    records) run in its own thread while the other scans run on `conn`.
     Raises InvalidQuery for a time it cannot read.
     """
+    terms: list[dict[str, Any]] = []
+
+    async def read_terms() -> None:
+        terms.extend(await top_terms(terms_conn or conn, limit=top * 3))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read_terms)
+        figures = await _figures(conn, filters, prices, top)
+    return {**figures, "top_terms": terms, "top_terms_scope": "all"}
+
+
+async def _figures(conn: aiosqlite.Connection, filters: StatsFilters, prices: PriceTable,
+                   top: int) -> dict[str, Any]:
     where, shown = await _where(conn, filters)
 
     sessions_meta = {
@@ -309,8 +327,6 @@ async def collect(conn: aiosqlite.Connection, filters: StatsFilters, prices: Pri
         "sessions_longest": [session_row(s) for s in longest],
         "sessions_costliest": [session_row(s) for s in costliest],
         "files_edited": edits,
-        "top_terms": await top_terms(conn, limit=top * 3),
-        "top_terms_scope": "all",
     }
 
 

@@ -38,7 +38,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:0 0 10px}
 .card{background:#fff;border-radius:8px;padding:10px 14px;box-shadow:0 1px 2px #0001;min-width:120px}
 .card b{display:block;font-size:20px}.card span{color:#666;font-size:12px}
 section{background:#fff;border-radius:8px;padding:16px;margin-bottom:16px;box-shadow:0 1px 2px #0001}
-.grid{display:grid;grid-template-columns:1fr 1fr;gap:16px}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:16px;margin-bottom:16px}
 @media (max-width:800px){.grid{grid-template-columns:1fr}}
 .grid section{margin:0}
 table{border-collapse:collapse;width:100%;font-size:13px}
@@ -84,7 +84,8 @@ def _columns(labels: Sequence[str], values: Sequence[float], color: str, unit: s
     bar = max(1.0, step * 0.8)
     out = [f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
            f'role="img" xmlns="http://www.w3.org/2000/svg">']
-    for frac in (0, 0.5, 1):
+    # Gridlines at 0, the middle and the top; the middle only when it is a whole number.
+    for frac in (0, 0.5, 1) if top >= 4 or top % 2 == 0 else (0, 1):
         y = 8 + plot_h * (1 - frac)
         out.append(f'<line x1="{left}" x2="{width - 8}" y1="{y:.1f}" y2="{y:.1f}" '
                    f'stroke="#e5e5e5"/><text x="{left - 4}" y="{y + 4:.1f}" '

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 
 from ingest.config import config_path_from
+from ingest.db import connect
 from ingest.store import Store
 
 from ..projects import expand_project_arg
@@ -55,7 +56,13 @@ async def _gather(store: Store, args: argparse.Namespace) -> dict[str, Any]:
     base = await store.stats()
     filters = StatsFilters(project=expand_project_arg(args.project), since=args.since,
                            until=args.until)
-    figures = await collect(store.conn, filters, prices, top=max(1, args.top))
+    # A second, read-only connection: the top terms scan in parallel (analytics/collect.py).
+    terms_conn = await connect(store.path, readonly=True)
+    try:
+        figures = await collect(store.conn, filters, prices, top=max(1, args.top),
+                                terms_conn=terms_conn)
+    finally:
+        await terms_conn.close()
     return {**base, **figures}
 
 
