@@ -174,6 +174,8 @@ async def collect(conn: aiosqlite.Connection, filters: StatsFilters, prices: Pri
     records) run in its own thread while the other scans run on `conn`.
     Raises InvalidQuery for a time it cannot read.
     """
+    # Before the task group, so a bad filter is raised as itself, not in an ExceptionGroup.
+    where, shown = await _where(conn, filters)
     terms: list[dict[str, Any]] = []
 
     async def read_terms() -> None:
@@ -181,14 +183,12 @@ async def collect(conn: aiosqlite.Connection, filters: StatsFilters, prices: Pri
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(read_terms)
-        figures = await _figures(conn, filters, prices, top)
+        figures = await _figures(conn, where, shown, prices, top)
     return {**figures, "top_terms": terms, "top_terms_scope": "all"}
 
 
-async def _figures(conn: aiosqlite.Connection, filters: StatsFilters, prices: PriceTable,
-                   top: int) -> dict[str, Any]:
-    where, shown = await _where(conn, filters)
-
+async def _figures(conn: aiosqlite.Connection, where: _Where, shown: dict[str, Any],
+                   prices: PriceTable, top: int) -> dict[str, Any]:
     sessions_meta = {
         r[0]: {"project": r[1], "title": r[2], "cwd": r[3]}
         for r in await _rows(conn, "SELECT session_id, project_dir, title, cwd FROM sessions")
