@@ -265,6 +265,7 @@ def test_prices_match_by_longest_prefix_and_never_guess() -> None:
     assert table.for_model("claude-opus-4-20250514") == SHIPPED["claude-opus-4-2"]
     assert table.for_model("claude-opus-4-1-20250805").output == 75
     assert table.for_model("claude-opus-4-9") is None
+    assert table.for_model("anthropic/claude-opus-4.6") == SHIPPED["claude-opus-4-6"]
     assert table.for_model("<synthetic>") is None and table.for_model(None) is None
 
 

@@ -7,7 +7,8 @@ The estimate prices every token at its model's list price per million tokens
 (MTok): input, output, cache creation at the 5-minute write rate, cache read.
 
 The table is dated (`PRICES_DATE`) and matched by model-id prefix, longest
-first, so `claude-opus-4-5-20251101` is priced as `claude-opus-4-5`; prefixes
+first, so `claude-opus-4-5-20251101` is priced as `claude-opus-4-5`; ids written
+by gateways (`anthropic/claude-opus-4.6`) are read as Anthropic's; prefixes
 name a version, never a family, so a new model is unpriced rather than priced
 as its predecessor. Models
 not in it (`<synthetic>`, other providers routed through Claude Code) are
@@ -67,6 +68,7 @@ def _p(i: float, o: float) -> Price:
 
 SHIPPED: dict[str, Price] = {
     "claude-opus-5": _p(5, 25),
+    "claude-sonnet-5": _p(2, 10),
     "claude-opus-4-8": _p(5, 25),
     "claude-opus-4-7": _p(5, 25),
     "claude-opus-4-6": _p(5, 25),
@@ -100,9 +102,12 @@ class PriceTable:
         """The price of `model`: the entry of its longest matching prefix, or None."""
         if not model:
             return None
+        # Gateways write `anthropic/claude-opus-4.6`: the id after the provider, dots as dashes.
+        model = model.rsplit("/", 1)[-1].lower().replace(".", "-")
         best = None
         for prefix in self.prices:
-            if model.startswith(prefix) and (best is None or len(prefix) > len(best)):
+            if model.startswith(prefix.lower().replace(".", "-")) and (
+                    best is None or len(prefix) > len(best)):
                 best = prefix
         return self.prices[best] if best is not None else None
 

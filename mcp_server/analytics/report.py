@@ -114,7 +114,8 @@ def _hbars(rows: Sequence[tuple[str, Sequence[tuple[float, str, str]]]], width: 
            f'role="img" xmlns="http://www.w3.org/2000/svg">']
     for i, (label, parts) in enumerate(rows):
         y = i * row_h + 2
-        short = label if len(label) <= 26 else label[:25] + "…"
+        # Cut in the middle: project folders differ at both ends (`-Users-x-...-c012`).
+        short = label if len(label) <= 26 else label[:12] + "…" + label[-13:]
         out.append(f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">'
                    f'<title>{escape(label)}</title>{escape(short)}</text>')
         x = float(label_w)
