@@ -381,10 +381,18 @@ def m007_passages(conn: Any) -> None:
     _run_script(conn, m007_script(_M005_CONTEXT))
 
 
+def m008_stats(conn: Any) -> None:
+    """Responses with their usage counted once, and covering indexes for `deja stats` (see
+    ingest/migration_m008.py, its own module for the house's line limit)."""
+    from .migration_m008 import M008_SCRIPT
+
+    _run_script(conn, M008_SCRIPT)
+
+
 MIGRATIONS: list[Callable[[Any], None]] = [m001_initial, m002_embedding_queue,
                                            m003_fts_batch_insert, m004_fts_vocabulary,
                                            m005_fts_context, m006_compact_vectors,
-                                           m007_passages]
+                                           m007_passages, m008_stats]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

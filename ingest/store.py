@@ -27,7 +27,8 @@ from .indexing import EMBEDDABLE_KINDS, FTS_CONTEXT_SQL, FTS_SKIP_SQL, PASSAGES_
 from .migrations import migrate
 from .parse import AgentLink, Record, SessionInfo
 
-__all__ = ["Store", "SourceRow", "Cursor", "Batch", "BatchResult", "SessionAgg", "index_new_records"]
+__all__ = ["Store", "SourceRow", "Cursor", "Batch", "BatchResult", "SessionAgg", "index_new_records",
+           "RESPONSE_KEY_SQL"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,40 @@ ON CONFLICT (session_id, agent_id) DO UPDATE SET
     description = COALESCE(excluded.description, agent_runs.description),
     tool_use_id = COALESCE(agent_runs.tool_use_id, excluded.tool_use_id),
     is_aside = MAX(agent_runs.is_aside, excluded.is_aside)
+"""
+
+
+# The response (message id, request id) a record belongs to, for `responses`
+# (migration m008 froze the same expression: tests/test_migrations.py checks it).
+RESPONSE_KEY_SQL = (
+    "COALESCE(json_extract(r.meta, '$.message_id') || char(31) || "
+    "COALESCE(json_extract(r.meta, '$.request_id'), ''), 'line:' || r.line_key)"
+)
+
+# Usage once per response, the largest value of each field: the lines of one
+# response repeat it (newer Claude Code) or grow it (older), in this batch or
+# across batches and files (FORMAT.md). MIN() of two values is NULL when one
+# is, hence the COALESCEs.
+_UPSERT_RESPONSES = f"""
+INSERT INTO responses (key, session_id, model, ts, input, output, cache_creation, cache_read)
+SELECT k, MIN(session_id), MIN(model), MIN(ts), MAX(i), MAX(o), MAX(cc), MAX(cr) FROM (
+    SELECT {RESPONSE_KEY_SQL} AS k, r.session_id, r.model, r.ts,
+        COALESCE(json_extract(r.meta, '$.usage.input_tokens'), 0) AS i,
+        COALESCE(json_extract(r.meta, '$.usage.output_tokens'), 0) AS o,
+        COALESCE(json_extract(r.meta, '$.usage.cache_creation_input_tokens'), 0) AS cc,
+        COALESCE(json_extract(r.meta, '$.usage.cache_read_input_tokens'), 0) AS cr
+    FROM records r
+    WHERE r.id > ? AND r.role = 'assistant' AND r.meta LIKE '%"usage":%'
+) GROUP BY k
+ON CONFLICT (key) DO UPDATE SET
+    session_id = COALESCE(MIN(responses.session_id, excluded.session_id), responses.session_id,
+                          excluded.session_id),
+    model = COALESCE(MIN(responses.model, excluded.model), responses.model, excluded.model),
+    ts = COALESCE(MIN(responses.ts, excluded.ts), responses.ts, excluded.ts),
+    input = MAX(responses.input, excluded.input),
+    output = MAX(responses.output, excluded.output),
+    cache_creation = MAX(responses.cache_creation, excluded.cache_creation),
+    cache_read = MAX(responses.cache_read, excluded.cache_read)
 """
 
 
@@ -261,6 +296,7 @@ class Store:
                     _INSERT_RECORD, [_record_row(batch.source_id, r) for r in batch.records]
                 )
                 await index_new_records(conn, before)
+                await conn.execute(_UPSERT_RESPONSES, (before,))
                 # Results name their tool only through the call's id: fill it in
                 # from the call (an earlier line, maybe an earlier batch) of the
                 # same session (ids like call_function_1 repeat across sessions).

@@ -97,6 +97,12 @@ def _fill(conn: Any, version: int, vectors: np.ndarray) -> None:
             conn.execute("INSERT INTO records_fts (rowid, text, context) SELECT r.id, "
                          f"deja_fts_text(r.text), {_M005_CONTEXT} FROM records r WHERE r.id = ?",
                          (rid,))
+        elif version == 7:
+            # Version 7's writers: today's statements (m008 did not change them).
+            conn.execute("INSERT INTO records_fts (rowid, text, context) SELECT r.id, "
+                         f"deja_fts_text(r.text), {FTS_CONTEXT_SQL} FROM records r "
+                         f"WHERE r.id = ? AND NOT {FTS_SKIP_SQL}", (rid,))
+            conn.execute(PASSAGES_SQL.format(where="r.id = ?"), (rid,))
         if _kind(i) in EMBEDDABLE_KINDS and (version == 1 or _embedded(i)):
             conn.execute("INSERT INTO chunks (id, record_id, seq, char_start, char_end) "
                          "VALUES (?, ?, 0, 0, ?)", (rid, rid, len(_text(i))))
