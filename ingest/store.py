@@ -28,7 +28,7 @@ from .migrations import migrate
 from .parse import AgentLink, Record, SessionInfo
 
 __all__ = ["Store", "SourceRow", "Cursor", "Batch", "BatchResult", "SessionAgg", "index_new_records",
-           "RESPONSE_KEY_SQL"]
+           "RESPONSE_KEY_SQL", "update_responses"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +179,12 @@ ON CONFLICT (key) DO UPDATE SET
 """
 
 
+async def update_responses(conn: aiosqlite.Connection, after_id: int) -> None:
+    """Count the usage of records with id > after_id into `responses` (inside the writer's
+    transaction): every writer of records calls it, as it calls index_new_records."""
+    await conn.execute(_UPSERT_RESPONSES, (after_id,))
+
+
 def _record_row(source_id: int, r: Record) -> tuple[Any, ...]:
     return (
         source_id, r.line_key, r.part, r.uuid, r.parent_uuid, r.session_id, r.agent_id,
@@ -296,7 +302,7 @@ class Store:
                     _INSERT_RECORD, [_record_row(batch.source_id, r) for r in batch.records]
                 )
                 await index_new_records(conn, before)
-                await conn.execute(_UPSERT_RESPONSES, (before,))
+                await update_responses(conn, before)
                 # Results name their tool only through the call's id: fill it in
                 # from the call (an earlier line, maybe an earlier batch) of the
                 # same session (ids like call_function_1 repeat across sessions).

@@ -95,6 +95,9 @@ def test_jsonl_round_trip_one_for_one(corpus: tuple[Path, Path], tmp_path: Path)
         assert [h["uuid"] for h in hits[0]] == [h["uuid"] for h in hits[1]] and hits[0], words
     for table in ("records_fts", "passages_fts"):
         assert sql(new_db, f"SELECT COUNT(*) FROM {table}") == sql(db, f"SELECT COUNT(*) FROM {table}")
+    # Token usage (`responses`, what deja stats counts) is rebuilt from the imported records.
+    usage = "SELECT key, session_id, model, input, output, cache_creation, cache_read FROM responses "
+    assert sql(new_db, usage + "ORDER BY key") == sql(db, usage + "ORDER BY key") != []
     # No vectors are carried: what deserves one waits for `deja embed`.
     assert sql(new_db, "SELECT COUNT(*) FROM chunks") == [(0,)]
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from ingest.errors import DejaError
 from ingest.indexing import EMBEDDABLE_KINDS
-from ingest.store import Store, index_new_records
+from ingest.store import Store, index_new_records, update_responses
 
 from .jsonl import FORMAT, VERSION
 from .selection import AGENT_COLUMNS, RECORD_COLUMNS, SESSION_COLUMNS, SOURCE_COLUMNS
@@ -98,6 +98,7 @@ async def import_jsonl(store: Store, lines: Iterable[str],
         await conn.executemany(_RECORD_INSERT, pending)
         pending.clear()
         await index_new_records(conn, before[0][0])
+        await update_responses(conn, before[0][0])
 
     async with store.transaction():
         header_seen = False
