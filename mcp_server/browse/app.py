@@ -315,6 +315,8 @@ class SearchScreen(Screen[None]):
         hits_list.clear_options()
         hits_list.add_options(Option(self._hit(h, query), id=str(i))
                               for i, h in enumerate(result.hits))
+        if hits_list.has_focus and result.hits:
+            hits_list.highlighted = 0
         status.update(f"{len(result.hits)} hits · {result.elapsed_ms:.0f} ms · keyword"
                       " · enter: open the session at the hit")
 
@@ -326,7 +328,10 @@ class SearchScreen(Screen[None]):
         return Group(head, snippet_text(h.snippet, query), Text(""))
 
     def action_hits(self) -> None:
-        self.query_one(OptionList).focus()
+        hits = self.query_one(OptionList)
+        hits.focus()
+        if hits.highlighted is None and hits.option_count:
+            hits.highlighted = 0
 
     def action_query(self) -> None:
         self.query_one(Input).focus()
