@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.cli import deja_argv, deja_env
+from fixtures.shared import ingest_shared
 from rich.console import Console
 from textual.binding import Binding
 from textual.widgets import DataTable, Input, OptionList, Static
 
-from fixtures.cli import deja_argv, deja_env
-from fixtures.shared import ingest_shared
 from ingest.store import Store
 from mcp_server.browse.app import (
     BrowseApp,

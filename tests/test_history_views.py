@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fixtures.cli import deja, deja_json
 from fixtures.shared import ingest_shared
 from fixtures.transcripts import assistant, tool_result, user, write

@@ -21,7 +21,15 @@ from rich.table import Table
 from rich.text import Text
 
 from .text import (
-    clean, duration, fold, highlight_spans, label, seconds_between, short_id, tokens_total, when,
+    clean,
+    duration,
+    fold,
+    highlight_spans,
+    label,
+    seconds_between,
+    short_id,
+    tokens_total,
+    when,
 )
 
 __all__ = ["sessions_table", "session_view", "hits_view", "snippet_text", "paged"]
