@@ -460,6 +460,7 @@ class BrowseApp(App[None]):
     TITLE = "deja browse"
     CSS = """
     #filters { height: 3; }
+    #sessions { height: 1fr; }
     #filter { width: 1fr; }
     #project { width: 40; }
     #status { height: 1; color: $text-muted; padding: 0 1; }
