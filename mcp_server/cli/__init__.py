@@ -41,6 +41,7 @@ _COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("search",), "search", "register"),
     (("show",), "history", "register_show"),
     (("sessions",), "history", "register_sessions"),
+    (("browse",), "browse", "register"),
     (("embed", "reembed"), "ingest", "register_embed"),
     (("hook",), "hook", "register"),
     (("install", "uninstall"), "install", "register"),

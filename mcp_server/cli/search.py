@@ -46,6 +46,9 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--since", help="from this time: 2026-05-01, 7d, 2w, yesterday ...")
     p.add_argument("--until", help="before this time (same forms as --since)")
     p.add_argument("--max-tokens", type=int, help="bound the total size of the hits")
+    p.add_argument("--format", choices=("terminal", "plain"), default=None,
+                   help="terminal: the coloured view, highlighted words (default on a terminal); "
+                        "plain: one hit per two lines (default when piped)")
     p.set_defaults(handler=run)
 
 
@@ -93,6 +96,13 @@ def run(db_path: Path, args: argparse.Namespace) -> int:
         sys.stderr.write(f"note: {note}\n")
     if not result.hits:
         print("no hits")
+        return 0
+    if sys.stdout.isatty() or args.format == "terminal":
+        from rich.console import Console
+
+        from ..render.terminal import hits_view
+
+        Console().print(hits_view(result.hits, args.query))
         return 0
     for h in result.hits:
         print(f"{h.timestamp or '?'}  {h.kind}{' ' + h.tool_name if h.tool_name else ''}  "
