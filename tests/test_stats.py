@@ -214,6 +214,7 @@ def test_terminal_view_is_plain_when_piped(corpus: Ingested) -> None:
 def test_html_report_renders_in_headless_chromium(corpus: Ingested, tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     deja(corpus.home, "--db", str(corpus.db), "stats", "--html", str(page))
+    assert page.stat().st_mode & 0o077 == 0  # it names projects, sessions and files
     html = page.read_text()
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")
     assert "https://" not in html and "<link" not in html and "src=" not in html

@@ -71,7 +71,10 @@ def run(db_path: Path, args: argparse.Namespace) -> int:
     if args.html is not None:
         from ..analytics.report import render_html
 
-        args.html.write_text(render_html(stats), encoding="utf-8")
+        # The report names projects, sessions and files: private, like an export (0600).
+        fd = os.open(args.html, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(render_html(stats))
     if args.json:
         print(json.dumps(stats, ensure_ascii=False))
         return 0
