@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import jsonstyle
 from .entries import (
     SERVER_NAME,
     Invocation,
@@ -42,6 +41,7 @@ from .entries import (
 )
 from .errors import InstallError
 from .files import InstallState, Record, backup, make_parents, remove_file, write_atomic
+from .jsonstyle import DEFAULT_STYLE, JsonFile, dumps, parse, read
 from .locate import Target
 
 __all__ = ["Change", "Plan", "plan_install", "plan_uninstall", "apply", "STATE_FILE",
@@ -128,16 +128,16 @@ def plan_install(target: Target, invocation: Invocation) -> Plan:
     Raises InstallError when a file is not valid JSON, has a shape Claude Code
     would not read, or holds a server named deja that is not deja.
     """
-    mcp_file = jsonstyle.read(target.mcp_config)
-    settings_file = jsonstyle.read(target.settings)
+    mcp_file = read(target.mcp_config)
+    settings_file = read(target.settings)
     changes = []
     where = str(target.mcp_config)
     mcp_data = mcp_file.data if mcp_file else {}
     new_mcp = with_server(mcp_data, invocation, where)
     if mcp_file is None or not _same(new_mcp, mcp_data):
-        style = mcp_file.style if mcp_file else jsonstyle.DEFAULT_STYLE
+        style = mcp_file.style if mcp_file else DEFAULT_STYLE
         change = Change(target.mcp_config, f"register the MCP server {SERVER_NAME!r}",
-                        mcp_file.raw if mcp_file else None, jsonstyle.dumps(new_mcp, style))
+                        mcp_file.raw if mcp_file else None, dumps(new_mcp, style))
         if target.claude:
             current = (mcp_data.get("mcpServers") or {}).get(SERVER_NAME)
             if current is not None:
@@ -149,16 +149,16 @@ def plan_install(target: Target, invocation: Invocation) -> Plan:
     settings_data = settings_file.data if settings_file else {}
     new_settings = with_hooks(settings_data, invocation, where)
     if settings_file is None or not _same(new_settings, settings_data):
-        style = settings_file.style if settings_file else jsonstyle.DEFAULT_STYLE
+        style = settings_file.style if settings_file else DEFAULT_STYLE
         changes.append(Change(target.settings, "add deja's hooks",
                               settings_file.raw if settings_file else None,
-                              jsonstyle.dumps(new_settings, style)))
+                              dumps(new_settings, style)))
     plan = Plan("install", target, changes)
     for name in enabled_deja_plugins(settings_data):
         plan.notes.append(f"the plugin {name} is enabled in {target.settings} too: its hooks and "
                           f"server would run beside these; keep one (claude plugin disable {name})")
     for change in changes:
-        found = jsonstyle.parse(change.path, change.before) if change.before is not None else None
+        found = parse(change.path, change.before) if change.before is not None else None
         if found is not None and not found.reproducible and not change.commands:
             plan.notes.append(f"{change.path} is not laid out as JSON.stringify would write it: "
                               "lines deja did not change appear in the diff too; uninstall gives "
@@ -166,7 +166,7 @@ def plan_install(target: Target, invocation: Invocation) -> Plan:
     return plan
 
 
-def _restoring(file: jsonstyle.JsonFile, stripped: dict[str, Any],
+def _restoring(file: JsonFile, stripped: dict[str, Any],
                record: Record | None) -> tuple[bytes | None, str] | None:
     """(the original bytes, their backup) when uninstall may give them back, else None."""
     if record is None:
@@ -176,7 +176,7 @@ def _restoring(file: jsonstyle.JsonFile, stripped: dict[str, Any],
         return (None, "") if unchanged or _same(_normal(stripped), {}) else None
     try:
         raw = Path(record.backup).read_bytes()
-        original = jsonstyle.parse(Path(record.backup), raw)
+        original = parse(Path(record.backup), raw)
     except (OSError, InstallError):
         return None
     if unchanged or _same(_normal(stripped), _normal(original.data)):
@@ -194,13 +194,13 @@ def plan_uninstall(target: Target, state: InstallState) -> Plan:
     for path, strip, what in ((target.mcp_config, without_server,
                                f"unregister the MCP server {SERVER_NAME!r}"),
                               (target.settings, without_hooks, "remove deja's hooks")):
-        file = jsonstyle.read(path)
+        file = read(path)
         if file is None:
             continue
         stripped = strip(file.data, str(path))
         if _same(stripped, file.data):
             continue
-        change = Change(path, what, file.raw, jsonstyle.dumps(stripped, file.style))
+        change = Change(path, what, file.raw, dumps(stripped, file.style))
         restored = _restoring(file, stripped, state.records.get(str(path)))
         if restored is not None:
             change.after, change.restores_backup = restored[0], restored[1] or None
@@ -238,7 +238,7 @@ def _run_commands(change: Change, run: Runner) -> None:
 
 def _check_after_commands(change: Change, action: str) -> None:
     """The file as the commands left it must hold deja's server (install) or not (uninstall)."""
-    left = jsonstyle.read(change.path)
+    left = read(change.path)
     present = left is not None and has_deja(left.data)
     if present != (action == "install"):
         raise InstallError(f"{change.commands[-1][0]} ran, but {change.path} "
