@@ -81,7 +81,14 @@ PASSAGE_POOL = 3
 # threshold alone lets the work grow with the corpus; a posting budget only
 # trims the worst queries, and never below 100k records). Counts are of the
 # text column; the context column adds about 0.7x as many postings.
-OR_MAX_DOC_SHARE = 0.2
+# The share was 0.2 until issue 12's passages made the keyword ranker the
+# slowest stage: at 100k records (bench/search_scale.py's corpus, 50
+# questions) the ranker took p50/p95 30-40/49-65 ms at 0.2, 33-37/61-64 at
+# 0.15 and 22/39-41 at 0.1, because terms in 10-20% of the records carry the
+# longest doclists. With pruning forced on the 10k-record recall database
+# (bench/recall.py, v1+dev hybrid hit@10 / MRR) 0.2 gave 71.8 / .393, 0.15
+# 71.8 / .408 and 0.1 70.9 / .393: one question of 103 for a third of the time.
+OR_MAX_DOC_SHARE = 0.1
 OR_MAX_TERMS = 12
 OR_MAX_POSTINGS = 150_000
 OR_PRUNE_FROM = 20_000  # records; below this the OR query is cheap as it is
