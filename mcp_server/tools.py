@@ -112,7 +112,9 @@ async def search_memory(
         SearchRequest(query, mode="hybrid", limit=limit, kinds=kinds, session_id=session_id,
                       project=scope, tool=tool, since=since, until=until, max_tokens=max_tokens),
         Resources(embedder=state.embedder, embedder_error=state.embedder_error,
-                  vector_index=state.vector_index, vector_conn=state.vector_conn),
+                  vector_index=state.vector_index, vector_conn=state.vector_conn,
+                  ml_embedder=state.ml.embedder if state.ml is not None else None,
+                  ml_index=state.ml_index),
     )
     if not debug:
         return _compact(result.to_answer(scope or "all", notes))
