@@ -276,7 +276,7 @@ async def load_ml(conn: Any, log: Callable[[str], None]) -> tuple[Any, Any]:
 def search_mode(mode: str) -> Ranker:
     async def rank(ctx: Ctx, query: str, limit: int) -> list[str | None]:
         try:
-            from mcp_server.search import Resources, SearchRequest, search
+            from mcp_server.search import SearchRequest, search
         except (ImportError, AttributeError) as exc:
             raise Skip(f"mcp_server.search.search unavailable ({exc})") from exc
         if mode != "keyword" and ctx.embedder is None:

@@ -32,10 +32,10 @@ from .config import config_path_from, db_path_from
 from .discover import default_roots
 from .errors import DejaError, IngestBusy
 from .lease import IngestLock
+from .multilingual import MlOnce
 from .runner import IngestSummary, ingest_once, watch
 from .settings import Exclusions, load_settings
 from .store import Store
-from .multilingual import MlOnce
 from .vectors import pending_count, run_embed
 
 if TYPE_CHECKING:

@@ -142,7 +142,8 @@ class MlOnce:
         if self.embedder is None:
             try:
                 self.embedder = await anyio.to_thread.run_sync(MlEmbedder)
-            except Exception as exc:  # a broken wheel must not stop MiniLM's side
+            except (ModelUnavailable, OSError, RuntimeError, ValueError) as exc:
+                # a broken wheel or model file must not stop MiniLM's side
                 self.error = f"multilingual model did not load: {exc}"
                 logger.warning("%s", self.error)
                 return None

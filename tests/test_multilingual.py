@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fixtures.cli import deja_json
 from fixtures.shared import in_ci
 from fixtures.transcripts import SessionFile
+
 from ingest.multilingual import ML_MODEL_ID, is_foreign
 
 TIMEOUT = 300
