@@ -237,6 +237,10 @@ async def memory_status(ctx: Context) -> dict[str, Any]:
         "background_errors": state.background_errors,
         "pid": os.getpid(),
     })
+    if state.ml is not None and state.ml.enabled:
+        from .search.multilingual import ml_status
+
+        out["multilingual"] = await ml_status(state.store.conn, state.ml.embedder, state.ml.error)
     return out
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from ingest.multilingual import MlEmbedder
 
-__all__ = ["ML_CANDIDATES", "MlIndex", "ml_ranks", "load_ml_embedder"]
+__all__ = ["ML_CANDIDATES", "MlIndex", "ml_ranks", "load_ml_embedder", "ml_status"]
 
 ML_CANDIDATES = 100
 
@@ -128,3 +128,20 @@ async def load_ml_embedder(conn: aiosqlite.Connection, environ: dict[str, str] |
     if not await conn.execute_fetchall("SELECT 1 FROM ml_vectors LIMIT 1"):
         return None
     return await once.get()
+
+
+async def ml_status(conn: aiosqlite.Connection, embedder: MlEmbedder | None,
+                    error: str | None) -> dict[str, object]:
+    """What memory_status says of the multilingual side: vectors, their model, and whether
+    search uses them (a database of another multilingual model is named, never mixed)."""
+    from ingest.multilingual import ML_DIM, ML_MODEL_ID
+
+    state = list(await conn.execute_fetchall("SELECT model_id, dim FROM ml_state"))
+    count = list(await conn.execute_fetchall("SELECT COUNT(*) FROM ml_vectors"))
+    out: dict[str, object] = {"vectors": int(count[0][0]),
+                              "model_id": state[0][0] if state else None,
+                              "loaded": embedder is not None, "error": error}
+    if state and (state[0][0], int(state[0][1])) != (ML_MODEL_ID, ML_DIM):
+        out["error"] = (f"the multilingual vectors are of {state[0][0]}, not {ML_MODEL_ID}: "
+                        "not used; run `deja reembed`")
+    return out
