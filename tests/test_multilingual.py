@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import importlib.util
 import sqlite3
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-from fixtures.cli import deja_json
+from fixtures.cli import deja_env, deja_json
+from fixtures.paths import REPO
 from fixtures.shared import in_ci
 from fixtures.transcripts import SessionFile
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from ingest.multilingual import ML_MODEL_ID, is_foreign
 
@@ -40,6 +45,12 @@ class Built:
     answer: str       # uuid of the Japanese AskUserQuestion result
     embed_on: dict[str, Any]
     embed_off: dict[str, Any]
+    root: Path
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 def _write(root: Path) -> str:
@@ -93,7 +104,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         deja_json(home, "ingest", "--root", str(root), "--json", db=db, env=env, timeout=TIMEOUT)
         outs.append(deja_json(home, "embed", "--json", db=db, env=env, embed=True,
                               timeout=TIMEOUT))
-    yield Built(home, base / "on.db", base / "off.db", answer, outs[0], outs[1])
+    yield Built(home, base / "on.db", base / "off.db", answer, outs[0], outs[1], root)
 
 
 def _search(b: Built, db: Path, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -151,3 +162,36 @@ def test_the_switch_off_leaves_deja_as_it_was(built: Built) -> None:
 def test_a_second_embed_adds_nothing(built: Built) -> None:
     again = deja_json(built.home, "embed", "--json", db=built.db_on, embed=True, timeout=TIMEOUT)
     assert again["ml_embedded"] == 0
+
+
+@pytest.mark.anyio
+async def test_the_server_builds_and_uses_the_multilingual_vectors(built: Built,
+                                                                    tmp_path: Path) -> None:
+    """`deja serve` on a fresh database: the background embedder gives the non-English
+    records their vectors, memory_status counts them, search_memory ranks by them."""
+    db = tmp_path / "served.db"
+    expected = len(_rows(built.db_on, "SELECT record_id FROM ml_vectors"))
+    params = StdioServerParameters(
+        command=sys.executable, cwd=str(REPO),
+        args=["-m", "mcp_server", "--db", str(db), "--root", str(built.root),
+              "--log-file", str(tmp_path / "server.log")],
+        env=deja_env(built.home, {"CLAUDE_PROJECT_DIR": "/work/shop"}, embed=True))
+    with open(tmp_path / "stderr.txt", "w") as errlog:
+        async with stdio_client(params, errlog=errlog) as (read, write), \
+                ClientSession(read, write) as session:
+            with anyio.fail_after(30):
+                await session.initialize()
+            with anyio.fail_after(90):
+                while True:
+                    status = (await session.call_tool("memory_status", {})).structured_content
+                    assert status is not None
+                    if (status.get("multilingual") or {}).get("vectors") == expected and \
+                            status["multilingual"]["loaded"]:
+                        break
+                    await anyio.sleep(0.5)
+            found = await session.call_tool("search_memory", {"query": QUERY, "project": "all",
+                                                              "debug": True})
+    assert not found.is_error and found.structured_content is not None
+    hits = found.structured_content["hits"]
+    assert built.answer in [h["uuid"] for h in hits[:3]], hits
+    assert status["multilingual"]["model_id"] == ML_MODEL_ID and not status["multilingual"]["error"]
