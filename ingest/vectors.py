@@ -36,6 +36,7 @@ from .store import Store
 
 if TYPE_CHECKING:
     from .embed import Embedder
+    from .multilingual import MlOnce
 
 __all__ = ["EmbedSummary", "run_embed", "embed_pending", "pending_count", "ensure_model", "reembed",
            "stored_model", "windows_for"]
@@ -64,13 +65,19 @@ class EmbedSummary:
 
 async def run_embed(store: Store, embedder: Embedder, *,
                     progress: Callable[[int, int], None] | None = None,
-                    reembed_all: bool = False) -> dict[str, Any]:
+                    reembed_all: bool = False,
+                    multilingual: MlOnce | None = None) -> dict[str, Any]:
     """Embed what awaits a vector (with `reembed_all`, every vector again) with `embedder`.
 
+    Then, with `multilingual` (the optional extra, ingest/multilingual.py), the
+    foreign records' second vectors (`reembed_all` rebuilds those too).
     Returns the summary fields (`EmbedSummary.to_dict()`) plus `embedding_model`
-    and `embedding_backend`. Raises ModelMismatch if the database belongs to
-    another model (never with `reembed_all`, which adopts the embedder's).
+    and `embedding_backend` (and `ml_embedded`, `ml_seconds`, `ml_error` with
+    the extra). Raises ModelMismatch if the database belongs to another model
+    (never with `reembed_all`, which adopts the embedder's).
     """
+    from .multilingual import embed_multilingual, ml_reset
+
     if reembed_all:
         summary = await reembed(store, embedder, progress=progress)
     else:
@@ -78,6 +85,11 @@ async def run_embed(store: Store, embedder: Embedder, *,
     out = summary.to_dict()
     out["embedding_model"] = embedder.model_id
     out["embedding_backend"] = embedder.backend
+    if multilingual is not None and multilingual.enabled:
+        if reembed_all:
+            async with store.transaction():
+                await ml_reset(store)
+        out.update((await embed_multilingual(store, multilingual)).to_dict())
     return out
 
 

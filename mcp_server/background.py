@@ -96,11 +96,26 @@ async def _load_model(state: DejaState) -> None:
             _settle(settled)
         state.embedder = await anyio.to_thread.run_sync(model.load)
         state.embedder_error = None
+        await _load_multilingual(state)
     except DejaError as exc:
         state.embedder_error = str(exc)
         logger.warning("embedding model unavailable: %s (keyword search only)", exc)
     finally:
         _settle(settled)  # also on failure: a retry later is slow by definition
+
+
+async def _load_multilingual(state: DejaState) -> None:
+    """The optional multilingual model, only when the database already has its vectors
+    (the embed loop loads it when it first meets a non-English record)."""
+    from ingest.multilingual import MlOnce
+
+    from .search.multilingual import MlIndex
+
+    state.ml = MlOnce(state.config.environ)
+    state.ml_index = MlIndex()
+    if state.ml.enabled and await state.store.conn.execute_fetchall(
+            "SELECT 1 FROM ml_vectors LIMIT 1"):
+        await state.ml.get()
 
 
 def _settle(event: anyio.Event | None) -> None:
@@ -176,12 +191,20 @@ async def _watch(store: Store, state: DejaState) -> None:
 
 
 async def _embed_loop(store: Store, state: DejaState) -> None:
+    from ingest.multilingual import embed_multilingual
     from ingest.vectors import embed_pending, pending_count
 
     while True:
         await anyio.sleep(state.config.embed_poll_seconds)
-        if state.embedder is None or not await pending_count(store):
+        if state.embedder is None:
             continue
-        result = await embed_pending(store, state.embedder)
-        if result.embedded_records:
-            logger.info("embedded %d records (%d pending)", result.embedded_records, result.pending)
+        if await pending_count(store):
+            result = await embed_pending(store, state.embedder)
+            if result.embedded_records:
+                logger.info("embedded %d records (%d pending)", result.embedded_records,
+                            result.pending)
+        if state.ml is not None and state.ml.enabled:
+            # Cheap when nothing is new: the pass starts at its mark (ingest/multilingual.py).
+            ml = await embed_multilingual(store, state.ml)
+            if ml.embedded:
+                logger.info("embedded %d non-English records (multilingual)", ml.embedded)

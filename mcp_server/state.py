@@ -60,6 +60,10 @@ class DejaState:
     # second connection the vector ranker runs on beside the keyword ranker.
     vector_index: VectorIndex = field(default_factory=VectorIndex)
     vector_conn: Any = None
+    # The optional multilingual model (ingest.multilingual.MlOnce, loaded only when the
+    # database holds a non-English record) and its vectors in memory.
+    ml: Any = None
+    ml_index: Any = None
     # Set when the model loader has settled: the model is loaded, failed, or
     # turned out slow to load (the one-time export, torch). None: no loader.
     model_settled: anyio.Event | None = None

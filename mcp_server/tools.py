@@ -112,7 +112,9 @@ async def search_memory(
         SearchRequest(query, mode="hybrid", limit=limit, kinds=kinds, session_id=session_id,
                       project=scope, tool=tool, since=since, until=until, max_tokens=max_tokens),
         Resources(embedder=state.embedder, embedder_error=state.embedder_error,
-                  vector_index=state.vector_index, vector_conn=state.vector_conn),
+                  vector_index=state.vector_index, vector_conn=state.vector_conn,
+                  ml_embedder=state.ml.embedder if state.ml is not None else None,
+                  ml_index=state.ml_index),
     )
     if not debug:
         return _compact(result.to_answer(scope or "all", notes))
@@ -235,6 +237,10 @@ async def memory_status(ctx: Context) -> dict[str, Any]:
         "background_errors": state.background_errors,
         "pid": os.getpid(),
     })
+    if state.ml is not None and state.ml.enabled:
+        from .search.multilingual import ml_status
+
+        out["multilingual"] = await ml_status(state.store.conn, state.ml.embedder, state.ml.error)
     return out
 
 

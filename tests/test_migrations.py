@@ -97,8 +97,8 @@ def _fill(conn: Any, version: int, vectors: np.ndarray) -> None:
             conn.execute("INSERT INTO records_fts (rowid, text, context) SELECT r.id, "
                          f"deja_fts_text(r.text), {_M005_CONTEXT} FROM records r WHERE r.id = ?",
                          (rid,))
-        elif version == 7:
-            # Version 7's writers: today's statements (m008 did not change them).
+        elif version in (7, 8):
+            # Versions 7 and 8's writers: today's statements (m008, m009 did not change them).
             conn.execute("INSERT INTO records_fts (rowid, text, context) SELECT r.id, "
                          f"deja_fts_text(r.text), {FTS_CONTEXT_SQL} FROM records r "
                          f"WHERE r.id = ? AND NOT {FTS_SKIP_SQL}", (rid,))

@@ -81,7 +81,10 @@ async def _embed(db_path: Path, quiet: bool, reembed_all: bool) -> dict[str, Any
         from ingest.embed import load_configured_embedder  # the model code only when used
 
         embedder = await anyio.to_thread.run_sync(load_configured_embedder, os.environ)
-        return await embed_with_progress(store, embedder, quiet=quiet, reembed_all=reembed_all)
+        from ingest.multilingual import MlOnce
+
+        return await embed_with_progress(store, embedder, quiet=quiet, reembed_all=reembed_all,
+                                         multilingual=MlOnce(os.environ))
     finally:
         lock.release()
         await store.close()

