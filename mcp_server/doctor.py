@@ -247,6 +247,7 @@ def _model(conn: Any, env: Mapping[str, str], home: Path) -> list[Check]:
                             "run `deja embed` once"))
     if conn is not None:
         checks.append(_embeddings(conn, spec.model_id))
+        checks.append(_multilingual(conn, env))
     return checks
 
 
@@ -261,6 +262,35 @@ def _embeddings(conn: Any, model_id: str) -> Check:
         return Check("embeddings", "warn", f"{pending} records await a vector (keyword search "
                      "finds them already)", "run `deja embed`, or leave it to the server")
     return Check("embeddings", "ok", "every record that deserves a vector has one")
+
+
+def _multilingual(conn: Any, env: Mapping[str, str]) -> Check:
+    """The optional multilingual vectors (ingest/multilingual.py): installed, current, complete."""
+    from ingest.db import driver_errors
+    from ingest.multilingual import ML_MODEL_ID, enabled
+
+    if not enabled(env):
+        why = ("switched off (DEJA_MULTILINGUAL=0)" if env.get("DEJA_MULTILINGUAL", "").strip() == "0"
+               else "not installed (the optional extra `deja[multilingual]`)")
+        return Check("multilingual", "ok", f"multilingual vectors {why}: search uses MiniLM "
+                     "and keywords only", None)
+    try:
+        state = conn.execute("SELECT model_id, last_record_id FROM ml_state").fetchall()
+        stored = conn.execute("SELECT COUNT(*) FROM ml_vectors").fetchone()[0]
+        after = state[0][1] if state else 0
+        unchecked = conn.execute("SELECT COUNT(*) FROM records WHERE id > ? AND embed_state != 2",
+                                 (after,)).fetchone()[0]
+    except driver_errors() as exc:  # a database from before migration 9, opened read-only
+        return Check("multilingual", "warn", f"no multilingual tables yet ({exc})",
+                     "run `deja ingest` or `deja embed` once: the database migrates")
+    if state and state[0][0] != ML_MODEL_ID:
+        return Check("multilingual", "warn", f"the multilingual vectors are of {state[0][0]}, this "
+                     f"deja uses {ML_MODEL_ID}: that list is off", "run `deja reembed`")
+    if unchecked:
+        return Check("multilingual", "warn", f"{stored} multilingual vectors; {unchecked} records "
+                     "not yet looked at for one", "run `deja embed`, or leave it to the server")
+    return Check("multilingual", "ok", f"{stored} multilingual vectors ({ML_MODEL_ID}), every "
+                 "record looked at")
 
 
 # -- transcripts and Claude Code -----------------------------------------------------------

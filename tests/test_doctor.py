@@ -19,12 +19,18 @@ from fixtures.privileges import permission_bound
 from mcp_server.install.entries import Invocation, with_hooks, with_server
 
 NAMES = ["database", "integrity", "schema", "sqlite_vec", "fts5", "model", "onnx_cache",
-         "embeddings", "transcripts", "last_ingest", "retention", "mcp", "hooks", "ingest_lock"]
+         "embeddings", "multilingual", "transcripts", "last_ingest", "retention", "mcp", "hooks", "ingest_lock"]
 
 
 def _doctor(home: Path, db: Path, expect: int) -> dict[str, Any]:
     proc = deja(home, "--db", str(db), "doctor", "--json", expect=expect)
     assert "Traceback" not in proc.stderr
+    out: dict[str, Any] = json.loads(proc.stdout)
+    return out
+
+
+def _doctor_env(home: Path, db: Path, env: dict[str, str]) -> dict[str, Any]:
+    proc = deja(home, "--db", str(db), "doctor", "--json", expect=0, env=env)
     out: dict[str, Any] = json.loads(proc.stdout)
     return out
 
@@ -59,6 +65,14 @@ def test_doctor_json_on_the_shared_corpus(tmp_path: Path, shared_projects: Path)
     pending = sql(db, "SELECT COUNT(*) FROM records WHERE embed_state = 0")[0][0]
     assert pending > 0 and checks["embeddings"]["status"] == "warn"
     assert f"{pending} records" in checks["embeddings"]["detail"]
+    # Not embedded yet: with the extra, every record is still to be looked at for a
+    # multilingual vector; switched off, the check says so and is fine.
+    if checks["multilingual"]["status"] == "warn":
+        assert "0 multilingual vectors" in checks["multilingual"]["detail"]
+    else:
+        assert "not installed" in checks["multilingual"]["detail"]
+    off = _by_name(_doctor_env(home, db, {"DEJA_MULTILINGUAL": "0"}))
+    assert off["multilingual"]["status"] == "ok" and "switched off" in off["multilingual"]["detail"]
     held = sql(db, "SELECT COUNT(*) FROM records r JOIN sources s ON s.id = r.source_id "
                    "WHERE s.display_path = ?", (str(gone),))[0][0]
     assert held > 0
