@@ -42,6 +42,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from corpus import DEFAULT_SRC, make_corpus  # noqa: E402
+from deja_process import deja_command, env, pct  # noqa: E402
 
 SHARED = DEFAULT_SRC.parent  # .../shared/transcripts
 C0 = "c0dddd8d-6c0f-4a12-8927-28271848cfc7"
@@ -57,21 +58,7 @@ def log(text: str) -> None:
     print(text, flush=True)
 
 
-def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if k not in ("DEJA_DB", "DEJA_CONFIG")}
-    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), out.get("PYTHONPATH")) if p)
-    return out
 
-
-def deja_command() -> list[str]:
-    """The venv's `deja` script, as the installer writes it into settings.json."""
-    script = shutil.which("deja") or str(Path(sys.executable).with_name("deja"))
-    return [script] if Path(script).exists() else [sys.executable, "-m", "mcp_server.cli"]
-
-
-def pct(values: list[float], p: float) -> float:
-    xs = sorted(values)
-    return xs[min(len(xs) - 1, max(0, math.ceil(p / 100 * len(xs)) - 1))]
 
 
 def ingest(db: Path, roots: list[Path]) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from corpus import DEFAULT_SRC, make_corpus  # noqa: E402
+from deja_process import deja_command, env, pct  # noqa: E402
 
 SHARED = DEFAULT_SRC.parent  # .../shared/transcripts
 RECORDS_PER_COPY = 10_628  # both shared roots, as ingested on 2026-12-01
@@ -50,15 +50,6 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if k not in ("DEJA_DB", "DEJA_CONFIG")}
-    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), out.get("PYTHONPATH")) if p)
-    return out
-
-
-def deja_command() -> list[str]:
-    script = shutil.which("deja") or str(Path(sys.executable).with_name("deja"))
-    return [script] if Path(script).exists() else [sys.executable, "-m", "mcp_server.cli"]
 
 
 def run(db: Path, *args: str) -> tuple[float, str]:
@@ -79,10 +70,6 @@ def ingest(db: Path, roots: list[Path]) -> float:
     subprocess.run(argv, check=True, capture_output=True, env=env())
     return time.perf_counter() - started
 
-
-def pct(values: list[float], p: float) -> float:
-    xs = sorted(values)
-    return xs[min(len(xs) - 1, max(0, math.ceil(p / 100 * len(xs)) - 1))]
 
 
 def time_database(db: Path, runs: int, scratch: Path) -> dict[str, Any]:
