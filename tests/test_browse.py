@@ -23,15 +23,12 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Input, OptionList, Static
 
 from ingest.store import Store
-from mcp_server.browse.app import (
-    BrowseApp,
-    CheckpointScreen,
-    DoctorScreen,
-    HelpScreen,
-    SearchScreen,
-    SessionScreen,
-    SessionsScreen,
-)
+from mcp_server.browse.app import BrowseApp, HelpScreen
+from mcp_server.browse.checkpoint import CheckpointScreen
+from mcp_server.browse.doctor import DoctorScreen
+from mcp_server.browse.search import SearchScreen
+from mcp_server.browse.session import SessionScreen
+from mcp_server.browse.sessions import SessionsScreen
 
 pytestmark = pytest.mark.anyio
 
