@@ -294,7 +294,7 @@ def generate(workdir: Path, base: dict[str, Any], n_chunks: int) -> Path:
     conn.execute("COMMIT")
     log(f"    full-text index ({time.perf_counter() - started:.0f} s)")
     conn.execute("BEGIN")
-    conn.execute(  # what ingest runs per batch (ingest.store.index_new_records)
+    conn.execute(  # what ingest runs per batch (ingest.derived.index_new_records)
         "INSERT INTO records_fts (rowid, text, context) "
         f"SELECT r.id, deja_fts_text(r.text), {FTS_CONTEXT_SQL} FROM records r")
     conn.execute(PASSAGES_SQL.format(where="1"))  # and the passages of long records

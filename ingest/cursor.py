@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
+from .batch import Batch, Cursor, SessionAgg, SourceRow
 from .discover import SourceFile, display_path
 from .parse import parse_line
 from .records import AgentLink, FileContext, LineError
-from .store import Batch, Cursor, SessionAgg, SourceRow
 
 __all__ = ["FileReader", "ReadStats", "HEAD_BYTES", "MAX_LINE_BYTES", "head_hash", "peek_cwd"]
 

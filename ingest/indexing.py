@@ -1,8 +1,8 @@
 """What today's deja puts in its indexes: which records get vectors, and the
 full-text context of a record.
 
-These are live settings of the writers (store.py, memories.py) and of the
-benches that build databases the way ingest does. They are free to change:
+These are live settings of the writers (batch.py, derived.py, memories.py)
+and of the benches that build databases the way ingest does. They are free to change:
 the migrations never read them (each migration carries the SQL it ran when it
 shipped, as fixed text), so changing a value here changes what is written
 from now on, never what an upgrade of an old database produces. Changing what

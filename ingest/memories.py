@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from .derived import index_new_records
 from .errors import InvalidQuery, NotFound
 from .redact import Redactor
-from .store import Store, index_new_records
+from .store import Store
 
 __all__ = ["MEMORY_KINDS", "MemoryWritten", "write_memory", "forget_memory", "MAX_MEMORY_CHARS"]
 

@@ -13,7 +13,7 @@ What it adds:
   as Claude Code's usage must be counted (FORMAT.md: the lines of one response
   repeat or grow its usage), holding the largest value of each usage field;
   a response whose lines have no message id is keyed by its line. The writer
-  (ingest/store.py) upserts it in the batch's transaction; this migration
+  (ingest/derived.py) upserts it in the batch's transaction; this migration
   fills it from the records already stored, with the same rules, so an
   upgraded database counts exactly what a fresh ingest counts.
 - three covering indexes: activity (time, session, kind, model), tool calls
@@ -31,8 +31,8 @@ from __future__ import annotations
 
 __all__ = ["M008_SCRIPT", "M008_RESPONSE_KEY"]
 
-# The response a record belongs to, as m008 shipped (ingest/store.py's
-# RESPONSE_KEY_SQL must say the same: tests/test_migrations.py checks it).
+# The response a record belongs to, as m008 shipped (ingest/derived.py's
+# RESPONSE_KEY_SQL must say the same: tests/test_stats.py checks it).
 M008_RESPONSE_KEY = (
     "COALESCE(json_extract(r.meta, '$.message_id') || char(31) || "
     "COALESCE(json_extract(r.meta, '$.request_id'), ''), 'line:' || r.line_key)"

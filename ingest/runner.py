@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .batch import Batch, SourceRow
 from .cursor import FileReader, ReadStats, peek_cwd
 from .discover import SourceFile, discover, display_path
 from .redact import Redactor
 from .settings import Exclusions
-from .store import Batch, SourceRow, Store
+from .store import Store
 
 if TYPE_CHECKING:
     # A type only: importing anyio.streams costs ~7 ms on every CLI start.

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 import sqlean
-
 from fixtures.cli import deja, deja_json
 from fixtures.shared import ingest_shared
 from fixtures.truth import truth_of
+
+from ingest.derived import RESPONSE_KEY_SQL
 from ingest.migration_m008 import M008_RESPONSE_KEY
 from ingest.migrations import SCHEMA_VERSION
-from ingest.store import RESPONSE_KEY_SQL
 from mcp_server.analytics.periods import dense_weeks, sparkline, week_of
 from mcp_server.analytics.prices import SHIPPED, PriceTable, load_prices
 

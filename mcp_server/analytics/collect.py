@@ -117,7 +117,7 @@ GROUP BY 1, 2, 3, 4
 """
 
 # Usage per response: `responses` holds one row per (message id, request id)
-# with the largest usage of its lines (migration m008, ingest/store.py).
+# with the largest usage of its lines (migration m008, ingest/derived.py).
 _USAGE = """
 SELECT substr(r.ts, 1, 10), r.session_id, r.model, SUM(r.input), SUM(r.output),
     SUM(r.cache_creation), SUM(r.cache_read), COUNT(*)

@@ -8,7 +8,7 @@ or into the database it came from, adds nothing.
 
 What an import sets up:
 - the full-text index, in the same transaction, by the writers' own statement
-  (`ingest.store.index_new_records`); records come in the export's id order,
+  (`ingest.derived.index_new_records`); records come in the export's id order,
   so each is indexed with the record before it, as ingest did;
 - vectors are not carried: records that deserve one wait for it
   (`embed_state` 0) and `deja embed` (or the server) computes them;
@@ -26,9 +26,10 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ingest.derived import index_new_records, update_responses
 from ingest.errors import DejaError
 from ingest.indexing import EMBEDDABLE_KINDS
-from ingest.store import Store, index_new_records, update_responses
+from ingest.store import Store
 
 from .jsonl import FORMAT, VERSION
 from .selection import AGENT_COLUMNS, RECORD_COLUMNS, SESSION_COLUMNS, SOURCE_COLUMNS
