@@ -1,8 +1,8 @@
 """`deja stats`: the analytics of the history, in a handful of grouped scans.
 
 Each question is one SQL statement that groups in the database and returns a
-few thousand rows at most; Python only folds those rows into days, weeks,
-months, projects and models. That keeps `deja stats --json` near a second on a
+few thousand rows at most (scans.py); Python only folds those rows into days,
+weeks, months, projects and models. That keeps `deja stats --json` near a second on a
 million records (bench/stats_speed.py).
 
 Counting rules (DESIGN.md "The command line", FORMAT.md "One assistant
@@ -29,9 +29,7 @@ size) and the top terms (see terms.py).
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -40,14 +38,25 @@ import anyio
 
 from ..projects import resolve_project
 from ..search.times import parse_time
-from .periods import PERIODS
 from .prices import TOKEN_FIELDS, PriceTable
+from .scans import (
+    MESSAGE_KINDS,
+    Activity,
+    Usage,
+    Where,
+    add_tokens,
+    empty_model,
+    empty_tokens,
+    rows,
+    scan_activity,
+    scan_edits,
+    scan_tools,
+    scan_usage,
+)
 from .terms import top_terms
 
-__all__ = ["StatsFilters", "collect", "EDIT_TOOLS", "MESSAGE_KINDS"]
+__all__ = ["StatsFilters", "collect"]
 
-EDIT_TOOLS = ("Edit", "MultiEdit", "Write", "NotebookEdit")
-MESSAGE_KINDS = ("prompt", "command", "assistant")
 _TOP = 10
 
 
@@ -60,21 +69,8 @@ class StatsFilters:
     until: str | None = None
 
 
-@dataclass
-class _Where:
-    """The records filter as SQL over `records r`, with its parameters."""
-
-    sql: str = ""
-    params: list[Any] = field(default_factory=list)
-    projects: list[str] | None = None
-
-    def clause(self, first: bool = True) -> str:
-        if not self.sql:
-            return ""
-        return (" WHERE " if first else " AND ") + self.sql
-
-
-async def _where(conn: aiosqlite.Connection, f: StatsFilters) -> tuple[_Where, dict[str, Any]]:
+async def _where(conn: aiosqlite.Connection, f: StatsFilters) -> tuple[Where, dict[str, Any]]:
+    """The filters as SQL over `records r`, and as the JSON's `filters` shows them."""
     parts: list[str] = []
     params: list[Any] = []
     shown: dict[str, Any] = {"project": f.project, "since": None, "until": None}
@@ -92,76 +88,7 @@ async def _where(conn: aiosqlite.Connection, f: StatsFilters) -> tuple[_Where, d
         shown["until"] = parse_time(f.until)
         parts.append("r.ts < ?")
         params.append(shown["until"])
-    return _Where(" AND ".join(parts), params, projects), shown
-
-
-async def _rows(conn: aiosqlite.Connection, sql: str, params: list[Any] | tuple[Any, ...] = ()
-                ) -> list[Any]:
-    return list(await conn.execute_fetchall(sql, tuple(params)))
-
-
-def _tokens() -> dict[str, int]:
-    return dict.fromkeys(TOKEN_FIELDS, 0)
-
-
-def _add(into: dict[str, int], row: Any) -> None:
-    for name, value in zip(TOKEN_FIELDS, row):
-        into[name] += int(value or 0)
-
-
-# One row per (day, session, kind, model): everything about activity.
-_ACTIVITY = """
-SELECT substr(r.ts, 1, 10), r.session_id, r.kind, r.model, COUNT(*), MIN(r.ts), MAX(r.ts)
-FROM records r{where}
-GROUP BY 1, 2, 3, 4
-"""
-
-# Usage per response: `responses` holds one row per (message id, request id)
-# with the largest usage of its lines (migration m008, ingest/derived.py).
-_USAGE = """
-SELECT substr(r.ts, 1, 10), r.session_id, r.model, SUM(r.input), SUM(r.output),
-    SUM(r.cache_creation), SUM(r.cache_read), COUNT(*)
-FROM responses r{where}
-GROUP BY 1, 2, 3
-"""
-
-# One row per tool: calls (session, tool_use_id) and those with an error result.
-_TOOLS = """
-SELECT name, COUNT(*), SUM(failed) FROM (
-    SELECT MAX(CASE WHEN r.kind = 'tool_call' THEN r.tool_name END) AS name,
-        MAX(r.kind = 'tool_result' AND r.is_error = 1) AS failed,
-        MAX(r.kind = 'tool_call') AS called
-    FROM records r
-    WHERE r.tool_use_id IS NOT NULL AND r.kind IN ('tool_call', 'tool_result'){where}
-    GROUP BY r.session_id, r.tool_use_id
-) WHERE called GROUP BY name ORDER BY 2 DESC
-"""
-
-# The path an edit names: the value of its input's "file_path" (or
-# "notebook_path") key, cut out of the call's JSON text by position because a
-# capped Write is no longer valid JSON. The first unescaped `"file_path":"` is
-# the key: inside a JSON string every quote is escaped.
-_EDITS = """
-SELECT substr(rest, 1, instr(rest, '"') - 1) AS path, COUNT(*) FROM (
-    SELECT DISTINCT r.session_id, r.tool_use_id,
-        CASE WHEN instr(r.text, '"file_path":"') > 0
-             THEN substr(r.text, instr(r.text, '"file_path":"') + 13)
-             WHEN instr(r.text, '"notebook_path":"') > 0
-             THEN substr(r.text, instr(r.text, '"notebook_path":"') + 17) END AS rest
-    FROM records r
-    WHERE r.kind = 'tool_call' AND r.tool_name IN ({tools}){where}
-) WHERE rest IS NOT NULL AND instr(rest, '"') > 1
-GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?
-"""
-
-
-def _json_string(raw: str) -> str:
-    """A JSON string's inside, unescaped (a Windows path's `\\\\`); as is when it cannot be."""
-    try:
-        value = json.loads(f'"{raw}"')
-    except ValueError:
-        return raw
-    return value if isinstance(value, str) else raw
+    return Where(" AND ".join(parts), params, projects), shown
 
 
 async def collect(conn: aiosqlite.Connection, filters: StatsFilters, prices: PriceTable,
@@ -187,147 +114,116 @@ async def collect(conn: aiosqlite.Connection, filters: StatsFilters, prices: Pri
     return {**figures, "top_terms": terms, "top_terms_scope": "all"}
 
 
-async def _figures(conn: aiosqlite.Connection, where: _Where, shown: dict[str, Any],
+async def _figures(conn: aiosqlite.Connection, where: Where, shown: dict[str, Any],
                    prices: PriceTable, top: int) -> dict[str, Any]:
+    """Every figure but the top terms, from the grouped scans (see the module docstring)."""
     sessions_meta = {
         r[0]: {"project": r[1], "title": r[2], "cwd": r[3]}
-        for r in await _rows(conn, "SELECT session_id, project_dir, title, cwd FROM sessions")
+        for r in await rows(conn, "SELECT session_id, project_dir, title, cwd FROM sessions")
     }
-
-    # -- activity -------------------------------------------------------------
-    by_kind: dict[str, int] = defaultdict(int)
-    periods: dict[str, dict[str, dict[str, Any]]] = {p: {} for p in PERIODS}
-    span: dict[str, list[Any]] = {}  # session -> [first ts, last ts, records, prompts, messages]
-    model_sessions: dict[str, set[str]] = defaultdict(set)
-    model_messages: dict[str, int] = defaultdict(int)
-    for day, sid, kind, model, n, first, last in await _rows(
-            conn, _ACTIVITY.format(where=where.clause()), where.params):
-        by_kind[kind] += n
-        is_message = kind in MESSAGE_KINDS
-        if sid is not None:
-            s = span.setdefault(sid, [first, last, 0, 0, 0])
-            s[0] = min(filter(None, (s[0], first)), default=None)
-            s[1] = max(filter(None, (s[1], last)), default=None)
-            s[2] += n
-            s[3] += n if kind in ("prompt", "command") else 0
-            s[4] += n if is_message else 0
-        if model:
-            model_sessions[model].add(sid)
-            if is_message:
-                model_messages[model] += n
-        if day:
-            for name, period_of in PERIODS.items():
-                p = periods[name].setdefault(period_of(day), {"sessions": set(), "messages": 0,
-                                                               "records": 0})
-                p["records"] += n
-                p["messages"] += n if is_message else 0
-                if sid is not None:
-                    p["sessions"].add(sid)
-
+    activity = await scan_activity(conn, where)
     if where.sql:
-        counted = [sid for sid in span if sid in sessions_meta]
+        counted = [sid for sid in activity.span if sid in sessions_meta]
     else:
         counted = list(sessions_meta)
-    projects: dict[str, dict[str, Any]] = {}
-    for sid in counted:
-        proj = sessions_meta[sid]["project"] or "?"
-        p = projects.setdefault(proj, {"sessions": 0, "messages": 0, "records": 0,
-                                       "tokens": _tokens(), "cost_usd": 0.0})
-        p["sessions"] += 1
-        if sid in span:
-            p["records"] += span[sid][2]
-            p["messages"] += span[sid][4]
-
-    # -- tokens ---------------------------------------------------------------
-    tokens = _tokens()
-    models: dict[str, dict[str, Any]] = {}
-    session_tokens: dict[str, dict[str, int]] = defaultdict(_tokens)
-    session_cost: dict[str, float] = defaultdict(float)
-    day_tokens: dict[str, dict[str, int]] = defaultdict(_tokens)
-    responses = 0
-    for day, sid, model, *usage, count in await _rows(
-            conn, _USAGE.format(where=where.clause()), where.params):
-        responses += count
-        _add(tokens, usage)
-        name = model or "?"
-        m = models.setdefault(name, {"sessions": 0, "messages": 0, "responses": 0,
-                                     "tokens": _tokens(), "cost_usd": None})
-        m["responses"] += count
-        _add(m["tokens"], usage)
-        _add(session_tokens[sid], usage)
-        if day:
-            _add(day_tokens[day], usage)
-        price = prices.for_model(model)
-        if price is not None:
-            cost = price.cost(dict(zip(TOKEN_FIELDS, (int(v or 0) for v in usage))))
-            session_cost[sid] += cost
-            m["cost_usd"] = (m["cost_usd"] or 0.0) + cost
-    for name, sids in model_sessions.items():
-        m = models.setdefault(name, {"sessions": 0, "messages": 0, "responses": 0,
-                                     "tokens": _tokens(), "cost_usd": None})
-        m["sessions"] = len(sids)
-        m["messages"] = model_messages[name]
-    for sid, toks in session_tokens.items():
-        proj = sessions_meta.get(sid, {}).get("project") or "?"
-        if proj in projects:
-            _add(projects[proj]["tokens"], [toks[f] for f in TOKEN_FIELDS])
-            projects[proj]["cost_usd"] += session_cost.get(sid, 0.0)
-    unpriced = sorted(n for n, m in models.items() if m["cost_usd"] is None and
-                      any(m["tokens"].values()))
-    total_cost = sum(m["cost_usd"] or 0.0 for m in models.values())
-
-    # -- tools, edits, terms --------------------------------------------------
-    tools = {
-        name or "?": {"calls": calls, "errors": int(errors or 0)}
-        for name, calls, errors in await _rows(
-            conn, _TOOLS.format(where=where.clause(first=False)), where.params)
-    }
-    edits = [
-        {"path": _json_string(path), "edits": n}
-        for path, n in await _rows(
-            conn, _EDITS.format(tools=", ".join(f"'{t}'" for t in EDIT_TOOLS),
-                                where=where.clause(first=False)), [*where.params, top * 2])
-    ][:top]
-
-    # -- sessions ranked --------------------------------------------------------
-    def session_row(sid: str) -> dict[str, Any]:
-        meta = sessions_meta.get(sid, {})
-        first, last, n, prompts, _ = span.get(sid, [None, None, 0, 0, 0])
-        return {"session_id": sid, "project": meta.get("project"), "title": meta.get("title"),
-                "first_ts": first, "last_ts": last, "duration_s": _seconds(first, last),
-                "records": n, "prompts": prompts,
-                "tokens": session_tokens.get(sid, _tokens()),
-                "cost_usd": round(session_cost[sid], 4) if sid in session_cost else None}
-
-    longest = sorted(span, key=lambda s: (-(_seconds(span[s][0], span[s][1]) or 0), s))[:top]
-    costliest = sorted(session_cost, key=lambda s: (-session_cost[s], s))[:top]
-
+    projects = _projects(counted, sessions_meta, activity.span)
+    usage = await scan_usage(conn, where, prices)
+    models = usage.models
+    _add_model_activity(models, activity)
+    _add_project_tokens(projects, usage, sessions_meta)
+    tools = await scan_tools(conn, where)
+    by_kind = activity.by_kind
     return {
         "filters": shown,
         "sessions": len(counted),
         "records": sum(by_kind.values()),
         "by_kind": dict(sorted(by_kind.items())),
         "messages": sum(n for k, n in by_kind.items() if k in MESSAGE_KINDS),
-        "activity": {
-            name: [{"period": key, "sessions": len(v["sessions"]), "messages": v["messages"],
-                    "records": v["records"]} for key, v in sorted(rows.items())]
-            for name, rows in periods.items()
-        },
-        "tokens_by_day": [{"period": d, **t} for d, t in sorted(day_tokens.items())],
+        "activity": _activity_rows(activity.periods),
+        "tokens_by_day": [{"period": d, **t} for d, t in sorted(usage.day_tokens.items())],
         "projects": dict(sorted(projects.items(), key=lambda kv: (-kv[1]["sessions"], kv[0]))),
         "models": {k: {**v, "cost_usd": _round(v["cost_usd"])}
                    for k, v in sorted(models.items(), key=lambda kv: -sum(kv[1]["tokens"].values()))},
         "tools": tools,
         "tool_calls": sum(t["calls"] for t in tools.values()),
         "tool_errors": sum(t["errors"] for t in tools.values()),
-        "tokens": tokens,
-        "responses": responses,
-        "cost": {"usd": round(total_cost, 4), "estimate": True, "unpriced_models": unpriced,
-                 "prices": prices.as_json()},
-        "sessions_longest": [session_row(s) for s in longest],
-        "sessions_costliest": [session_row(s) for s in costliest],
-        "files_edited": edits,
+        "tokens": usage.tokens,
+        "responses": usage.responses,
+        "cost": _cost(models, prices),
+        **_ranked_sessions(activity.span, usage, sessions_meta, top),
+        "files_edited": await scan_edits(conn, where, top),
     }
+
+
+def _activity_rows(periods: dict[str, dict[str, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Each period's rows in time order, its sessions counted."""
+    return {
+        name: [{"period": key, "sessions": len(v["sessions"]), "messages": v["messages"],
+                "records": v["records"]} for key, v in sorted(by_period.items())]
+        for name, by_period in periods.items()
+    }
+
+
+def _projects(counted: list[str], sessions_meta: dict[str, dict[str, Any]],
+              span: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
+    """Sessions, messages and records per project (tokens and cost added by the usage scan)."""
+    projects: dict[str, dict[str, Any]] = {}
+    for sid in counted:
+        proj = sessions_meta[sid]["project"] or "?"
+        p = projects.setdefault(proj, {"sessions": 0, "messages": 0, "records": 0,
+                                       "tokens": empty_tokens(), "cost_usd": 0.0})
+        p["sessions"] += 1
+        if sid in span:
+            p["records"] += span[sid][2]
+            p["messages"] += span[sid][4]
+    return projects
+
+
+def _add_model_activity(models: dict[str, dict[str, Any]], activity: Activity) -> None:
+    """Each model's sessions and messages, from the activity scan."""
+    for name, sids in activity.model_sessions.items():
+        m = models.setdefault(name, empty_model())
+        m["sessions"] = len(sids)
+        m["messages"] = activity.model_messages[name]
+
+
+def _add_project_tokens(projects: dict[str, dict[str, Any]], usage: Usage,
+                        sessions_meta: dict[str, dict[str, Any]]) -> None:
+    """Each counted project's tokens and cost, summed over its sessions."""
+    for sid, toks in usage.session_tokens.items():
+        proj = sessions_meta.get(sid, {}).get("project") or "?"
+        if proj in projects:
+            add_tokens(projects[proj]["tokens"], [toks[f] for f in TOKEN_FIELDS])
+            projects[proj]["cost_usd"] += usage.session_cost.get(sid, 0.0)
+
+
+def _cost(models: dict[str, dict[str, Any]], prices: PriceTable) -> dict[str, Any]:
+    """The estimated cost in all, and the models with tokens but no price."""
+    unpriced = sorted(n for n, m in models.items() if m["cost_usd"] is None and
+                      any(m["tokens"].values()))
+    total_cost = sum(m["cost_usd"] or 0.0 for m in models.values())
+    return {"usd": round(total_cost, 4), "estimate": True, "unpriced_models": unpriced,
+            "prices": prices.as_json()}
+
+
+def _ranked_sessions(span: dict[str, list[Any]], usage: Usage,
+                     sessions_meta: dict[str, dict[str, Any]], top: int
+                     ) -> dict[str, list[dict[str, Any]]]:
+    """The `top` longest sessions (first to last record) and the `top` costliest."""
+    def session_row(sid: str) -> dict[str, Any]:
+        meta = sessions_meta.get(sid, {})
+        first, last, n, prompts, _ = span.get(sid, [None, None, 0, 0, 0])
+        return {"session_id": sid, "project": meta.get("project"), "title": meta.get("title"),
+                "first_ts": first, "last_ts": last, "duration_s": _seconds(first, last),
+                "records": n, "prompts": prompts,
+                "tokens": usage.session_tokens.get(sid, empty_tokens()),
+                "cost_usd": round(usage.session_cost[sid], 4) if sid in usage.session_cost
+                else None}
+
+    longest = sorted(span, key=lambda s: (-(_seconds(span[s][0], span[s][1]) or 0), s))[:top]
+    costliest = sorted(usage.session_cost, key=lambda s: (-usage.session_cost[s], s))[:top]
+    return {"sessions_longest": [session_row(s) for s in longest],
+            "sessions_costliest": [session_row(s) for s in costliest]}
 
 
 def _round(value: float | None) -> float | None:
