@@ -107,12 +107,7 @@ async def import_jsonl(store: Store, lines: Iterable[str],
         for number, obj in _parse(lines):
             kind = obj["type"]
             if not header_seen:
-                if kind != "header" or obj.get("format") != FORMAT:
-                    raise NotAnExport("not a deja export: the first line must be its header "
-                                       "(`deja export --format jsonl` writes one)")
-                if int(obj.get("version", 0)) > VERSION:
-                    raise NotAnExport(f"export format version {obj.get('version')} is newer "
-                                       f"than this deja reads ({VERSION}): upgrade deja")
+                _check_header(obj)
                 header_seen = True
             elif kind == "source":
                 cur = await conn.execute(
@@ -131,13 +126,7 @@ async def import_jsonl(store: Store, lines: Iterable[str],
                                          (sid, *(obj.get(c) for c in AGENT_COLUMNS)))
                 added["agent_runs"] += cur.rowcount
             elif kind == "record":
-                row = dict(obj)
-                row["meta"] = (json.dumps(row["meta"], ensure_ascii=False, separators=(",", ":"))
-                               if row.get("meta") else None)
-                # Vectors are not exported: what deserves one waits for `deja embed`.
-                row["embed_state"] = 0 if row.get("kind") in _EMBEDDABLE else 2
-                pending.append((await source_id(row["source"]),
-                                *(row.get(c) for c in RECORD_COLUMNS)))
+                pending.append((await source_id(obj["source"]), *_record_values(obj)))
                 if len(pending) >= _BATCH:
                     await flush()
                     progress(number)
@@ -151,3 +140,23 @@ async def import_jsonl(store: Store, lines: Iterable[str],
                 (before_all[0][0],)):
             added["memories" if kind else "records"] += n
     return added
+
+
+def _check_header(obj: dict[str, Any]) -> None:
+    """Raise NotAnExport unless `obj` is the header of an export this deja reads."""
+    if obj["type"] != "header" or obj.get("format") != FORMAT:
+        raise NotAnExport("not a deja export: the first line must be its header "
+                          "(`deja export --format jsonl` writes one)")
+    if int(obj.get("version", 0)) > VERSION:
+        raise NotAnExport(f"export format version {obj.get('version')} is newer "
+                          f"than this deja reads ({VERSION}): upgrade deja")
+
+
+def _record_values(obj: dict[str, Any]) -> tuple[Any, ...]:
+    """An exported record's values in RECORD_COLUMNS' order, as the records table holds them."""
+    row = dict(obj)
+    row["meta"] = (json.dumps(row["meta"], ensure_ascii=False, separators=(",", ":"))
+                   if row.get("meta") else None)
+    # Vectors are not exported: what deserves one waits for `deja embed`.
+    row["embed_state"] = 0 if row.get("kind") in _EMBEDDABLE else 2
+    return tuple(row.get(c) for c in RECORD_COLUMNS)
