@@ -872,3 +872,18 @@ def test_a_record_in_each_cjk_range_is_found_by_a_query_in_its_script(tmp_path: 
             hits = corpus.search(query, mode="keyword").hits
             assert [h.uuid for h in hits] == [uuids[script]], (script, query)
             assert f"[{word}]" in hits[0].snippet, (script, hits[0].snippet)
+
+
+def test_read_only_connections_keep_a_smaller_page_cache(corpus: Corpus) -> None:
+    """One server per Claude Code session: a search connection's cache is memory paid per session."""
+    from ingest.db import CACHE_KIB, READ_CACHE_KIB
+
+    reader = make_connector(corpus.db, readonly=True)()
+    writer = make_connector(corpus.db)()
+    try:
+        assert reader.execute("PRAGMA cache_size").fetchone()[0] == -READ_CACHE_KIB
+        assert writer.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
+        assert READ_CACHE_KIB < CACHE_KIB
+    finally:
+        reader.close()
+        writer.close()
