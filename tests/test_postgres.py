@@ -23,7 +23,6 @@ subprocess:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -37,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fixtures.cli import deja, deja_argv, deja_env, deja_json, json_line
 from fixtures.paths import REPO
 from fixtures.postgres import PASSWORD_ROLE, PLAIN_ROLE, PgServer
 from fixtures.transcripts import PROJECT, conversation, write
+
 from ingest.pg.lock import lock_key
 
 
@@ -164,7 +163,7 @@ def test_half_written_last_line_is_ingested_once(postgres_server: PgServer, post
     root = tmp_path / "projects"
     session = "5f1c2d3e-0000-4000-8000-00000000abcd"
     lines = conversation(session, 5)
-    path = write(root / PROJECT / f"{session}.jsonl", lines[:4] + [lines[4][:40]])
+    path = write(root / PROJECT / f"{session}.jsonl", [*lines[:4], lines[4][:40]])
     env = deja_env(home, {"DEJA_MACHINE": "m1"})
 
     def standalone() -> dict[str, Any]:
@@ -190,52 +189,71 @@ def test_half_written_last_line_is_ingested_once(postgres_server: PgServer, post
 # -- kill -9 ------------------------------------------------------------------------------------
 
 
-def _corpus(src: Path, dst: Path, copies: int) -> None:
-    spec = importlib.util.spec_from_file_location("deja_bench_corpus", REPO / "bench" / "corpus.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    module.make_corpus(src, dst, copies=copies)
-
-
 def test_kill_9_during_ingest_then_rerun_equals_a_clean_run(
         shared_projects: Path, postgres_server: PgServer, home: Path, tmp_path: Path) -> None:
-    root = tmp_path / "corpus"
-    _corpus(shared_projects, root, copies=2)
+    root = shared_projects
     clean = postgres_server.uri(postgres_server.new_database())
-    started = time.perf_counter()
     total = pg_ingest(home, clean, root)["new_records"]
-    wall = time.perf_counter() - started
     expected = record_set(postgres_server, clean, root)
 
     seed = int(os.environ.get("DEJA_CRASH_SEED") or random.randrange(1 << 30))
     rng = random.Random(seed)
     print(f"DEJA_CRASH_SEED={seed}")
     crashed = postgres_server.uri(postgres_server.new_database())
-    argv = deja_argv("--db", crashed, "ingest", "--root", str(root), "--json")
     env = deja_env(home, {"DEJA_MACHINE": "m1"})
-    mid_kills = 0
-    for _ in range(8):
+    argv = deja_argv("--db", crashed, "ingest", "--root", str(root), "--json")
+    # One kill during start-up (connecting, creating the tables, discovery), then kills at
+    # random points of the ingest: early, and late.
+    startup = subprocess.Popen(argv, env=env, cwd=str(REPO), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(0.05, 0.5))
+    startup.send_signal(signal.SIGKILL)
+    startup.wait()
+    for fraction in (rng.uniform(0.05, 0.4), rng.uniform(0.4, 0.85)):
         proc = subprocess.Popen(argv, env=env, cwd=str(REPO), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.25, 0.9) * wall)
+        while proc.poll() is None and _count(postgres_server, crashed) < fraction * total:
+            time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        have = rows(postgres_server, crashed, "SELECT COUNT(*) FROM records")[0][0] \
-            if _has_tables(postgres_server, crashed) else 0
-        if 0 < have < total:
-            mid_kills += 1
-            _records_match_cursors(postgres_server, crashed, expected, root)
-        if mid_kills >= 2:
-            break
-    assert mid_kills >= 2, f"no kill landed mid-ingest (seed {seed}, clean run {wall:.1f} s)"
+        have = _count(postgres_server, crashed)
+        assert proc.returncode == -signal.SIGKILL and 0 < have < total, (seed, have, total)
+        _records_match_cursors(postgres_server, crashed, expected, root)
 
     final = pg_ingest(home, crashed, root)
-    assert final["new_records"] < total
+    assert 0 < final["new_records"] < total
     assert record_set(postgres_server, crashed, root) == expected
     assert rows(postgres_server, crashed,
                 'SELECT COUNT(*) FROM sources WHERE "offset" <> size') == [(0,)]
+
+    # The server ends the session mid-ingest: one line, exit 1; the next run completes it.
+    cut = postgres_server.uri(postgres_server.new_database())
+    proc = subprocess.Popen(deja_argv("--db", cut, "ingest", "--root", str(root), "--json"),
+                            env=env, cwd=str(REPO), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not _count(postgres_server, cut):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    with postgres_server.connect() as conn:
+        ended = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = %s AND application_name LIKE 'deja %%'",
+                             (_database(cut),)).fetchall()
+    assert ended == [(True,)]
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and out == "", err
+    # (psycopg words a connection lost inside a pipeline in more than one way)
+    assert err.startswith(("deja: lost the connection to PostgreSQL at ", "deja: PostgreSQL at ")) \
+        and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    pg_ingest(home, cut, root)
+    assert record_set(postgres_server, cut, root) == expected
+
+
+def _count(server: PgServer, url: str) -> int:
+    """The records in the database at `url` (0 before its tables exist)."""
+    return int(rows(server, url, "SELECT COUNT(*) FROM records")[0][0]) \
+        if _has_tables(server, url) else 0
 
 
 def _has_tables(server: PgServer, url: str) -> bool:

@@ -9,7 +9,9 @@ masked (the URL's and PGPASSWORD's).
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -28,12 +30,21 @@ CONNECT_TIMEOUT_S = 10
 
 
 def require_psycopg() -> None:
-    """Raises DatabaseError when psycopg (the `postgres` extra) is not installed."""
+    """Import psycopg; raises DatabaseError when it (the `postgres` extra) is not installed.
+
+    psycopg sets its logger to WARNING when nobody has set it, which would print
+    its "error ignored" notes on stderr beside our one-line message when a
+    connection is lost: left unset, it follows deja's logging (quiet unless -v).
+    """
+    logger = logging.getLogger("psycopg")
+    unset = "psycopg" not in sys.modules and logger.level == logging.NOTSET
     try:
         import psycopg  # noqa: F401
     except ImportError as exc:
         raise DatabaseError(
             "the PostgreSQL engine needs psycopg: pip install 'deja[postgres]'") from exc
+    if unset:
+        logger.setLevel(logging.NOTSET)
 
 
 async def connect(target: PostgresUrl, environ: Mapping[str, str]) -> psycopg.AsyncConnection:
@@ -64,7 +75,8 @@ async def connect(target: PostgresUrl, environ: Mapping[str, str]) -> psycopg.As
 def describe(exc: BaseException, target: PostgresUrl, environ: Mapping[str, str]) -> str:
     """The server's or libpq's message on one line, with any known password masked."""
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    text = text.removeprefix("connection failed: ")
+    for prefix in ("connection failed: ", "consuming input failed: "):
+        text = text.removeprefix(prefix)
     for secret in (target.password, environ.get("PGPASSWORD")):
         if secret:
             text = text.replace(secret, "***")

@@ -40,15 +40,34 @@ async def ingest_postgres(target: PostgresUrl, machine: str, roots: Sequence[Pat
     import psycopg
 
     extra["machine"] = machine
+    store = await PgStore.open(target, machine, environ)
     try:
-        store = await PgStore.open(target, machine, environ)
-        try:
-            await _ingest(store, roots, options, summary, extra)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await store.close()
-    except psycopg.Error as exc:
-        raise DatabaseError(f"PostgreSQL at {target}: {describe(exc, target, environ)}") from exc
+        await _ingest(store, roots, options, summary, extra)
+    except Exception as exc:
+        # The runner's task group wraps a failed write in an exception group.
+        cause = _psycopg_error(exc, psycopg.Error)
+        if cause is None:
+            raise
+        if store.conn.broken:
+            raise DatabaseError(
+                f"lost the connection to PostgreSQL at {target} "
+                f"({describe(cause, target, environ)}); what was committed stays, and the "
+                "next ingest goes on from there") from exc
+        raise DatabaseError(f"PostgreSQL at {target}: {describe(cause, target, environ)}") from exc
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
+
+
+def _psycopg_error(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`exc` if it is a `kind`, else the first `kind` inside it (an exception group)."""
+    if isinstance(exc, kind):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _psycopg_error(inner, kind)
+        if found is not None:
+            return found
+    return None
 
 
 async def _ingest(store: PgStore, roots: Sequence[Path], options: IngestOptions,
