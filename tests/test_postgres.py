@@ -186,6 +186,38 @@ def test_half_written_last_line_is_ingested_once(postgres_server: PgServer, post
         (size, size, "m1")]
 
 
+def test_watch_ingests_as_the_file_grows_until_sigterm(postgres_server: PgServer,
+                                                       postgres_url: str, home: Path,
+                                                       tmp_path: Path) -> None:
+    root = tmp_path / "projects"
+    session = "5f1c2d3e-0000-4000-8000-00000000cafe"
+    lines = conversation(session, 6)
+    path = write(root / PROJECT / f"{session}.jsonl", lines[:3])
+    proc = subprocess.Popen(deja_argv("--db", postgres_url, "ingest", "--watch", "--root",
+                                      str(root), "--json"),
+                            env=deja_env(home, {"DEJA_MACHINE": "m1"}), cwd=str(REPO),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for want in (3, 6):
+            deadline = time.monotonic() + 30
+            while _count(postgres_server, postgres_url) < want:
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+                time.sleep(0.05)
+            if want == 3:
+                with path.open("ab") as f:
+                    f.write(b"".join(lines[3:]))
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    summary = json_line(out)
+    assert summary["new_records"] == 6 and summary["passes"] >= 2
+    assert _count(postgres_server, postgres_url) == 6
+
+
 # -- kill -9 ------------------------------------------------------------------------------------
 
 
