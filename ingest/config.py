@@ -24,7 +24,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .errors import DatabaseError
 
@@ -52,7 +52,7 @@ class PostgresUrl:
         parts = urlsplit(self.url)
         userinfo = parts.netloc.rpartition("@")[0]
         if ":" in userinfo:
-            return userinfo.partition(":")[2] or None
+            return unquote(userinfo.partition(":")[2]) or None
         return dict(parse_qsl(parts.query)).get("password") or None
 
     def __str__(self) -> str:

@@ -482,11 +482,20 @@ def test_database_without_the_vector_extension_is_one_clear_line(
         postgres_server: PgServer, home: Path, tmp_path: Path) -> None:
     database = postgres_server.new_database(owner=PLAIN_ROLE)
     url = postgres_server.role_uri(PLAIN_ROLE, database)
-    for command in (["ingest", "--root", str(tmp_path)], ["stats"]):
-        proc = deja(home, "--db", url, *command, expect=1)
-        one_clear_line(proc, "no `vector` extension", "CREATE EXTENSION vector")
+    proc = deja(home, "--db", url, "ingest", "--root", str(tmp_path), expect=1)
+    one_clear_line(proc, "no `vector` extension", "CREATE EXTENSION vector")
     assert rows(postgres_server, postgres_server.uri(database),
                 "SELECT to_regclass('records') IS NULL") == [(True,)]
+
+
+def test_stats_of_a_database_deja_never_wrote_creates_nothing(
+        postgres_server: PgServer, postgres_url: str, home: Path) -> None:
+    proc = deja(home, "--db", postgres_url, "stats", "--json", expect=1)
+    one_clear_line(proc, "no deja tables", "run `deja ingest`")
+    assert rows(postgres_server, postgres_url,
+                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+    assert rows(postgres_server, postgres_url, "SELECT COUNT(*) FROM pg_extension "
+                                               "WHERE extname = 'vector'") == [(0,)]
 
 
 def test_schema_of_a_newer_deja_is_refused(postgres_server: PgServer, postgres_url: str,

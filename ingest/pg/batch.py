@@ -7,7 +7,9 @@ results, the sessions and subagent runs, and last the file's cursor.
 `PgStore.write_batch` runs it in ONE transaction: rows and cursor commit
 together or not at all.
 
-The new records are the ones the INSERT returns, never "id above the largest
+Shared rows (sessions, responses) are upserted in key order, which makes
+deadlocks between two machines' batches rarer (PgStore.write_batch retries
+the few left). The new records are the ones the INSERT returns, never "id above the largest
 before": on a shared database another machine's rows arrive at the same time,
 and identity values are not handed out in commit order.
 """
@@ -56,7 +58,7 @@ SELECT k, MIN(session_id), MIN(model), MIN(ts), MAX(i), MAX(o), MAX(cc), MAX(cr)
         {_TOKENS.format('cache_read_input_tokens')} AS cr
     FROM records r
     WHERE r.id = ANY(%s) AND r.role = 'assistant' AND r.meta ? 'usage'
-) AS usage GROUP BY k
+) AS usage GROUP BY k ORDER BY k
 ON CONFLICT (key) DO UPDATE SET
     session_id = LEAST(responses.session_id, excluded.session_id),
     model = LEAST(responses.model, excluded.model),
@@ -133,9 +135,9 @@ async def insert_batch(conn: psycopg.AsyncConnection, machine: str, batch: Batch
             await cur.executemany(_UPSERT_SESSION, [
                 (clean(sid), batch.project_dir, clean(s.cwd), clean(s.git_branch),
                  clean(s.first_ts), clean(s.last_ts), clean(s.version))
-                for sid, s in batch.sessions.items()
+                for sid, s in sorted(batch.sessions.items())
             ])
-    for info in batch.titles.values():
+    for _, info in sorted(batch.titles.items()):
         await _name_session(conn, info, batch.project_dir)
     for link in batch.agent_links:
         await _link_agent(conn, batch.source_id, link)

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from ..config import PostgresUrl
 from ..errors import DatabaseError
@@ -78,6 +79,6 @@ def describe(exc: BaseException, target: PostgresUrl, environ: Mapping[str, str]
     for prefix in ("connection failed: ", "consuming input failed: "):
         text = text.removeprefix(prefix)
     for secret in (target.password, environ.get("PGPASSWORD")):
-        if secret:
-            text = text.replace(secret, "***")
+        for form in {secret, quote(secret or "", safe="")} if secret else ():
+            text = text.replace(form, "***")
     return text or type(exc).__name__

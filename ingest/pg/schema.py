@@ -141,18 +141,24 @@ INSERT INTO deja_schema (id, version) VALUES (1, 1);
 """
 
 
-async def prepare(conn: psycopg.AsyncConnection, target: PostgresUrl) -> None:
-    """Check pgvector and the schema version; create the tables in a new database.
+async def prepare(conn: psycopg.AsyncConnection, target: PostgresUrl, *,
+                  create: bool = True) -> None:
+    """Check pgvector and the schema version; create the tables in a new database (and
+    pgvector, when the role may) unless `create` is False (the read-only commands: they
+    refuse a database deja has not written yet, as they refuse a missing SQLite file).
 
-    Raises DatabaseError (no pgvector, no privilege to create) or SchemaTooNew.
+    Raises DatabaseError (no pgvector, no privilege to create, no tables) or SchemaTooNew.
     """
     import psycopg
 
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            await _ensure_vector(conn, target)
             version = await _version(conn)
+            if version is None and not create:
+                raise DatabaseError(f"no deja tables in the PostgreSQL database at {target}: "
+                                    "run `deja ingest` to create them")
+            await _ensure_vector(conn, target)
             if version is None:
                 await conn.execute(SCHEMA_V1)
             elif version > SCHEMA_VERSION:

@@ -1,7 +1,8 @@
 """`deja stats` on PostgreSQL: the counts of `PgStore.stats`, any psycopg failure worded.
 
-It opens the store like ingest does (checking pgvector and the schema, and
-creating the tables in a new database: a fresh database then counts 0).
+It opens the store without creating anything: a database deja has not
+written yet is an error that says to run `deja ingest`, as a missing SQLite
+file is for the read-only commands.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ async def read_stats(target: PostgresUrl, machine: str, environ: Mapping[str, st
     import psycopg
 
     try:
-        async with await PgStore.open(target, machine, environ) as store:
+        async with await PgStore.open(target, machine, environ, create=False) as store:
             return await store.stats()
     except psycopg.Error as exc:
         raise DatabaseError(f"PostgreSQL at {target}: {describe(exc, target, environ)}") from exc

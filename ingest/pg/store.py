@@ -12,6 +12,7 @@ the whole database, every machine.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 __all__ = ["PgStore"]
 
+# Attempts at a batch that PostgreSQL aborted for a deadlock with another machine's.
+_RETRIES = 5
+
 
 class PgStore:
     """deja's tables in one PostgreSQL database, seen from one machine."""
@@ -44,17 +48,19 @@ class PgStore:
         self.environ = environ
 
     @classmethod
-    async def open(cls, target: PostgresUrl, machine: str,
-                   environ: Mapping[str, str]) -> PgStore:
-        """Connect, check pgvector and the schema (creating it in a new database).
+    async def open(cls, target: PostgresUrl, machine: str, environ: Mapping[str, str], *,
+                   create: bool = True) -> PgStore:
+        """Connect, check pgvector and the schema (creating it in a new database, unless
+        `create` is False: then a database without deja's tables is an error).
 
-        Raises DatabaseError (unreachable, refused, no pgvector, no privilege), SchemaTooNew.
+        Raises DatabaseError (unreachable, refused, no pgvector, no privilege, no tables),
+        SchemaTooNew.
         """
         import psycopg
 
         conn = await connect(target, environ)
         try:
-            await prepare(conn, target)
+            await prepare(conn, target, create=create)
         except psycopg.Error as exc:
             await conn.close()
             raise DatabaseError(f"cannot prepare the PostgreSQL database at {target}: "
@@ -113,9 +119,24 @@ class PgStore:
     # -- the batch write ----------------------------------------------------
 
     async def write_batch(self, batch: Batch) -> BatchResult:
-        """Commit a batch and its cursor in one transaction."""
-        async with self.transaction():
-            return await insert_batch(self.conn, self.machine, batch)
+        """Commit a batch and its cursor in one transaction.
+
+        Machines ingesting copies of the same sessions update the same session, subagent
+        and response rows: two such batches can deadlock, and PostgreSQL then aborts one.
+        Nothing of an aborted batch is in the database, so it is simply written again
+        (a few times, after a short random pause).
+        """
+        import psycopg
+
+        for attempt in range(_RETRIES):
+            try:
+                async with self.transaction():
+                    return await insert_batch(self.conn, self.machine, batch)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                if attempt == _RETRIES - 1:
+                    raise
+                await anyio.sleep(random.uniform(0.01, 0.1) * (attempt + 1))
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     async def set_meta(self, key: str, value: str) -> None:
         async with self.transaction():
