@@ -11,6 +11,7 @@ the whole database, every machine.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import AsyncIterator, Mapping
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["PgStore"]
+
+logger = logging.getLogger(__name__)
 
 # Attempts at a batch that PostgreSQL aborted for a deadlock with another machine's.
 _RETRIES = 5
@@ -135,6 +138,8 @@ class PgStore:
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
                     raise
+                logger.info("batch of source %d aborted by a deadlock: writing it again",
+                            batch.source_id)
                 await anyio.sleep(random.uniform(0.01, 0.1) * (attempt + 1))
         raise AssertionError("unreachable")  # the loop returns or raises
 
