@@ -21,14 +21,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
-from .config import config_path_from, db_path_from
+from .config import PostgresUrl, config_path_from, database_from, machine_from
 from .discover import default_roots
 from .errors import DejaError, IngestBusy
 from .lease import IngestLock
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["add_ingest_arguments", "IngestOptions", "run_ingest", "main", "ProgressBar",
            "print_summary", "wait_for_lock", "ModelOnce",
-           "embed_with_progress"]
+           "embed_with_progress", "until_signal"]
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +289,12 @@ async def _watch_and_embed(store: Store, roots: Sequence[Path], options: IngestO
         except DejaError as exc:
             extra["embed_error"] = str(exc)
 
+    await until_signal(lambda: watch(store, roots, summary=summary, on_pass=after_pass,
+                                     exclude=options.exclude))
+
+
+async def until_signal(run: Callable[[], Awaitable[object]]) -> None:
+    """`await run()` until it returns or SIGTERM or SIGINT arrives (which cancels it)."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as tg:
             async def stop_on_signal() -> None:
@@ -297,14 +303,17 @@ async def _watch_and_embed(store: Store, roots: Sequence[Path], options: IngestO
                     return
 
             tg.start_soon(stop_on_signal)
-            await watch(store, roots, summary=summary, on_pass=after_pass,
-                        exclude=options.exclude)
+            await run()
+            tg.cancel_scope.cancel()
 
 
-async def run_ingest(options: IngestOptions, db_path: Path, environ: Mapping[str, str]) -> int:
-    """Run the ingest command into `db_path`; returns the exit code.
+async def run_ingest(options: IngestOptions, db_path: Path | PostgresUrl,
+                     environ: Mapping[str, str]) -> int:
+    """Run the ingest command into `db_path` (a SQLite file, or a PostgreSQL database:
+    ingest/pg/run.py); returns the exit code.
 
-    `environ` gives the default roots and the model settings (DEJA_EMBED_MODEL ...).
+    `environ` gives the default roots, the model settings (DEJA_EMBED_MODEL ...) and,
+    for PostgreSQL, the machine's name (DEJA_MACHINE) and libpq's PG* settings.
     Raises IngestBusy, DatabaseError.
     """
     roots: list[Path] = list(options.roots) or default_roots(environ)
@@ -314,6 +323,13 @@ async def run_ingest(options: IngestOptions, db_path: Path, environ: Mapping[str
                 sys.stderr.write(f"deja: warning: root {r} is not a folder\n")
     summary = IngestSummary()
     extra: dict[str, Any] = {"database": str(db_path)}
+    if isinstance(db_path, PostgresUrl):
+        from .pg.run import ingest_postgres
+
+        await ingest_postgres(db_path, machine_from(environ), roots, options, summary, extra,
+                              environ)
+        _report(options, summary, extra)
+        return 0
     model = ModelOnce(environ)
     lock = IngestLock(db_path)
     store = await Store.open(db_path)
@@ -332,13 +348,18 @@ async def run_ingest(options: IngestOptions, db_path: Path, environ: Mapping[str
         lock.release()
         with anyio.CancelScope(shield=True):
             await store.close()
+    _report(options, summary, extra)
+    return 0
+
+
+def _report(options: IngestOptions, summary: IngestSummary, extra: Mapping[str, Any]) -> None:
+    """The summary on stdout: one JSON object with --json, else the text of print_summary."""
     if options.as_json:
         out = summary.to_dict()
         out.update(extra)
         sys.stdout.write(json.dumps(out) + "\n")
     else:
         print_summary(summary, sys.stdout, extra)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -347,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m ingest",
         description="Read Claude Code transcripts into the deja database.",
     )
-    parser.add_argument("--db", help="database file (default: $DEJA_DB or the user data folder)")
+    parser.add_argument("--db", help="database file or postgresql:// URL (default: $DEJA_DB or "
+                                     "the user data folder)")
     parser.add_argument("--verbose", "-v", action="count", default=0)
     add_ingest_arguments(parser)
     args = parser.parse_args(argv)
@@ -356,8 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        db_path = db_path_from(args.db, os.environ)
-        return anyio.run(run_ingest, IngestOptions.from_args(args, os.environ), db_path,
+        target = database_from(args.db, os.environ)
+        return anyio.run(run_ingest, IngestOptions.from_args(args, os.environ), target,
                          os.environ)
     except DejaError as exc:
         sys.stderr.write(f"deja: {exc}\n")

@@ -3,28 +3,64 @@
 Library functions take paths as arguments; the CLI and the server call these
 helpers once, with `os.environ`, and pass the results down.
 
-The database is one SQLite file. A `--db` (or `DEJA_DB`) that looks like a URL
-(`postgresql://...`) is refused here, where every command resolves its path:
-taken as a path it would create a folder named `postgresql:` in the working
-directory. URLs get a meaning with the team-memory storage engine.
+The database is one SQLite file by default. A `--db` (or `DEJA_DB`) of
+`postgresql://...` (or `postgres://...`) selects the PostgreSQL engine (team
+memory, ingest/pg/): `database_from` returns it as a `PostgresUrl`, which
+knows how to show itself without its password. `db_path_from` is what the
+commands the PostgreSQL engine does not serve yet call: it refuses such a URL
+with one line naming it, and any other URL too (taken as a path it would
+create a folder named `postgresql:` in the working directory).
+
+The machine a record comes from (`DEJA_MACHINE`, else the host name) is read
+here too, for the PostgreSQL engine, where several machines share one database.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .errors import DatabaseError
 
-__all__ = ["default_data_dir", "default_db_path", "db_path_from", "database_bytes",
-           "default_config_path", "config_path_from"]
+__all__ = ["default_data_dir", "default_db_path", "db_path_from", "database_from", "PostgresUrl",
+           "machine_from", "not_served_message", "database_bytes", "default_config_path", "config_path_from"]
 
 # scheme://... as in RFC 3986 (a letter, then letters, digits, + - .). A Windows
 # drive (C:\...) has no "//" after its colon, so it stays a path.
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_POSTGRES = re.compile(r"^postgres(ql)?://", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class PostgresUrl:
+    """A PostgreSQL connection URL as given (`url`, handed to libpq as is) and where it came
+    from (`origin`: "--db" or "DEJA_DB"). `str()` is the URL without its password, for
+    every message and log: the password never leaves `url`."""
+
+    url: str
+    origin: str = "--db"
+
+    @property
+    def password(self) -> str | None:
+        """The password written in the URL (user:PASSWORD@ or ?password=), if any."""
+        parts = urlsplit(self.url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        if ":" in userinfo:
+            return unquote(userinfo.partition(":")[2]) or None
+        return dict(parse_qsl(parts.query)).get("password") or None
+
+    def __str__(self) -> str:
+        parts = urlsplit(self.url)
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}{at}{hosts}"
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"], safe="/")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -43,22 +79,49 @@ def default_db_path(environ: Mapping[str, str]) -> Path:
     return default_data_dir(environ) / "deja.db"
 
 
-def db_path_from(option: str | None, environ: Mapping[str, str]) -> Path:
-    """The database to use: the --db option, else $DEJA_DB, else the default.
+def database_from(option: str | None, environ: Mapping[str, str]) -> Path | PostgresUrl:
+    """The database to use: the --db option, else $DEJA_DB, else the default file.
 
-    Raises DatabaseError when the value looks like a URL (scheme://...): only
-    SQLite files are supported for now, and nothing is created for it.
+    A postgresql:// (or postgres://) URL is a PostgresUrl. Raises DatabaseError
+    for any other URL (scheme://...): nothing is created for it.
     """
     for source, value in (("--db", option), ("DEJA_DB", environ.get("DEJA_DB"))):
         if not value:
             continue
+        if _POSTGRES.match(value):
+            return PostgresUrl(value, source)
         if _URL.match(value):
             raise DatabaseError(
                 f"{source} {value!r} looks like a URL; deja keeps its memory in a SQLite file "
-                "for now: pass the path of a file"
+                "or a PostgreSQL database (postgresql://...): pass the path of a file"
             )
         return Path(value).expanduser()
     return default_db_path(environ)
+
+
+def db_path_from(option: str | None, environ: Mapping[str, str], *,
+                 command: str | None = None) -> Path:
+    """The SQLite database to use, for a command the PostgreSQL engine does not serve yet.
+
+    Raises DatabaseError for a URL: a PostgreSQL one gets one line saying that
+    `command` is not served on PostgreSQL yet (the URL shown without its password).
+    """
+    target = database_from(option, environ)
+    if isinstance(target, PostgresUrl):
+        raise DatabaseError(not_served_message(target, command))
+    return target
+
+
+def not_served_message(target: PostgresUrl, command: str | None) -> str:
+    """Why a command refuses a PostgreSQL URL (one line, no password)."""
+    what = f"`deja {command}`" if command else "this command"
+    return (f"{target.origin} is a PostgreSQL URL ({target}): the PostgreSQL engine does not "
+            f"serve {what} yet; it serves `deja ingest` and `deja stats` for now")
+
+
+def machine_from(environ: Mapping[str, str]) -> str:
+    """The name of this machine in a shared database: $DEJA_MACHINE, else the host name."""
+    return (environ.get("DEJA_MACHINE") or "").strip() or socket.gethostname() or "unknown"
 
 
 def default_config_path(environ: Mapping[str, str]) -> Path:

@@ -16,7 +16,9 @@ batch commits with its cursor, so what is left is read by the next pass.
 
 Files of an excluded project (settings.Exclusions) are not read at all.
 
-The caller holds the IngestLock: these functions do not take it.
+The caller holds the ingest lock (ingest/lease.py, or on PostgreSQL the advisory lock of
+ingest/pg/lock.py): these functions do not take it. They write through the narrow
+store surface of ingest/surface.py, which both engines implement.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .cursor import FileReader, ReadStats, peek_cwd
 from .discover import SourceFile, discover, display_path
 from .redact import Redactor
 from .settings import Exclusions
-from .store import Store
+from .surface import IngestStore
 
 if TYPE_CHECKING:
     # A type only: importing anyio.streams costs ~7 ms on every CLI start.
@@ -128,7 +130,7 @@ def _stat_all(files: list[SourceFile]) -> list[tuple[SourceFile, os.stat_result 
 
 
 async def ingest_once(
-    store: Store,
+    store: IngestStore,
     roots: Sequence[Path],
     *,
     summary: IngestSummary | None = None,
@@ -146,12 +148,10 @@ async def ingest_once(
     total = sum(max(st.st_size - (row.offset if row else 0), 0) for _, row, st in todo)
     await _read_and_write(store, jobs, redactor, summary, total, progress)
 
-    summary.sessions = await _count(
-        store, "SELECT COUNT(DISTINCT session_id) FROM sources WHERE missing = 0")
-    summary.subagent_runs = await _count(
-        store, "SELECT COUNT(*) FROM agent_runs WHERE session_id IN "
-        "(SELECT session_id FROM sources WHERE missing = 0)")
-    summary.missing_files = await _count(store, "SELECT COUNT(*) FROM sources WHERE missing = 1")
+    counts = await store.source_counts()
+    summary.sessions = counts.sessions
+    summary.subagent_runs = counts.subagent_runs
+    summary.missing_files = counts.missing_files
     if todo or gone:
         await store.set_meta("last_ingest", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     summary.elapsed_s += time.perf_counter() - started
@@ -159,7 +159,7 @@ async def ingest_once(
 
 
 async def ingest_files(
-    store: Store,
+    store: IngestStore,
     files: Sequence[SourceFile],
     *,
     deadline: float | None = None,
@@ -211,7 +211,7 @@ def is_excluded(source: SourceFile, exclude: Exclusions | None) -> bool:
         return False  # unreadable: reading it will report why
 
 
-async def _jobs(store: Store, todo: list[tuple[SourceFile, SourceRow | None, os.stat_result]]
+async def _jobs(store: IngestStore, todo: list[tuple[SourceFile, SourceRow | None, os.stat_result]]
                 ) -> list[tuple[SourceFile, SourceRow]]:
     """The files to read with their source rows, registering the new ones."""
     new_rows = await store.add_sources([
@@ -223,7 +223,7 @@ async def _jobs(store: Store, todo: list[tuple[SourceFile, SourceRow | None, os.
 
 
 async def _changed_files(
-    store: Store, roots: Sequence[Path], summary: IngestSummary,
+    store: IngestStore, roots: Sequence[Path], summary: IngestSummary,
     exclude: Exclusions | None = None,
 ) -> tuple[list[tuple[SourceFile, SourceRow | None, os.stat_result]], list[int]]:
     """Discover and stat the files: those to read (new or changed, not excluded) and the
@@ -262,7 +262,7 @@ async def _changed_files(
 
 
 async def _read_and_write(
-    store: Store, jobs: list[tuple[SourceFile, SourceRow]], redactor: Redactor,
+    store: IngestStore, jobs: list[tuple[SourceFile, SourceRow]], redactor: Redactor,
     summary: IngestSummary, total: int, progress: Progress | None,
     *, deadline: float | None = None, batch_lines: int | None = None,
 ) -> None:
@@ -319,11 +319,6 @@ async def _produce(
                 reader.close()
 
 
-async def _count(store: Store, sql: str) -> int:
-    rows = list(await store.conn.execute_fetchall(sql))
-    return int(rows[0][0])
-
-
 def _note_error(summary: IngestSummary, path: str, reason: str) -> None:
     entry = (display_path(path), reason)
     if entry not in summary.file_errors:
@@ -340,7 +335,7 @@ def _under_roots(raw: bytes, roots: Sequence[Path]) -> bool:
 
 
 async def watch(
-    store: Store,
+    store: IngestStore,
     roots: Sequence[Path],
     *,
     summary: IngestSummary | None = None,

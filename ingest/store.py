@@ -26,6 +26,7 @@ from .config import database_bytes
 from .db import connect, driver_errors, is_locked_error, make_connector
 from .errors import DatabaseError, DatabaseLocked
 from .migrations import migrate
+from .surface import SourceCounts
 from .transaction import Transaction
 
 __all__ = ["Store"]
@@ -127,6 +128,22 @@ class Store:
         return rows[0][0] if rows else None
 
     # -- reads ----------------------------------------------------------------
+
+    async def source_counts(self) -> SourceCounts:
+        """Sessions, their subagent runs and the files gone, for an ingest summary."""
+
+        async def count(sql: str) -> int:
+            rows = list(await self.conn.execute_fetchall(sql))
+            return int(rows[0][0])
+
+        return SourceCounts(
+            sessions=await count(
+                "SELECT COUNT(DISTINCT session_id) FROM sources WHERE missing = 0"),
+            subagent_runs=await count(
+                "SELECT COUNT(*) FROM agent_runs WHERE session_id IN "
+                "(SELECT session_id FROM sources WHERE missing = 0)"),
+            missing_files=await count("SELECT COUNT(*) FROM sources WHERE missing = 1"),
+        )
 
     async def stats(self) -> dict[str, Any]:
         """Counts for `deja stats`: sessions, records (by kind), subagent runs, files.

@@ -13,7 +13,7 @@ before any of their fixtures runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 
 from fixtures.cli import deja as _deja
 from fixtures.cli import deja_json as _deja_json
+from fixtures.postgres import PgServer, start_server
 from fixtures.shared import in_ci, missing_reason, require_shared
 
 SHARED_FIXTURE = "shared_projects"
@@ -95,3 +96,18 @@ def deja_json(home: Path) -> Callable[..., Any]:
         return _deja_json(home, *args, **kw)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    """One real PostgreSQL + pgvector for the whole run (fixtures/postgres.py); skipped with
+    the reason when it cannot start, a failure under CI."""
+    server = start_server(tmp_path_factory.mktemp("pg"))
+    yield server
+    server.handle.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PgServer) -> str:
+    """The URL of a fresh, empty database of the test's own on the run's server."""
+    return postgres_server.uri(postgres_server.new_database())

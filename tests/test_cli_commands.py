@@ -71,9 +71,10 @@ def test_write_commands_still_create_the_database(deja: RunDeja, tmp_path: Path)
 @pytest.mark.parametrize("command", [["stats"], ["ingest", "--no-embed"], ["search", "x"],
                                      ["serve", "--no-ingest"]])
 def test_url_db_is_refused_and_nothing_created(deja: RunDeja, command: list[str]) -> None:
-    url = "postgresql://deja@localhost/memory"
-    # As a path, the URL is "postgresql:/deja@localhost/memory" under the working folder.
-    created = REPO / "postgresql:"
+    # A URL of another engine than PostgreSQL's (tests/test_postgres.py has those).
+    url = "mysql://deja@localhost/memory"
+    # As a path, the URL is "mysql:/deja@localhost/memory" under the working folder.
+    created = REPO / "mysql:"
     assert not created.exists()
     for args, env in (([*("--db", url), *command], None), (command, {"DEJA_DB": url})):
         proc = deja(*args, expect=None, env=env, stdin=subprocess.DEVNULL, timeout=30)

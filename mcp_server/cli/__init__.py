@@ -14,6 +14,11 @@ database path exits 0 there, never 2 (see cli/hook.py).
 Each command opens the database, makes one library call and prints the
 result; library errors (`DejaError`) become one-line messages and exit code 1,
 bad usage exit code 2. `DEJA_DB` is read here and nowhere else.
+
+A PostgreSQL URL (`--db postgresql://...`, ingest/pg/) goes to the command's
+`postgres_handler` (set by the commands the PostgreSQL engine serves: ingest
+and stats); every other command refuses it with one line and exit code 2,
+never falling back to a local file.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import sys
 from collections.abc import Sequence
 
 from ingest import __version__
-from ingest.config import db_path_from
+from ingest.config import PostgresUrl, database_from, db_path_from, not_served_message
 from ingest.errors import DejaError
 
 __all__ = ["main", "build_parser"]
@@ -71,7 +76,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Long-term memory for Claude Code: your transcripts, searchable.",
     )
     parser.add_argument("--db", metavar="PATH",
-                        help="database file (default: $DEJA_DB, else ~/.local/share/deja/deja.db)")
+                        help="database file (default: $DEJA_DB, else ~/.local/share/deja/deja.db); "
+                             "a postgresql:// URL for ingest and stats")
     parser.add_argument("--verbose", "-v", action="count", default=0,
                         help="log to stderr (-vv for debug)")
     parser.add_argument("--version", action="version", version=f"deja {__version__}")
@@ -98,8 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A command that sets own_logging (serve) sets its stderr level itself.
     _configure_logging(0 if getattr(args, "own_logging", False) else args.verbose)
     try:
-        db_path = db_path_from(args.db, os.environ)
-        code: int = args.handler(db_path, args)
+        target = database_from(args.db, os.environ)
+        if isinstance(target, PostgresUrl):
+            postgres_handler = getattr(args, "postgres_handler", None)
+            if postgres_handler is None:
+                sys.stderr.write(f"deja: {not_served_message(target, args.command)}\n")
+                return 2
+            code: int = postgres_handler(target, args)
+            return code
+        code = args.handler(target, args)
         return code
     except DejaError as exc:
         sys.stderr.write(f"deja: {exc}\n")
@@ -132,7 +145,7 @@ def _fail_open_main(command: str, argv: list[str]) -> int:
                          None)
     _configure_logging(args.verbose)
     try:
-        db_path = db_path_from(args.db, os.environ)
+        db_path = db_path_from(args.db, os.environ, command=command)
     except DejaError as exc:
         return fail_open(getattr(args, "event", ""), str(exc), None)
     code: int = args.handler(db_path, args)

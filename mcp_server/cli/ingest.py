@@ -22,6 +22,7 @@ from ingest.cli import (
     embed_with_progress,
     run_ingest,
 )
+from ingest.config import PostgresUrl
 from ingest.errors import DejaError
 from ingest.lease import IngestLock
 from ingest.store import Store
@@ -36,7 +37,8 @@ def register_ingest(sub: Subparsers) -> None:
                        description="Read every transcript under the roots into the database. "
                                    "Running it again reads only what is new.")
     add_ingest_arguments(p)
-    p.set_defaults(handler=run_ingest_command)
+    # On PostgreSQL too (ingest/pg/): the same command, run_ingest picks the engine.
+    p.set_defaults(handler=run_ingest_command, postgres_handler=run_ingest_command)
 
 
 def register_embed(sub: Subparsers) -> None:
@@ -55,7 +57,7 @@ def register_embed(sub: Subparsers) -> None:
         p.set_defaults(handler=run_embed_command, reembed_all=reembed_all)
 
 
-def run_ingest_command(db_path: Path, args: argparse.Namespace) -> int:
+def run_ingest_command(db_path: Path | PostgresUrl, args: argparse.Namespace) -> int:
     return anyio.run(run_ingest, IngestOptions.from_args(args, os.environ), db_path, os.environ)
 
 

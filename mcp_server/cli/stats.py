@@ -7,6 +7,10 @@ mcp_server/analytics (sessions, records, by_kind, messages, activity, projects,
 models, tools, tokens, cost, sessions_longest, sessions_costliest,
 files_edited, top_terms...), which `--project`, `--since` and `--until` narrow.
 README.md "deja stats" documents every key.
+
+On PostgreSQL (`--db postgresql://...`) it gives the counts only for now
+(`PgStore.stats`, every machine's records); the analytics and their filters
+are refused there with one line.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from ingest.config import config_path_from
+from ingest.config import PostgresUrl, config_path_from, machine_from
 from ingest.db import connect
 from ingest.store import Store
 
@@ -46,7 +50,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--html", metavar="FILE", type=Path,
                    help="also write a self-contained HTML report with charts to FILE")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, postgres_handler=run_postgres)
 
 
 async def _gather(store: Store, args: argparse.Namespace) -> dict[str, Any]:
@@ -83,4 +87,32 @@ def run(db_path: Path, args: argparse.Namespace) -> int:
     render(stats, sys.stdout)
     if args.html is not None:
         print(f"report written to {args.html}")
+    return 0
+
+
+def run_postgres(target: PostgresUrl, args: argparse.Namespace) -> int:
+    """The counts of a PostgreSQL database (as JSON with --json). Raises DejaError."""
+    from ingest.errors import DejaError
+
+    given = [flag for flag, value in (("--project", args.project), ("--since", args.since),
+                                      ("--until", args.until), ("--html", args.html)) if value]
+    if given:
+        raise DejaError(f"the PostgreSQL engine gives the counts of `deja stats` only for now: "
+                        f"{', '.join(given)} not served yet")
+    from ingest.pg.stats import read_stats
+
+    stats = anyio.run(read_stats, target, machine_from(os.environ), os.environ)
+    if args.json:
+        print(json.dumps(stats, ensure_ascii=False))
+        return 0
+    kinds = ", ".join(f"{k} {n}" for k, n in stats["by_kind"].items()) or "none"
+    machines = ", ".join(f"{m} {n}" for m, n in stats["records_by_machine"].items()) or "none"
+    print(f"database: {stats['database']} (PostgreSQL, {stats['database_bytes'] / 1e6:.1f} MB)\n"
+          f"records: {stats['records']} ({kinds})\n"
+          f"records by machine: {machines}\n"
+          f"sessions: {stats['sessions']}, subagent runs: {stats['subagent_runs']}\n"
+          f"files: {stats['files']} ({stats['missing_files']} missing), "
+          f"{stats['bytes_ingested'] / 1e6:.1f} MB ingested\n"
+          f"last ingest: {stats['last_ingest'] or 'never'}\n"
+          f"pending embeddings: {stats['pending_embeddings']}")
     return 0

@@ -1,0 +1,207 @@
+"""The SQL that writes one ingest batch into PostgreSQL, inside the caller's transaction.
+
+The same steps as the SQLite writer (ingest/batch.py), in PostgreSQL's words:
+the records (ON CONFLICT DO NOTHING on their unique key, so a line read again
+adds nothing), the usage of the responses they belong to, the tool names of
+results, the sessions and subagent runs, and last the file's cursor.
+`PgStore.write_batch` runs it in ONE transaction: rows and cursor commit
+together or not at all.
+
+Shared rows (sessions, responses) are upserted in key order, which makes
+deadlocks between two machines' batches rarer (PgStore.write_batch retries
+the few left). The new records are the ones the INSERT returns, never "id above the largest
+before": on a shared database another machine's rows arrive at the same time,
+and identity values are not handed out in commit order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..batch import Batch, BatchResult, Cursor
+from ..indexing import EMBEDDABLE_KINDS
+from ..parse import AgentLink, Record, SessionInfo
+from .text import clean, clean_json
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["insert_batch"]
+
+_EMBEDDABLE = frozenset(EMBEDDABLE_KINDS)
+
+_RECORD_COLUMNS = (
+    "machine", "source_id", "line_key", "part", "uuid", "parent_uuid", "session_id", "agent_id",
+    "kind", "role", "tool_name", "tool_use_id", "is_error", "text", "text_len", "truncated",
+    "ts", "cwd", "git_branch", "model", "is_sidechain", "byte_offset", "meta", "embed_state",
+)
+_INSERT_RECORD = (
+    f"INSERT INTO records ({', '.join(_RECORD_COLUMNS)}) "
+    f"VALUES ({', '.join('%s' for _ in _RECORD_COLUMNS)}) "
+    "ON CONFLICT (source_id, line_key, part) DO NOTHING RETURNING id, kind"
+)
+
+# Usage once per response, the largest value of each field (ingest/derived.py says why);
+# LEAST and GREATEST skip NULLs as the SQLite writer's COALESCEs do. A usage field that
+# is not a number counts 0 rather than failing the batch.
+_TOKENS = ("CASE WHEN jsonb_typeof(r.meta->'usage'->'{0}') = 'number' "
+           "THEN (r.meta->'usage'->>'{0}')::numeric::bigint ELSE 0 END")
+_UPSERT_RESPONSES = f"""
+INSERT INTO responses (key, session_id, model, ts, input, output, cache_creation, cache_read)
+SELECT k, MIN(session_id), MIN(model), MIN(ts), MAX(i), MAX(o), MAX(cc), MAX(cr) FROM (
+    SELECT COALESCE((r.meta->>'message_id') || chr(31) || COALESCE(r.meta->>'request_id', ''),
+                    'line:' || r.line_key) AS k,
+        r.session_id, r.model, r.ts,
+        {_TOKENS.format('input_tokens')} AS i,
+        {_TOKENS.format('output_tokens')} AS o,
+        {_TOKENS.format('cache_creation_input_tokens')} AS cc,
+        {_TOKENS.format('cache_read_input_tokens')} AS cr
+    FROM records r
+    WHERE r.id = ANY(%s) AND r.role = 'assistant' AND r.meta ? 'usage'
+) AS usage GROUP BY k ORDER BY k
+ON CONFLICT (key) DO UPDATE SET
+    session_id = LEAST(responses.session_id, excluded.session_id),
+    model = LEAST(responses.model, excluded.model),
+    ts = LEAST(responses.ts, excluded.ts),
+    input = GREATEST(responses.input, excluded.input),
+    output = GREATEST(responses.output, excluded.output),
+    cache_creation = GREATEST(responses.cache_creation, excluded.cache_creation),
+    cache_read = GREATEST(responses.cache_read, excluded.cache_read)
+"""
+
+# Results name their tool only through the call's id: the call of the same session
+# (an earlier line, maybe an earlier batch) gives it.
+_NAME_RESULTS = """
+UPDATE records r SET tool_name = (
+    SELECT c.tool_name FROM records c
+    WHERE c.tool_use_id = r.tool_use_id AND c.kind = 'tool_call'
+      AND c.session_id IS NOT DISTINCT FROM r.session_id
+    ORDER BY c.id LIMIT 1)
+WHERE r.id = ANY(%s) AND r.kind = 'tool_result' AND r.tool_name IS NULL
+  AND r.tool_use_id IS NOT NULL
+"""
+
+_UPSERT_SESSION = """
+INSERT INTO sessions (session_id, project_dir, cwd, git_branch, first_ts, last_ts, version)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (session_id) DO UPDATE SET
+    project_dir = COALESCE(sessions.project_dir, excluded.project_dir),
+    cwd = COALESCE(sessions.cwd, excluded.cwd),
+    git_branch = COALESCE(excluded.git_branch, sessions.git_branch),
+    first_ts = LEAST(sessions.first_ts, excluded.first_ts),
+    last_ts = GREATEST(sessions.last_ts, excluded.last_ts),
+    version = COALESCE(excluded.version, sessions.version)
+"""
+
+_UPSERT_AGENT = """
+INSERT INTO agent_runs (session_id, agent_id, source_id, layout, agent_type, description,
+                        tool_use_id, is_aside)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (session_id, agent_id) DO UPDATE SET
+    source_id = COALESCE(excluded.source_id, agent_runs.source_id),
+    layout = COALESCE(excluded.layout, agent_runs.layout),
+    agent_type = COALESCE(agent_runs.agent_type, excluded.agent_type),
+    description = COALESCE(excluded.description, agent_runs.description),
+    tool_use_id = COALESCE(agent_runs.tool_use_id, excluded.tool_use_id),
+    is_aside = GREATEST(agent_runs.is_aside, excluded.is_aside)
+"""
+
+_ADVANCE_CURSOR = """
+UPDATE sources SET "offset" = %s, lines = %s, size = %s, mtime_ns = %s, dev = %s, ino = %s,
+    head_len = %s, head_hash = %s, missing = 0, session_id = COALESCE(session_id, %s),
+    resets = resets + %s, updated_at = now()
+WHERE id = %s
+"""
+
+
+def _record_row(machine: str, source_id: int, r: Record) -> tuple[Any, ...]:
+    return (
+        machine, source_id, clean(r.line_key), r.part, clean(r.uuid), clean(r.parent_uuid),
+        clean(r.session_id), clean(r.agent_id), r.kind, r.role, clean(r.tool_name),
+        clean(r.tool_use_id), None if r.is_error is None else int(r.is_error),
+        clean(r.text), r.text_len, int(r.truncated), clean(r.ts), clean(r.cwd),
+        clean(r.git_branch), clean(r.model), int(r.is_sidechain), r.byte_offset,
+        clean_json(r.meta), 0 if r.kind in _EMBEDDABLE else 2,
+    )
+
+
+async def insert_batch(conn: psycopg.AsyncConnection, machine: str, batch: Batch) -> BatchResult:
+    """Write `batch`'s rows and then its cursor, inside the caller's transaction."""
+    result = BatchResult()
+    if batch.records:
+        await _insert_records(conn, machine, batch, result)
+    if batch.sessions:
+        async with conn.cursor() as cur:
+            await cur.executemany(_UPSERT_SESSION, [
+                (clean(sid), batch.project_dir, clean(s.cwd), clean(s.git_branch),
+                 clean(s.first_ts), clean(s.last_ts), clean(s.version))
+                for sid, s in sorted(batch.sessions.items())
+            ])
+    for _, info in sorted(batch.titles.items()):
+        await _name_session(conn, info, batch.project_dir)
+    for link in batch.agent_links:
+        await _link_agent(conn, batch.source_id, link)
+    if batch.cursor is not None:
+        await _advance_cursor(conn, batch.source_id, batch.cursor)
+    return result
+
+
+async def _insert_records(conn: psycopg.AsyncConnection, machine: str, batch: Batch,
+                          result: BatchResult) -> None:
+    """The records, the usage of their responses, their results' tool names; counted."""
+    new: list[tuple[int, str]] = []
+    async with conn.cursor() as cur:
+        await cur.executemany(_INSERT_RECORD,
+                              [_record_row(machine, batch.source_id, r) for r in batch.records],
+                              returning=True)
+        while True:
+            new.extend(await cur.fetchall())
+            if not cur.nextset():
+                break
+    if not new:
+        return
+    ids = [row[0] for row in new]
+    await conn.execute(_UPSERT_RESPONSES, (ids,))
+    await conn.execute(_NAME_RESULTS, (ids,))
+    for _, kind in new:
+        result.by_kind[kind] = result.by_kind.get(kind, 0) + 1
+    result.new_records = len(new)
+
+
+async def _name_session(conn: psycopg.AsyncConnection, info: SessionInfo,
+                        project_dir: str | None) -> None:
+    """A session's title and agent name, the session row created when it has none yet."""
+    session_id = clean(info.session_id)
+    await conn.execute(
+        "INSERT INTO sessions (session_id, project_dir) VALUES (%s, %s) "
+        "ON CONFLICT (session_id) DO NOTHING", (session_id, project_dir))
+    if info.title:
+        await conn.execute("UPDATE sessions SET title = %s, title_kind = %s WHERE session_id = %s",
+                           (clean(info.title), info.title_kind, session_id))
+    if info.agent_name:
+        await conn.execute("UPDATE sessions SET agent_name = %s WHERE session_id = %s",
+                           (clean(info.agent_name), session_id))
+
+
+async def _link_agent(conn: psycopg.AsyncConnection, source_id: int, link: AgentLink) -> None:
+    """A subagent run; its spawning call found by the prompt's hash when the link lacks its id."""
+    tool_use_id = clean(link.tool_use_id)
+    if tool_use_id is None and link.spawn_prompt_sha:
+        cur = await conn.execute(
+            "SELECT tool_use_id FROM records WHERE source_id = %s AND kind = 'tool_call' "
+            "AND tool_name IN ('Task', 'Agent') AND meta->>'prompt_sha1' = %s "
+            "ORDER BY id DESC LIMIT 1", (source_id, link.spawn_prompt_sha))
+        row = await cur.fetchone()
+        tool_use_id = row[0] if row else None
+    await conn.execute(_UPSERT_AGENT, (
+        clean(link.session_id), clean(link.agent_id), source_id if link.from_source else None,
+        link.layout, clean(link.agent_type), clean(link.description), tool_use_id,
+        int(link.is_aside),
+    ))
+
+
+async def _advance_cursor(conn: psycopg.AsyncConnection, source_id: int, c: Cursor) -> None:
+    """The file's cursor: where the next batch starts reading (and what the file looked like)."""
+    await conn.execute(_ADVANCE_CURSOR, (
+        c.offset, c.lines, c.size, c.mtime_ns, c.dev, c.ino, c.head_len, c.head_hash,
+        clean(c.session_id), int(c.reset), source_id))

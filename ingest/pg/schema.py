@@ -1,0 +1,206 @@
+"""The PostgreSQL tables, as fixed SQL text, and the checks made at open.
+
+Version 1 mirrors what the SQLite batch writes (ingest/migrations.py up to
+m009: sources with their cursors, records, sessions, agent_runs, responses,
+meta), plus what sharing needs:
+
+- `machine` on sources and records (DEJA_MACHINE, else the host name).
+  Sources are unique per (machine, path): two machines' identical paths are
+  two files. Records stay unique per (source, line key, part), as on SQLite,
+  so a re-read never duplicates.
+- `text_tsv`, a generated tsvector over the text (`simple` configuration)
+  with a GIN index, for the full-text search of the next part.
+- the `vector` extension (pgvector), created if the role may and checked at
+  every open, so a database without it is refused with a clear message now,
+  not at the first embedding. The chunk vectors come with the embedding part.
+
+`prepare` runs under a transaction-level advisory lock, so two machines
+opening a new database at once create the tables once. A database of a
+newer version is refused (SchemaTooNew). Never edit version 1 once shipped:
+add the next version's statements.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..config import PostgresUrl
+from ..errors import DatabaseError, SchemaTooNew
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "prepare"]
+
+SCHEMA_VERSION = 1
+# pg_advisory_xact_lock key of schema creation: "deja" and 1, as a number.
+_SCHEMA_LOCK = 0x64656A61_00000001
+
+SCHEMA_V1 = """
+CREATE TABLE deja_schema (
+    id SMALLINT PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+);
+CREATE TABLE sources (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    machine TEXT NOT NULL,              -- DEJA_MACHINE of the machine the file is on
+    path BYTEA NOT NULL,                -- os.fsencode(path): names need not be UTF-8
+    display_path TEXT NOT NULL,
+    project_dir TEXT NOT NULL,
+    layout TEXT NOT NULL,
+    session_hint TEXT,
+    session_id TEXT,
+    agent_id TEXT,
+    dev BIGINT,
+    ino BIGINT,
+    size BIGINT NOT NULL DEFAULT 0,
+    mtime_ns BIGINT NOT NULL DEFAULT 0,
+    "offset" BIGINT NOT NULL DEFAULT 0, -- byte after the last complete line read
+    lines BIGINT NOT NULL DEFAULT 0,
+    head_len BIGINT NOT NULL DEFAULT 0,
+    head_hash TEXT,
+    missing SMALLINT NOT NULL DEFAULT 0,
+    resets INTEGER NOT NULL DEFAULT 0,
+    updated_at TIMESTAMPTZ,
+    UNIQUE (machine, path)
+);
+CREATE TABLE sessions (
+    session_id TEXT PRIMARY KEY,
+    project_dir TEXT,
+    cwd TEXT,
+    git_branch TEXT,
+    title TEXT,
+    title_kind TEXT,
+    agent_name TEXT,
+    first_ts TEXT,
+    last_ts TEXT,
+    version TEXT
+);
+CREATE TABLE agent_runs (
+    session_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    source_id BIGINT REFERENCES sources(id),
+    layout TEXT,
+    agent_type TEXT,
+    description TEXT,
+    tool_use_id TEXT,
+    is_aside SMALLINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (session_id, agent_id)
+);
+CREATE TABLE records (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    machine TEXT NOT NULL,
+    source_id BIGINT REFERENCES sources(id),
+    line_key TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    uuid TEXT,
+    parent_uuid TEXT,
+    session_id TEXT,
+    agent_id TEXT,
+    kind TEXT NOT NULL,
+    role TEXT,
+    tool_name TEXT,
+    tool_use_id TEXT,
+    is_error SMALLINT,
+    text TEXT NOT NULL,
+    text_len INTEGER NOT NULL,
+    truncated SMALLINT NOT NULL DEFAULT 0,
+    ts TEXT,
+    cwd TEXT,
+    git_branch TEXT,
+    model TEXT,
+    is_sidechain SMALLINT NOT NULL DEFAULT 0,
+    byte_offset BIGINT,
+    meta JSONB,
+    embed_state SMALLINT NOT NULL DEFAULT 0,
+    text_tsv TSVECTOR GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, text)) STORED,
+    UNIQUE (source_id, line_key, part)
+);
+CREATE INDEX records_session_ts ON records (session_id, ts);
+CREATE INDEX records_uuid ON records (uuid);
+CREATE INDEX records_tool_use ON records (tool_use_id) WHERE tool_use_id IS NOT NULL;
+CREATE INDEX records_pending ON records (ts) WHERE embed_state = 0;
+CREATE INDEX records_machine ON records (machine);
+CREATE INDEX records_tsv ON records USING GIN (text_tsv);
+CREATE TABLE responses (
+    key TEXT PRIMARY KEY,               -- message id, US, request id; or 'line:' + line key
+    session_id TEXT,
+    model TEXT,
+    ts TEXT,
+    input BIGINT NOT NULL DEFAULT 0,
+    output BIGINT NOT NULL DEFAULT 0,
+    cache_creation BIGINT NOT NULL DEFAULT 0,
+    cache_read BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX responses_ts ON responses (ts);
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT
+);
+INSERT INTO deja_schema (id, version) VALUES (1, 1);
+"""
+
+
+async def prepare(conn: psycopg.AsyncConnection, target: PostgresUrl, *,
+                  create: bool = True) -> None:
+    """Check pgvector and the schema version; create the tables in a new database (and
+    pgvector, when the role may) unless `create` is False (the read-only commands: they
+    refuse a database deja has not written yet, as they refuse a missing SQLite file).
+
+    Raises DatabaseError (no pgvector, no privilege to create, no tables) or SchemaTooNew.
+    """
+    import psycopg
+
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            version = await _version(conn)
+            if version is None and not create:
+                raise DatabaseError(f"no deja tables in the PostgreSQL database at {target}: "
+                                    "run `deja ingest` to create them")
+            await _ensure_vector(conn, target)
+            if version is None:
+                await conn.execute(SCHEMA_V1)
+            elif version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"the PostgreSQL database at {target} has deja schema version {version}, "
+                    f"newer than this deja's ({SCHEMA_VERSION}): upgrade deja")
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise DatabaseError(
+            f"the role may not create deja's tables in the PostgreSQL database at {target}: "
+            "grant it CREATE on the database's schema (or create a schema it owns and name it "
+            "in the URL: ?options=-csearch_path%3Ddeja)") from exc
+
+
+async def _ensure_vector(conn: psycopg.AsyncConnection, target: PostgresUrl) -> None:
+    """pgvector installed in this database, or created now; else a DatabaseError saying who
+    can fix it."""
+    import psycopg
+
+    cur = await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'")
+    if await cur.fetchone():
+        return
+    cur = await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+    if not await cur.fetchone():
+        raise DatabaseError(
+            f"the PostgreSQL server of {target} does not have pgvector (the `vector` extension): "
+            "install pgvector on the server, then run CREATE EXTENSION vector in the database")
+    try:
+        async with conn.transaction():  # a savepoint: the failure is ours to word
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise DatabaseError(
+            f"the PostgreSQL database at {target} has no `vector` extension and this role may "
+            "not create it: ask the database owner or a superuser to run "
+            "CREATE EXTENSION vector in it") from exc
+
+
+async def _version(conn: psycopg.AsyncConnection) -> int | None:
+    """The schema version of the database, None when deja's tables are not there."""
+    cur = await conn.execute("SELECT to_regclass('deja_schema') IS NOT NULL")
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return None
+    cur = await conn.execute("SELECT version FROM deja_schema WHERE id = 1")
+    row = await cur.fetchone()
+    return int(row[0]) if row else None
