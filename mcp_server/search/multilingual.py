@@ -18,7 +18,7 @@ no `MlEmbedder` is passed and nothing here runs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import anyio
@@ -37,6 +37,7 @@ ML_CANDIDATES = 100
 QUERY_WAIT = 0.3
 
 Ml = list[tuple[int, float]]  # (record id, cosine), best first
+BUSY = "the multilingual model is busy embedding new records"
 
 
 async def ml_ranks(conn: aiosqlite.Connection, query: str, embedder: MlEmbedder,
@@ -44,38 +45,68 @@ async def ml_ranks(conn: aiosqlite.Connection, query: str, embedder: MlEmbedder,
                    ) -> tuple[Ml, str]:
     """The multilingual ranker's list and "ok", or [] and why it did not run.
 
-    `index`: the process's MlIndex (loaded here if it is not yet); None loads
-    the vectors for this search alone (the CLI)."""
+    `index`: the process's MlIndex (loaded here if it is not yet); None reads
+    the vectors for this search alone (the CLI), its filters applied in SQL."""
     if filters.project_dirs == []:
         return [], "ok"
-    index = index or MlIndex()
-    snap = index.snapshot if index.ready else None
-    if snap is None:
-        snap = await index.refresh(conn)
-    if snap.state is None:
+    if index is None:
+        rows = list(await conn.execute_fetchall(
+            "SELECT model_id, dim, 0 FROM ml_state WHERE id = 1"))
+        state = (str(rows[0][0]), int(rows[0][1]), 0) if rows else None
+        snap = None
+    else:
+        snap = index.snapshot if index.ready else None
+        if snap is None:
+            snap = await index.refresh(conn)
+        state = snap.state
+    if state is None:
         return [], "no multilingual vectors yet (run `deja embed`)"
-    if snap.state[:2] != (embedder.model_id, embedder.dim):
-        return [], (f"the multilingual vectors are of {snap.state[0]}, not {embedder.model_id}; "
+    if state[:2] != (embedder.model_id, embedder.dim):
+        return [], (f"the multilingual vectors are of {state[0]}, not {embedder.model_id}; "
                     "run `deja reembed`")
-    where, params = filters.sql()
-    # Stored since the snapshot: a seek in ml_vectors, filtered in SQL (usually no row).
-    # CROSS JOIN keeps ml_vectors outermost: from `records` the seek would walk every
-    # record since the last non-English one.
-    tail = list(await conn.execute_fetchall(
-        "SELECT m.record_id, m.vec FROM ml_vectors m CROSS JOIN records r ON r.id = m.record_id "
-        f"LEFT JOIN sources src ON src.id = r.source_id WHERE m.record_id > ?{where}",
-        (snap.last, *params)))
-    if not len(snap) and not tail:
-        return [], "ok"
-    qvec = await anyio.to_thread.run_sync(embedder.query, query, QUERY_WAIT)
+    qvec = None
+    if snap is not None and len(snap):
+        # The question's vector first: the read below is usually empty, the model is not.
+        qvec = await anyio.to_thread.run_sync(embedder.query, query, QUERY_WAIT)
+        if qvec is None:
+            return [], BUSY
+    # The snapshot's rows (none for the CLI) are in memory; the others come from SQL, with
+    # the filters: those stored since the snapshot (a seek, usually none) or, for the CLI,
+    # all of them.
+    rows = await _rows(conn, filters, snap.last if snap is not None else None)
     if qvec is None:
-        return [], "the multilingual model is busy embedding new records"
+        if not rows:
+            return [], "ok"
+        qvec = await anyio.to_thread.run_sync(embedder.query, query, QUERY_WAIT)
+        if qvec is None:
+            return [], BUSY
 
     def rank() -> Ml:
-        found = snapshot_ranks(snap, qvec, filters, n) + tail_ranks(tail, qvec, n)
+        found = tail_ranks(rows, qvec, n)
+        if snap is not None:
+            found += snapshot_ranks(snap, qvec, filters, n)
         return sorted(found, key=lambda hit: (-hit[1], hit[0]))[:n]
 
     return await anyio.to_thread.run_sync(rank), "ok"
+
+
+async def _rows(conn: aiosqlite.Connection, filters: SearchFilters, after: int | None
+                ) -> list[Any]:
+    """(record id, vec) of the vectors passing `filters`, above `after` (None: all)."""
+    where, params = filters.sql()
+    bound: list[Any] = []
+    clause = ""
+    if after is not None:
+        clause, bound = " AND m.record_id > ?", [after]
+    if not where:
+        sql = f"SELECT m.record_id, m.vec FROM ml_vectors m WHERE 1{clause}"
+    else:
+        # CROSS JOIN keeps ml_vectors outermost: driven from `records`, the seek above
+        # `after` would walk every record since the last non-English one.
+        sql = ("SELECT m.record_id, m.vec FROM ml_vectors m CROSS JOIN records r "
+               "ON r.id = m.record_id LEFT JOIN sources src ON src.id = r.source_id "
+               f"WHERE 1{clause}{where}")
+    return list(await conn.execute_fetchall(sql, (*bound, *params)))
 
 
 async def load_ml_embedder(conn: aiosqlite.Connection, environ: dict[str, str] | None = None
