@@ -318,3 +318,48 @@ async def test_a_record_replaced_while_its_page_is_embedded_is_embedded_again(
     finally:
         await other.close()
         await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_server_that_does_not_ingest_takes_up_vectors_another_process_stored(
+        built: Built, tmp_path: Path) -> None:
+    """`deja serve --no-ingest` on a database without multilingual vectors does not load the
+    model; once another process (`deja embed`) stores them, its background refresh loads
+    the model and holds every vector, and search_memory ranks by them."""
+    import shutil
+
+    db = tmp_path / "later.db"
+    shutil.copy(built.db_off, db)  # MiniLM vectors, no multilingual ones
+    expected = len(_rows(built.db_on, "SELECT record_id FROM ml_vectors"))
+    params = StdioServerParameters(
+        command=sys.executable, cwd=str(REPO),
+        args=["-m", "mcp_server", "--db", str(db), "--no-ingest",
+              "--log-file", str(tmp_path / "server.log")],
+        env=deja_env(built.home, {"CLAUDE_PROJECT_DIR": "/work/shop"}, embed=True))
+    with open(tmp_path / "stderr.txt", "w") as errlog:
+        async with stdio_client(params, errlog=errlog) as (read, write), \
+                ClientSession(read, write) as session:
+            with anyio.fail_after(30):
+                await session.initialize()
+                while True:
+                    status = (await session.call_tool("memory_status", {})).structured_content
+                    assert status is not None
+                    if status["model_loaded"] and status["vector_index_chunks"]:
+                        break
+                    await anyio.sleep(0.3)
+            assert status["multilingual"]["vectors"] == 0 and not status["multilingual"]["loaded"]
+            await anyio.to_thread.run_sync(lambda: deja_json(
+                built.home, "embed", "--json", db=db, embed=True, timeout=TIMEOUT))
+            with anyio.fail_after(60):
+                while True:
+                    status = (await session.call_tool("memory_status", {})).structured_content
+                    assert status is not None
+                    ml = status["multilingual"]
+                    if ml["loaded"] and ml["index_vectors"] == expected:
+                        break
+                    await anyio.sleep(0.3)
+            found = await session.call_tool("search_memory", {"query": QUERY, "project": "all",
+                                                              "debug": True})
+    assert not found.is_error and found.structured_content is not None
+    hits = found.structured_content["hits"]
+    assert built.answer in [h["uuid"] for h in hits[:3]], hits

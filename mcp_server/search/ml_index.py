@@ -126,6 +126,7 @@ class MlIndex:
     def __init__(self) -> None:
         self.snapshot: MlSnapshot | None = None
         self._rows = _Rows()
+        self._last = 0  # the highest record id in _rows (published or not: a refresh may fail)
         self._codes = new_codes()
         self._lock = anyio.Lock()
 
@@ -147,24 +148,23 @@ class MlIndex:
             if old is not None and state != old.state:
                 if old.state is not None:
                     logger.info("multilingual index: vectors removed or rebuilt; reloading")
-                self._rows, self._codes, old = _Rows(), new_codes(), None
+                self._rows, self._last, self._codes, old = _Rows(), 0, new_codes(), None
             started = time.perf_counter()
-            after = old.last if old is not None else 0
             added = 0
             while True:
                 page = list(await conn.execute_fetchall(
                     f"SELECT m.record_id, m.vec, {FILTER_SQL} FROM ml_vectors m "
                     "JOIN records r ON r.id = m.record_id "
                     "LEFT JOIN sources src ON src.id = r.source_id "
-                    "WHERE m.record_id > ? ORDER BY m.record_id LIMIT ?", (after, PAGE)))
+                    "WHERE m.record_id > ? ORDER BY m.record_id LIMIT ?", (self._last, PAGE)))
                 if not page:
                     break
                 part = await anyio.to_thread.run_sync(_part, page, self._codes)
                 await anyio.to_thread.run_sync(self._rows.append, part)
-                after = int(page[-1][0])
+                self._last = int(page[-1][0])
                 added += len(page)
-            if old is None or added:
-                self.snapshot = self._publish(state, after)
+            if old is None or self._rows.n != len(old):
+                self.snapshot = self._publish(state, self._last)
             if added > PAGE:
                 logger.info("multilingual index: loaded %d vectors in %.1f s", added,
                             time.perf_counter() - started)
