@@ -21,9 +21,9 @@ loses at most the batch in flight. An id can come back: deleting the top
 record (a forgotten memory) and inserting another reuses its id. Migration
 m010 lowers the mark when that happens; and since a batch is embedded outside
 the transaction (seconds), the transaction first checks that the page's last
-record is still the one read: if not (deleted, its id perhaps reused) the
-page is read again from the mark, and a record deleted meanwhile gets no
-vector. One model per database, like MiniLM's: vectors of another model are
+record and the batch's are still the ones read: if not (deleted, an id
+perhaps reused, a text changed) the page is read again from the mark; a
+record deleted meanwhile gets no vector. One model per database, like MiniLM's: vectors of another model are
 never mixed in; `deja reembed` rebuilds them.
 """
 
@@ -246,14 +246,14 @@ async def _embed_page(store: Store, embedder: MlEmbedder | None, page: list[Any]
             now = {int(r[0]): r[1] for r in await store.conn.execute_fetchall(
                 f"SELECT id, substr(text, 1, {FOREIGN_WINDOW}) FROM records "
                 f"WHERE id IN ({', '.join('?' for _ in ids)})", ids)}
-            if upto not in now or now[upto] != upto_text:
-                # Deleted, and its id perhaps reused by another record: the mark must not
-                # pass it. Every id below a record still there is never handed out again.
+            if upto not in now or now[upto] != upto_text or any(
+                    rid in now and now[rid] != text for rid, text in batch):
+                # Deleted, its id perhaps reused by another record (the mark must not pass
+                # it), or a text changed: read the page again. An id below a record still
+                # there is never handed out again.
                 return None
-            # A record deleted since it was read gets no vector (its id is below `upto`,
-            # which is still there, so no other record took it).
-            rows = [(rid, blob) for (rid, text), blob in zip(batch, vectors)
-                    if rid in now and now[rid] == text]
+            # A record deleted since it was read gets no vector.
+            rows = [(rid, blob) for (rid, _), blob in zip(batch, vectors) if rid in now]
             await store.conn.executemany(
                 "INSERT OR REPLACE INTO ml_vectors (record_id, vec) VALUES (?, ?)", rows)
             await store.conn.execute(
