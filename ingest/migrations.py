@@ -396,10 +396,19 @@ def m009_multilingual(conn: Any) -> None:
     _run_script(conn, M009_SCRIPT)
 
 
+def m010_ml_mark(conn: Any) -> None:
+    """The multilingual mark lowered when the top record goes, and a count of removed
+    multilingual vectors (see ingest/migration_m010.py)."""
+    from .migration_m010 import M010_SCRIPT
+
+    _run_script(conn, M010_SCRIPT)
+
+
 MIGRATIONS: list[Callable[[Any], None]] = [m001_initial, m002_embedding_queue,
                                            m003_fts_batch_insert, m004_fts_vocabulary,
                                            m005_fts_context, m006_compact_vectors,
-                                           m007_passages, m008_stats, m009_multilingual]
+                                           m007_passages, m008_stats, m009_multilingual,
+                                           m010_ml_mark]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

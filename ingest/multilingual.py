@@ -17,8 +17,14 @@ nothing here runs.
 The pass walks records by id from the mark in `ml_state` (records are
 appended with growing ids), embeds the foreign ones in batches of BATCH and
 writes each batch's vectors and the advanced mark in ONE transaction: a crash
-loses at most the batch in flight. One model per database, like MiniLM's:
-vectors of another model are never mixed in; `deja reembed` rebuilds them.
+loses at most the batch in flight. An id can come back: deleting the top
+record (a forgotten memory) and inserting another reuses its id. Migration
+m010 lowers the mark when that happens; and since a batch is embedded outside
+the transaction (seconds), the transaction first checks that the page's last
+record and the batch's are still the ones read: if not (deleted, an id
+perhaps reused, a text changed) the page is read again from the mark; a
+record deleted meanwhile gets no vector. One model per database, like MiniLM's: vectors of another model are
+never mixed in; `deja reembed` rebuilds them.
 """
 
 from __future__ import annotations
@@ -141,18 +147,19 @@ class MlOnce:
         self.enabled = enabled(environ)
         self.embedder: MlEmbedder | None = None
         self.error: str | None = None if self.enabled else "multilingual extra off or missing"
+        self._lock = anyio.Lock()  # a server's embed loop and index loop may both ask
 
     async def get(self) -> MlEmbedder | None:
         if not self.enabled or self.error is not None:
             return None
-        if self.embedder is None:
-            try:
-                self.embedder = await anyio.to_thread.run_sync(MlEmbedder)
-            except (ModelUnavailable, OSError, RuntimeError, ValueError) as exc:
-                # a broken wheel or model file must not stop MiniLM's side
-                self.error = f"multilingual model did not load: {exc}"
-                logger.warning("%s", self.error)
-                return None
+        async with self._lock:
+            if self.embedder is None and self.error is None:
+                try:
+                    self.embedder = await anyio.to_thread.run_sync(MlEmbedder)
+                except (ModelUnavailable, OSError, RuntimeError, ValueError) as exc:
+                    # a broken wheel or model file must not stop MiniLM's side
+                    self.error = f"multilingual model did not load: {exc}"
+                    logger.warning("%s", self.error)
         return self.embedder
 
 
@@ -198,40 +205,61 @@ async def embed_multilingual(store: Store, once: MlOnce | None) -> MlSummary:
     if once is None or not once.enabled:
         return summary
     started = time.perf_counter()
-    state = await ml_stored_model(store)
-    if state is not None and state[:2] != (ML_MODEL_ID, ML_DIM):
-        summary.error = (f"the multilingual vectors are of {state[0]}, not {ML_MODEL_ID}; "
-                         "run `deja reembed` to rebuild them")
-        return summary
-    mark = state[2] if state else 0
     while True:
-        page = await _candidates(store, mark)
+        # The mark is read again for every page: a deleted top record lowers it (m010).
+        state = await ml_stored_model(store)
+        if state is not None and state[:2] != (ML_MODEL_ID, ML_DIM):
+            summary.error = (f"the multilingual vectors are of {state[0]}, not {ML_MODEL_ID}; "
+                             "run `deja reembed` to rebuild them")
+            break
+        page = await _candidates(store, state[2] if state else 0)
         if not page:
             break
-        foreign = [(rid, clean_text(text)[:TEXT_CHARS]) for rid, text in page
-                   if text and is_foreign(text)]
+        foreign = [(rid, text) for rid, text in page if text and is_foreign(text)]
         embedder = await once.get() if foreign else None
         if foreign and embedder is None:
             summary.error = once.error
             break
-        for start in range(0, max(len(foreign), 1), BATCH):
-            batch = foreign[start:start + BATCH]
-            last = start + BATCH >= len(foreign)
-            blobs: list[bytes] = []
-            if batch and embedder is not None:
-                texts = [text for _, text in batch]
-                blobs = int8_rows(await anyio.to_thread.run_sync(embedder.passages, texts))
-            upto = page[-1][0] if last else batch[-1][0]
-            async with store.transaction():
-                await store.conn.executemany(
-                    "INSERT OR REPLACE INTO ml_vectors (record_id, vec) VALUES (?, ?)",
-                    [(rid, blob) for (rid, _), blob in zip(batch, blobs)])
-                await store.conn.execute(
-                    "INSERT INTO ml_state (id, model_id, dim, last_record_id) VALUES (1, ?, ?, ?) "
-                    "ON CONFLICT(id) DO UPDATE SET last_record_id = "
-                    "MAX(last_record_id, excluded.last_record_id)",
-                    (ML_MODEL_ID, ML_DIM, upto))
-            summary.embedded += len(blobs)
-            mark = upto
+        written = await _embed_page(store, embedder, page, foreign)
+        if written is None:
+            continue  # the page changed while it was embedded: read it again
+        summary.embedded += written
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+async def _embed_page(store: Store, embedder: MlEmbedder | None, page: list[Any],
+                      foreign: list[Any]) -> int | None:
+    """Embed and store a page's foreign records, batch by batch, advancing the mark;
+    the vectors written, or None when the page's last record changed meanwhile."""
+    written = 0
+    for start in range(0, max(len(foreign), 1), BATCH):
+        batch = foreign[start:start + BATCH]
+        last = start + BATCH >= len(foreign)
+        vectors: list[bytes] = []
+        if batch and embedder is not None:
+            texts = [clean_text(text)[:TEXT_CHARS] for _, text in batch]
+            vectors = int8_rows(await anyio.to_thread.run_sync(embedder.passages, texts))
+        upto, upto_text = page[-1] if last else batch[-1]
+        async with store.transaction():
+            ids = [rid for rid, _ in batch] + [upto]
+            now = {int(r[0]): r[1] for r in await store.conn.execute_fetchall(
+                f"SELECT id, substr(text, 1, {FOREIGN_WINDOW}) FROM records "
+                f"WHERE id IN ({', '.join('?' for _ in ids)})", ids)}
+            if upto not in now or now[upto] != upto_text or any(
+                    rid in now and now[rid] != text for rid, text in batch):
+                # Deleted, its id perhaps reused by another record (the mark must not pass
+                # it), or a text changed: read the page again. An id below a record still
+                # there is never handed out again.
+                return None
+            # A record deleted since it was read gets no vector.
+            rows = [(rid, blob) for (rid, _), blob in zip(batch, vectors) if rid in now]
+            await store.conn.executemany(
+                "INSERT OR REPLACE INTO ml_vectors (record_id, vec) VALUES (?, ?)", rows)
+            await store.conn.execute(
+                "INSERT INTO ml_state (id, model_id, dim, last_record_id) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET last_record_id = "
+                "MAX(last_record_id, excluded.last_record_id)",
+                (ML_MODEL_ID, ML_DIM, upto))
+        written += len(rows)
+    return written

@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -141,10 +141,28 @@ async def _index_loop(state: DejaState) -> None:
                 await state.vector_index.refresh(conn, check_removed=check)
                 if check:
                     counted = time.monotonic()
+                await _refresh_multilingual(state, conn)
             await anyio.sleep(state.config.index_refresh_seconds)
     finally:
         with anyio.CancelScope(shield=True):
             await conn.close()
+
+
+async def _refresh_multilingual(state: DejaState, conn: Any) -> None:
+    """Keep the multilingual vectors in memory current (search/ml_index.py: one row of
+    ml_state and the rows above the last id per refresh), once the model is loaded. A
+    server that does not ingest loads the model when another process has stored vectors."""
+    ml, index = state.ml, state.ml_index
+    if ml is None or index is None or not ml.enabled:
+        return
+    if ml.embedder is None:
+        if ml.error is not None or not await conn.execute_fetchall(
+                "SELECT 1 FROM ml_vectors LIMIT 1"):
+            return
+        await ml.get()
+        if ml.embedder is None:
+            return
+    await index.refresh(conn)
 
 
 async def _ingest_supervisor(state: DejaState) -> None:

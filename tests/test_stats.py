@@ -248,6 +248,7 @@ def test_m008_fills_responses_from_old_records_as_ingest_does(corpus: Ingested,
     conn.executescript("DROP TABLE responses; DROP INDEX records_activity; "
                        "DROP INDEX records_calls; DROP INDEX records_tool_name; "
                        "DROP TABLE ml_vectors; DROP TABLE ml_state; "  # m009's
+                       "DROP TRIGGER records_ml_mark; "  # m010's (ml_vectors_ad went with its table)
                        "PRAGMA user_version = 7;")
     conn.close()
     upgraded = deja_json(corpus.home, "--db", str(old), "stats", "--json")

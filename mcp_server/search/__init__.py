@@ -10,6 +10,9 @@ The package, one job a module:
 - keyword.py: the BM25 ranker and its OR fallback pruned to the rarest terms;
 - vector.py: the vector ranker (sign-bit candidates, exact int8 cosine);
 - index.py: `VectorIndex`, the sign bits in memory for a long-lived process;
+- multilingual.py: the optional third ranker (multilingual-e5 over the
+  non-English records); ml_index.py: `MlIndex`, their int8 vectors in memory;
+- columns.py: the filter columns both in-memory indexes keep, and their mask;
 - fusion.py: weighted reciprocal-rank fusion, neighbour smoothing, `FUSION`;
 - snippets.py: windows of text around the match;
 - results.py: `Hit`, `SearchResult` (the JSON contract);

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 import anyio
 
+from .columns import FILTER_SQL, Codes, coded, mask, new_codes
 from .filters import SearchFilters
 
 if TYPE_CHECKING:
@@ -51,10 +52,10 @@ class _Arrays:
     tool: np.ndarray
     ts: np.ndarray        # bytes (S32): ISO timestamps compare as text, as in SQL
     has_ts: np.ndarray    # bool: NULL timestamps match no time filter
-    codes: dict[str, dict[Any, int]]  # per filter column: value -> code (0 is NULL)
+    codes: Codes          # per filter column: value -> code (columns.py)
 
     @staticmethod
-    def concat(parts: list[_Arrays], codes: dict[str, dict[Any, int]]) -> _Arrays:
+    def concat(parts: list[_Arrays], codes: Codes) -> _Arrays:
         """One snapshot of several, in order (worker thread)."""
         import numpy as np
 
@@ -78,13 +79,8 @@ class VectorIndex:
         self.arrays: _Arrays | None = None
         self.max_id = 0
         self.generation: Any = None
-        self.codes = self._new_codes()
+        self.codes = new_codes()
         self._lock = anyio.Lock()
-
-    @staticmethod
-    def _new_codes() -> dict[str, dict[Any, int]]:
-        """Per filter column: value -> code; code 0 stands for NULL."""
-        return {"kind": {}, "session": {}, "project": {}, "tool": {}}
 
     @property
     def ready(self) -> bool:
@@ -120,7 +116,7 @@ class VectorIndex:
             after = self.max_id
             while True:
                 rows = list(await conn.execute_fetchall(
-                    "SELECT c.id, c.bits, r.kind, r.session_id, src.project_dir, r.tool_name, r.ts "
+                    f"SELECT c.id, c.bits, {FILTER_SQL} "
                     "FROM chunks c JOIN records r ON r.id = c.record_id "
                     "LEFT JOIN sources src ON src.id = r.source_id "
                     "WHERE c.id > ? AND c.bits IS NOT NULL ORDER BY c.id LIMIT ?",
@@ -144,63 +140,19 @@ class VectorIndex:
     def _reset(self) -> None:
         self.arrays = None
         self.max_id = 0
-        self.codes = self._new_codes()  # a search may still read the old snapshot's
-
-    def _code(self, column: str, value: Any) -> int:
-        if value is None:
-            return 0
-        table = self.codes[column]
-        code = table.get(value)
-        if code is None:
-            code = table[value] = len(table) + 1
-        return code
+        self.codes = new_codes()  # a search may still read the old snapshot's
 
     def _page(self, rows: list[Any]) -> _Arrays:
         """Worker thread: a page of rows as arrays (filter values coded as they come)."""
         import numpy as np
 
         n = len(rows)
-        columns = {name: np.fromiter((self._code(name, r[i]) for r in rows), dtype=np.int32,
-                                     count=n)
-                   for i, name in ((2, "kind"), (3, "session"), (4, "project"), (5, "tool"))}
         return _Arrays(
             ids=np.fromiter((r[0] for r in rows), dtype=np.int64, count=n),
             bits=_words(b"".join(r[1] for r in rows), n).T,
-            kind=columns["kind"], session=columns["session"], project=columns["project"],
-            tool=columns["tool"],
-            ts=np.array([(r[6] or "").encode() for r in rows], dtype="S32"),
-            has_ts=np.fromiter((r[6] is not None for r in rows), dtype=bool, count=n),
+            **coded(self.codes, rows, 2),
             codes=self.codes,
         )
-
-    def _mask(self, a: _Arrays, filters: SearchFilters) -> np.ndarray | None:
-        """Rows passing the filters (None: all), with the same meaning as SearchFilters.sql()."""
-        import numpy as np
-
-        mask: np.ndarray | None = None
-
-        def both(m: np.ndarray) -> None:
-            nonlocal mask
-            mask = m if mask is None else (mask & m)
-
-        def one_of(column: str, values: list[Any], codes: np.ndarray) -> None:
-            table = a.codes[column]
-            wanted = [table[v] for v in values if v in table]
-            both(np.isin(codes, np.array(wanted, dtype=np.int32)))
-
-        if filters.kinds:
-            one_of("kind", list(filters.kinds), a.kind)
-        if filters.session_id:
-            one_of("session", [filters.session_id], a.session)
-        if filters.project_dirs is not None:
-            one_of("project", list(filters.project_dirs), a.project)
-        if filters.tool:
-            one_of("tool", [filters.tool], a.tool)
-        if filters.since:
-            both(a.has_ts & (a.ts >= filters.since.encode()))
-        if filters.until:
-            both(a.has_ts & (a.ts < filters.until.encode()))
-        return mask
 
     def candidates(self, qbits: bytes, filters: SearchFilters, k: int) -> tuple[list[int], int]:
         """Blocking (run it in a thread): the ids of the k chunks nearest by Hamming distance
@@ -213,8 +165,8 @@ class VectorIndex:
         q = _words(qbits, 1)[0]
         if len(q) != a.bits.shape[0]:
             return [], 0  # another model's width: the refresh will reload
-        mask = self._mask(a, filters)
-        rows = None if mask is None else np.flatnonzero(mask)
+        passing = mask(a, a.codes, filters)
+        rows = None if passing is None else np.flatnonzero(passing)
         total = len(a.ids) if rows is None else len(rows)
         if total == 0:
             return [], 0
