@@ -50,6 +50,10 @@ __all__ = ["IngestSummary", "ingest_once", "ingest_files", "watch", "Progress", 
 
 logger = logging.getLogger(__name__)
 
+# How often a watcher wakes with no event (seconds): the first wake catches up on
+# what changed while it started; later ones only check whether a rescan is due.
+WATCH_TICK_S = 1.0
+
 # progress(bytes_done, bytes_total)
 Progress = Callable[[int, int], None]
 
@@ -368,18 +372,28 @@ async def watch(
         # awatch waits in a worker thread that a cancellation cannot interrupt:
         # without `stop` set on cancel, stopping (the server's shutdown) would
         # wait out rust_timeout, i.e. up to `rescan_seconds`.
+        # The watcher starts after the pass before it: a line appended in between
+        # raises no event. So the watcher wakes every WATCH_TICK_S, and its first
+        # wake (the watcher now running) makes one more pass, which picks such a
+        # line up within a second instead of at the next rescan.
         stop = anyio.Event()
+        tick = min(WATCH_TICK_S, rescan_seconds)
+        caught_up = False
+        last_pass = time.monotonic()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_set_when_cancelled, stop)
-            async for _changes in awatch(
+            async for changes in awatch(
                 *existing,
                 debounce=debounce_ms,
-                rust_timeout=int(rescan_seconds * 1000),
+                rust_timeout=max(1, int(tick * 1000)),
                 yield_on_timeout=True,
                 stop_event=stop,
                 watch_filter=lambda _change, path: path.endswith((".jsonl", ".json")),
             ):
-                await one_pass()
+                if changes or not caught_up or time.monotonic() - last_pass >= rescan_seconds:
+                    caught_up = True
+                    await one_pass()
+                    last_pass = time.monotonic()
                 if len(existing) != sum(1 for r in roots if os.path.isdir(r)):
                     break  # a root appeared: watch it too
             tg.cancel_scope.cancel()

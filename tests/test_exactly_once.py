@@ -287,3 +287,48 @@ def test_two_ingests_at_once_add_each_record_once(home: Path, db_path: Path,
     total2, distinct = sql(db, "SELECT COUNT(*), COUNT(DISTINCT source_id || ':' || line_key || ':' || part) "
                                "FROM records")[0]
     assert total2 == distinct > 3000
+
+
+def test_a_line_appended_while_the_watcher_starts_is_ingested_within_seconds(tmp_path: Path) -> None:
+    """The watcher starts after the first pass: a line written in between raises no event.
+
+    The first pass's callback appends the rest of the file, i.e. exactly in that gap; it must
+    be ingested at the watcher's first wake, long before the 30 s safety rescan.
+    """
+    import time
+
+    import anyio
+
+    from ingest.runner import IngestSummary, watch
+    from ingest.store import Store
+
+    root = tmp_path / "projects"
+    session = "5f1c2d3e-0000-4000-8000-00000000beef"
+    lines = conversation(session, 6)
+    path = write(root / PROJECT / f"{session}.jsonl", lines[:3])
+
+    async def go() -> float:
+        store = await Store.open(tmp_path / "w.db")
+        appended = anyio.Event()
+        done = anyio.Event()
+        started = time.monotonic()
+
+        async def on_pass(summary: IngestSummary) -> None:
+            if not appended.is_set():
+                with path.open("ab") as f:
+                    f.write(b"".join(lines[3:]))
+                appended.set()
+            elif summary.new_records >= 6:
+                done.set()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: watch(store, [root], rescan_seconds=30.0, on_pass=on_pass))
+                with anyio.fail_after(15):
+                    await done.wait()
+                tg.cancel_scope.cancel()
+            return time.monotonic() - started
+        finally:
+            await store.close()
+
+    assert anyio.run(go) < 15
