@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ingest.pg.text import clean
+
 from ...projects import claude_project_dir
 from ..assemble import HIT_COLUMNS, Keyword, Vector, build_hits, fused_order, rows_wanted
 from ..filters import SearchFilters
@@ -84,18 +86,19 @@ async def search_pg(conn: psycopg.AsyncConnection, request: SearchRequest, *,
     result.pending_embeddings = int((await _rows(
         conn, "SELECT COUNT(*) FROM records WHERE embed_state = 0"))[0][0])
     n = max(fusion.candidates, request.limit * 2)
+    query = clean(request.query) or ""  # no NUL, no lone surrogate: SQL and model refuse them
     keyword: Keyword = []
     vector: Vector = []
     if request.mode in ("hybrid", "keyword"):
-        keyword = await keyword_ranks_pg(conn, request.query, filters, n)
+        keyword = await keyword_ranks_pg(conn, query, filters, n)
     if request.mode in ("hybrid", "vector"):
-        vector, status = await _vector_side(conn, request.query, embedder, embedder_error,
+        vector, status = await _vector_side(conn, query, embedder, embedder_error,
                                             filters, n)
         result.vector_status = status
         if status != "ok":
             result.notes.append(f"vector search unavailable ({status}): keyword results only")
             if request.mode == "vector":
-                keyword = await keyword_ranks_pg(conn, request.query, filters, n)
+                keyword = await keyword_ranks_pg(conn, query, filters, n)
         elif result.pending_embeddings:
             result.notes.append(
                 f"{result.pending_embeddings} records still await embedding; they are found "

@@ -2,7 +2,8 @@
 
 The query goes to `websearch_to_tsquery('simple', ...)`, which reads any text
 a person types without an error: "quoted phrases", `or`, `-word`, and
-stray quotes, colons, `&|!` or parentheses, which are only separators to it.
+stray quotes, colons, `&|!` or parentheses, which are only separators to it
+(a NUL or a lone surrogate, which PostgreSQL's text refuses, becomes U+FFFD).
 The `simple` configuration (no stemming, no stopwords) is the one the column
 is built with (ingest/pg/schema.py). Records are ranked by `ts_rank_cd`
 (cover density) divided by 1 + log(length), so a long tool output does not
@@ -19,6 +20,8 @@ records, and pruning the OR query to its rarest words on a large corpus.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from ingest.pg.text import clean
 
 from ..filters import SearchFilters
 from ..terms import STOPWORDS
@@ -56,6 +59,7 @@ async def _ranked(conn: psycopg.AsyncConnection, query_sql: str, query_params: l
 async def keyword_ranks_pg(conn: psycopg.AsyncConnection, query: str, filters: SearchFilters,
                            n: int) -> list[tuple[int, float]]:
     """(record id, rank, higher is better), best first: every word, then any word."""
+    query = clean(query) or ""  # PostgreSQL's text takes no NUL, no lone surrogate
     out = await _ranked(conn, "websearch_to_tsquery('simple', %s)", [query], filters, n, [])
     if len(out) >= n:
         return out
