@@ -131,7 +131,8 @@ def main() -> int:
 
         server = start_server(tmp / "pg")
         url = server.uri(server.new_database())
-    env = {**os.environ, "HOME": str(tmp), "DEJA_EMBED": "1"}
+    # The multilingual extra (SQLite only) off: the same work on both engines.
+    env = {**os.environ, "HOME": str(tmp), "DEJA_EMBED": "1", "DEJA_MULTILINGUAL": "0"}
     env.setdefault("DEJA_MODEL_CACHE", str(REPO / ".pytest_cache" / "deja-models"))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     sqlite_db = str(tmp / "deja.db")

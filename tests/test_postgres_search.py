@@ -235,7 +235,7 @@ def test_a_version_1_database_is_upgraded_and_embedded(postgres_server: PgServer
               "--no-embed")
     name = postgres_url.split("/")[3].split("?")[0]
     with postgres_server.connect(name) as conn:  # as the first part of the engine left it
-        conn.execute("DROP TABLE chunks; DROP TABLE embedding_model; "
+        conn.execute("DROP TABLE chunks; DROP TABLE embedding_model; DROP INDEX records_source_id; "
                      "UPDATE deja_schema SET version = 1")
         records = conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
     out = deja_json(home, "--db", postgres_url, "embed", "--json")

@@ -167,6 +167,8 @@ CREATE TABLE chunks (
     vec vector({VECTOR_DIM}) NOT NULL,
     UNIQUE (record_id, seq)
 );
+-- the record after another in its file (the keyword ranker's context, mcp_server/search/pg)
+CREATE INDEX records_source_id ON records (source_id, id);
 UPDATE deja_schema SET version = 2 WHERE id = 1;
 """
 

@@ -90,7 +90,8 @@ async def search_pg(conn: psycopg.AsyncConnection, request: SearchRequest, *,
     keyword: Keyword = []
     vector: Vector = []
     if request.mode in ("hybrid", "keyword"):
-        keyword = await keyword_ranks_pg(conn, query, filters, n)
+        keyword = await keyword_ranks_pg(conn, query, filters, n,
+                                         fusion.context if request.mode == "hybrid" else 0.0)
     if request.mode in ("hybrid", "vector"):
         vector, status = await _vector_side(conn, query, embedder, embedder_error,
                                             filters, n)
