@@ -508,9 +508,8 @@ def test_schema_of_a_newer_deja_is_refused(postgres_server: PgServer, postgres_u
 
 
 @pytest.mark.parametrize("command", [
-    ["serve", "--no-ingest"], ["search", "x"], ["show", "abc"], ["sessions"], ["browse"],
-    ["export", "--format", "jsonl", "x.jsonl"], ["import", "x.jsonl"], ["embed"], ["reembed"], ["doctor"],
-    ["install"]])
+    ["serve", "--no-ingest"], ["show", "abc"], ["sessions"], ["browse"],
+    ["export", "--format", "jsonl", "x.jsonl"], ["import", "x.jsonl"], ["doctor"], ["install"]])
 def test_commands_not_served_on_postgres_refuse_with_exit_2(home: Path,
                                                              command: list[str]) -> None:
     url = "postgresql://deja:pw-not-shown@db.example/memory?sslmode=require"

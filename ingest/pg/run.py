@@ -2,8 +2,9 @@
 
 The same runner as on SQLite (ingest/runner.py), so the same discovery,
 parsing and redaction: every string is redacted on this machine before it is
-sent. Vectors are not computed on PostgreSQL yet (the embedding part): the
-records wait with embed_state 0, and the summary says how many. Any psycopg
+sent. Then, unless --no-embed, the embedding pass (vectors.py), as on
+SQLite: the model loads once per run, a model that cannot load leaves the
+records waiting and the summary says why (`embed_error`). Any psycopg
 failure on the way (a connection lost mid-ingest, a refused statement) ends
 the run as one DatabaseError line without the password; what was committed
 stays, cursors included, and the next run goes on from there.
@@ -18,15 +19,16 @@ from typing import Any
 
 import anyio
 
-from ..cli import IngestOptions, ProgressBar, until_signal
+from ..cli import IngestOptions, ModelOnce, ProgressBar, until_signal
 from ..config import PostgresUrl
-from ..errors import DatabaseError
+from ..errors import DatabaseError, DejaError
 from ..runner import IngestSummary, ingest_once, watch
 from .connect import describe, require_psycopg
 from .lock import AdvisoryLock, wait_for_advisory_lock
 from .store import PgStore
+from .vectors import run_embed_pg
 
-__all__ = ["ingest_postgres"]
+__all__ = ["ingest_postgres", "embed_postgres", "pg_failure"]
 
 
 async def ingest_postgres(target: PostgresUrl, machine: str, roots: Sequence[Path],
@@ -42,18 +44,60 @@ async def ingest_postgres(target: PostgresUrl, machine: str, roots: Sequence[Pat
     extra["machine"] = machine
     store = await PgStore.open(target, machine, environ)
     try:
-        await _ingest(store, roots, options, summary, extra)
+        await _ingest(store, roots, options, summary, extra, ModelOnce(environ))
     except Exception as exc:
-        # The runner's task group wraps a failed write in an exception group.
-        cause = _psycopg_error(exc, psycopg.Error)
-        if cause is None:
+        failure = pg_failure(exc, store, psycopg.Error)
+        if failure is None:
             raise
-        if store.conn.broken:
-            raise DatabaseError(
-                f"lost the connection to PostgreSQL at {target} "
-                f"({describe(cause, target, environ)}); what was committed stays, and the "
-                "next ingest goes on from there") from exc
-        raise DatabaseError(f"PostgreSQL at {target}: {describe(cause, target, environ)}") from exc
+        raise failure from exc
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
+
+
+def pg_failure(exc: BaseException, store: PgStore, kind: type[BaseException]
+               ) -> DatabaseError | None:
+    """The one-line DatabaseError for a psycopg failure (`kind`) inside `exc`, else None."""
+    # The runner's task group wraps a failed write in an exception group.
+    cause = _psycopg_error(exc, kind)
+    if cause is None:
+        return None
+    target, environ = store.target, store.environ
+    if store.conn.broken:
+        return DatabaseError(
+            f"lost the connection to PostgreSQL at {target} "
+            f"({describe(cause, target, environ)}); what was committed stays, and the "
+            "next run goes on from there")
+    return DatabaseError(f"PostgreSQL at {target}: {describe(cause, target, environ)}")
+
+
+async def embed_postgres(target: PostgresUrl, machine: str, environ: Mapping[str, str], *,
+                         reembed_all: bool = False,
+                         progress: ProgressBar | None = None) -> dict[str, Any]:
+    """`deja embed` / `deja reembed` on PostgreSQL, under this machine's ingest lock.
+
+    Raises DatabaseError, IngestBusy (another process of this machine holds the lock),
+    ModelUnavailable, ModelMismatch.
+    """
+    require_psycopg()
+    import psycopg
+
+    store = await PgStore.open(target, machine, environ)
+    lock = AdvisoryLock(store.conn, machine)
+    try:
+        await wait_for_advisory_lock(lock, 0.0)
+        try:
+            embedder = await ModelOnce(environ).get()
+            return await run_embed_pg(store, embedder, progress=progress,
+                                      reembed_all=reembed_all)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await lock.release()
+    except Exception as exc:
+        failure = pg_failure(exc, store, psycopg.Error)
+        if failure is None:
+            raise
+        raise failure from exc
     finally:
         with anyio.CancelScope(shield=True):
             await store.close()
@@ -70,8 +114,25 @@ def _psycopg_error(exc: BaseException, kind: type[BaseException]) -> BaseExcepti
     return None
 
 
+async def _embed_pass(store: PgStore, options: IngestOptions, model: ModelOnce,
+                      extra: dict[str, Any]) -> None:
+    """The vectors the pass calls for; a model that cannot load (or another model's
+    database) is reported in `extra`, never a failed ingest: keyword search works."""
+    if model.error is None and (model.embedder is not None or await store.pending_embeddings()):
+        bar = ProgressBar(sys.stderr, label="embed ") if not options.silent else None
+        try:
+            extra.update(await run_embed_pg(store, await model.get(), progress=bar))
+        except DejaError as exc:
+            extra["embed_error"] = str(exc)
+        finally:
+            if bar:
+                bar.finish()
+    extra.setdefault("embedded", 0)
+    extra["pending_embeddings"] = await store.pending_embeddings()
+
+
 async def _ingest(store: PgStore, roots: Sequence[Path], options: IngestOptions,
-                  summary: IngestSummary, extra: dict[str, Any]) -> None:
+                  summary: IngestSummary, extra: dict[str, Any], model: ModelOnce) -> None:
     lock = AdvisoryLock(store.conn, store.machine)
 
     def say_waiting(pid: int | None) -> None:
@@ -85,8 +146,15 @@ async def _ingest(store: PgStore, roots: Sequence[Path], options: IngestOptions,
         if options.watch:
             if not options.silent:
                 sys.stderr.write(f"watching {', '.join(str(r) for r in roots)} (Ctrl-C to stop)\n")
-            await until_signal(lambda: watch(store, roots, summary=summary,
+
+            async def after_pass(_s: IngestSummary) -> None:
+                if not options.no_embed:
+                    await _embed_pass(store, options, model, extra)
+
+            await until_signal(lambda: watch(store, roots, summary=summary, on_pass=after_pass,
                                              exclude=options.exclude))
+            extra.setdefault("embedded", 0)
+            extra["pending_embeddings"] = await store.pending_embeddings()
         else:
             progress = ProgressBar(sys.stderr) if not options.silent else None
             try:
@@ -95,10 +163,11 @@ async def _ingest(store: PgStore, roots: Sequence[Path], options: IngestOptions,
             finally:
                 if progress:
                     progress.finish()
-        extra["embedded"] = 0
-        if not options.no_embed:
-            extra["embed_note"] = "vectors are not computed on PostgreSQL yet"
-        extra["pending_embeddings"] = await store.pending_embeddings()
+            if options.no_embed:
+                extra["embedded"] = 0
+                extra["pending_embeddings"] = await store.pending_embeddings()
+            else:
+                await _embed_pass(store, options, model, extra)
     finally:
         with anyio.CancelScope(shield=True):
             await lock.release()

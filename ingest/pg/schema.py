@@ -11,8 +11,16 @@ meta), plus what sharing needs:
 - `text_tsv`, a generated tsvector over the text (`simple` configuration)
   with a GIN index, for the full-text search of the next part.
 - the `vector` extension (pgvector), created if the role may and checked at
-  every open, so a database without it is refused with a clear message now,
-  not at the first embedding. The chunk vectors come with the embedding part.
+  every open, so a database without it is refused with a clear message, not
+  at the first embedding.
+
+Version 2 adds the vector side (ingest/pg/vectors.py): `embedding_model` (the
+one model whose vectors the database holds, as on SQLite) and `chunks`, the
+windows of a record (ingest/vectors.py `windows_for`) with their float
+vector as pgvector's `vector(384)` (all-MiniLM-L6-v2's size; another size is
+refused). No approximate index: an exact scan measured fast enough at these
+sizes and never misses a filtered hit (mcp_server/search/pg/vector.py). A
+version 1 database is upgraded at open.
 
 `prepare` runs under a transaction-level advisory lock, so two machines
 opening a new database at once create the tables once. A database of a
@@ -30,9 +38,11 @@ from ..errors import DatabaseError, SchemaTooNew
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "prepare"]
+__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "SCHEMA_V2", "VECTOR_DIM", "prepare"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# The dimension of the chunks' vector column (schema v2).
+VECTOR_DIM = 384
 # pg_advisory_xact_lock key of schema creation: "deja" and 1, as a number.
 _SCHEMA_LOCK = 0x64656A61_00000001
 
@@ -140,6 +150,31 @@ CREATE TABLE meta (
 INSERT INTO deja_schema (id, version) VALUES (1, 1);
 """
 
+# Version 2: the vectors (embedding, issue 11 second part).
+SCHEMA_V2 = f"""
+CREATE TABLE embedding_model (
+    id SMALLINT PRIMARY KEY CHECK (id = 1),
+    model_id TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE chunks (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    record_id BIGINT NOT NULL REFERENCES records(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    char_start INTEGER NOT NULL,
+    char_end INTEGER NOT NULL,
+    vec vector({VECTOR_DIM}) NOT NULL,
+    UNIQUE (record_id, seq)
+);
+-- the record after another in its file (the keyword ranker's context, mcp_server/search/pg)
+CREATE INDEX records_source_id ON records (source_id, id);
+UPDATE deja_schema SET version = 2 WHERE id = 1;
+"""
+
+# The statements that take a database from version N-1 to N, by N.
+_UPGRADES = {2: SCHEMA_V2}
+
 
 async def prepare(conn: psycopg.AsyncConnection, target: PostgresUrl, *,
                   create: bool = True) -> None:
@@ -161,10 +196,13 @@ async def prepare(conn: psycopg.AsyncConnection, target: PostgresUrl, *,
             await _ensure_vector(conn, target)
             if version is None:
                 await conn.execute(SCHEMA_V1)
+                version = 1
             elif version > SCHEMA_VERSION:
                 raise SchemaTooNew(
                     f"the PostgreSQL database at {target} has deja schema version {version}, "
                     f"newer than this deja's ({SCHEMA_VERSION}): upgrade deja")
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                await conn.execute(_UPGRADES[step])
     except psycopg.errors.InsufficientPrivilege as exc:
         raise DatabaseError(
             f"the role may not create deja's tables in the PostgreSQL database at {target}: "

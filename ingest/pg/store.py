@@ -199,11 +199,16 @@ class PgStore:
             "bytes_ingested": ingested,
             "last_ingest": await self.get_meta("last_ingest"),
             "pending_embeddings": await self.pending_embeddings(),
-            "chunks": 0,  # vectors on PostgreSQL come with the embedding part
-            "embedding_model": None,
+            "chunks": await self._count("SELECT COUNT(*) FROM chunks"),
+            "embedding_model": await self._model(),
         }
 
     # -- helpers --------------------------------------------------------------
+
+    async def _model(self) -> str | None:
+        cur = await self.conn.execute("SELECT model_id FROM embedding_model WHERE id = 1")
+        row = await cur.fetchone()
+        return str(row[0]) if row else None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:

@@ -16,8 +16,8 @@ result; library errors (`DejaError`) become one-line messages and exit code 1,
 bad usage exit code 2. `DEJA_DB` is read here and nowhere else.
 
 A PostgreSQL URL (`--db postgresql://...`, ingest/pg/) goes to the command's
-`postgres_handler` (set by the commands the PostgreSQL engine serves: ingest
-and stats); every other command refuses it with one line and exit code 2,
+`postgres_handler` (set by the commands the PostgreSQL engine serves: ingest,
+embed, reembed, search and stats); every other command refuses it with one line and exit code 2,
 never falling back to a local file.
 """
 
@@ -77,7 +77,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--db", metavar="PATH",
                         help="database file (default: $DEJA_DB, else ~/.local/share/deja/deja.db); "
-                             "a postgresql:// URL for ingest and stats")
+                             "a postgresql:// URL for ingest, embed, search and stats")
     parser.add_argument("--verbose", "-v", action="count", default=0,
                         help="log to stderr (-vv for debug)")
     parser.add_argument("--version", action="version", version=f"deja {__version__}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,8 @@ def register_embed(sub: Subparsers) -> None:
         p = sub.add_parser(name, help=help_, description=description)
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-        p.set_defaults(handler=run_embed_command, reembed_all=reembed_all)
+        p.set_defaults(handler=run_embed_command, reembed_all=reembed_all,
+                       postgres_handler=run_embed_postgres)
 
 
 def run_ingest_command(db_path: Path | PostgresUrl, args: argparse.Namespace) -> int:
@@ -63,6 +65,26 @@ def run_ingest_command(db_path: Path | PostgresUrl, args: argparse.Namespace) ->
 
 def run_embed_command(db_path: Path, args: argparse.Namespace) -> int:
     out = anyio.run(_embed, db_path, args.quiet or args.json, args.reembed_all)
+    return _print_embed(out, args)
+
+
+def run_embed_postgres(target: PostgresUrl, args: argparse.Namespace) -> int:
+    """`deja embed` / `reembed` on PostgreSQL (ingest/pg/run.py)."""
+    from ingest.cli import ProgressBar
+    from ingest.config import machine_from
+    from ingest.pg.run import embed_postgres
+
+    bar = None if args.quiet or args.json else ProgressBar(sys.stderr, label="embed ")
+    try:
+        out = anyio.run(lambda: embed_postgres(target, machine_from(os.environ), os.environ,
+                                               reembed_all=args.reembed_all, progress=bar))
+    finally:
+        if bar:
+            bar.finish()
+    return _print_embed(out, args)
+
+
+def _print_embed(out: dict[str, Any], args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out))
     else:

@@ -2,6 +2,8 @@
 
 Calls the same `search()` the memory_search tool calls. The model is loaded
 only when it can help: not in keyword mode, not before any vector exists.
+On a PostgreSQL URL, `search_pg()` (mcp_server/search/pg/): the same request
+and result, each hit naming the machine it came from.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import aiosqlite
 import anyio
 
+from ingest.config import PostgresUrl
 from ingest.db import connect
 from ingest.errors import DejaError
 from ingest.store import Store
@@ -49,19 +52,23 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--format", choices=("terminal", "plain"), default=None,
                    help="terminal: the coloured view, highlighted words (default on a terminal); "
                         "plain: one hit per two lines (default when piped)")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, postgres_handler=run_postgres)
+
+
+def _request(args: argparse.Namespace) -> SearchRequest:
+    """The request of the command line; checked before any model loads (InvalidQuery)."""
+    # `--project .` from inside a project (or one of its worktrees).
+    args.project = expand_project_arg(args.project)
+    return SearchRequest(args.query, mode=args.mode, limit=args.limit, kinds=args.kinds,
+                         session_id=args.session, project=args.project, tool=args.tool,
+                         since=args.since, until=args.until, max_tokens=args.max_tokens)
 
 
 async def _search(db_path: Path, args: argparse.Namespace) -> SearchResult:
     require_database(db_path)
     embedder: Any = None
     embedder_error = None
-    # `--project .` from inside a project (or one of its worktrees).
-    args.project = expand_project_arg(args.project)
-    # Checked before the model loads (raises InvalidQuery).
-    request = SearchRequest(args.query, mode=args.mode, limit=args.limit, kinds=args.kinds,
-                            session_id=args.session, project=args.project, tool=args.tool,
-                            since=args.since, until=args.until, max_tokens=args.max_tokens)
+    request = _request(args)
     store = await Store.open(db_path)
     vector_conn: aiosqlite.Connection | None = None
     try:
@@ -93,8 +100,51 @@ async def _search(db_path: Path, args: argparse.Namespace) -> SearchResult:
             await vector_conn.close()
 
 
+async def _search_postgres(target: PostgresUrl, args: argparse.Namespace) -> SearchResult:
+    """Raises DatabaseError (unreachable, no deja tables, a failed statement), InvalidQuery."""
+    from ingest.config import machine_from
+    from ingest.pg.connect import describe, require_psycopg
+    from ingest.pg.store import PgStore
+
+    from ..search.pg import search_pg
+
+    request = _request(args)
+    require_psycopg()
+    import psycopg
+
+    store = await PgStore.open(target, machine_from(os.environ), os.environ, create=False)
+    try:
+        embedder: Any = None
+        embedder_error = None
+        if args.mode != "keyword":
+            cur = await store.conn.execute("SELECT 1 FROM chunks LIMIT 1")
+            if await cur.fetchone() is None:
+                embedder_error = "no vectors yet (run `deja embed`)"
+            else:
+                try:
+                    from ingest.embed import load_configured_embedder
+
+                    embedder = await anyio.to_thread.run_sync(load_configured_embedder,
+                                                              os.environ)
+                except DejaError as exc:
+                    embedder_error = str(exc)
+        return await search_pg(store.conn, request, embedder=embedder,
+                               embedder_error=embedder_error)
+    except psycopg.Error as exc:
+        raise DejaError(f"PostgreSQL at {target}: {describe(exc, target, os.environ)}") from exc
+    finally:
+        await store.close()
+
+
+def run_postgres(target: PostgresUrl, args: argparse.Namespace) -> int:
+    return _print(anyio.run(_search_postgres, target, args), args)
+
+
 def run(db_path: Path, args: argparse.Namespace) -> int:
-    result = anyio.run(_search, db_path, args)
+    return _print(anyio.run(_search, db_path, args), args)
+
+
+def _print(result: SearchResult, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return 0
@@ -111,7 +161,8 @@ def run(db_path: Path, args: argparse.Namespace) -> int:
         Console().print(hits_view(result.hits, args.query))
         return 0
     for h in result.hits:
+        machine = f"  on {h.machine}" if h.machine is not None else ""
         print(f"{h.timestamp or '?'}  {h.kind}{' ' + h.tool_name if h.tool_name else ''}  "
-              f"{h.project or ''}  session {h.session_id}  {h.handle}")
+              f"{h.project or ''}  session {h.session_id}  {h.handle}{machine}")
         print("    " + h.snippet)
     return 0

@@ -16,6 +16,9 @@ The package, one job a module:
 - fusion.py: weighted reciprocal-rank fusion, neighbour smoothing, `FUSION`;
 - snippets.py: windows of text around the match;
 - results.py: `Hit`, `SearchResult` (the JSON contract);
+- assemble.py: the fused order and the hits, shared by both engines;
+- pg/: the same search on PostgreSQL (`search_pg`; imported only for a
+  PostgreSQL URL);
 - engine.py: `search()`: filters, both rankers, the rescue of records not yet
   embedded, fusion, hits.
 """

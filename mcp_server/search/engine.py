@@ -33,14 +33,13 @@ import aiosqlite
 import anyio
 
 from ..projects import resolve_project
+from .assemble import HIT_COLUMNS, Keyword, Ml, Vector, build_hits, fused_order, rows_wanted
 from .filters import SearchFilters
-from .fusion import FUSION, Fusion, fuse, smooth
+from .fusion import FUSION, Fusion, smooth
 from .keyword import keyword_ranks
 from .multilingual import ml_ranks
 from .request import Resources, SearchRequest
 from .results import Hit, SearchResult
-from .snippets import make_snippet, word_pattern
-from .terms import has_cjk, query_words
 from .times import parse_time
 from .vector import COARSE_K, vector_ranks
 
@@ -50,10 +49,6 @@ if TYPE_CHECKING:
     from .index import VectorIndex
 
 __all__ = ["PENDING_RESCUE", "keyword_search", "search"]
-
-Keyword = list[tuple[int, float]]             # (record id, bm25 score), best first
-Vector = list[tuple[int, float, int]]         # (record id, cosine, best chunk id), best first
-Ml = list[tuple[int, float]]                  # (record id, multilingual cosine), best first
 
 PENDING_RESCUE = 8
 
@@ -168,18 +163,8 @@ async def _rank(conn: aiosqlite.Connection, request: SearchRequest, res: Resourc
 async def _order(conn: aiosqlite.Connection, request: SearchRequest, keyword: Keyword,
                  vector: Vector, fusion: Fusion, ml: Ml | None = None) -> list[tuple[int, float]]:
     """The final ranking: one ranker's list as it is, or all fused and smoothed."""
-    if request.mode == "keyword" or not (vector or ml):
-        return [(rid, score) for rid, score in keyword]
-    if request.mode == "vector":
-        return [(rid, sim) for rid, sim, _ in vector]
-    w_vector = fusion.vector
-    if has_cjk(request.query):
-        # all-MiniLM-L6-v2 was trained on English: its vectors of Chinese or
-        # Japanese text are near noise, so let the keywords lead.
-        w_vector *= fusion.cjk_vector
-    order = fuse(keyword, vector, k=fusion.k, w_keyword=fusion.keyword, w_vector=w_vector,
-                 multilingual=ml or (), w_multilingual=fusion.multilingual)
-    if fusion.neighbors:
+    order, fused = fused_order(request, keyword, vector, fusion, ml)
+    if fused:
         order = await smooth(conn, order, fusion.neighbors, fusion.radius)
     return order
 
@@ -242,11 +227,9 @@ async def _materialize(conn: aiosqlite.Connection, request: SearchRequest,
     vector chunk, else on the first query word."""
     if not order:
         return []
-    limit, max_tokens = request.limit, request.max_tokens
-    ids = [rid for rid, _ in order[: limit * 3 + 10]]
+    ids = rows_wanted(order, request.limit)
     rows = await conn.execute_fetchall(
-        f"SELECT r.id, r.uuid, r.session_id, COALESCE(s.cwd, r.cwd, s.project_dir), r.kind, r.ts, "
-        f"r.text, r.tool_name, r.agent_id, r.part FROM records r "
+        f"SELECT {HIT_COLUMNS} FROM records r "
         f"LEFT JOIN sessions s ON s.session_id = r.session_id "
         f"WHERE r.id IN ({', '.join('?' for _ in ids)})",
         ids,
@@ -254,49 +237,8 @@ async def _materialize(conn: aiosqlite.Connection, request: SearchRequest,
     by_id = {row[0]: row for row in rows}
     spans = await _chunk_starts(conn, [vec_rank[rid][2] for rid in ids
                                        if rid in vec_rank and vec_rank[rid][2] >= 0])
-    words = query_words(request.query)
-    pattern = word_pattern(words) if words else None
-    hits: list[Hit] = []
-    seen: set[Any] = set()
-    used_tokens = 0
-    for rid, score in order:
-        row = by_id.get(rid)
-        if row is None:
-            continue
-        # One hit per transcript line: its parts (several tool results of one
-        # user line) and its replays in other files (a /btw side question)
-        # would crowd out other answers. The handle leads to the rest.
-        key = row[1] or row[0]
-        if key in seen:
-            continue
-        seen.add(key)
-        around = passages.get(rid)
-        if around is None and rid in vec_rank:
-            around = spans.get(vec_rank[rid][2])
-        snippet = make_snippet(row[6], words, around)
-        cost = len(snippet) // 4 + 30  # the snippet and the hit's fields
-        if max_tokens is not None and used_tokens + cost > max_tokens and hits:
-            result.truncated_by_budget = True
-            break
-        used_tokens += cost
-        scores: dict[str, Any] = {}
-        if rid in kw_rank:
-            scores["bm25_rank"], scores["bm25"] = kw_rank[rid][0], round(kw_rank[rid][1], 4)
-            # Matched in its own words, or only in the record before it (context).
-            own = pattern is not None and pattern.search(row[6]) is not None
-            scores["bm25_match"] = "text" if own else "previous"
-        if rid in vec_rank:
-            scores["vector_rank"], scores["cosine"] = vec_rank[rid][0], round(vec_rank[rid][1], 4)
-        if ml_rank and rid in ml_rank:
-            scores["ml_rank"], scores["ml_cosine"] = ml_rank[rid][0], round(ml_rank[rid][1], 4)
-        hits.append(Hit(
-            id=row[0], uuid=row[1], session_id=row[2], project=row[3], kind=row[4],
-            timestamp=row[5], snippet=snippet, tool_name=row[7], agent_id=row[8],
-            score=float(score), scores=scores,
-        ))
-        if len(hits) >= limit:
-            break
-    return hits
+    return build_hits(request, order, by_id, spans, kw_rank, vec_rank, result, passages,
+                      ml_rank)
 
 
 async def _chunk_starts(conn: aiosqlite.Connection, chunk_ids: list[int]) -> dict[int, int]:

@@ -26,13 +26,14 @@ class SearchFilters:
     since: str | None = None
     until: str | None = None
 
-    def sql(self) -> tuple[str, list[Any]]:
-        """AND-clauses over `records r` (joined to `sources src`), and their parameters."""
+    def sql(self, mark: str = "?") -> tuple[str, list[Any]]:
+        """AND-clauses over `records r` (joined to `sources src`), and their parameters;
+        `mark` is the driver's placeholder (`%s` for psycopg on PostgreSQL)."""
         clauses: list[str] = []
         params: list[Any] = []
 
         def one_of(column: str, values: Sequence[str]) -> None:
-            clauses.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            clauses.append(f"{column} IN ({', '.join(mark for _ in values)})")
             params.extend(values)
 
         if self.kinds:
@@ -44,9 +45,9 @@ class SearchFilters:
         if self.tool:
             one_of("r.tool_name", [self.tool])
         if self.since:
-            clauses.append("r.ts >= ?")
+            clauses.append(f"r.ts >= {mark}")
             params.append(self.since)
         if self.until:
-            clauses.append("r.ts < ?")
+            clauses.append(f"r.ts < {mark}")
             params.append(self.until)
         return "".join(" AND " + c for c in clauses), params

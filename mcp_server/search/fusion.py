@@ -18,7 +18,7 @@ import aiosqlite
 
 from .vector import COARSE_K
 
-__all__ = ["FUSION", "Fusion", "fuse", "smooth"]
+__all__ = ["FUSION", "Fusion", "fuse", "smooth", "smooth_by_source"]
 
 
 # Tuned on the LoCoMo dev split (bench/locomo.py) and checked on the real-transcript
@@ -79,7 +79,13 @@ async def smooth(conn: aiosqlite.Connection, order: list[tuple[int, float]], wei
         f"AND kind != 'memory'", ids)
     # Memories share one pseudo-source per project but are no conversation:
     # they have no neighbours.
-    source: dict[int, Any] = {rid: src for rid, src in rows}
+    return smooth_by_source(order, {rid: src for rid, src in rows}, weight, radius)
+
+
+def smooth_by_source(order: list[tuple[int, float]], source: dict[int, Any], weight: float,
+                     radius: int) -> list[tuple[int, float]]:
+    """`smooth` once each candidate's file is known (`source`: record id -> source id, the
+    records without neighbours left out); both engines share it."""
     by_source: dict[Any, list[tuple[int, float]]] = {}
     for rid, score in order:
         if rid in source:

@@ -45,6 +45,9 @@ class Hit:
     agent_id: str | None
     score: float
     scores: dict[str, Any] = field(default_factory=dict)
+    # The machine the record came from: set on PostgreSQL (a shared database), where
+    # to_dict and to_answer then carry it; None on SQLite, whose JSON stays as it was.
+    machine: str | None = None
 
     @property
     def handle(self) -> str:
@@ -52,18 +55,22 @@ class Hit:
         return f"rec:{self.id}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "uuid": self.uuid, "session_id": self.session_id, "project": self.project,
             "kind": self.kind, "timestamp": self.timestamp, "snippet": self.snippet,
             "tool_name": self.tool_name, "agent_id": self.agent_id, "handle": self.handle,
             "record_id": self.id, "score": round(self.score, 6), "scores": self.scores,
         }
+        if self.machine is not None:
+            out["machine"] = self.machine
+        return out
 
     def to_answer(self) -> dict[str, Any]:
         """The agent's fields (see the module docstring), the unset ones left out."""
         fields = {"handle": self.handle, "kind": self.kind, "tool": self.tool_name,
                   "agent_id": self.agent_id, "time": minute(self.timestamp),
-                  "session_id": self.session_id, "project": self.project, "snippet": self.snippet}
+                  "session_id": self.session_id, "project": self.project,
+                  "machine": self.machine, "snippet": self.snippet}
         return {k: v for k, v in fields.items() if v is not None}
 
 

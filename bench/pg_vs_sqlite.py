@@ -1,0 +1,172 @@
+"""SQLite and PostgreSQL side by side, one run: ingest speed, size, hybrid latency and recall.
+
+Why: issue 11 wants the second engine measured against the first in one run
+(recall within 0.02 of SQLite's). On the shared corpus (both sets, as
+bench/recall.py's `full` corpus) this:
+
+1. ingests it with the CLI (`deja ingest --no-embed`, timed: MB/s) into a
+   fresh SQLite file and into a fresh PostgreSQL database (a pgserver started
+   in a temporary folder, or `--url` of an empty database), then `deja embed`s
+   both (timed);
+2. reports each database's size (SQLite: the file with its -wal/-shm;
+   PostgreSQL: pg_database_size, which includes the catalogs, ~8 MB empty);
+3. asks bench/questions.json's v1+dev questions in hybrid mode through each
+   engine's library search (SQLite `search`, PostgreSQL `search_pg`), limit
+   10, with one loaded embedder and without the multilingual extra on either:
+   p50/p95 of the search's wall time and hit@10 / MRR@10 as recall.py counts
+   them.
+
+    python bench/pg_vs_sqlite.py [--url postgresql://.../empty_db] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+import recall  # noqa: E402  (bench/ is on sys.path: this script's folder)
+
+from ingest.config import PostgresUrl, database_bytes  # noqa: E402
+
+
+def _deja(env: dict[str, str], db: str, *args: str) -> dict[str, Any]:
+    out = subprocess.run([*recall.deja_command(), "--db", db, *args, "--json"],
+                         capture_output=True, text=True, cwd=REPO, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"deja {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def load(db: str, env: dict[str, str]) -> dict[str, Any]:
+    """Ingest (timed, without vectors) then embed the full corpus into `db`."""
+    roots = [a for root in recall.corpus_dirs("full") for a in ("--root", str(root))]
+    started = time.perf_counter()
+    summary = _deja(env, db, "ingest", *roots, "--no-embed", "--quiet")
+    ingest_s = time.perf_counter() - started
+    started = time.perf_counter()
+    embedded = _deja(env, db, "embed", "--quiet")
+    return {"records": summary["new_records"], "mb": summary["bytes_read"] / 1e6,
+            "ingest_s": ingest_s, "mb_per_s": summary["bytes_read"] / 1e6 / ingest_s,
+            "embed_s": time.perf_counter() - started, "chunks": embedded["chunks"]}
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+async def ask(engine: str, db: str, questions: list[dict[str, Any]], embedder: Any
+              ) -> dict[str, Any]:
+    """Every question in hybrid mode; latency and recall."""
+    from mcp_server.search import Resources, SearchRequest, search
+
+    times: list[float] = []
+    outcomes: list[recall.Outcome] = []
+    if engine == "sqlite":
+        from ingest.db import connect
+        from ingest.store import Store
+
+        store = await Store.open(Path(db))
+        second = await connect(Path(db), readonly=True)
+        resources = Resources(embedder=embedder, vector_conn=second)
+
+        async def one(query: str) -> Any:
+            return await search(store.conn, SearchRequest(query, limit=10, project="all"),
+                                resources)
+
+        close = [store.close, second.close]
+    else:
+        from ingest.pg.store import PgStore
+        from mcp_server.search.pg import search_pg
+
+        pg = await PgStore.open(PostgresUrl(db), "bench", os.environ, create=False)
+
+        async def one(query: str) -> Any:
+            return await search_pg(pg.conn, SearchRequest(query, limit=10, project="all"),
+                                   embedder=embedder)
+
+        close = [pg.close]
+    try:
+        await one("warm up the caches")
+        for q in questions:
+            started = time.perf_counter()
+            result = await one(q["question"])
+            times.append((time.perf_counter() - started) * 1000)
+            assert result.vector_status == "ok", result.vector_status
+            returned = [h.uuid for h in result.hits][:recall.LIMIT]
+            outcomes.append(recall.Outcome(q["id"], recall.first_hit(returned, set(q["expected"])),
+                                           returned))
+    finally:
+        for c in close:
+            await c()
+    m = recall.metrics(outcomes)
+    return {"p50_ms": _pct(times, .5), "p95_ms": _pct(times, .95), "hit@10": m["hit@10"],
+            "mrr": m["mrr"], "n": m["n"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", help="an empty PostgreSQL database (default: start a pgserver)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="deja-pgvs-"))
+    server = None
+    url = args.url
+    if url is None:
+        from fixtures.postgres import start_server
+
+        server = start_server(tmp / "pg")
+        url = server.uri(server.new_database())
+    # The multilingual extra (SQLite only) off: the same work on both engines.
+    env = {**os.environ, "HOME": str(tmp), "DEJA_EMBED": "1", "DEJA_MULTILINGUAL": "0"}
+    env.setdefault("DEJA_MODEL_CACHE", str(REPO / ".pytest_cache" / "deja-models"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    sqlite_db = str(tmp / "deja.db")
+    loads = {"sqlite": load(sqlite_db, env), "postgresql": load(url, env)}
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    sizes = {"sqlite": database_bytes(Path(sqlite_db)), "postgresql": int(row[0]) if row else 0}
+    questions = [q for q in json.loads(recall.QUESTIONS.read_text())["questions"]
+                 if recall.split_of(q) in ("v1", "dev")]
+    from ingest.embed import load_configured_embedder
+
+    embedder = load_configured_embedder(env)
+    asked = {"sqlite": anyio.run(ask, "sqlite", sqlite_db, questions, embedder),
+             "postgresql": anyio.run(ask, "postgresql", url, questions, embedder)}
+    out = {e: {**loads[e], "database_mb": sizes[e] / 1e6, **asked[e]} for e in loads}
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        rows = [("records", "records", "{:,}"), ("chunks", "chunks", "{:,}"),
+                ("ingest MB/s", "mb_per_s", "{:.1f}"), ("embed s", "embed_s", "{:.1f}"),
+                ("database MB", "database_mb", "{:.1f}"),
+                ("hybrid p50 ms", "p50_ms", "{:.1f}"), ("hybrid p95 ms", "p95_ms", "{:.1f}"),
+                (f"hit@10 ({out['sqlite']['n']} q)", "hit@10", "{:.3f}"),
+                ("MRR@10", "mrr", "{:.3f}")]
+        print(f"{'':22}{'SQLite':>12}{'PostgreSQL':>12}")
+        for label, key, fmt in rows:
+            print(f"{label:22}{fmt.format(out['sqlite'][key]):>12}"
+                  f"{fmt.format(out['postgresql'][key]):>12}")
+    if server is not None:
+        server.handle.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""`search_pg`: one search on PostgreSQL, the SQLite engine's steps with PostgreSQL's SQL.
+
+The same order as ../engine.py: resolve the filters, run the keyword and
+vector rankers (keyword.py, vector.py), fuse and smooth (../assemble.py,
+../fusion.py), read the hits' rows and build them (../assemble.py). What
+the SQLite engine does and this one does not: the multilingual ranker (an
+SQLite-only extra), and the on-the-spot vectors of records still waiting
+for theirs (here they are found by keyword only, and a note says how many
+wait).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ingest.pg.text import clean
+
+from ...projects import claude_project_dir
+from ..assemble import HIT_COLUMNS, Keyword, Vector, build_hits, fused_order, rows_wanted
+from ..filters import SearchFilters
+from ..fusion import FUSION, Fusion, smooth_by_source
+from ..request import SearchRequest
+from ..results import SearchResult
+from ..times import parse_time
+from .keyword import keyword_ranks_pg
+from .vector import vector_ranks_pg
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from ingest.embed import Embedder
+
+__all__ = ["search_pg", "resolve_project_pg"]
+
+
+async def _rows(conn: psycopg.AsyncConnection, sql: str, params: Any = ()) -> list[Any]:
+    cur = await conn.execute(sql, params)
+    return list(await cur.fetchall())
+
+
+async def resolve_project_pg(conn: psycopg.AsyncConnection, project: str | None
+                             ) -> list[str] | None:
+    """The project folders a `project` argument means (None: all), as
+    mcp_server/projects.py `resolve_project` reads them on SQLite."""
+    if project is None or project.strip().lower() in ("", "all", "*"):
+        return None
+    p = project.strip().rstrip("/") or "/"
+    like = p.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+    dirs = {r[0] for r in await _rows(
+        conn, "SELECT DISTINCT project_dir FROM sessions WHERE project_dir IS NOT NULL AND "
+              "(project_dir = %s OR project_dir = %s OR cwd = %s OR cwd LIKE %s ESCAPE '\\')",
+        (p, claude_project_dir(p), p, like))}
+    if not dirs and p.startswith("/"):
+        enclosing = await _rows(
+            conn, "SELECT project_dir, cwd FROM sessions WHERE project_dir IS NOT NULL AND "
+                  "cwd IS NOT NULL AND cwd != '/' AND substr(%s, 1, length(cwd) + 1) = cwd || '/' "
+                  "ORDER BY length(cwd) DESC", (p,))
+        if enclosing:
+            longest = len(enclosing[0][1])
+            dirs = {r[0] for r in enclosing if len(r[1]) == longest}
+    dirs.update(r[0] for r in await _rows(
+        conn, "SELECT DISTINCT project_dir FROM sources WHERE project_dir = %s OR project_dir = %s",
+        (p, claude_project_dir(p))))
+    return sorted(dirs)
+
+
+async def search_pg(conn: psycopg.AsyncConnection, request: SearchRequest, *,
+                    embedder: Embedder | None = None, embedder_error: str | None = None,
+                    fusion: Fusion = FUSION, now: datetime | None = None) -> SearchResult:
+    """Search the shared history; see the module docstring. Raises InvalidQuery for a time
+    it cannot read, psycopg errors for a failed statement (the CLI words them)."""
+    started = time.perf_counter()
+    filters = SearchFilters(
+        kinds=list(request.kinds) if request.kinds else None,
+        session_id=request.session_id or None,
+        project_dirs=await resolve_project_pg(conn, request.project),
+        tool=request.tool or None,
+        since=parse_time(request.since, now) if request.since else None,
+        until=parse_time(request.until, now) if request.until else None,
+    )
+    result = SearchResult(hits=[], query=request.query, mode=request.mode)
+    result.pending_embeddings = int((await _rows(
+        conn, "SELECT COUNT(*) FROM records WHERE embed_state = 0"))[0][0])
+    n = max(fusion.candidates, request.limit * 2)
+    query = clean(request.query) or ""  # no NUL, no lone surrogate: SQL and model refuse them
+    keyword: Keyword = []
+    vector: Vector = []
+    if request.mode in ("hybrid", "keyword"):
+        keyword = await keyword_ranks_pg(conn, query, filters, n,
+                                         fusion.context if request.mode == "hybrid" else 0.0)
+    if request.mode in ("hybrid", "vector"):
+        vector, status = await _vector_side(conn, query, embedder, embedder_error,
+                                            filters, n)
+        result.vector_status = status
+        if status != "ok":
+            result.notes.append(f"vector search unavailable ({status}): keyword results only")
+            if request.mode == "vector":
+                keyword = await keyword_ranks_pg(conn, query, filters, n)
+        elif result.pending_embeddings:
+            result.notes.append(
+                f"{result.pending_embeddings} records still await embedding; they are found "
+                "by keyword only for now")
+    order, fused = fused_order(request, keyword, vector, fusion)
+    if fused and len(order) > 1:
+        ids = [rid for rid, _ in order]
+        source = {rid: src for rid, src in await _rows(
+            conn, "SELECT id, source_id FROM records WHERE id = ANY(%s) AND kind != 'memory'",
+            (ids,))}
+        order = smooth_by_source(order, source, fusion.neighbors, fusion.radius)
+    kw_rank = {rid: (i + 1, s) for i, (rid, s) in enumerate(keyword)}
+    vec_rank = {rid: (i + 1, s, c) for i, (rid, s, c) in enumerate(vector)}
+    if order:
+        wanted = rows_wanted(order, request.limit)
+        by_id = {row[0]: row for row in await _rows(
+            conn, f"SELECT {HIT_COLUMNS}, r.machine FROM records r "
+                  "LEFT JOIN sessions s ON s.session_id = r.session_id WHERE r.id = ANY(%s)",
+            (wanted,))}
+        chunk_ids = [vec_rank[rid][2] for rid in wanted if rid in vec_rank]
+        spans = {cid: start for cid, start in await _rows(
+            conn, "SELECT id, char_start FROM chunks WHERE id = ANY(%s)", (chunk_ids,))
+        } if chunk_ids else {}
+        result.hits = build_hits(request, order, by_id, spans, kw_rank, vec_rank, result, {})
+    result.elapsed_ms = (time.perf_counter() - started) * 1000
+    return result
+
+
+async def _vector_side(conn: psycopg.AsyncConnection, query: str, embedder: Embedder | None,
+                       embedder_error: str | None, filters: SearchFilters, n: int
+                       ) -> tuple[Vector, str]:
+    """The vector ranker's list and "ok", or [] and why it could not run."""
+    if embedder is None:
+        return [], embedder_error or "no embedding model loaded"
+    model = await _rows(conn, "SELECT model_id, dim FROM embedding_model WHERE id = 1")
+    if not model:
+        return [], "no vectors yet (run `deja embed`)"
+    if (model[0][0], int(model[0][1])) != (embedder.model_id, embedder.dim):
+        return [], (f"the database holds vectors of {model[0][0]}, not {embedder.model_id}; "
+                    "run `deja reembed`")
+    qvec = await anyio.to_thread.run_sync(lambda: embedder.embed([query])[0])
+    return await vector_ranks_pg(conn, qvec, filters, n), "ok"

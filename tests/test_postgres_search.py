@@ -1,0 +1,248 @@
+"""The PostgreSQL engine, second part (issue 11): embedding and search on PostgreSQL.
+
+test_search.py's generated corpus (filters exclude most of it) is ingested and
+embedded by the real CLI into both engines, once for the module: a SQLite
+file and a PostgreSQL database on the run's server (fixtures/postgres.py).
+Then:
+
+- the same windows get vectors on both (record, seq, offsets), one model recorded;
+- the same query finds the same record in the top hits on both engines, in
+  keyword, vector and hybrid mode; `deja search --json` has the same fields on
+  both, plus `machine` on PostgreSQL only;
+- every filter of test_search.py returns every matching record up to the limit
+  (no fewer hits than exist), in vector and hybrid mode;
+- hostile query strings (quotes, colons, `&|!`, parentheses, NUL) never raise;
+- another model is refused (ModelMismatch) until `deja reembed`; a version 1
+  database is upgraded to version 2 and embedded.
+
+The library calls (`search_pg`) share one loaded embedder; the CLI runs as a
+subprocess where the process boundary matters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import test_search as sqlite_search
+from fixtures.cli import deja, deja_json
+from fixtures.db import sql
+from fixtures.paths import MODEL_CACHE, SAMPLE
+from fixtures.postgres import PgServer
+
+from ingest.config import PostgresUrl
+from ingest.embed import Embedder, load_embedder
+from ingest.pg.schema import SCHEMA_VERSION
+from ingest.pg.store import PgStore
+from mcp_server.search import SearchRequest
+from mcp_server.search.pg import search_pg
+from mcp_server.search.results import SearchResult
+
+
+class Both:
+    """One corpus in both engines."""
+
+    def __init__(self, home: Path, db: Path, url: str, server: PgServer,
+                 embedder: Embedder) -> None:
+        self.home, self.db, self.url, self.server, self.embedder = home, db, url, server, embedder
+
+    def pg(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self.server.connect(self.url.split("/")[3].split("?")[0]) as conn:
+            return [tuple(r) for r in conn.execute(query, params).fetchall()]
+
+    def search(self, query: str, **kw: Any) -> SearchResult:
+        """search_pg through the library, with the module's embedder."""
+        async def go() -> SearchResult:
+            store = await PgStore.open(PostgresUrl(self.url), "test", {}, create=False)
+            try:
+                return await search_pg(store.conn, SearchRequest(query, **kw),
+                                       embedder=self.embedder)
+            finally:
+                await store.close()
+
+        return anyio.run(go)
+
+    def cli(self, engine: str, *args: str) -> Any:
+        db = self.url if engine == "postgresql" else str(self.db)
+        return deja_json(self.home, "--db", db, "search", "--json", *args)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return load_embedder(None, "auto", cache_dir=MODEL_CACHE, local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory: pytest.TempPathFactory, postgres_server: PgServer,
+         embedder: Embedder) -> Iterator[Both]:
+    base = tmp_path_factory.mktemp("pgsearch")
+    root, home = base / "projects", base / "home"
+    home.mkdir()
+    sqlite_search.build_corpus(root, datetime.now(timezone.utc))
+    db = base / "deja.db"
+    url = postgres_server.uri(postgres_server.new_database())
+    for target in (str(db), url):
+        out = deja_json(home, "--db", target, "ingest", "--root", str(root), "--root",
+                        str(SAMPLE), "--json", embed=True, env={"DEJA_MACHINE": "laptop"})
+        assert out["pending_embeddings"] == 0 and out["embedded"] > 400, out
+    yield Both(home, db, url, postgres_server, embedder)
+
+
+def test_the_same_windows_get_vectors_on_both_engines(both: Both) -> None:
+    sqlite_chunks = set(sql(both.db, "SELECT r.uuid, r.part, c.seq, c.char_start, c.char_end "
+                                     "FROM chunks c JOIN records r ON r.id = c.record_id"))
+    pg_chunks = set(both.pg("SELECT r.uuid, r.part, c.seq, c.char_start, c.char_end "
+                            "FROM chunks c JOIN records r ON r.id = c.record_id"))
+    assert len(pg_chunks) > 400 and pg_chunks == sqlite_chunks
+    assert both.pg("SELECT model_id, dim FROM embedding_model") == \
+        sql(both.db, "SELECT model_id, dim FROM embedding_model")
+    assert both.pg("SELECT version FROM deja_schema") == [(SCHEMA_VERSION,)]
+    # Unit vectors of 384 dimensions.
+    norms = both.pg("SELECT MIN(vector_dims(vec)), MIN(vec <#> vec), MAX(vec <#> vec) FROM chunks")
+    assert norms[0][0] == 384 and -1.01 < norms[0][1] <= norms[0][2] < -0.99
+
+
+# (query, SQL LIKE of the text of the record expected among the top 3)
+FINDS = [
+    ("zanzibarquux codename", "%codename of the release is zanzibarquux%"),
+    ("how often to oil the bicycle chain", "Oil the chain every few hundred%"),
+    ("watering greenhouse tomatoes", "The greenhouse tomatoes need watering%"),
+    ("knit a scarf of merino wool", "Knit a scarf with the blue merino wool.%"),
+]
+
+
+# A made-up word deep inside a long answer is for the keywords: no vector finds it.
+CASES = [(q, like, mode) for q, like in FINDS for mode in ("keyword", "vector", "hybrid")
+         if not (mode == "vector" and "zanzibarquux" in q)]
+
+
+@pytest.mark.parametrize("query,like,mode", CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+def test_the_same_query_finds_the_same_record_on_both_engines(
+        both: Both, query: str, like: str, mode: str) -> None:
+    want = {r[0] for r in sql(both.db, "SELECT uuid FROM records WHERE text LIKE ?", (like,))}
+    assert len(want) == 1
+    assert {r[0] for r in both.pg("SELECT uuid FROM records WHERE text LIKE %s", (like,))} == want
+    sqlite_top = [h.uuid for h in both_sqlite_search(both, query, mode).hits[:3]]
+    pg = both.search(query, mode=mode, limit=10)
+    assert pg.vector_status == ("not used" if mode == "keyword" else "ok")
+    assert want & set(sqlite_top), (mode, sqlite_top)
+    assert want & {h.uuid for h in pg.hits[:3]}, (mode, [h.snippet[:60] for h in pg.hits[:3]])
+    assert all(h.machine == "laptop" for h in pg.hits)
+
+
+def both_sqlite_search(both: Both, query: str, mode: str) -> SearchResult:
+    corpus = sqlite_search.Corpus(both.db, both.home, both.home, {}, both.embedder)
+    result: SearchResult = corpus.search(query, mode=mode, limit=10)
+    return result
+
+
+def test_search_json_has_the_same_fields_on_both_engines_and_a_machine_on_postgres(
+        both: Both) -> None:
+    query = ("--mode", "hybrid", "-n", "5", "bicycle chain oil")
+    lite, pg = both.cli("sqlite", *query), both.cli("postgresql", *query)
+    assert set(pg) == set(lite) and pg["vector_status"] == lite["vector_status"] == "ok"
+    assert lite["hits"] and pg["hits"]
+    for hit in lite["hits"]:
+        assert "machine" not in hit
+    for hit in pg["hits"]:
+        assert set(hit) == set(lite["hits"][0]) | {"machine"} and hit["machine"] == "laptop"
+        assert set(hit["scores"]) <= {"bm25_rank", "bm25", "bm25_match", "vector_rank", "cosine"}
+    assert pg["hits"][0]["uuid"] == lite["hits"][0]["uuid"]
+    plain = deja(both.home, "--db", both.url, "search", "bicycle chain", "--format", "plain",
+                 "--mode", "keyword").stdout
+    assert "on laptop" in plain.splitlines()[0]
+
+
+def _pg_expected(both: Both, where: str) -> set[str]:
+    return {r[0] for r in both.pg(
+        "SELECT DISTINCT r.uuid FROM records r JOIN sources s ON s.id = r.source_id "
+        "WHERE r.embed_state = 1 AND EXISTS (SELECT 1 FROM chunks c WHERE c.record_id = r.id) "
+        f"AND {where}")}
+
+
+@pytest.mark.parametrize("mode", ["vector", "hybrid"])
+@pytest.mark.parametrize("label,kwargs,where", sqlite_search.FILTERS,
+                         ids=[f[0] for f in sqlite_search.FILTERS])
+def test_filters_return_every_match_up_to_the_limit(both: Both, mode: str, label: str,
+                                                    kwargs: dict[str, Any], where: str) -> None:
+    expected = _pg_expected(both, where)
+    assert len(expected) >= 3, label
+    for limit in (len(expected) + 5, 2):
+        got = [h.uuid for h in both.search(sqlite_search.QUERY, mode=mode, limit=limit,
+                                           **kwargs).hits]
+        assert len(got) == len(set(got)) and set(got) <= expected, label
+        assert len(got) == min(limit, len(expected)), (label, mode, limit, len(got))
+
+
+def test_filters_through_the_cli(both: Both) -> None:
+    out = both.cli("postgresql", "--mode", "vector", "--kind", "thinking", "-n", "50",
+                   sqlite_search.QUERY)
+    assert {h["uuid"] for h in out["hits"]} == _pg_expected(both, "r.kind = 'thinking'")
+    out = both.cli("postgresql", "--mode", "keyword", "--project", "/home/bench/rare",
+                   "--since", "2026-03-01", "-n", "50", "tomato")
+    assert out["hits"] and all(h["project"].startswith("/home/bench/rare") for h in out["hits"])
+
+
+HOSTILE = ['"unbalanced quote', 'a:b c::d :', "foo & bar | !baz", "((((", ")) or ((",
+           "'; DROP TABLE records; --", "\\", "-", "!", "<->", "*", "tomato*", '"" "',
+           "NOT AND OR", "a\x00b", "%s %(x)s {0}", "a <-> b & !(c | d)", "\ud800 lone"]
+
+
+@pytest.mark.parametrize("mode", ["keyword", "hybrid"])
+def test_hostile_query_strings_do_not_raise(both: Both, mode: str) -> None:
+    for query in HOSTILE:
+        result = both.search(query, mode=mode, limit=5)
+        assert isinstance(result.hits, list), query
+    # The words of a hostile string still count: tomato among the operators.
+    assert both.search("tomato & | ! (", mode="keyword").hits
+    assert both.pg("SELECT COUNT(*) FROM records")[0][0] > 400  # nothing was dropped
+
+
+def test_hostile_query_through_the_cli(both: Both) -> None:
+    out = both.cli("postgresql", "--mode", "keyword", 'greenhouse: "tomatoes & (water | !')
+    assert out["hits"]
+
+
+def test_or_fallback_when_all_words_find_nothing(both: Both) -> None:
+    result = both.search("tomatoes xylophonequartz", mode="keyword", limit=5)
+    assert result.hits and all("tomato" in h.snippet.lower() for h in result.hits)
+
+
+def test_another_model_is_refused_until_reembed(postgres_server: PgServer, postgres_url: str,
+                                                home: Path) -> None:
+    deja_json(home, "--db", postgres_url, "ingest", "--root", str(SAMPLE), "--json",
+              "--no-embed")
+    name = postgres_url.split("/")[3].split("?")[0]
+    with postgres_server.connect(name) as conn:
+        conn.execute("INSERT INTO embedding_model (id, model_id, dim) VALUES (1, 'other/m', 384)")
+    proc = deja(home, "--db", postgres_url, "embed", "--json", expect=1)
+    assert "other/m" in proc.stderr and "deja reembed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    out = deja_json(home, "--db", postgres_url, "reembed", "--json")
+    assert out["embedded"] > 0 and out["pending_embeddings"] == 0
+    with postgres_server.connect(name) as conn:
+        assert conn.execute("SELECT model_id FROM embedding_model").fetchone()[0] != "other/m"
+        assert conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] > 0
+
+
+def test_a_version_1_database_is_upgraded_and_embedded(postgres_server: PgServer,
+                                                       postgres_url: str, home: Path) -> None:
+    deja_json(home, "--db", postgres_url, "ingest", "--root", str(SAMPLE), "--json",
+              "--no-embed")
+    name = postgres_url.split("/")[3].split("?")[0]
+    with postgres_server.connect(name) as conn:  # as the first part of the engine left it
+        conn.execute("DROP TABLE chunks; DROP TABLE embedding_model; DROP INDEX records_source_id; "
+                     "UPDATE deja_schema SET version = 1")
+        records = conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+    out = deja_json(home, "--db", postgres_url, "embed", "--json")
+    assert out["embedded"] > 0 and out["pending_embeddings"] == 0
+    with postgres_server.connect(name) as conn:
+        assert conn.execute("SELECT version FROM deja_schema").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("SELECT COUNT(*) FROM records").fetchone()[0] == records
+    hits = deja_json(home, "--db", postgres_url, "search", "--json", "--mode", "vector",
+                     "cart tests")["hits"]
+    assert hits and hits[0]["machine"]
