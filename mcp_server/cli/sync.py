@@ -22,7 +22,7 @@ from ingest.errors import DatabaseError
 
 from .common import Subparsers, require_database
 
-__all__ = ["register", "run_sync"]
+__all__ = ["register", "run_sync", "refuse_postgres_source"]
 
 
 def register(sub: Subparsers) -> None:
@@ -43,7 +43,13 @@ def register(sub: Subparsers) -> None:
                    help="records per PostgreSQL transaction (default 1000)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(handler=run_sync)
+    p.set_defaults(handler=run_sync, postgres_handler=refuse_postgres_source)
+
+
+def refuse_postgres_source(target: PostgresUrl, args: argparse.Namespace) -> int:
+    """--db (or DEJA_DB) names a PostgreSQL database: sync reads a local file."""
+    raise DatabaseError(f"{target.origin} is a PostgreSQL URL ({target}); `deja sync` copies a "
+                        "local SQLite database into --to: pass the local file with --db")
 
 
 def _target(value: str) -> PostgresUrl:
