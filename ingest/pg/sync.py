@@ -234,8 +234,7 @@ async def _write(local: Store, pg: PgStore, batch: list[_Piece], copy_vectors: b
     """One batch in ONE PostgreSQL transaction: its sources, records, chunks and cursors."""
     added_sources = 0
     counts: dict[str, int] = {}
-    chunks = 0
-    already = 0
+    chunks = already = memories_there = cursors = 0
     async with pg.transaction():
         for piece in batch:
             source_id, created = await _ensure_source(pg, piece.source)
@@ -244,18 +243,19 @@ async def _write(local: Store, pg: PgStore, batch: list[_Piece], copy_vectors: b
             for row in piece.records:
                 if row[0] not in new:
                     already += 1
-                    if row[7] == "memory":
-                        summary.memories_already_there += 1
+                    memories_there += row[7] == "memory"
             for _, kind in new.values():
                 counts[kind] = counts.get(kind, 0) + 1
             if copy_vectors:
                 chunks += await _copy_chunks(local, pg, {
                     local_id: pg_id for local_id, (pg_id, _) in new.items()})
             if piece.last:
-                summary.cursors_copied += await _advance_cursor(pg, source_id, piece.source)
+                cursors += await _advance_cursor(pg, source_id, piece.source)
     # Counted once committed, so the summary never counts a rolled-back batch.
     summary.sources_copied += added_sources
     summary.records_already_there += already
+    summary.memories_already_there += memories_there
+    summary.cursors_copied += cursors
     for kind, n in counts.items():
         summary.records_by_kind[kind] = summary.records_by_kind.get(kind, 0) + n
         summary.records_copied += n
@@ -317,8 +317,11 @@ async def _copy_chunks(local: Store, pg: PgStore, new: dict[int, int]) -> int:
     import numpy as np
 
     ids = sorted(new)
-    rows = await _rows(local, q.LOCAL_CHUNKS.format(marks=", ".join("?" for _ in ids)),
-                       tuple(ids))
+    rows: list[Any] = []
+    for at in range(0, len(ids), _KEY_ROWS):  # within SQLite's limit of parameters
+        some = ids[at:at + _KEY_ROWS]
+        rows += await _rows(local, q.LOCAL_CHUNKS.format(marks=", ".join("?" for _ in some)),
+                            tuple(some))
     if not rows:
         return 0
     int8 = np.frombuffer(b"".join(bytes(r[4]) for r in rows), dtype=np.int8)
