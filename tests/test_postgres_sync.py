@@ -184,6 +184,12 @@ def test_ingest_after_sync_reads_only_the_lines_appended(
     assert rows(postgres_server, postgres_url,
                 "SELECT COUNT(*), COUNT(DISTINCT line_key), MIN(machine) FROM records") == [
         (6, 6, MACHINE)]
+    # Syncing again after that ingest: nothing doubled, the further cursor kept.
+    again = sync(home, db, postgres_url)
+    assert (again["records_copied"], again["records_already_there"]) == (0, 4)
+    assert again["cursors_copied"] == 0
+    assert rows(postgres_server, postgres_url, 'SELECT "offset" FROM sources') == [
+        (path.stat().st_size,)]
     # Another machine's sync of its own copy of the file keeps to its own source.
     other = sync(home, db, postgres_url, env={"DEJA_MACHINE": "desktop"})
     assert other["records_copied"] == 4 and other["sources_copied"] == 1
