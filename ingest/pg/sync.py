@@ -30,7 +30,9 @@ A user who started locally moves up without losing or doubling anything:
 
 Crash-safe: the work goes in batches, one PostgreSQL transaction each, under
 this machine's ingest lock (lock.py), so nothing else of this machine writes
-its sources meanwhile. Redaction happened when the local records were
+its sources meanwhile; the shared rows (sessions, subagent runs, responses)
+are upserted in key order and a transaction aborted by a deadlock with
+another machine's ingest is written again. Redaction happened when the local records were
 written: only what the local database holds is sent, strings made storable
 (text.py).
 """
@@ -38,6 +40,7 @@ written: only what the local database holds is sent, strings made storable
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +67,7 @@ __all__ = ["SyncSummary", "sync_to_postgres", "copy_history"]
 # Records per PostgreSQL transaction; sources too small to fill one share it.
 BATCH_RECORDS = 1000
 _KEY_ROWS = 1000  # sessions, subagent runs, responses per transaction
+_RETRIES = 5  # attempts at a transaction aborted by a deadlock with another machine's
 
 
 @dataclass
@@ -384,15 +388,28 @@ async def _pg_source_id(pg: PgStore, path: bytes | None) -> int | None:
 
 
 async def _upsert(pg: PgStore, sql: str, values: list[tuple[Any, ...]]) -> int:
-    """Upsert `values` in one transaction; how many rows were new."""
-    new = 0
-    async with pg.transaction(), pg.conn.cursor() as cur:
-        await cur.executemany(sql, values, returning=True)
-        while True:
-            new += sum(1 for (inserted,) in await cur.fetchall() if inserted)
-            if not cur.nextset():
-                break
-    return new
+    """Upsert `values` (in key order) in one transaction; how many rows were new.
+
+    Another machine's ingest batch may update the same sessions or responses at once; a
+    deadlock aborts one of the two, which is written again, as PgStore.write_batch does.
+    """
+    import psycopg
+
+    for attempt in range(_RETRIES):
+        try:
+            new = 0
+            async with pg.transaction(), pg.conn.cursor() as cur:
+                await cur.executemany(sql, values, returning=True)
+                while True:
+                    new += sum(1 for (inserted,) in await cur.fetchall() if inserted)
+                    if not cur.nextset():
+                        break
+            return new
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+            if attempt == _RETRIES - 1:
+                raise
+            await anyio.sleep(random.uniform(0.01, 0.1) * (attempt + 1))
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 async def _rows(local: Store, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
