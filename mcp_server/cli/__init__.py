@@ -52,6 +52,7 @@ _COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("install", "uninstall"), "install", "register"),
     (("doctor",), "doctor", "register"),
     (("export", "import"), "exchange", "register"),
+    (("sync",), "sync", "register"),
 )
 # Commands that exit 0 whatever happens (Claude Code's hooks).
 _FAIL_OPEN = {"hook"}
