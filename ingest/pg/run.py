@@ -154,7 +154,10 @@ async def _ingest(store: PgStore, roots: Sequence[Path], options: IngestOptions,
             await until_signal(lambda: watch(store, roots, summary=summary, on_pass=after_pass,
                                              exclude=options.exclude))
             extra.setdefault("embedded", 0)
-            extra["pending_embeddings"] = await store.pending_embeddings()
+            # A SIGTERM that lands mid-query makes psycopg close the connection as it
+            # cancels: a clean stop (what was committed stays), with no count to read.
+            if not store.conn.closed:
+                extra["pending_embeddings"] = await store.pending_embeddings()
         else:
             progress = ProgressBar(sys.stderr) if not options.silent else None
             try:
