@@ -19,9 +19,9 @@ from typing import Any
 
 import anyio
 
-from ..cli import IngestOptions, ModelOnce, ProgressBar, until_signal
 from ..config import PostgresUrl
 from ..errors import DatabaseError, DejaError
+from ..run_parts import IngestOptions, ModelOnce, ProgressBar, until_signal
 from ..runner import IngestSummary, ingest_once, watch
 from .connect import describe, require_psycopg
 from .lock import AdvisoryLock, wait_for_advisory_lock
