@@ -122,7 +122,7 @@ async def session_facts(conn: aiosqlite.Connection, session_id: str,
         "AND r.session_id = c.session_id "
         "WHERE c.session_id = ? AND c.kind = 'tool_call' AND c.agent_id IS NULL "
         "AND (? IS NULL OR c.ts > ?) AND (? IS NULL OR c.ts <= ?) "
-        "ORDER BY c.ts DESC, c.id DESC LIMIT ?",
+        "ORDER BY c.ts DESC NULLS LAST, c.id DESC LIMIT ?",
         (session_id, since_ts, since_ts, until_ts, until_ts, _MAX_CALLS))
     for tool, text, ts, is_error, result in reversed(calls):
         name = _base_name(tool)
@@ -151,7 +151,7 @@ async def session_facts(conn: aiosqlite.Connection, session_id: str,
     errors = await _rows(
         conn, "SELECT ts, kind, tool_name, text FROM records WHERE session_id = ? AND "
         "agent_id IS NULL AND (kind = 'error' OR (kind = 'tool_result' AND is_error = 1)) "
-        "AND (? IS NULL OR ts > ?) AND (? IS NULL OR ts <= ?) ORDER BY ts DESC, id DESC LIMIT 3",
+        "AND (? IS NULL OR ts > ?) AND (? IS NULL OR ts <= ?) ORDER BY ts DESC NULLS LAST, id DESC LIMIT 3",
         (session_id, since_ts, since_ts, until_ts, until_ts))
     facts.last_errors = [{"timestamp": ts, "kind": k, "tool_name": tn, "text": _first_lines(t, 500)}
                          for ts, k, tn, t in errors]
@@ -166,7 +166,7 @@ async def _open_todos(conn: aiosqlite.Connection, session_id: str) -> list[dict[
         "LEFT JOIN records r ON r.tool_use_id = c.tool_use_id AND r.kind = 'tool_result' "
         "AND r.session_id = c.session_id "
         "WHERE c.session_id = ? AND c.kind = 'tool_call' AND c.agent_id IS NULL "
-        "AND c.tool_name IN ('TodoWrite', 'TaskCreate', 'TaskUpdate') ORDER BY c.ts, c.id",
+        "AND c.tool_name IN ('TodoWrite', 'TaskCreate', 'TaskUpdate') ORDER BY c.ts NULLS FIRST, c.id",
         (session_id,))
     todos: list[dict[str, Any]] = []
     tasks: dict[str, dict[str, Any]] = {}
@@ -270,11 +270,11 @@ async def build_checkpoint(conn: aiosqlite.Connection, session_id: str) -> Check
     if not branch:
         # A session whose rows say nothing yet: the latest record's branch.
         found = await _rows(conn, "SELECT git_branch FROM records WHERE session_id = ? AND "
-                            "git_branch IS NOT NULL ORDER BY ts DESC LIMIT 1", (session_id,))
+                            "git_branch IS NOT NULL ORDER BY ts DESC NULLS LAST LIMIT 1", (session_id,))
         cp.branch = found[0][0] if found else None
     summary = await _rows(
         conn, "SELECT uuid, ts, text FROM records WHERE session_id = ? AND agent_id IS NULL "
-        "AND kind = 'compact_summary' ORDER BY ts DESC, id DESC LIMIT 1", (session_id,))
+        "AND kind = 'compact_summary' ORDER BY ts DESC NULLS LAST, id DESC LIMIT 1", (session_id,))
     since = summary[0][1] if summary else None
     if summary:
         cp.summary = {"uuid": summary[0][0], "timestamp": since}
@@ -286,7 +286,7 @@ async def build_checkpoint(conn: aiosqlite.Connection, session_id: str) -> Check
         cp.goal = _clip(by_key.get("intent"), 600)
     prompts = await _rows(
         conn, "SELECT text, ts FROM records WHERE session_id = ? AND agent_id IS NULL AND "
-        "kind = 'prompt' ORDER BY ts, id", (session_id,))
+        "kind = 'prompt' ORDER BY ts NULLS FIRST, id", (session_id,))
     if not cp.goal and prompts:
         cp.goal = _clip(prompts[0][0], 600)
     recent = [t for t, ts in prompts if since is None or (ts or "") > since]

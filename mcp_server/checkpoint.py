@@ -61,7 +61,7 @@ async def _pick_session(conn: aiosqlite.Connection, session_id: str | None,
         params.extend(project_dirs)
     rows = await _rows(
         conn, f"SELECT session_id FROM sessions WHERE {' AND '.join(clauses)} "
-        f"ORDER BY last_ts DESC LIMIT 1", params)
+        f"ORDER BY last_ts DESC NULLS LAST LIMIT 1", params)
     if not rows:
         raise NotFound("no session found for this project yet; pass session_id or project='all'")
     return str(rows[0][0])
@@ -135,7 +135,7 @@ async def _best_checkpoint(conn: aiosqlite.Connection, sid: str) -> dict[str, An
         "(kind = 'compact_summary' AND agent_id IS NULL) OR (kind = 'memory' AND "
         "json_extract(meta, '$.memory_kind') = 'checkpoint' AND "
         "COALESCE(json_extract(meta, '$.origin'), '') != 'transcript')) "
-        "ORDER BY ts DESC, id DESC LIMIT 1", (sid,))
+        "ORDER BY ts DESC NULLS LAST, id DESC LIMIT 1", (sid,))
     if not rows:
         return None
     record_id, uuid, ts, text, meta, kind = rows[0]
@@ -187,14 +187,14 @@ async def _session_turns(conn: aiosqlite.Connection, sid: str, since: str | None
     after = await _rows(
         conn, "SELECT kind, ts, text FROM records WHERE session_id = ? AND "
         "agent_id IS NULL AND kind IN ('prompt', 'assistant') AND (? IS NULL OR ts > ?) "
-        "ORDER BY ts DESC, id DESC LIMIT 12", (sid, since, since))
+        "ORDER BY ts DESC NULLS LAST, id DESC LIMIT 12", (sid, since, since))
     each = max(150, budget // max(len(after), 1))
     out["since_checkpoint" if since else "recent_turns"] = [
         {"kind": k, "timestamp": ts, "text": trim(t, each)} for k, ts, t in reversed(after)
     ]
     prompts = await _rows(
         conn, "SELECT ts, text FROM records WHERE session_id = ? AND kind = 'prompt' AND "
-        "agent_id IS NULL ORDER BY ts DESC, id DESC LIMIT 5", (sid,))
+        "agent_id IS NULL ORDER BY ts DESC NULLS LAST, id DESC LIMIT 5", (sid,))
     out["last_requests"] = [{"timestamp": ts, "text": trim(t, 400)} for ts, t in reversed(prompts)]
     return out
 
@@ -219,7 +219,7 @@ async def _memories(conn: aiosqlite.Connection, sid: str | None, project_dirs: l
     rows = await _rows(
         conn, "SELECT r.uuid, r.ts, r.text, r.meta, r.session_id FROM records r "
         "LEFT JOIN sources src ON src.id = r.source_id "
-        f"WHERE {' AND '.join(clauses)} ORDER BY r.ts DESC LIMIT 8", params)
+        f"WHERE {' AND '.join(clauses)} ORDER BY r.ts DESC NULLS LAST LIMIT 8", params)
     each = max(200, budget // max(len(rows), 1))
     return [{"id": u, "timestamp": ts, "text": trim(t, each), "session_id": s,
              **{k: v for k, v in memory_meta(m).items() if v}} for u, ts, t, m, s in rows]

@@ -84,7 +84,7 @@ async def get_context(conn: aiosqlite.Connection, ref: str, *, before: int = 5, 
         target = await _rows(conn, f"SELECT {cols} FROM records WHERE id = ?", (rid,))
         rows_before = list(await conn.execute_fetchall(
             f"SELECT {cols} FROM records WHERE source_id = ? AND (byte_offset < ? OR "
-            f"(byte_offset = ? AND part < ?)) ORDER BY byte_offset DESC, part DESC LIMIT ?",
+            f"(byte_offset = ? AND part < ?)) ORDER BY byte_offset DESC NULLS LAST, part DESC LIMIT ?",
             (source_id, offset, offset, part, before),
         ))
         rows_before.reverse()
@@ -131,7 +131,7 @@ async def list_sessions(conn: aiosqlite.Connection, *, project: str | None = Non
         "(SELECT COUNT(*) FROM records r WHERE r.session_id = s.session_id), "
         "(SELECT COUNT(*) FROM records r WHERE r.session_id = s.session_id AND r.kind = 'prompt'), "
         "(SELECT COUNT(*) FROM agent_runs a WHERE a.session_id = s.session_id) "
-        f"FROM sessions s WHERE {' AND '.join(clauses)} ORDER BY s.last_ts DESC LIMIT ?",
+        f"FROM sessions s WHERE {' AND '.join(clauses)} ORDER BY s.last_ts DESC NULLS LAST LIMIT ?",
         (*params, limit),
     )
     keys = ("session_id", "title", "cwd", "project_dir", "git_branch", "first_ts", "last_ts",

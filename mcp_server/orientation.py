@@ -76,9 +76,9 @@ async def orientation(conn: aiosqlite.Connection, project: str, *, session_id: s
     marks = ", ".join("?" for _ in dirs)
     sessions = await _rows(
         conn, f"SELECT session_id, title, git_branch, last_ts FROM sessions WHERE project_dir "
-        f"IN ({marks}) AND last_ts IS NOT NULL AND session_id IS NOT ? AND EXISTS (SELECT 1 "
+        f"IN ({marks}) AND last_ts IS NOT NULL AND session_id IS DISTINCT FROM ? AND EXISTS (SELECT 1 "
         f"FROM records r WHERE r.session_id = sessions.session_id AND r.kind = 'prompt') "
-        f"ORDER BY last_ts DESC LIMIT 4", (*dirs, session_id))
+        f"ORDER BY last_ts DESC NULLS LAST LIMIT 4", (*dirs, session_id))
     if not sessions:
         return None
     lines = [f"deja remembers earlier sessions of this project ({project}); the latest:"]
@@ -96,7 +96,7 @@ async def _latest_standing(conn: aiosqlite.Connection, sid: str) -> list[str]:
     """Where session `sid` stood: its pending work, from its stored checkpoint or its records."""
     rows = await _rows(
         conn, "SELECT meta FROM records WHERE kind = 'memory' AND session_id = ? AND "
-        "json_extract(meta, '$.origin') = 'transcript' ORDER BY ts DESC LIMIT 1", (sid,))
+        "json_extract(meta, '$.origin') = 'transcript' ORDER BY ts DESC NULLS LAST LIMIT 1", (sid,))
     cp: dict[str, Any] | None = None
     if rows:
         try:
@@ -133,7 +133,7 @@ async def after_compaction(conn: aiosqlite.Connection, session_id: str, *,
     summaries = await _rows(
         conn, "SELECT ts, text FROM records WHERE session_id = ? AND agent_id IS NULL AND "
         "(kind = 'compact_summary' OR (kind = 'memory' AND "
-        "json_extract(meta, '$.origin') = 'compact_summary')) ORDER BY ts DESC LIMIT 2",
+        "json_extract(meta, '$.origin') = 'compact_summary')) ORDER BY ts DESC NULLS LAST LIMIT 2",
         (session_id,))
     if not summaries:
         return None
@@ -142,7 +142,7 @@ async def after_compaction(conn: aiosqlite.Connection, session_id: str, *,
     facts = await session_facts(conn, session_id, since, until)
     prompts = await _rows(
         conn, "SELECT text FROM records WHERE session_id = ? AND agent_id IS NULL AND "
-        "kind = 'prompt' AND (? IS NULL OR ts > ?) AND ts <= ? ORDER BY ts, id",
+        "kind = 'prompt' AND (? IS NULL OR ts > ?) AND ts <= ? ORDER BY ts NULLS FIRST, id",
         (session_id, since, since, until))
 
     def dropped(text: str) -> bool:

@@ -26,6 +26,8 @@ import aiosqlite
 
 from ingest.errors import InvalidQuery, NotFound
 
+from .render.text import seconds_between
+
 __all__ = ["find_session", "session_overview", "session_records", "session_tokens",
            "TOKEN_KEYS"]
 
@@ -109,14 +111,16 @@ async def session_overview(conn: aiosqlite.Connection, session_id: str, *,
         raise NotFound(f"no session {session_id!r}; `deja sessions` lists them")
     out: dict[str, Any] = dict(zip(_SESSION_COLS, rows[0]))
     counts = await _rows(
-        conn, "SELECT COUNT(*), COALESCE(SUM(kind = 'prompt' AND agent_id IS NULL), 0), "
-        "COALESCE(SUM(kind = 'compaction'), 0), COALESCE(SUM(is_error = 1), 0) "
+        conn, "SELECT COUNT(*), "
+        "COALESCE(SUM(CASE WHEN kind = 'prompt' AND agent_id IS NULL THEN 1 ELSE 0 END), 0), "
+        "COALESCE(SUM(CASE WHEN kind = 'compaction' THEN 1 ELSE 0 END), 0), "
+        "COALESCE(SUM(CASE WHEN is_error = 1 THEN 1 ELSE 0 END), 0) "
         "FROM records WHERE session_id = ?", (session_id,))
     out["records"], out["turns"], out["compactions"], out["errors"] = (int(x) for x in counts[0])
     runs = await _rows(conn, "SELECT COUNT(*) FROM agent_runs WHERE session_id = ?",
                        (session_id,))
     out["subagent_runs"] = int(runs[0][0])
-    out["duration_s"] = await _duration(conn, out["first_ts"], out["last_ts"])
+    out["duration_s"] = seconds_between(out["first_ts"], out["last_ts"])
     out["tokens"] = await session_tokens(conn, session_id) if tokens else None
     out["resume"] = resume_command(out)
     return out
@@ -129,15 +133,6 @@ def resume_command(session: dict[str, Any]) -> str:
     cmd = f"claude --resume {quote(str(session['session_id']))}"
     cwd = session.get("cwd")
     return f"cd {quote(cwd)} && {cmd}" if cwd else cmd
-
-
-async def _duration(conn: aiosqlite.Connection, first: str | None,
-                    last: str | None) -> int | None:
-    if not first or not last:
-        return None
-    rows = await _rows(conn, "SELECT CAST(round((julianday(?) - julianday(?)) * 86400) AS INT)",
-                       (last, first))
-    return None if rows[0][0] is None else int(rows[0][0])
 
 
 def _record(row: Any, max_chars: int | None) -> dict[str, Any]:
@@ -162,7 +157,7 @@ async def session_records(conn: aiosqlite.Connection, session_id: str, *,
     if not (1 <= limit <= 100_000 and 0 <= context <= 1000 and offset >= 0):
         raise InvalidQuery("limit must be 1..100000, context 0..1000, offset >= 0")
     main = "session_id = ? AND agent_id IS NULL"
-    order = "ORDER BY ts, id"
+    order = "ORDER BY ts NULLS FIRST, id"
     total = int((await _rows(conn, f"SELECT COUNT(*) FROM records WHERE {main}",
                              (session_id,)))[0][0])
     if around is not None:
@@ -175,7 +170,7 @@ async def session_records(conn: aiosqlite.Connection, session_id: str, *,
             raise NotFound(f"no record {ref!r} in the main conversation of session {session_id}")
         hid, hts = hit[0]
         # (ts, id) before the hit: NULL timestamps sort first, as ORDER BY ts puts them.
-        before = "((ts IS ? AND id < ?) OR ts < ? OR (ts IS NULL AND ? IS NOT NULL))"
+        before = "((ts IS NOT DISTINCT FROM ? AND id < ?) OR ts < ? OR (ts IS NULL AND ? IS NOT NULL))"
         offset = int((await _rows(conn, f"SELECT COUNT(*) FROM records WHERE {main} AND "
                                   f"{before}", (session_id, hts, hid, hts, hts)))[0][0])
         offset, limit = max(0, offset - context), min(offset, context) + 1 + context
@@ -202,7 +197,7 @@ async def _attach_runs(conn: aiosqlite.Connection, session_id: str,
                        (session_id, *calls))
     for agent_id, agent_type, description, tool_use_id in runs:
         rows = await _rows(conn, f"SELECT {_RECORD_COLS} FROM records WHERE session_id = ? "
-                           "AND agent_id = ? ORDER BY ts, id LIMIT ?",
+                           "AND agent_id = ? ORDER BY ts NULLS FIRST, id LIMIT ?",
                            (session_id, agent_id, subagent_limit))
         count = await _rows(conn, "SELECT COUNT(*) FROM records WHERE session_id = ? AND "
                             "agent_id = ?", (session_id, agent_id))

@@ -38,9 +38,9 @@ from ..errors import DatabaseError, SchemaTooNew
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "SCHEMA_V2", "VECTOR_DIM", "prepare"]
+__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "SCHEMA_V2", "SCHEMA_V3", "VECTOR_DIM", "prepare"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The dimension of the chunks' vector column (schema v2).
 VECTOR_DIM = 384
 # pg_advisory_xact_lock key of schema creation: "deja" and 1, as a number.
@@ -172,8 +172,17 @@ CREATE INDEX records_source_id ON records (source_id, id);
 UPDATE deja_schema SET version = 2 WHERE id = 1;
 """
 
+# Version 3: SQLite's json_extract for the read queries both engines share (ingest/pg/sqlconn.py).
+# Only the '$.key.key' paths deja's queries use; the value as text (NULL when absent).
+SCHEMA_V3 = """
+CREATE FUNCTION json_extract(doc JSONB, path TEXT) RETURNS TEXT
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN doc #>> string_to_array(substr(path, 3), '.');
+UPDATE deja_schema SET version = 3 WHERE id = 1;
+"""
+
 # The statements that take a database from version N-1 to N, by N.
-_UPGRADES = {2: SCHEMA_V2}
+_UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3}
 
 
 async def prepare(conn: psycopg.AsyncConnection, target: PostgresUrl, *,

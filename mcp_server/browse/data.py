@@ -74,7 +74,7 @@ async def sessions_page(conn: aiosqlite.Connection, *, project_dir: str | None =
         f"SELECT {', '.join('s.' + c for c in _COLS)}, "
         "(SELECT COUNT(*) FROM records r WHERE r.session_id = s.session_id), "
         "(SELECT COUNT(*) FROM agent_runs a WHERE a.session_id = s.session_id) "
-        f"FROM sessions s WHERE {' AND '.join(clauses)} ORDER BY s.last_ts DESC "
+        f"FROM sessions s WHERE {' AND '.join(clauses)} ORDER BY s.last_ts DESC NULLS LAST "
         "LIMIT ? OFFSET ?", (*params, limit, offset))
     return [{**dict(zip(_COLS, r[:7])), "records": int(r[7]), "subagent_runs": int(r[8])}
             for r in rows]

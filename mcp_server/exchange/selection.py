@@ -100,7 +100,7 @@ def _of_sessions(sel: Selection) -> str:
 def sessions(conn: aiosqlite.Connection, sel: Selection) -> AsyncIterator[dict[str, Any]]:
     """The sessions the selected records belong to."""
     return _iterate(conn, f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE session_id "
-                          f"IN {_of_sessions(sel)} ORDER BY first_ts, session_id", sel.params)
+                          f"IN {_of_sessions(sel)} ORDER BY first_ts NULLS FIRST, session_id", sel.params)
 
 
 def agent_runs(conn: aiosqlite.Connection, sel: Selection) -> AsyncIterator[dict[str, Any]]:
