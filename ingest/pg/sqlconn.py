@@ -49,7 +49,7 @@ class Row(tuple[Any, ...]):
 
     _names: tuple[str, ...] = ()
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return tuple.__getitem__(self, self._names.index(key))
         return tuple.__getitem__(self, key)
@@ -76,7 +76,7 @@ class PgCursor:
         self._cursor = cursor
 
     async def fetchone(self) -> Row | None:
-        return await self._cursor.fetchone()  # type: ignore[no-any-return]
+        return await self._cursor.fetchone()
 
     async def fetchall(self) -> list[Row]:
         return list(await self._cursor.fetchall())
