@@ -57,6 +57,12 @@ class Store:
         conn = await connect(path)
         return cls(path, conn)
 
+    @property
+    def reads(self) -> aiosqlite.Connection:
+        """The connection the shared read queries run on (history, checkpoints; the
+        PostgreSQL store gives its aiosqlite-shaped PgConn here)."""
+        return self.conn
+
     async def close(self) -> None:
         await self.conn.close()
 

@@ -27,6 +27,7 @@ from ..surface import NewSource, SourceCounts
 from .batch import insert_batch
 from .connect import connect, describe
 from .schema import prepare
+from .sqlconn import PgConn
 from .text import clean
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class PgStore:
         self.machine = machine
         self.conn = conn
         self.environ = environ
+        self._reads: PgConn | None = None
 
     @classmethod
     async def open(cls, target: PostgresUrl, machine: str, environ: Mapping[str, str], *,
@@ -72,6 +74,14 @@ class PgStore:
             await conn.close()
             raise
         return cls(target, machine, conn, environ)
+
+    @property
+    def reads(self) -> PgConn:
+        """This connection, as the aiosqlite-shaped PgConn the shared read queries run on
+        (history, checkpoints, orientation: ingest/pg/sqlconn.py)."""
+        if self._reads is None:
+            self._reads = PgConn(self.conn)
+        return self._reads
 
     async def close(self) -> None:
         await self.conn.close()

@@ -10,14 +10,19 @@ commands (ingest, embed, reembed, serve) open the store directly and create it.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from ingest.config import PostgresUrl
 from ingest.errors import DatabaseError
 from ingest.store import Store
 
-__all__ = ["Subparsers", "require_database", "read_store"]
+if TYPE_CHECKING:
+    from ingest.pg.store import PgStore
+
+__all__ = ["Subparsers", "require_database", "read_store", "read_postgres"]
 
 T = TypeVar("T")
 
@@ -40,6 +45,22 @@ async def read_store(db_path: Path, read: Callable[[Store], Awaitable[T]]) -> T:
     """
     require_database(db_path)
     store = await Store.open(db_path)
+    try:
+        return await read(store)
+    finally:
+        await store.close()
+
+
+async def read_postgres(target: PostgresUrl, read: Callable[[PgStore], Awaitable[T]]) -> T:
+    """`read(store)` on the PostgreSQL database at `target`, which must hold deja's tables
+    (created by nothing here); `store.reads` runs the shared read queries.
+
+    Raises DatabaseError (unreachable, no tables, ...), and what `read` raises.
+    """
+    from ingest.config import machine_from
+    from ingest.pg.store import PgStore
+
+    store = await PgStore.open(target, machine_from(os.environ), os.environ, create=False)
     try:
         return await read(store)
     finally:
