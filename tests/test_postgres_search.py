@@ -229,12 +229,28 @@ def test_another_model_is_refused_until_reembed(postgres_server: PgServer, postg
         assert conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] > 0
 
 
+# What schema version 3 (ingest/pg/search_schema.py) adds, undone: a version 2 database.
+UNDO_V3 = """
+DROP TABLE passages;
+DROP TRIGGER records_index ON records;
+DROP TRIGGER records_passages ON records;
+DROP TRIGGER records_passages_update ON records;
+DROP FUNCTION deja_index_record, deja_index_passages, deja_passage_spans, deja_cut,
+    deja_next_start, deja_context, deja_tsv_len, deja_tsv;
+ALTER TABLE records DROP COLUMN search_tsv, DROP COLUMN search_len;
+DROP TEXT SEARCH CONFIGURATION deja;
+DROP TEXT SEARCH DICTIONARY deja_stem;
+UPDATE deja_schema SET version = 2;
+"""
+
+
 def test_a_version_1_database_is_upgraded_and_embedded(postgres_server: PgServer,
                                                        postgres_url: str, home: Path) -> None:
     deja_json(home, "--db", postgres_url, "ingest", "--root", str(SAMPLE), "--json",
               "--no-embed")
     name = postgres_url.split("/")[3].split("?")[0]
     with postgres_server.connect(name) as conn:  # as the first part of the engine left it
+        conn.execute(UNDO_V3)
         conn.execute("DROP TABLE chunks; DROP TABLE embedding_model; DROP INDEX records_source_id; "
                      "UPDATE deja_schema SET version = 1")
         records = conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
