@@ -23,7 +23,7 @@ next step.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..filters import SearchFilters
 
@@ -31,41 +31,87 @@ if TYPE_CHECKING:
     import numpy as np
     import psycopg
 
-__all__ = ["vector_ranks_pg", "FIRST_K", "MAX_K"]
+__all__ = ["vector_ranks_pg", "FIRST_K", "MAX_K", "EF_SEARCH", "HNSW_MAX"]
 
 # Chunks fetched per record wanted at first, and the most ever fetched.
 FIRST_K = 3
 MAX_K = 20_000
+# HNSW: the candidate list it searches (hnsw.ef_search; at least the chunks asked for),
+# and the most it can give (pgvector's ef_search limit): past it, the exact scan.
+EF_SEARCH = 400
+HNSW_MAX = 1000
 
+# `+ 0` keeps the planner off an HNSW index: this scan is exact, its filters before the LIMIT.
 _SCAN_SQL = """
-SELECT c.id, c.record_id, c.vec <=> %s::vector AS d
+SELECT c.id, c.record_id, (c.vec <=> %s::vector) + 0 AS d
 FROM chunks c {join}
 WHERE TRUE {filters}
 ORDER BY d
 LIMIT %s
 """
+_HNSW_SQL = """
+SELECT c.id, c.record_id, c.vec <=> %s::vector AS d
+FROM chunks c
+ORDER BY c.vec <=> %s::vector
+LIMIT %s
+"""
+_HAS_HNSW_SQL = """
+SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+               JOIN pg_am a ON a.oid = x.relam
+               WHERE i.indrelid = to_regclass('chunks') AND a.amname = 'hnsw')
+"""
 
 
 async def vector_ranks_pg(conn: psycopg.AsyncConnection, qvec: np.ndarray,
-                          filters: SearchFilters, n: int) -> list[tuple[int, float, int]]:
-    """(record id, cosine, best chunk id), best first, at most `n` records."""
+                          filters: SearchFilters, n: int, *, use_hnsw: bool | None = None
+                          ) -> list[tuple[int, float, int]]:
+    """(record id, cosine, best chunk id), best first, at most `n` records.
+
+    `use_hnsw`: None uses an HNSW index on the chunks when there is one and the query has
+    no filter (a filtered query always scans exactly: never fewer hits than exist)."""
     from ingest.pg.vectors import vector_literal
 
     where, params = filters.sql("%s")
+    query = vector_literal(qvec)
+    if use_hnsw is None:
+        use_hnsw = False
+        if not where:
+            cur = await conn.execute(_HAS_HNSW_SQL)
+            row = await cur.fetchone()
+            use_hnsw = bool(row and row[0])
+    k = n * FIRST_K
+    if use_hnsw and not where:
+        while k <= HNSW_MAX:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH, k)}")
+                cur = await conn.execute(_HNSW_SQL, (query, query, k))
+                rows = await cur.fetchall()
+            best = _best(rows)
+            if len(best) >= n or len(rows) < k:
+                return _top(best, n)
+            k *= 4
     join = ("JOIN records r ON r.id = c.record_id LEFT JOIN sources src ON src.id = r.source_id"
             if where else "")
     sql = _SCAN_SQL.format(join=join, filters=where)
-    query = vector_literal(qvec)
-    k = n * FIRST_K
     while True:
         cur = await conn.execute(sql, (query, *params, k))
         rows = await cur.fetchall()
-        best: dict[int, tuple[float, int]] = {}
-        for cid, rid, distance in rows:
-            if rid not in best:  # rows come nearest first: the first is the record's best
-                best[rid] = (1.0 - float(distance), int(cid))
+        best = _best(rows)
         if len(best) >= n or len(rows) < k or k >= MAX_K:
             break
         k = min(MAX_K, k * 4)
+    return _top(best, n)
+
+
+def _best(rows: list[Any]) -> dict[int, tuple[float, int]]:
+    """Each record's nearest chunk: (cosine, chunk id); rows come nearest first."""
+    best: dict[int, tuple[float, int]] = {}
+    for cid, rid, distance in rows:
+        if rid not in best:
+            best[rid] = (1.0 - float(distance), int(cid))
+    return best
+
+
+def _top(best: dict[int, tuple[float, int]], n: int) -> list[tuple[int, float, int]]:
     ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:n]
     return [(int(rid), sim, cid) for rid, (sim, cid) in ranked]
