@@ -12,8 +12,10 @@ SQLite's `records_fts` and `passages_fts` give it (ingest/indexing.py):
 - `records.search_tsv`: the record's own words at weight A and the words of
   the record before it in its file at weight B (SQLite's `context` column:
   only a prompt, reply, tool call or summary before it counts, its first
-  2,000 characters; a memory has none). CJK characters are spaced apart
-  first, as ingest.db.fts_text does, so a query's character pairs match.
+  2,000 characters; a memory has none). The text is first cut as SQLite's
+  tokenizer cuts it (`deja_words`: ASCII punctuation separates words, CJK
+  characters are spaced apart as ingest.db.fts_text does), so a query's
+  words and character pairs match what was indexed.
   `search_len` is its number of word positions (BM25's document length).
 - `passages`: the overlapping ~500-character pieces of each record longer
   than 1,500 characters (ingest/indexing.py `passage_spans`, the same rule
@@ -45,12 +47,19 @@ ALTER TEXT SEARCH CONFIGURATION deja ALTER MAPPING FOR
     asciiword, asciihword, hword_asciipart, word, hword, hword_part, numword, numhword,
     hword_numpart WITH deja_stem;
 
+-- Text as SQLite's tokenizer (unicode61) cuts it: ASCII punctuation separates words
+-- (PostgreSQL's parser would keep next.js, claude.md or a/b/c as one token, which a
+-- query's words never match), and CJK characters are spaced apart (ingest.db.fts_text).
+CREATE FUNCTION deja_words(t TEXT) RETURNS TEXT
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT regexp_replace(regexp_replace(t, '[\\x21-\\x2f\\x3a-\\x40\\x5b-\\x60\\x7b-\\x7e]',
+                                         ' ', 'g'), '({_CJK})', ' \\1 ', 'g')
+$$;
 -- A record's (or passage's) words at weight A, its context's at weight B.
 CREATE FUNCTION deja_tsv(body TEXT, context TEXT) RETURNS TSVECTOR
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT setweight(to_tsvector('deja', regexp_replace(body, '({_CJK})', ' \\1 ', 'g')), 'A')
-        || setweight(to_tsvector('deja',
-               regexp_replace(COALESCE(context, ''), '({_CJK})', ' \\1 ', 'g')), 'B')
+    SELECT setweight(to_tsvector('deja', deja_words(body)), 'A')
+        || setweight(to_tsvector('deja', deja_words(COALESCE(context, ''))), 'B')
 $$;
 CREATE FUNCTION deja_tsv_len(tsv TSVECTOR) RETURNS INTEGER
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$

@@ -122,9 +122,9 @@ async def _terms(conn: psycopg.AsyncConnection, query: str) -> list[_Term]:
     if not parsed:
         return []
     rows = await _fetch(
-        conn, "SELECT q::text, ARRAY(SELECT unnest(tsvector_to_array(to_tsvector('deja', t)))) "
-              "FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, i), "
-              "LATERAL phraseto_tsquery('deja', t) AS q ORDER BY i",
+        conn, "SELECT q::text, ARRAY(SELECT unnest(tsvector_to_array(to_tsvector('deja', "
+              "deja_words(t))))) FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, i), "
+              "LATERAL phraseto_tsquery('deja', deja_words(t)) AS q ORDER BY i",
         ([fts_text(" ".join(t.words)) for t in parsed],))
     out: dict[str, _Term] = {}
     for t, (text, lexemes) in zip(parsed, rows):
