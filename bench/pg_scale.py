@@ -46,6 +46,7 @@ import search_scale as ss  # noqa: E402  (bench/ is on sys.path: this script's f
 
 from ingest.config import PostgresUrl  # noqa: E402
 from ingest.pg.schema import SCHEMA_VERSION as PG_SCHEMA  # noqa: E402
+from ingest.pg.search_schema import SCHEMA_V3  # noqa: E402
 
 STEP = 20_000
 
@@ -66,7 +67,11 @@ def pg_database(handle: Any, sqlite_path: Path, n_chunks: int) -> tuple[str, dic
     """The PostgreSQL copy of a scale database (built once); its URL and how it was built."""
     import psycopg
 
-    name = f"scale_{ss.human(n_chunks).lower()}_v{PG_SCHEMA}"
+    import hashlib
+
+    # The index definition's text too: a changed one (not yet a new version) rebuilds.
+    name = (f"scale_{ss.human(n_chunks).lower()}_v{PG_SCHEMA}_"
+            f"{hashlib.sha256(SCHEMA_V3.encode()).hexdigest()[:8]}")
     with psycopg.connect(handle.get_uri("postgres"), autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             with psycopg.connect(handle.get_uri(name)) as db:
