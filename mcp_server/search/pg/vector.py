@@ -8,17 +8,20 @@ few records still gets every one of them. When the best `k` chunks hold
 fewer than `n` records (long records have many windows), `k` grows and the
 scan runs again.
 
-Exact, not HNSW (bench/pg_vectors.py, top-100 by cosine, this 2-core machine
-under load ~3): over the shared corpus's 11,578 chunks an exact scan took
-p50/p95 5.4/5.8 ms, HNSW (m 16, ef_construction 64) 0.7/1.2 ms at ef_search
-100 with recall@100 0.952; over 100k synthetic unit vectors exact 31.9/34.4 ms,
-HNSW 2.6/4.1 ms (recall 0.974), built in 23 s. HNSW saves milliseconds a
-hybrid search does not miss at these sizes, and pgvector 0.6 filters after
-its scan: with a filter that one row in ten passes it returned 9-11 of the
-100 hits that exist at ef_search 100 (40-43 at 400). The exact scan with the
-filter in its WHERE is never short. Past ~1M chunks (exact ~0.3 s) an HNSW
-index for unfiltered queries, keeping this scan for filtered ones, is the
-next step.
+Exact by default; an HNSW index when the database has one
+(`CREATE INDEX ... USING hnsw (vec vector_cosine_ops)`, which deja does not
+create: the operator decides) serves the unfiltered queries, at hnsw.ef_search
+EF_SEARCH. pgvector 0.6 filters after its HNSW scan (with a filter one row in
+ten passes it returned 9-11 of 100 hits that exist, bench/pg_vectors.py), so
+a filtered query always takes the exact scan, its filter before the LIMIT,
+and is never short (the `+ 0` keeps the planner off the index).
+
+bench/pg_scale.py, hybrid p50 / p95 ms (this 2-core machine, shared): at
+100k chunks the vector side is not what costs (exact and HNSW within a few
+ms: the keyword ranker is); at 1M exact 732 / 2416, HNSW 373 / 2605 (built in
+299 s, +2.0 GB per million chunks), its top-10 agreeing with the exact scan's
+on 0.85 of the records. HNSW halves the median at a million chunks for some
+vector recall; below a few hundred thousand chunks it is not worth its size.
 """
 
 from __future__ import annotations
