@@ -22,6 +22,10 @@ refused). No approximate index: an exact scan measured fast enough at these
 sizes and never misses a filtered hit (mcp_server/search/pg/vector.py). A
 version 1 database is upgraded at open.
 
+Version 3 adds the full-text index the keyword ranker reads (stemmed, with
+each record's context, and the passages of long records): see
+ingest/pg/search_schema.py.
+
 `prepare` runs under a transaction-level advisory lock, so two machines
 opening a new database at once create the tables once. A database of a
 newer version is refused (SchemaTooNew). Never edit version 1 once shipped:
@@ -34,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from ..config import PostgresUrl
 from ..errors import DatabaseError, SchemaTooNew
+from .search_schema import SCHEMA_V3
 
 if TYPE_CHECKING:
     import psycopg

@@ -89,9 +89,11 @@ async def search_pg(conn: psycopg.AsyncConnection, request: SearchRequest, *,
     query = clean(request.query) or ""  # no NUL, no lone surrogate: SQL and model refuse them
     keyword: Keyword = []
     vector: Vector = []
+    passages: dict[int, int] = {}
     if request.mode in ("hybrid", "keyword"):
         keyword = await keyword_ranks_pg(conn, query, filters, n,
-                                         fusion.context if request.mode == "hybrid" else 0.0)
+                                         fusion.context if request.mode == "hybrid" else 0.0,
+                                         starts=passages)
     if request.mode in ("hybrid", "vector"):
         vector, status = await _vector_side(conn, query, embedder, embedder_error,
                                             filters, n)
@@ -99,7 +101,7 @@ async def search_pg(conn: psycopg.AsyncConnection, request: SearchRequest, *,
         if status != "ok":
             result.notes.append(f"vector search unavailable ({status}): keyword results only")
             if request.mode == "vector":
-                keyword = await keyword_ranks_pg(conn, query, filters, n)
+                keyword = await keyword_ranks_pg(conn, query, filters, n, starts=passages)
         elif result.pending_embeddings:
             result.notes.append(
                 f"{result.pending_embeddings} records still await embedding; they are found "
@@ -123,7 +125,8 @@ async def search_pg(conn: psycopg.AsyncConnection, request: SearchRequest, *,
         spans = {cid: start for cid, start in await _rows(
             conn, "SELECT id, char_start FROM chunks WHERE id = ANY(%s)", (chunk_ids,))
         } if chunk_ids else {}
-        result.hits = build_hits(request, order, by_id, spans, kw_rank, vec_rank, result, {})
+        result.hits = build_hits(request, order, by_id, spans, kw_rank, vec_rank, result,
+                                 passages)
     result.elapsed_ms = (time.perf_counter() - started) * 1000
     return result
 
