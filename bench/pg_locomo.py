@@ -90,7 +90,7 @@ async def pg_tables(questions_by_split: dict[str, Sequence[Any]], root: Path, st
 
     from ingest.config import PostgresUrl
     from ingest.pg.schema import SCHEMA_VERSION
-    from ingest.pg.search_schema import SCHEMA_V3
+    from ingest.pg.search_schema import SCHEMA_V4
     from ingest.pg.store import PgStore
     from mcp_server.search import SearchRequest
     from mcp_server.search.pg import search_pg
@@ -98,7 +98,7 @@ async def pg_tables(questions_by_split: dict[str, Sequence[Any]], root: Path, st
     handle = _server(workdir / "pg")
     # The schema's text too: a changed index definition (not yet a new version) rebuilds.
     key = json.dumps({**stamp, "pg_schema": SCHEMA_VERSION,
-                      "v3": hashlib.sha256(SCHEMA_V3.encode()).hexdigest()[:12]}, sort_keys=True)
+                      "v4": hashlib.sha256(SCHEMA_V4.encode()).hexdigest()[:12]}, sort_keys=True)
     url, cached = _database(handle, key)
     if not cached:
         started = time.perf_counter()

@@ -9,7 +9,7 @@ with the real record texts. For each scale this:
 1. builds (or reuses) search_scale's SQLite database `scale-N-vV.db`;
 2. copies it into a PostgreSQL database of a pgserver kept in
    <workdir>/pg (reused when complete): sources, sessions, records by COPY,
-   through the v3 triggers (stemmed tsvector with context, passages), then
+   through the v4 triggers (stemmed tsvector with context, passages), then
    the chunks with their float vectors. The records' COPY is timed: text MB/s
    through PostgreSQL's full-text indexing (the CLI's end-to-end ingest speed
    on real transcripts is bench/pg_vs_sqlite.py's);
@@ -46,7 +46,7 @@ import search_scale as ss  # noqa: E402  (bench/ is on sys.path: this script's f
 
 from ingest.config import PostgresUrl  # noqa: E402
 from ingest.pg.schema import SCHEMA_VERSION as PG_SCHEMA  # noqa: E402
-from ingest.pg.search_schema import SCHEMA_V3  # noqa: E402
+from ingest.pg.search_schema import SCHEMA_V4  # noqa: E402
 
 STEP = 20_000
 WORKERS = 2
@@ -72,7 +72,7 @@ def pg_database(handle: Any, sqlite_path: Path, n_chunks: int) -> tuple[str, dic
 
     # The index definition's text too: a changed one (not yet a new version) rebuilds.
     name = (f"scale_{ss.human(n_chunks).lower()}_v{PG_SCHEMA}_"
-            f"{hashlib.sha256(SCHEMA_V3.encode()).hexdigest()[:8]}")
+            f"{hashlib.sha256(SCHEMA_V4.encode()).hexdigest()[:8]}")
     with psycopg.connect(handle.get_uri("postgres"), autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             with psycopg.connect(handle.get_uri(name)) as db:

@@ -229,8 +229,8 @@ def test_another_model_is_refused_until_reembed(postgres_server: PgServer, postg
         assert conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] > 0
 
 
-# What schema version 3 (ingest/pg/search_schema.py) adds, undone: a version 2 database.
-UNDO_V3 = """
+# What schema versions 4 (ingest/pg/search_schema.py) and 3 add, undone: a version 2 database.
+UNDO_V4_V3 = """
 DROP TABLE passages;
 DROP TRIGGER records_index ON records;
 DROP TRIGGER records_passages ON records;
@@ -240,6 +240,10 @@ DROP FUNCTION deja_index_record, deja_index_passages, deja_passage_spans, deja_c
 ALTER TABLE records DROP COLUMN search_tsv, DROP COLUMN search_len;
 DROP TEXT SEARCH CONFIGURATION deja;
 DROP TEXT SEARCH DICTIONARY deja_stem;
+ALTER TABLE records ADD COLUMN text_tsv TSVECTOR
+    GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, text)) STORED;
+CREATE INDEX records_tsv ON records USING GIN (text_tsv);
+DROP FUNCTION json_extract;
 UPDATE deja_schema SET version = 2;
 """
 
@@ -250,7 +254,7 @@ def test_a_version_1_database_is_upgraded_and_embedded(postgres_server: PgServer
               "--no-embed")
     name = postgres_url.split("/")[3].split("?")[0]
     with postgres_server.connect(name) as conn:  # as the first part of the engine left it
-        conn.execute(UNDO_V3)
+        conn.execute(UNDO_V4_V3)
         conn.execute("DROP TABLE chunks; DROP TABLE embedding_model; DROP INDEX records_source_id; "
                      "UPDATE deja_schema SET version = 1")
         records = conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
@@ -270,7 +274,7 @@ def test_a_version_1_database_is_upgraded_and_embedded(postgres_server: PgServer
                      "cart tests")["hits"]
 
 
-# ---------------------------------------------------------------- the keyword index (schema v3)
+# ---------------------------------------------------------------- the keyword index (schema v4)
 
 def _keyword(both: Both, query: str, context: float) -> tuple[list[tuple[int, float]],
                                                                dict[int, int]]:

@@ -22,9 +22,13 @@ refused). No approximate index: an exact scan measured fast enough at these
 sizes and never misses a filtered hit (mcp_server/search/pg/vector.py). A
 version 1 database is upgraded at open.
 
-Version 3 adds the full-text index the keyword ranker reads (stemmed, with
-each record's context, and the passages of long records): see
-ingest/pg/search_schema.py.
+Version 3 adds `json_extract(jsonb, text)`, SQLite's function for the '$.key'
+paths, so the read queries of history, checkpoints and orientation run
+unchanged on both engines (ingest/pg/sqlconn.py).
+
+Version 4 adds the full-text index the keyword ranker reads (stemmed, with
+each record's context, and the passages of long records) and drops version
+1's unstemmed `text_tsv`: see ingest/pg/search_schema.py.
 
 `prepare` runs under a transaction-level advisory lock, so two machines
 opening a new database at once create the tables once. A database of a
@@ -38,14 +42,14 @@ from typing import TYPE_CHECKING
 
 from ..config import PostgresUrl
 from ..errors import DatabaseError, SchemaTooNew
-from .search_schema import SCHEMA_V3
+from .search_schema import SCHEMA_V4
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "SCHEMA_V2", "SCHEMA_V3", "VECTOR_DIM", "prepare"]
+__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "SCHEMA_V2", "SCHEMA_V3", "SCHEMA_V4", "VECTOR_DIM", "prepare"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The dimension of the chunks' vector column (schema v2).
 VECTOR_DIM = 384
 # pg_advisory_xact_lock key of schema creation: "deja" and 1, as a number.
@@ -187,7 +191,7 @@ UPDATE deja_schema SET version = 3 WHERE id = 1;
 """
 
 # The statements that take a database from version N-1 to N, by N.
-_UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3}
+_UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4}
 
 
 async def prepare(conn: psycopg.AsyncConnection, target: PostgresUrl, *,

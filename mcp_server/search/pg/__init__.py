@@ -3,7 +3,7 @@
 `search_pg(conn, request, embedder=...)` answers a SearchRequest from a
 shared database with the SearchResult the SQLite engine returns (and a
 `machine` in each hit). Only the rankers and their SQL are PostgreSQL's:
-keyword.py (BM25 over schema v3's stemmed `search_tsv` with its context and
+keyword.py (BM25 over schema v4's stemmed `search_tsv` with its context and
 the passages of long records, as SQLite's FTS5 ranks), vector.py (pgvector's
 cosine distance: an exact scan, or an HNSW index for unfiltered queries when
 one exists); the fusion, the neighbour

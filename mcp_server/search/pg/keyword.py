@@ -1,6 +1,6 @@
 """The keyword ranker on PostgreSQL: BM25 over `search_tsv` and the passages, as SQLite ranks.
 
-The index (schema v3, ingest/pg/search_schema.py) holds what SQLite's FTS5
+The index (schema v4, ingest/pg/search_schema.py) holds what SQLite's FTS5
 tables hold: each record's stemmed words (weight A) and its context's
 (weight B), and the passages of long records. This ranker then takes
 SQLite's steps (../keyword.py):
