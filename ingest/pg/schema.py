@@ -38,9 +38,9 @@ from ..errors import DatabaseError, SchemaTooNew
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "SCHEMA_V2", "SCHEMA_V3", "VECTOR_DIM", "prepare"]
+__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "SCHEMA_V2", "SCHEMA_V3", "SCHEMA_V4", "VECTOR_DIM", "prepare"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The dimension of the chunks' vector column (schema v2).
 VECTOR_DIM = 384
 # pg_advisory_xact_lock key of schema creation: "deja" and 1, as a number.
@@ -181,8 +181,26 @@ CREATE FUNCTION json_extract(doc JSONB, path TEXT) RETURNS TEXT
 UPDATE deja_schema SET version = 3 WHERE id = 1;
 """
 
+# Version 4: a session's project key and machine (issue 11: one repository on many machines
+# is one project). `project_key` is the normalized git remote of the folder the session ran
+# in (ingest/gitremote.py), set by the ingest of the machine that has the folder;
+# mcp_server/projects.py widens a project to every folder sharing it. `machine` is the
+# machine whose ingest (or sync) wrote the session first: a session id is Claude Code's
+# uuid, so a session seen on two machines is one transcript copied between them, and its
+# records keep each their own machine. Existing sessions get the machine of their first
+# record (or file); their key comes with their next batch (ingest/pg/batch.py).
+SCHEMA_V4 = """
+ALTER TABLE sessions ADD COLUMN project_key TEXT;
+ALTER TABLE sessions ADD COLUMN machine TEXT;
+CREATE INDEX sessions_project_key ON sessions (project_key) WHERE project_key IS NOT NULL;
+UPDATE sessions s SET machine = COALESCE(
+    (SELECT r.machine FROM records r WHERE r.session_id = s.session_id ORDER BY r.id LIMIT 1),
+    (SELECT o.machine FROM sources o WHERE o.session_id = s.session_id ORDER BY o.id LIMIT 1));
+UPDATE deja_schema SET version = 4 WHERE id = 1;
+"""
+
 # The statements that take a database from version N-1 to N, by N.
-_UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3}
+_UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4}
 
 
 async def prepare(conn: psycopg.AsyncConnection, target: PostgresUrl, *,
