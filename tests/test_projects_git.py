@@ -417,3 +417,15 @@ def test_an_old_pg_sessions_table_upgrades(postgres_server: PgServer, tmp_path: 
             schema.SCHEMA_VERSION
         assert dict(conn.execute("SELECT session_id, machine FROM sessions").fetchall()) == {
             "s-old": "old", SID["early"]: "new"}
+
+
+def test_sync_carries_the_key_and_names_the_machine(one_machine: OneMachine,
+                                                   postgres_server: PgServer) -> None:
+    name = postgres_server.new_database()
+    deja_json(one_machine.home, "--db", str(one_machine.db), "sync", "--to",
+              postgres_server.uri(name), "--json", env={"DEJA_MACHINE": "laptop"})
+    with postgres_server.connect(name) as conn:
+        rows = {r[0]: r[1:] for r in conn.execute(
+            "SELECT session_id, project_key, machine FROM sessions").fetchall()}
+    assert rows == {SID["clone_a"]: (KEY, "laptop"), SID["clone_b"]: (KEY, "laptop"),
+                    SID["other"]: ("github.com/acme/gadget", "laptop")}
