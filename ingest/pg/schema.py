@@ -190,6 +190,24 @@ CREATE FUNCTION json_extract(doc JSONB, path TEXT) RETURNS TEXT
 UPDATE deja_schema SET version = 3 WHERE id = 1;
 """
 
+# Version 4: a session's project key and machine (issue 11: one repository on many machines
+# is one project). `project_key` is the normalized git remote of the folder the session ran
+# in (ingest/gitremote.py), set by the ingest of the machine that has the folder;
+# mcp_server/projects.py widens a project to every folder sharing it. `machine` is the
+# machine whose ingest (or sync) wrote the session first: a session id is Claude Code's
+# uuid, so a session seen on two machines is one transcript copied between them, and its
+# records keep each their own machine. Existing sessions get the machine of their first
+# record (or file); their key comes with their next batch (ingest/pg/batch.py).
+SCHEMA_V4 = """
+ALTER TABLE sessions ADD COLUMN project_key TEXT;
+ALTER TABLE sessions ADD COLUMN machine TEXT;
+CREATE INDEX sessions_project_key ON sessions (project_key) WHERE project_key IS NOT NULL;
+UPDATE sessions s SET machine = COALESCE(
+    (SELECT r.machine FROM records r WHERE r.session_id = s.session_id ORDER BY r.id LIMIT 1),
+    (SELECT o.machine FROM sources o WHERE o.session_id = s.session_id ORDER BY o.id LIMIT 1));
+UPDATE deja_schema SET version = 4 WHERE id = 1;
+"""
+
 # The statements that take a database from version N-1 to N, by N.
 _UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4}
 
