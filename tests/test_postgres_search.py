@@ -229,8 +229,11 @@ def test_another_model_is_refused_until_reembed(postgres_server: PgServer, postg
         assert conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] > 0
 
 
-# What schema versions 4 (ingest/pg/search_schema.py) and 3 add, undone: a version 2 database.
-UNDO_V4_V3 = """
+# What schema versions 5 (sessions' key and machine), 4 (ingest/pg/search_schema.py) and 3
+# add, undone: a version 2 database.
+UNDO_V5_V3 = """
+DROP INDEX sessions_project_key;
+ALTER TABLE sessions DROP COLUMN project_key, DROP COLUMN machine;
 DROP TABLE passages;
 DROP TRIGGER records_index ON records;
 DROP TRIGGER records_passages ON records;
@@ -254,7 +257,7 @@ def test_a_version_1_database_is_upgraded_and_embedded(postgres_server: PgServer
               "--no-embed")
     name = postgres_url.split("/")[3].split("?")[0]
     with postgres_server.connect(name) as conn:  # as the first part of the engine left it
-        conn.execute(UNDO_V4_V3)
+        conn.execute(UNDO_V5_V3)
         conn.execute("DROP TABLE chunks; DROP TABLE embedding_model; DROP INDEX records_source_id; "
                      "UPDATE deja_schema SET version = 1")
         records = conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]

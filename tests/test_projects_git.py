@@ -378,9 +378,6 @@ def test_pg_context_and_checkpoint_say_the_machine(two_machines: TwoMachines) ->
     assert briefing["session"]["machine"] == "m1"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mcp_server/search/pg/engine.py resolve_project_pg repeats the path rules instead of "
-    "calling projects.resolve_project(PgConn(conn), ...): a one-line change for the merge"))
 def test_pg_search_current_finds_both_machines(two_machines: TwoMachines) -> None:
     found = search_sessions(two_machines.home, two_machines.url, two_machines.carol)
     assert found["sessions"] == WIDGET and found["machines"] == {"m1", "m2"}
@@ -393,7 +390,7 @@ def test_pg_search_current_finds_this_machines_own_path(two_machines: TwoMachine
 
 
 def test_an_old_pg_sessions_table_upgrades(postgres_server: PgServer, tmp_path: Path) -> None:
-    """A version 3 database gains the columns; its sessions their machine from their records."""
+    """A version 4 database gains the columns; its sessions their machine from their records."""
     from ingest.pg import schema
 
     name = postgres_server.new_database()
@@ -402,7 +399,7 @@ def test_an_old_pg_sessions_table_upgrades(postgres_server: PgServer, tmp_path: 
     session(root, tmp_path / "nowhere", SID["early"], "ocelot", 10)
     with postgres_server.connect(name) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        for script in (schema.SCHEMA_V1, schema.SCHEMA_V2, schema.SCHEMA_V3):
+        for script in (schema.SCHEMA_V1, schema.SCHEMA_V2, schema.SCHEMA_V3, schema.SCHEMA_V4):
             conn.execute(script)
         conn.execute("INSERT INTO sources (machine, path, display_path, project_dir, layout) "
                      "VALUES ('old', 'x', 'x', '-p', 'session')")

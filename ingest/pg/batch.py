@@ -140,7 +140,7 @@ async def insert_batch(conn: psycopg.AsyncConnection, machine: str, batch: Batch
                  clean(s.first_ts), clean(s.last_ts), clean(s.version), s.project_key, machine)
                 for sid, s in sorted(batch.sessions.items())
             ])
-            # Older sessions of the same folders (schema v4, as ingest/batch.py on SQLite).
+            # Older sessions of the same folders (schema v5, as ingest/batch.py on SQLite).
             await cur.executemany(BACKFILL_KEYS.replace("?", "%s"), [
                 (key, clean(cwd)) for key, cwd in sorted(backfill_keys(batch))])
     for _, info in sorted(batch.titles.items()):
