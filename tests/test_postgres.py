@@ -505,7 +505,7 @@ def test_schema_of_a_newer_deja_is_refused(postgres_server: PgServer, postgres_u
 
 
 @pytest.mark.parametrize("command", [
-    ["serve", "--no-ingest"], ["show", "abc"], ["sessions"], ["browse"],
+    ["show", "abc"], ["sessions"], ["browse"],
     ["export", "--format", "jsonl", "x.jsonl"], ["import", "x.jsonl"], ["doctor"], ["install"]])
 def test_commands_not_served_on_postgres_refuse_with_exit_2(home: Path,
                                                              command: list[str]) -> None:
@@ -520,9 +520,11 @@ def test_commands_not_served_on_postgres_refuse_with_exit_2(home: Path,
 
 def test_hook_and_stats_filters_refuse_postgres_clearly(home: Path) -> None:
     url = "postgres://deja:pw-not-shown@db.example/memory"
-    hook = subprocess.run(deja_argv("--db", url, "hook", "stop"), input="{}", capture_output=True,
+    hook = subprocess.run(deja_argv("--db", url, "hook", "session-start"),
+                          input='{"session_id": "s", "cwd": "/tmp"}', capture_output=True,
                           text=True, timeout=60, cwd=str(REPO), env=deja_env(home))
     assert hook.returncode == 0 and hook.stdout == ""  # hooks fail open
-    assert "does not serve `deja hook` yet" in hook.stderr and "pw-not-shown" not in hook.stderr
+    assert "PostgreSQL" in hook.stderr and "pw-not-shown" not in hook.stderr, hook.stderr
+    assert len(hook.stderr.splitlines()) == 1
     proc = deja(home, "--db", url, "stats", "--since", "7d", expect=1)
     one_clear_line(proc, "counts of `deja stats` only", "--since")

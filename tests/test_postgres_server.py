@@ -160,3 +160,56 @@ async def test_two_machines_and_four_servers_on_one_database(
     by_machine = deja_json(home, "--db", url, "stats", "--json")["records_by_machine"]
     assert by_machine == {"mach-a": clean["mach-a"] + 8, "mach-b": clean["mach-b"] + 8}
     assert len(written) == 16
+
+
+# -- the hooks on PostgreSQL ------------------------------------------------------------------
+
+
+def test_hooks_on_postgresql_ingest_checkpoint_and_brief(postgres_server: PgServer,
+                                                         tmp_path: Path) -> None:
+    """session-end ingests the transcript and records one checkpoint, pre-compact replaces
+    it, post-compact stores the summary, session-start briefs the next session, all as
+    on SQLite (tests/test_hooks.py), on a PostgreSQL URL."""
+    import json
+
+    from fixtures.transcripts import SessionFile
+    from test_hooks import budget_s, hook, payload
+
+    url = postgres_server.uri(postgres_server.new_database())
+    home = tmp_path / "home"
+    home.mkdir()
+    from datetime import datetime, timezone
+
+    s = SessionFile(tmp_path / "projects", "-home-dev-gizmo",
+                    "9a000000-0000-4000-8000-00000000000a", "/home/dev/gizmo",
+                    datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc))
+    s.prompt("teach the gizmo parser about the axolotl format")
+    s.tool("Bash", {"command": "pytest -q tests/test_axolotl.py"}, "1 failed: AxolotlError")
+    s.say("The axolotl reader needs a header check.")
+    s.save()
+    env = {"DEJA_MACHINE": "laptop"}
+    proc, seconds = hook(home, url, "session-end",  # type: ignore[arg-type]
+                         payload(s.path, s.session_id, s.cwd, reason="other"), env=env)
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stderr
+    assert seconds < budget_s()
+    found = deja_json(home, "--db", url, "search", "axolotl header check", "--mode",
+                      "keyword", "--json")["hits"]
+    assert any("header" in h["snippet"] for h in found)
+    s.prompt("and the salamander format too")
+    s.save()
+    hook(home, url, "pre-compact", payload(s.path, s.session_id, s.cwd, trigger="auto"),  # type: ignore[arg-type]
+         env=env)
+    memories = deja_json(home, "--db", url, "search", "salamander checkpoint", "--kind",
+                         "memory", "--mode", "keyword", "--json")["hits"]
+    assert len(memories) == 1 and "salamander" in memories[0]["snippet"]
+    summary = "Summary:\n7. Pending Tasks:\n   - wire the quetzal reader into the CLI\n"
+    proc, _ = hook(home, url, "post-compact", payload(  # type: ignore[arg-type]
+        s.path, s.session_id, s.cwd, trigger="manual", compact_summary=summary), env=env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert deja_json(home, "--db", url, "search", "quetzal reader", "--kind", "memory",
+                     "--mode", "keyword", "--json")["hits"]
+    proc, seconds = hook(home, url, "session-start", payload(  # type: ignore[arg-type]
+        None, "9b000000-0000-4000-8000-00000000000b", s.cwd, source="startup"), env=env)
+    assert proc.returncode == 0 and proc.stderr == "" and seconds < budget_s(), proc.stderr
+    context = json.loads(proc.stdout)["hookSpecificOutput"]["additionalContext"]
+    assert "axolotl" in context or "salamander" in context or "gizmo" in context, context
