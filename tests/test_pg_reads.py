@@ -164,3 +164,24 @@ def test_rows_read_by_name_none_binds_as_null_and_json_stays_text(
     assert isinstance(sid, str) and isinstance(meta, str) and json.loads(meta)
     assert unset is True and keys == ["sid", "meta", "unset", "mk", "total"]
     assert type(total) is int and counted[0][0] >= 10
+
+
+@pytest.mark.parametrize("command", [
+    ["sessions", "--json", "--limit", "50"],
+    ["sessions", "--json", "--project", "all", "--since", "2020-01-01"],
+    ["show", "SESSION", "--json"],
+    ["show", "SESSION", "--json", "--limit", "20", "--offset", "5"],
+    ["show", "UUID", "--json", "--before", "3", "--after", "3"],
+])
+def test_show_and_sessions_print_the_same_on_both_engines(engines: tuple[Path, str],
+                                                          tmp_path: Path,
+                                                          command: list[str]) -> None:
+    db, url = engines
+    from fixtures.db import sql
+
+    sid = sql(db, "SELECT session_id FROM sessions ORDER BY last_ts DESC LIMIT 1")[0][0]
+    uuid = sql(db, "SELECT uuid FROM records WHERE kind = 'assistant' ORDER BY id LIMIT 1 "
+                   "OFFSET 40")[0][0]
+    args = [{"SESSION": sid, "UUID": uuid}.get(a, a) for a in command]
+    outs = [_same(deja_json(tmp_path, "--db", target, *args)) for target in (str(db), url)]
+    assert outs[0] == outs[1]

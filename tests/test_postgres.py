@@ -505,7 +505,7 @@ def test_schema_of_a_newer_deja_is_refused(postgres_server: PgServer, postgres_u
 
 
 @pytest.mark.parametrize("command", [
-    ["show", "abc"], ["sessions"], ["browse"],
+    ["browse"],
     ["export", "--format", "jsonl", "x.jsonl"], ["import", "x.jsonl"], ["doctor"], ["install"]])
 def test_commands_not_served_on_postgres_refuse_with_exit_2(home: Path,
                                                              command: list[str]) -> None:

@@ -13,7 +13,7 @@ import argparse
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ingest.config import PostgresUrl
 from ingest.errors import DatabaseError
@@ -22,7 +22,7 @@ from ingest.store import Store
 if TYPE_CHECKING:
     from ingest.pg.store import PgStore
 
-__all__ = ["Subparsers", "require_database", "read_store", "read_postgres"]
+__all__ = ["Subparsers", "require_database", "read_store", "read_postgres", "read_database"]
 
 T = TypeVar("T")
 
@@ -65,3 +65,11 @@ async def read_postgres(target: PostgresUrl, read: Callable[[PgStore], Awaitable
         return await read(store)
     finally:
         await store.close()
+
+
+async def read_database(target: Path | PostgresUrl, read: Callable[[Any], Awaitable[T]]) -> T:
+    """`read(store)` on either engine's existing database (`store.reads` runs the shared
+    read queries on both)."""
+    if isinstance(target, PostgresUrl):
+        return await read_postgres(target, read)
+    return await read_store(target, read)
