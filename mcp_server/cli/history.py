@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import anyio
 
-from ingest.store import Store
-
 from ..history import get_context, list_sessions
 from ..transcript import find_session, session_overview, session_records
-from .common import Subparsers, read_store
+from .common import Readable, Subparsers, Target, read_any
 
 __all__ = ["register_show", "register_sessions", "run_show", "run_sessions"]
 
@@ -59,7 +56,7 @@ def register_show(sub: Subparsers) -> None:
     p.add_argument("--full", action="store_true",
                    help="terminal view: tool calls and results whole, not folded")
     _format_option(p)
-    p.set_defaults(handler=run_show)
+    p.set_defaults(handler=run_show, postgres_handler=run_show)
 
 
 def register_sessions(sub: Subparsers) -> None:
@@ -70,7 +67,7 @@ def register_sessions(sub: Subparsers) -> None:
     p.add_argument("--since", help="only sessions active since: 2026-05-01, 7d, 2w ...")
     p.add_argument("--limit", "-n", type=int, default=20)
     _format_option(p)
-    p.set_defaults(handler=run_sessions)
+    p.set_defaults(handler=run_sessions, postgres_handler=run_sessions)
 
 
 def _chosen_format(args: argparse.Namespace) -> str:
@@ -86,41 +83,41 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
-async def _show(store: Store, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+async def _show(store: Readable, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """("hit", get_context's dict) or ("session", {"session": overview, **page})."""
     ref = args.ref.strip()
-    sid = None if ref.startswith("rec:") else await find_session(store.conn, ref)
+    sid = None if ref.startswith("rec:") else await find_session(store.reads, ref)
     if sid is None:
-        return "hit", await get_context(store.conn, ref, before=args.before, after=args.after,
+        return "hit", await get_context(store.reads, ref, before=args.before, after=args.after,
                                         max_tokens=args.max_tokens)
-    overview = await session_overview(store.conn, sid)
-    page = await session_records(store.conn, sid, around=args.around, context=args.context,
+    overview = await session_overview(store.reads, sid)
+    page = await session_records(store.reads, sid, around=args.around, context=args.context,
                                  offset=args.offset, limit=args.limit)
     return "session", {"session": overview, **page}
 
 
-async def _hit_as_page(store: Store, out: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+async def _hit_as_page(store: Readable, out: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """get_context's dict in the shape of a session page, for the documents and the view."""
     records = [*out["before"], {**out["hit"], "hit": True}, *out["after"]]
     sid = out["session"].get("session_id")
     try:
-        overview = await session_overview(store.conn, sid, tokens=False) if sid else None
+        overview = await session_overview(store.reads, sid, tokens=False) if sid else None
     except Exception:  # noqa: BLE001 - a memory's session may be gone; show the hit anyway
         overview = None
     overview = overview or {"session_id": sid or "?", **out["session"]}
     return overview, {"offset": 0, "total": len(records), "records": records}
 
 
-def run_show(db_path: Path, args: argparse.Namespace) -> int:
+def run_show(target: Target, args: argparse.Namespace) -> int:
     fmt = _chosen_format(args)
 
-    async def read(store: Store) -> tuple[str, dict[str, Any], Any]:
+    async def read(store: Readable) -> tuple[str, dict[str, Any], Any]:
         what, out = await _show(store, args)
         extra = await _hit_as_page(store, out) if what == "hit" and fmt not in ("json",
                                                                                 "plain") else None
         return what, out, extra
 
-    what, out, extra = anyio.run(read_store, db_path, read)
+    what, out, extra = anyio.run(read_any, target, read)
     if fmt == "json":
         print(json.dumps(out, ensure_ascii=False))
         return 0
@@ -169,9 +166,9 @@ def _print_plain_show(what: str, out: dict[str, Any]) -> None:
                       f"{sub['records'][0]['handle'] if sub['records'] else ''}]")
 
 
-def run_sessions(db_path: Path, args: argparse.Namespace) -> int:
-    out = anyio.run(read_store, db_path, lambda store: list_sessions(
-        store.conn, project=args.project, since=args.since, limit=args.limit))
+def run_sessions(target: Target, args: argparse.Namespace) -> int:
+    out = anyio.run(read_any, target, lambda store: list_sessions(
+        store.reads, project=args.project, since=args.since, limit=args.limit))
     fmt = _chosen_format(args)
     if fmt == "json":
         print(json.dumps(out, ensure_ascii=False))
