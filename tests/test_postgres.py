@@ -507,9 +507,7 @@ def test_schema_of_a_newer_deja_is_refused(postgres_server: PgServer, postgres_u
     one_clear_line(proc, "schema version 99", "upgrade deja")
 
 
-@pytest.mark.parametrize("command", [
-    ["serve", "--no-ingest"], ["show", "abc"], ["sessions"], ["browse"],
-    ["export", "--format", "jsonl", "x.jsonl"], ["import", "x.jsonl"], ["doctor"], ["install"]])
+@pytest.mark.parametrize("command", [["serve", "--no-ingest"]])
 def test_commands_not_served_on_postgres_refuse_with_exit_2(home: Path,
                                                              command: list[str]) -> None:
     url = "postgresql://deja:pw-not-shown@db.example/memory?sslmode=require"
@@ -527,5 +525,14 @@ def test_hook_and_stats_filters_refuse_postgres_clearly(home: Path) -> None:
                           text=True, timeout=60, cwd=str(REPO), env=deja_env(home))
     assert hook.returncode == 0 and hook.stdout == ""  # hooks fail open
     assert "does not serve `deja hook` yet" in hook.stderr and "pw-not-shown" not in hook.stderr
-    proc = deja(home, "--db", url, "stats", "--since", "7d", expect=1)
-    one_clear_line(proc, "counts of `deja stats` only", "--since")
+
+
+@pytest.mark.parametrize("command", [
+    ["show", "abc"], ["sessions"], ["stats", "--since", "7d"],
+    ["export", "--format", "jsonl", "-"], ["import", "-"]])
+def test_read_commands_on_an_unreachable_server_say_so_in_one_line(home: Path,
+                                                                    command: list[str]) -> None:
+    url = "postgresql://deja:pw-not-shown@/memory?host=/nonexistent-socket-dir"
+    proc = deja(home, "--db", url, *command, expect=1, input='{"type":"header"}\n', timeout=30)
+    line = one_clear_line(proc, "cannot connect to PostgreSQL", "postgresql://deja@/memory")
+    assert "pw-not-shown" not in line

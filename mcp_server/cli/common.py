@@ -68,9 +68,8 @@ async def read_postgres(target: PostgresUrl, read: Callable[[PgStore], Awaitable
     Raises DatabaseError (unreachable, no tables, ...), and what `read` raises.
     """
     from ingest.config import machine_from
-    from ingest.pg.store import PgStore
-
     from ingest.pg.connect import describe, require_psycopg
+    from ingest.pg.store import PgStore
 
     require_psycopg()
     import psycopg

@@ -3,9 +3,9 @@
 Export is read-only (it creates no database); import creates or migrates the
 database like ingest. Both serve a PostgreSQL URL too: the export reads through
 `store.reads` (and carries each file's machine), the import writes through the
-PostgreSQL store's transaction (mcp_server/exchange/pg_import.py). An export file holds your transcripts: it is created
-0600. `-` as OUT writes JSONL or Markdown to stdout (Parquet needs a file);
-`-` as FILE reads stdin. Progress goes to stderr, on a terminal only; the
+PostgreSQL store's transaction (mcp_server/exchange/pg_import.py). An export file
+holds your transcripts: it is created 0600. `-` as OUT writes JSONL or Markdown
+to stdout (Parquet needs a file); `-` as FILE reads stdin. Progress goes to stderr, on a terminal only; the
 summary goes to stderr too when the data goes to stdout.
 """
 

@@ -146,7 +146,7 @@ def _execute(plan: Plan, args: argparse.Namespace, secret: str | None = None) ->
         return _apply_plan(plan, args)
     masked = _Masked(sys.stdout, secret)
     try:
-        with contextlib.redirect_stdout(masked):  # type: ignore[type-var]
+        with contextlib.redirect_stdout(masked):
             return _apply_plan(plan, args)
     except DejaError as exc:
         raise type(exc)(str(exc).replace(secret, "***").replace(quote(secret, safe=""), "***")

@@ -107,7 +107,9 @@ def run_postgres(target: PostgresUrl, args: argparse.Namespace) -> int:
         base = await store.stats()
         filters = StatsFilters(project=expand_project_arg(args.project), since=args.since,
                                until=args.until)
-        figures = await collect(store.reads, filters, load_prices(config_path_from(os.environ)),
+        prices = load_prices(config_path_from(os.environ))
+        # PgConn runs the analytics' SQL as aiosqlite's connection does (ingest/pg/sqlconn.py).
+        figures = await collect(store.reads, filters, prices,  # type: ignore[arg-type]
                                 top=max(1, args.top))
         return {**base, **figures}
 

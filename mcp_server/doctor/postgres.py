@@ -178,7 +178,7 @@ def registration_pg(target: PostgresUrl, env: Mapping[str, str], home: Path) -> 
     _, config_path = _user_files(env, home)
     config, _ = _read_json(config_path)
     entry = ((config or {}).get("mcpServers") or {}).get(SERVER_NAME)
-    if not is_deja_server(entry):
+    if entry is None or not is_deja_server(entry):
         return None
     args = [str(a) for a in entry.get("args") or []]
     given = args[args.index("--db") + 1] if "--db" in args[:-1] else None

@@ -2,8 +2,8 @@
 
 The filters are those of search: `--project` (resolved like everywhere else,
 mcp_server/projects.py), `--session` (an id or its prefix), `--since` (a date
-or `7d`, mcp_server/search/times.py). On PostgreSQL (a PgConn) the same queries run, and sources and records also
-give their `machine`. Records are read in id order, so an
+or `7d`, mcp_server/search/times.py). On PostgreSQL (a PgConn) the same
+queries run, and sources and records also give their `machine`. Records are read in id order, so an
 import gives them ids in the same relative order: the full-text index holds
 each record with its predecessor in the same file (migration m005), and that
 predecessor must still come before it.
