@@ -59,6 +59,7 @@ Usage:
     python bench/locomo.py --layout uu --text plain
     python bench/locomo.py --fusion '{"k": 1}' --context 0.25
     python bench/locomo.py --json out.json       # every table as JSON
+    python bench/locomo.py --engine both         # SQLite and PostgreSQL (bench/pg_locomo.py)
 """
 
 from __future__ import annotations
@@ -990,6 +991,20 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                  {k: {"all": v["all"]} for k, v in tables[split].items()}))
 
         dia = await bench.record_dia()
+        if args.engine in ("postgresql", "both"):
+            from pg_locomo import pg_tables
+
+            started = time.perf_counter()
+            pg = await pg_tables({s: bench.split(s) for s in splits}, db.parent / "projects",
+                                 info["stamp"], embedder, workdir, bench.by_uuid, project_path,
+                                 LIMIT, lambda qs, runs: aggregate(list(zip(qs, score_runs(qs, runs)))),
+                                 say)
+            timings["postgresql_s"] = time.perf_counter() - started
+            for split in splits:
+                tables[split].update(pg[split])
+                say(format_table(f"\n[{split}] PostgreSQL search_pg() (FUSION defaults)",
+                                 {k: {"all": v["all"]} for k, v in pg[split].items()}))
+
         if args.tune or args.explore:
             started = time.perf_counter()
             cand = {}
@@ -1176,6 +1191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also run search() hybrid with bm25 weight W for the previous "
                         "record's text (the context column; the engine uses 0.25)")
     parser.add_argument("--json", help="write every table and setting to this file")
+    parser.add_argument("--engine", default="sqlite", choices=("sqlite", "postgresql", "both"),
+                        help="postgresql/both: also ask every question through the PostgreSQL "
+                        "engine (a pgserver kept in the workdir; bench/pg_locomo.py)")
     args = parser.parse_args(argv)
     if args.split == "test" and (args.tune or args.explore):
         parser.error("--tune and --explore choose on dev: they need the dev split")

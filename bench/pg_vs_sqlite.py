@@ -17,6 +17,13 @@ bench/recall.py's `full` corpus) this:
    them.
 
     python bench/pg_vs_sqlite.py [--url postgresql://.../empty_db] [--json]
+        [--workdir /tmp/deja-pgvs] [--diff]
+
+`--workdir` keeps both databases (and the pgserver's data) there and reuses
+them when they exist, so a change of the search alone is measured without
+ingesting and embedding again (a PostgreSQL schema upgrade runs at open).
+`--diff` lists the questions one engine finds in its top 10 and the other
+does not, with each engine's rank of the first expected record.
 """
 
 from __future__ import annotations
@@ -69,9 +76,9 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-async def ask(engine: str, db: str, questions: list[dict[str, Any]], embedder: Any
-              ) -> dict[str, Any]:
-    """Every question in hybrid mode; latency and recall."""
+async def ask(engine: str, db: str, questions: list[dict[str, Any]], embedder: Any,
+              mode: str = "hybrid") -> dict[str, Any]:
+    """Every question in `mode` (hybrid, keyword or vector); latency and recall."""
     from mcp_server.search import Resources, SearchRequest, search
 
     times: list[float] = []
@@ -85,7 +92,7 @@ async def ask(engine: str, db: str, questions: list[dict[str, Any]], embedder: A
         resources = Resources(embedder=embedder, vector_conn=second)
 
         async def one(query: str) -> Any:
-            return await search(store.conn, SearchRequest(query, limit=10, project="all"),
+            return await search(store.conn, SearchRequest(query, limit=10, project="all", mode=mode),
                                 resources)
 
         close = [store.close, second.close]
@@ -96,7 +103,7 @@ async def ask(engine: str, db: str, questions: list[dict[str, Any]], embedder: A
         pg = await PgStore.open(PostgresUrl(db), "bench", os.environ, create=False)
 
         async def one(query: str) -> Any:
-            return await search_pg(pg.conn, SearchRequest(query, limit=10, project="all"),
+            return await search_pg(pg.conn, SearchRequest(query, limit=10, project="all", mode=mode),
                                    embedder=embedder)
 
         close = [pg.close]
@@ -106,7 +113,7 @@ async def ask(engine: str, db: str, questions: list[dict[str, Any]], embedder: A
             started = time.perf_counter()
             result = await one(q["question"])
             times.append((time.perf_counter() - started) * 1000)
-            assert result.vector_status == "ok", result.vector_status
+            assert mode == "keyword" or result.vector_status == "ok", result.vector_status
             returned = [h.uuid for h in result.hits][:recall.LIMIT]
             outcomes.append(recall.Outcome(q["id"], recall.first_hit(returned, set(q["expected"])),
                                            returned))
@@ -115,18 +122,57 @@ async def ask(engine: str, db: str, questions: list[dict[str, Any]], embedder: A
             await c()
     m = recall.metrics(outcomes)
     return {"p50_ms": _pct(times, .5), "p95_ms": _pct(times, .95), "hit@10": m["hit@10"],
-            "mrr": m["mrr"], "n": m["n"]}
+            "mrr": m["mrr"], "n": m["n"], "ranks": {o.qid: o.rank for o in outcomes}}
+
+
+def persistent_server(folder: Path) -> Any:
+    """A pgserver kept in `folder` between runs (started again if it is there)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        return pgserver.get_server(folder, cleanup_mode=None)
+
+
+def print_diff(out: dict[str, Any], questions: list[dict[str, Any]]) -> None:
+    """The questions found in the top 10 by one engine only, with both ranks."""
+    text = {q["id"]: q["question"] for q in questions}
+    a, b = out["sqlite"]["ranks"], out["postgresql"]["ranks"]
+    for qid in sorted(a):
+        ra, rb = a[qid], b.get(qid)
+        if (ra is None) != (rb is None):
+            print(f"  {'SQLite only' if rb is None else 'PG only':12} sqlite={ra} pg={rb} "
+                  f"{qid}: {text[qid][:90]}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="an empty PostgreSQL database (default: start a pgserver)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--workdir", type=Path, help="keep and reuse the databases here")
+    parser.add_argument("--diff", action="store_true", help="list the questions one engine misses")
+    parser.add_argument("--mode", default="hybrid", choices=("hybrid", "keyword", "vector"))
+    parser.add_argument("--pg-only", action="store_true",
+                        help="with --workdir: load and ask PostgreSQL only")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="deja-pgvs-"))
+    tmp = args.workdir or Path(tempfile.mkdtemp(prefix="deja-pgvs-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     server = None
     url = args.url
-    if url is None:
+    fresh_pg = True
+    if url is None and args.workdir:
+        handle = persistent_server(tmp / "pg")
+        import psycopg
+
+        with psycopg.connect(handle.get_uri("postgres"), autocommit=True) as c:
+            fresh_pg = c.execute("SELECT 1 FROM pg_database WHERE datname = 'deja_bench'"
+                                 ).fetchone() is None
+            if fresh_pg:
+                c.execute("CREATE DATABASE deja_bench")
+        url = handle.get_uri("deja_bench")
+    elif url is None:
         from fixtures.postgres import start_server
 
         server = start_server(tmp / "pg")
@@ -136,7 +182,13 @@ def main() -> int:
     env.setdefault("DEJA_MODEL_CACHE", str(REPO / ".pytest_cache" / "deja-models"))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     sqlite_db = str(tmp / "deja.db")
-    loads = {"sqlite": load(sqlite_db, env), "postgresql": load(url, env)}
+    loads_file = tmp / "loads.json"
+    old = json.loads(loads_file.read_text()) if args.workdir and loads_file.exists() else {}
+    loads = {"sqlite": old["sqlite"] if "sqlite" in old and Path(sqlite_db).exists()
+             else load(sqlite_db, env),
+             "postgresql": old["postgresql"] if "postgresql" in old and not fresh_pg
+             else load(url, env)}
+    loads_file.write_text(json.dumps(loads))
     import psycopg
 
     with psycopg.connect(url) as conn:
@@ -147,9 +199,17 @@ def main() -> int:
     from ingest.embed import load_configured_embedder
 
     embedder = load_configured_embedder(env)
-    asked = {"sqlite": anyio.run(ask, "sqlite", sqlite_db, questions, embedder),
-             "postgresql": anyio.run(ask, "postgresql", url, questions, embedder)}
+    asked = {"postgresql": anyio.run(ask, "postgresql", url, questions, embedder,
+                                          args.mode)}
+    cached = tmp / f"sqlite_asked_{args.mode}.json"
+    if args.pg_only and cached.exists():
+        asked["sqlite"] = json.loads(cached.read_text())
+    else:
+        asked["sqlite"] = anyio.run(ask, "sqlite", sqlite_db, questions, embedder, args.mode)
+        cached.write_text(json.dumps(asked["sqlite"]))
     out = {e: {**loads[e], "database_mb": sizes[e] / 1e6, **asked[e]} for e in loads}
+    if args.diff:
+        print_diff(out, questions)
     if args.json:
         print(json.dumps(out, indent=1))
     else:

@@ -17,10 +17,12 @@ from typing import Any
 import aiosqlite
 
 from .derived import index_new_records, update_responses
+from .gitremote import project_key
 from .indexing import EMBEDDABLE_KINDS
 from .parse import AgentLink, Record, SessionInfo
 
-__all__ = ["Batch", "BatchResult", "Cursor", "SessionAgg", "SourceRow", "insert_batch"]
+__all__ = ["BACKFILL_KEYS", "Batch", "BatchResult", "Cursor", "SessionAgg", "SourceRow",
+           "backfill_keys", "insert_batch"]
 
 
 @dataclass
@@ -59,13 +61,19 @@ class Cursor:
 
 @dataclass
 class SessionAgg:
-    """What a batch saw of one session: time span and the latest context."""
+    """What a batch saw of one session: time span and the latest context.
+
+    `project_key` is the git remote of its cwd (ingest/gitremote.py), looked up
+    here, on the machine that reads the transcript and has the folder, so it is
+    the same for both engines and for `deja sync`.
+    """
 
     first_ts: str | None = None
     last_ts: str | None = None
     cwd: str | None = None
     git_branch: str | None = None
     version: str | None = None
+    project_key: str | None = None
 
     def add(self, info: SessionInfo) -> None:
         if info.ts:
@@ -73,7 +81,9 @@ class SessionAgg:
                 self.first_ts = info.ts
             if self.last_ts is None or info.ts > self.last_ts:
                 self.last_ts = info.ts
-        self.cwd = self.cwd or info.cwd
+        if self.cwd is None and info.cwd:
+            self.cwd = info.cwd
+            self.project_key = project_key(info.cwd)
         self.git_branch = info.git_branch or self.git_branch
         self.version = info.version or self.version
 
@@ -108,11 +118,13 @@ _INSERT_RECORD = (
 )
 
 _UPSERT_SESSION = """
-INSERT INTO sessions (session_id, project_dir, cwd, git_branch, first_ts, last_ts, version)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO sessions (session_id, project_dir, cwd, git_branch, first_ts, last_ts, version,
+                      project_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (session_id) DO UPDATE SET
     project_dir = COALESCE(sessions.project_dir, excluded.project_dir),
     cwd = COALESCE(sessions.cwd, excluded.cwd),
+    project_key = COALESCE(sessions.project_key, excluded.project_key),
     git_branch = COALESCE(excluded.git_branch, sessions.git_branch),
     first_ts = MIN(COALESCE(sessions.first_ts, excluded.first_ts),
                    COALESCE(excluded.first_ts, sessions.first_ts)),
@@ -120,6 +132,10 @@ ON CONFLICT (session_id) DO UPDATE SET
                   COALESCE(excluded.last_ts, sessions.last_ts)),
     version = COALESCE(excluded.version, sessions.version)
 """
+
+# The backfill of sessions written before their key existed (migration m011): those of a
+# cwd whose key a batch just found get it too, at the cost of one UPDATE per folder.
+BACKFILL_KEYS = "UPDATE sessions SET project_key = ? WHERE project_key IS NULL AND cwd = ?"
 
 _UPSERT_AGENT = """
 INSERT INTO agent_runs (session_id, agent_id, source_id, layout, agent_type, description,
@@ -154,9 +170,11 @@ async def insert_batch(conn: aiosqlite.Connection, batch: Batch) -> BatchResult:
         await _insert_records(conn, batch, result)
     if batch.sessions:
         await conn.executemany(_UPSERT_SESSION, [
-            (sid, batch.project_dir, s.cwd, s.git_branch, s.first_ts, s.last_ts, s.version)
+            (sid, batch.project_dir, s.cwd, s.git_branch, s.first_ts, s.last_ts, s.version,
+             s.project_key)
             for sid, s in batch.sessions.items()
         ])
+        await conn.executemany(BACKFILL_KEYS, sorted(backfill_keys(batch)))
     for info in batch.titles.values():
         await _name_session(conn, info, batch.project_dir)
     for link in batch.agent_links:
@@ -164,6 +182,12 @@ async def insert_batch(conn: aiosqlite.Connection, batch: Batch) -> BatchResult:
     if batch.cursor is not None:
         await _advance_cursor(conn, batch.source_id, batch.cursor)
     return result
+
+
+def backfill_keys(batch: Batch) -> set[tuple[str, str]]:
+    """(project key, cwd) of the batch's sessions that have a key: BACKFILL_KEYS' rows."""
+    return {(s.project_key, s.cwd) for s in batch.sessions.values()
+            if s.project_key and s.cwd}
 
 
 async def _insert_records(conn: aiosqlite.Connection, batch: Batch, result: BatchResult) -> None:

@@ -306,7 +306,7 @@ async def record_checkpoint(store: Store, session_id: str, *, event: str) -> Mem
     None when the session has no records yet. `event` (pre-compact, session-end,
     ...) is kept in the memory's meta.
     """
-    cp = await build_checkpoint(store.conn, session_id)
+    cp = await build_checkpoint(store.reads, session_id)
     if cp is None:
         return None
     return await write_memory(
@@ -326,7 +326,7 @@ async def record_summary(store: Store, session_id: str, summary: str, *, project
     text = summary.strip()
     if len(text) > MAX_MEMORY_CHARS - 200:
         text = text[: MAX_MEMORY_CHARS - 300] + "…"
-    rows = await _rows(store.conn, "SELECT git_branch FROM sessions WHERE session_id = ?",
+    rows = await _rows(store.reads, "SELECT git_branch FROM sessions WHERE session_id = ?",
                        (session_id,))
     branch = rows[0][0] if rows else None
     return await write_memory(

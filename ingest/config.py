@@ -116,8 +116,8 @@ def not_served_message(target: PostgresUrl, command: str | None) -> str:
     """Why a command refuses a PostgreSQL URL (one line, no password)."""
     what = f"`deja {command}`" if command else "this command"
     return (f"{target.origin} is a PostgreSQL URL ({target}): the PostgreSQL engine does not "
-            f"serve {what} yet; it serves `deja ingest`, `embed`, `reembed`, `search` and "
-            "`stats` for now")
+            f"serve {what} yet; it serves `deja ingest`, `embed`, `reembed`, `search`, "
+            "`stats`, `serve` (the MCP server) and `hook` for now")
 
 
 def machine_from(environ: Mapping[str, str]) -> str:

@@ -101,16 +101,46 @@ async def write_memory(
     origin = record_meta.get("origin")
     if supersede and (not session_id or not isinstance(origin, str)):
         raise InvalidQuery("supersede needs a session_id and an origin in meta")
+    draft = MemoryDraft(key=key, uuid=new_uuid, session_id=session_id, text=text, ts=now,
+                        cwd=cwd, meta=record_meta, kind=kind, origin=origin if supersede else None)
+    if getattr(store, "engine", "sqlite") == "postgresql":
+        from .pg.memories import insert_memory_pg
+
+        created, new_uuid = await insert_memory_pg(store, project_dir, draft)  # type: ignore[arg-type]
+    else:
+        created, new_uuid = await _insert_memory(store, project_dir, draft)
+    return MemoryWritten(id=new_uuid, created=created, project_dir=project_dir,
+                         redactions=redactor.total)
+
+
+@dataclass(frozen=True)
+class MemoryDraft:
+    """A memory ready to store: what both engines' inserts write (redacted already)."""
+
+    key: str          # the line key duplicates collide on: hash of (kind, text)
+    uuid: str         # the id it gets when new
+    session_id: str | None
+    text: str
+    ts: str
+    cwd: str | None
+    meta: dict[str, Any]
+    kind: str
+    origin: str | None  # set: the session's other memories of this kind and origin go
+
+
+async def _insert_memory(store: Store, project_dir: str, d: MemoryDraft) -> tuple[bool, str]:
+    """Insert `d` on SQLite (and supersede); (created, the memory's id)."""
     async with store.transaction():
         source_id = await _memory_source(store, project_dir)
         cur = await store.conn.execute(
             "INSERT OR IGNORE INTO records (source_id, line_key, part, uuid, session_id, kind, "
             "role, text, text_len, ts, cwd, meta, embed_state) "
             "VALUES (?, ?, 0, ?, ?, 'memory', 'memory', ?, ?, ?, ?, ?, 0)",
-            (source_id, key, new_uuid, session_id, text, len(text), now, cwd,
-             json.dumps(record_meta, ensure_ascii=False)),
+            (source_id, d.key, d.uuid, d.session_id, d.text, len(d.text), d.ts, d.cwd,
+             json.dumps(d.meta, ensure_ascii=False)),
         )
         created = cur.rowcount == 1
+        new_uuid = d.uuid
         if created:
             # The INSERT added one row, so lastrowid is its id.
             assert cur.lastrowid is not None
@@ -118,33 +148,33 @@ async def write_memory(
         else:
             rows = list(await store.conn.execute_fetchall(
                 "SELECT uuid FROM records WHERE source_id = ? AND line_key = ? AND part = 0",
-                (source_id, key),
+                (source_id, d.key),
             ))
             new_uuid = rows[0][0]
-        if supersede:
+        if d.origin is not None:
             # Its chunks and FTS rows go with it (ON DELETE CASCADE, the delete trigger).
             await store.conn.execute(
                 "DELETE FROM records WHERE kind = 'memory' AND session_id = ? AND uuid != ? "
                 "AND json_extract(meta, '$.memory_kind') = ? AND json_extract(meta, '$.origin') = ?",
-                (session_id, new_uuid, kind, origin),
+                (d.session_id, new_uuid, d.kind, d.origin),
             )
-        if session_id:
+        if d.session_id:
             await store.conn.execute(
                 "INSERT INTO sessions (session_id, project_dir, cwd) VALUES (?, ?, ?) "
                 "ON CONFLICT (session_id) DO NOTHING",
-                (session_id, project_dir, cwd),
+                (d.session_id, project_dir, d.cwd),
             )
-    return MemoryWritten(id=new_uuid, created=created, project_dir=project_dir,
-                         redactions=redactor.total)
+    return created, new_uuid
 
 
 async def forget_memory(store: Store, memory_id: str) -> None:
     """Delete an explicit memory, its chunks and vectors. Transcript records are not deletable.
 
-    Raises NotFound if no memory has this id.
+    Raises NotFound if no memory has this id. The same SQL on both engines (`store.reads`
+    is the PostgreSQL store's PgConn, on its connection, inside its transaction).
     """
     async with store.transaction():
-        rows = await store.conn.execute_fetchall(
+        rows = await store.reads.execute_fetchall(
             "SELECT id, kind FROM records WHERE uuid = ?", (memory_id,)
         )
         if not rows:
@@ -157,4 +187,4 @@ async def forget_memory(store: Store, memory_id: str) -> None:
             if kind != "memory":
                 continue
             # Its chunks and their vectors go with it (ON DELETE CASCADE).
-            await store.conn.execute("DELETE FROM records WHERE id = ?", (record_id,))
+            await store.reads.execute("DELETE FROM records WHERE id = ?", (record_id,))

@@ -404,11 +404,18 @@ def m010_ml_mark(conn: Any) -> None:
     _run_script(conn, M010_SCRIPT)
 
 
+def m011_project_key(conn: Any) -> None:
+    """Sessions' project key, their git remote (see ingest/migration_m011.py)."""
+    from .migration_m011 import M011_SCRIPT
+
+    _run_script(conn, M011_SCRIPT)
+
+
 MIGRATIONS: list[Callable[[Any], None]] = [m001_initial, m002_embedding_queue,
                                            m003_fts_batch_insert, m004_fts_vocabulary,
                                            m005_fts_context, m006_compact_vectors,
                                            m007_passages, m008_stats, m009_multilingual,
-                                           m010_ml_mark]
+                                           m010_ml_mark, m011_project_key]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

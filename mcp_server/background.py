@@ -53,11 +53,13 @@ def start_background(tg: anyio.abc.TaskGroup, state: DejaState) -> None:
     if config.load_model:
         state.model_settled = anyio.Event()
         tg.start_soon(retrying, "model", partial(_load_model, state), state)
-        tg.start_soon(retrying, "vector index", partial(_index_loop, state), state)
+        if not state.on_postgres:  # PostgreSQL: pgvector scans in the database
+            tg.start_soon(retrying, "vector index", partial(_index_loop, state), state)
     else:
         state.embedder_error = "model loading disabled"
     if config.ingest:
-        tg.start_soon(retrying, "ingest supervisor", partial(_ingest_supervisor, state), state)
+        supervisor = _pg_ingest_supervisor if state.on_postgres else _ingest_supervisor
+        tg.start_soon(retrying, "ingest supervisor", partial(supervisor, state), state)
 
 
 async def retrying(name: str, job: Callable[[], Awaitable[None]], state: DejaState) -> None:
@@ -96,7 +98,8 @@ async def _load_model(state: DejaState) -> None:
             _settle(settled)
         state.embedder = await anyio.to_thread.run_sync(model.load)
         state.embedder_error = None
-        await _load_multilingual(state)
+        if not state.on_postgres:  # the multilingual list is SQLite's only, for now
+            await _load_multilingual(state)
     except DejaError as exc:
         state.embedder_error = str(exc)
         logger.warning("embedding model unavailable: %s (keyword search only)", exc)
@@ -198,7 +201,50 @@ async def _ingest_supervisor(state: DejaState) -> None:
             lock.release()
 
 
-async def _watch(store: Store, state: DejaState) -> None:
+async def _pg_ingest_supervisor(state: DejaState) -> None:
+    """On PostgreSQL: hold this machine's advisory lock when it is free (one ingester per
+    machine, however many servers run on it; the server frees a dead holder's lock at
+    once), then ingest and embed as `_ingest_supervisor` does, on a store of its own."""
+    from ingest.pg.lock import AdvisoryLock
+    from ingest.pg.store import PgStore
+
+    config = state.config
+    assert config.pg is not None
+    store = await PgStore.open(config.pg, config.machine, config.environ)
+    try:
+        lock = AdvisoryLock(store.conn, config.machine)
+        while not await lock.acquire():
+            await anyio.sleep(2.0)
+        state.ingesting = True
+        logger.info("this process ingests %s into %s as %s",
+                    ", ".join(map(str, config.roots)), config.pg, config.machine)
+        try:
+            if state.model_settled is not None:
+                with anyio.move_on_after(config.ingest_defer_seconds):
+                    await state.model_settled.wait()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(retrying, "ingest", partial(_watch, store, state), state)
+                tg.start_soon(retrying, "embed", partial(_pg_embed_loop, store, state), state)
+        finally:
+            state.ingesting = False
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()  # the session ends: the server releases the lock
+
+
+async def _pg_embed_loop(store: Any, state: DejaState) -> None:
+    from ingest.pg.vectors import embed_pending_pg
+
+    while True:
+        await anyio.sleep(state.config.embed_poll_seconds)
+        if state.embedder is None or not await store.pending_embeddings():
+            continue
+        result = await embed_pending_pg(store, state.embedder)
+        if getattr(result, "embedded_records", 0):
+            logger.info("embedded %d records", result.embedded_records)
+
+
+async def _watch(store: Any, state: DejaState) -> None:
     def on_pass(summary: IngestSummary) -> None:
         state.last_pass = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if summary.new_records:

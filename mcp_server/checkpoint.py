@@ -30,7 +30,7 @@ from ingest.checkpoints import session_facts
 from ingest.errors import InvalidQuery, NotFound
 from ingest.summary import by_priority, sections
 
-from .history import memory_meta, trim
+from .history import memory_meta, session_machine, trim
 
 __all__ = ["load_checkpoint"]
 
@@ -183,7 +183,7 @@ async def _session_turns(conn: aiosqlite.Connection, sid: str, since: str | None
         conn, "SELECT session_id, title, cwd, git_branch, first_ts, last_ts, project_dir "
         "FROM sessions WHERE session_id = ?", (sid,))
     keys = ("session_id", "title", "cwd", "git_branch", "first_ts", "last_ts", "project_dir")
-    out["session"] = dict(zip(keys, meta_rows[0]))
+    out["session"] = dict(zip(keys, meta_rows[0])) | await session_machine(conn, sid)
     after = await _rows(
         conn, "SELECT kind, ts, text FROM records WHERE session_id = ? AND "
         "agent_id IS NULL AND kind IN ('prompt', 'assistant') AND (? IS NULL OR ts > ?) "

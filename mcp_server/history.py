@@ -3,7 +3,13 @@
 The answering side of deja's reads that are not ranked search: the turns
 around a record (in file order, which is conversation order), recent sessions
 of a project, and what the database holds. Every function takes an aiosqlite
-connection and returns plain dicts ready for JSON.
+connection (or ingest.pg.sqlconn.PgConn: the same SQL runs on both engines) and
+returns plain dicts ready for JSON.
+
+Which machine: on PostgreSQL, a shared database, a session says the machine
+it came from (`machine`: its record's for get_context, the session's, the
+first machine that wrote it, for list_sessions). On SQLite, one machine's
+file, there is no such column and the answers have no `machine` key.
 """
 
 from __future__ import annotations
@@ -21,9 +27,23 @@ from ingest.errors import InvalidQuery, NotFound
 from .projects import resolve_project
 from .search import parse_time
 
-__all__ = ["find_record", "get_context", "list_sessions", "status", "trim", "memory_meta"]
+__all__ = ["find_record", "get_context", "list_sessions", "on_postgres", "session_machine",
+           "status", "trim", "memory_meta"]
 
 _HANDLE = re.compile(r"^rec:(\d+)$")
+
+
+def on_postgres(conn: Any) -> bool:
+    """Whether `conn` reads a PostgreSQL database (PgConn), where rows know their machine."""
+    return getattr(conn, "engine", "sqlite") == "postgresql"
+
+
+async def session_machine(conn: Any, session_id: str | None) -> dict[str, Any]:
+    """{"machine": ...} of a session on PostgreSQL, {} on SQLite: merged into a session dict."""
+    if not on_postgres(conn):
+        return {}
+    rows = await _rows(conn, "SELECT machine FROM sessions WHERE session_id = ?", (session_id,))
+    return {"machine": rows[0][0] if rows else None}
 
 
 def trim(text: str, limit: int) -> str:
@@ -103,9 +123,15 @@ async def get_context(conn: aiosqlite.Connection, ref: str, *, before: int = 5, 
         conn, "SELECT session_id, title, cwd, git_branch, first_ts, last_ts FROM sessions "
         "WHERE session_id = ?", (session_id,),
     )
+    about: dict[str, Any] = dict(zip(
+        ("session_id", "title", "cwd", "git_branch", "first_ts", "last_ts"), session[0]
+    )) if session else {"session_id": session_id}
+    if on_postgres(conn):
+        # The machine of the hit's own file: a session copied between machines has both.
+        about["machine"] = (await _rows(conn, "SELECT machine FROM records WHERE id = ?",
+                                        (rid,)))[0][0]
     return {
-        "session": dict(zip(("session_id", "title", "cwd", "git_branch", "first_ts", "last_ts"),
-                            session[0])) if session else {"session_id": session_id},
+        "session": about,
         "before": [_record_dict(r, each) for r in rows_before],
         "hit": hit,
         "after": [_record_dict(r, each) for r in rows_after],
@@ -130,12 +156,13 @@ async def list_sessions(conn: aiosqlite.Connection, *, project: str | None = Non
         "SELECT s.session_id, s.title, s.cwd, s.project_dir, s.git_branch, s.first_ts, s.last_ts, "
         "(SELECT COUNT(*) FROM records r WHERE r.session_id = s.session_id), "
         "(SELECT COUNT(*) FROM records r WHERE r.session_id = s.session_id AND r.kind = 'prompt'), "
-        "(SELECT COUNT(*) FROM agent_runs a WHERE a.session_id = s.session_id) "
+        "(SELECT COUNT(*) FROM agent_runs a WHERE a.session_id = s.session_id)"
+        f"{', s.machine' if on_postgres(conn) else ''} "
         f"FROM sessions s WHERE {' AND '.join(clauses)} ORDER BY s.last_ts DESC NULLS LAST LIMIT ?",
         (*params, limit),
     )
     keys = ("session_id", "title", "cwd", "project_dir", "git_branch", "first_ts", "last_ts",
-            "records", "prompts", "subagent_runs")
+            "records", "prompts", "subagent_runs", "machine")  # no machine on SQLite: zip stops
     return {"sessions": [dict(zip(keys, r)) for r in rows]}
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import anyio
 
 from ingest.checkpoints import record_checkpoint, record_summary
+from ingest.config import PostgresUrl
 from ingest.db import connect
 from ingest.discover import session_files
 from ingest.errors import DejaError, InvalidQuery
@@ -90,14 +91,48 @@ def _remaining_ms(deadline: float) -> int:
     return max(int((deadline - time.monotonic()) * 1000), 1)
 
 
-async def _store(db_path: Path, deadline: float) -> Store:
-    store = await Store.open(db_path)
+# The database a hook writes: the SQLite file, or a PostgreSQL URL (ingest/pg/).
+Target = Path | PostgresUrl
+
+
+async def _store(target: Target, deadline: float, environ: Mapping[str, str]) -> Any:
+    """The store, waiting no longer than the hook's deadline for a lock or a statement."""
+    if isinstance(target, PostgresUrl):
+        from ingest.config import machine_from
+        from ingest.pg.store import PgStore
+
+        pg = await PgStore.open(target, machine_from(environ), environ)
+        await pg.conn.execute(f"SET statement_timeout = {_remaining_ms(deadline)}")
+        return pg
+    store = await Store.open(target)
     # The default busy timeout (10 s) is for commands; a hook has its deadline.
     await store.conn.execute(f"PRAGMA busy_timeout = {_remaining_ms(deadline)}")
     return store
 
 
-async def run_event(event: str, hook: HookInput, db_path: Path, settings: Settings,
+class _Lock:
+    """This database's ingest lock for a hook: the file lock beside a SQLite database, or
+    this machine's advisory lock on PostgreSQL (ingest/pg/lock.py)."""
+
+    def __init__(self, store: Any, target: Target) -> None:
+        if isinstance(target, PostgresUrl):
+            from ingest.pg.lock import AdvisoryLock
+
+            self._pg: Any = AdvisoryLock(store.conn, store.machine)
+        else:
+            self._pg, self._file = None, IngestLock(target)
+
+    async def acquire(self) -> bool:
+        return await self._pg.acquire() if self._pg is not None else self._file.acquire()
+
+    async def release(self) -> None:
+        if self._pg is not None:
+            await self._pg.release()
+        else:
+            self._file.release()
+
+
+async def run_event(event: str, hook: HookInput, db_path: Target, settings: Settings,
                     environ: Mapping[str, str], deadline: float) -> str | None:
     """Do what `event` does (module docstring); returns what to print on stdout, if anything.
 
@@ -111,12 +146,12 @@ async def run_event(event: str, hook: HookInput, db_path: Path, settings: Settin
         logger.info("hook %s: project %s is excluded", event, project)
         return None
     if event == "session-start":
-        return await _session_start(hook, project, db_path, settings, deadline)
+        return await _session_start(hook, project, db_path, settings, deadline, environ)
     if event == "post-compact":
-        await _post_compact(hook, db_path, settings, deadline)
+        await _post_compact(hook, db_path, settings, deadline, environ)
         return None
     transcript = _transcript(hook)
-    store = await _store(db_path, deadline)
+    store = await _store(db_path, deadline, environ)
     try:
         reserve = _CHECKPOINT_RESERVE_S if event != "stop" else 0.0
         await _ingest(store, db_path, transcript, deadline - reserve, wait=event != "stop",
@@ -136,18 +171,18 @@ def _transcript(hook: HookInput) -> Path:
     return hook.transcript_path
 
 
-async def _ingest(store: Store, db_path: Path, transcript: Path, deadline: float, *,
+async def _ingest(store: Any, db_path: Target, transcript: Path, deadline: float, *,
                   wait: bool, settings: Settings) -> None:
     """The transcript's new lines (and its subagents') in the database by `deadline`:
     read here when the ingest lock is free, else by its holder (waited for if `wait`)."""
     files = (await anyio.to_thread.run_sync(session_files, transcript)).files
-    lock = IngestLock(db_path)
-    if lock.acquire():
+    lock = _Lock(store, db_path)
+    if await lock.acquire():
         try:
             summary = await ingest_files(store, files, deadline=deadline,
                                          exclude=settings.exclude)
         finally:
-            lock.release()
+            await lock.release()
         logger.info("hook ingested %d records from %d files in %.3f s", summary.new_records,
                     summary.files_read, summary.elapsed_s)
         return
@@ -157,23 +192,26 @@ async def _ingest(store: Store, db_path: Path, transcript: Path, deadline: float
     while time.monotonic() < deadline:
         if await _covered(store, transcript):
             return
-        if lock.acquire():  # it stopped meanwhile: read them here
+        if await lock.acquire():  # it stopped meanwhile: read them here
             try:
                 await ingest_files(store, files, deadline=deadline, exclude=settings.exclude)
             finally:
-                lock.release()
+                await lock.release()
             return
         await anyio.sleep(_POLL_S)
     logger.info("hook: %s not fully ingested by its deadline; the ingesting process will",
                 transcript)
 
 
-async def _covered(store: Store, transcript: Path) -> bool:
-    """True when the stored cursor of `transcript` reaches its last complete line."""
+async def _covered(store: Any, transcript: Path) -> bool:
+    """True when the stored cursor of `transcript` reaches its last complete line (this
+    machine's file, on a shared database)."""
     st = transcript.stat()
-    rows = list(await store.conn.execute_fetchall(
-        "SELECT offset FROM sources WHERE path = ? OR (dev = ? AND ino = ?)",
-        (os.fsencode(str(transcript)), st.st_dev, st.st_ino)))
+    mine = " AND machine = ?" if getattr(store, "engine", "") == "postgresql" else ""
+    rows = list(await store.reads.execute_fetchall(
+        f'SELECT "offset" FROM sources WHERE (path = ? OR (dev = ? AND ino = ?)){mine}',
+        (os.fsencode(str(transcript)), st.st_dev, st.st_ino,
+         *((store.machine,) if mine else ()))))
     if not rows:
         return False
     offset = int(rows[0][0])
@@ -184,13 +222,13 @@ async def _covered(store: Store, transcript: Path) -> bool:
         return b"\n" not in f.read(st.st_size - offset)
 
 
-async def _post_compact(hook: HookInput, db_path: Path, settings: Settings,
-                        deadline: float) -> None:
+async def _post_compact(hook: HookInput, db_path: Target, settings: Settings,
+                        deadline: float, environ: Mapping[str, str]) -> None:
     if not hook.session_id or not hook.compact_summary:
         raise InvalidQuery("post-compact input needs session_id and compact_summary")
-    store = await _store(db_path, deadline)
+    store = await _store(db_path, deadline, environ)
     try:
-        rows = list(await store.conn.execute_fetchall(
+        rows = list(await store.reads.execute_fetchall(
             "SELECT project_dir, cwd FROM sessions WHERE session_id = ?", (hook.session_id,)))
         if rows and rows[0][0]:
             project_dir, cwd = rows[0][0], rows[0][1] or hook.cwd
@@ -210,15 +248,25 @@ async def _post_compact(hook: HookInput, db_path: Path, settings: Settings,
         await store.close()
 
 
-async def _session_start(hook: HookInput, project: str | None, db_path: Path,
-                         settings: Settings, deadline: float) -> str | None:
-    if settings.context_chars <= 0 or not db_path.is_file():
-        return None  # turned off, or no history at all: silent
+async def _session_start(hook: HookInput, project: str | None, db_path: Target,
+                         settings: Settings, deadline: float,
+                         environ: Mapping[str, str]) -> str | None:
+    if settings.context_chars <= 0:
+        return None  # turned off: silent
     from .orientation import after_compaction, orientation
 
-    conn = await connect(db_path, readonly=True)
-    try:
+    if isinstance(db_path, PostgresUrl):
+        from ingest.pg.connect import connect as pg_connect
+        from ingest.pg.sqlconn import PgConn
+
+        conn: Any = PgConn(await pg_connect(db_path, environ))
+        await conn.raw.execute(f"SET statement_timeout = {_remaining_ms(deadline)}")
+    elif not db_path.is_file():
+        return None  # no history at all: silent
+    else:
+        conn = await connect(db_path, readonly=True)
         await conn.execute(f"PRAGMA busy_timeout = {_remaining_ms(deadline)}")
+    try:
         if hook.source == "compact" and hook.session_id:
             text = await after_compaction(conn, hook.session_id, limit=settings.context_chars)
             if text is not None:
@@ -228,4 +276,4 @@ async def _session_start(hook: HookInput, project: str | None, db_path: Path,
         return await orientation(conn, project, session_id=hook.session_id,
                                  limit=settings.context_chars)
     finally:
-        await conn.close()
+        await (conn.raw.close() if isinstance(db_path, PostgresUrl) else conn.close())

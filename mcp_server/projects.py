@@ -12,6 +12,19 @@ Three questions, asked by the tools, the CLI and search alike:
 - what the tools do with "current" when it has no history yet: search all
   projects and say so (`project_filter`), or, for a new memory, file it
   under the folder Claude Code would name after it (`memory_project`).
+
+One repository is one project wherever it is checked out. The ingest stores
+each session's project key, the normalized git remote of its folder
+(ingest/gitremote.py: `github.com/org/repo`), and `resolve_project` widens
+the folders a path or name matches to every folder whose sessions share
+their key, or the key of the path itself on this machine. So on a shared
+PostgreSQL database `project="current"` finds a teammate's sessions of the
+same repository under their path, and on one machine two clones of one
+repository (or a fork's clone with the same origin) are one project too. A
+folder without a remote keeps its path as its only identity; a key itself
+(`github.com/org/repo`) is a project argument as well.
+
+The SQL runs on both engines (aiosqlite and ingest.pg.sqlconn.PgConn).
 """
 
 from __future__ import annotations
@@ -22,6 +35,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import aiosqlite
+
+from ingest.gitremote import project_key
 
 __all__ = [
     "claude_project_dir", "current_project", "expand_project_arg", "main_worktree",
@@ -64,9 +79,14 @@ def current_project(environ: Mapping[str, str], cwd: Path | None = None) -> str:
     return str(main_worktree(Path(base)))
 
 
-def expand_project_arg(project: str | None) -> str | None:
+def expand_project_arg(project: str | None,
+                       environ: Mapping[str, str] | None = None) -> str | None:
     """A person's `--project` as a path: `.`, `..`, `./x`, `../x` and `~/x` become the
-    main worktree of that folder; anything else (a path, a folder name, 'all') is kept."""
+    main worktree of that folder, `current` the current project (`current_project` of
+    `environ`, the process's by default); anything else (a path, a folder name, 'all') is
+    kept."""
+    if project and project.strip().lower() == "current":
+        return current_project(os.environ if environ is None else environ)
     if project and (project in (".", "..") or project.startswith(("./", "../", "~"))):
         return str(main_worktree(Path(project).expanduser()))
     return project
@@ -77,12 +97,27 @@ async def resolve_project(conn: aiosqlite.Connection, project: str | None) -> li
 
     A path matches sessions whose cwd is that path or inside it (so a repo
     root covers its subfolders), and the folder Claude Code names after it; a
-    bare name matches a project folder exactly. Unknown projects give [] (no
-    hits), not an error: the history may simply not have it yet.
+    bare name matches a project folder exactly. Then the project widens to
+    every folder of the same repository (the module docstring): the folders
+    of sessions whose project key is that of a matched folder's sessions, of
+    the path's own git remote here, or the argument itself. Unknown projects
+    give [] (no hits), not an error: the history may simply not have it yet.
     """
     if project is None or project.strip().lower() in ("", "all", "*"):
         return None
     p = project.strip().rstrip("/") or "/"
+    dirs = await _path_dirs(conn, p)
+    keys = await _keys(conn, p, dirs)
+    if keys:
+        rows = await conn.execute_fetchall(
+            "SELECT DISTINCT project_dir FROM sessions WHERE project_dir IS NOT NULL AND "
+            f"project_key IN ({_marks(keys)})", tuple(sorted(keys)))
+        dirs.update(r[0] for r in rows)
+    return sorted(dirs)
+
+
+async def _path_dirs(conn: aiosqlite.Connection, p: str) -> set[str]:
+    """The folders a path or folder name matches on its own (no widening by key)."""
     like = p.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
     # The project at that path and those below it (a parent folder of several).
     rows = await conn.execute_fetchall(
@@ -106,7 +141,28 @@ async def resolve_project(conn: aiosqlite.Connection, project: str | None) -> li
         (p, claude_project_dir(p)),
     )
     dirs.update(r[0] for r in rows)
-    return sorted(dirs)
+    return dirs
+
+
+async def _keys(conn: aiosqlite.Connection, p: str, dirs: set[str]) -> set[str]:
+    """The project keys (git remotes) a project argument stands for: its matched folders'
+    sessions', its own remote when it is a folder of this machine, or itself as a key."""
+    keys: set[str] = set()
+    if dirs:
+        rows = await conn.execute_fetchall(
+            "SELECT DISTINCT project_key FROM sessions WHERE project_key IS NOT NULL AND "
+            f"project_dir IN ({_marks(dirs)})", tuple(sorted(dirs)))
+        keys.update(r[0] for r in rows)
+    here = project_key(p) if p.startswith("/") else None
+    if here:
+        keys.add(here)
+    elif not p.startswith("/") and "/" in p:
+        keys.add(p.lower())  # github.com/org/repo: found only if some session has it
+    return keys
+
+
+def _marks(values: set[str]) -> str:
+    return ", ".join("?" for _ in values)
 
 
 def _is_current(project: str | None) -> bool:
@@ -137,5 +193,8 @@ async def memory_project(conn: aiosqlite.Connection, current: str,
     is the project's path when one was given.
     """
     path = current if _is_current(project) else (project or "").strip()
-    dirs = await resolve_project(conn, path) or [claude_project_dir(path)]
-    return dirs[0], path if path.startswith("/") else None
+    # This machine's folder of the project, not a teammate's of the same repository.
+    everywhere = path.lower() in ("", "all", "*")
+    dirs = [] if everywhere else sorted(await _path_dirs(conn, path.rstrip("/") or "/"))
+    return (dirs[0] if dirs else claude_project_dir(path)), \
+        path if path.startswith("/") else None

@@ -45,10 +45,8 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
 
     @asynccontextmanager
     async def lifespan(_server: MCPServer[DejaState]) -> AsyncIterator[DejaState]:
-        store = await Store.open(config.db_path)
-        state = DejaState(config=config, store=store,
-                          project=current_project(config.environ),
-                          vector_conn=await connect(config.db_path, readonly=True))
+        state = await _open_state(config)
+        store = state.store
         try:
             async with anyio.create_task_group() as tg:
                 start_background(tg, state)
@@ -59,7 +57,10 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
         finally:
             with anyio.CancelScope(shield=True):
                 await store.close()
-                await state.vector_conn.close()
+                if state.vector_conn is not None:
+                    await state.vector_conn.close()
+                if state.reader is not None:
+                    await state.reader.raw.close()
 
     server: MCPServer[DejaState] = MCPServer(
         name="deja", instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING",
@@ -67,3 +68,26 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
     for tool, hints in TOOLS:
         server.add_tool(reporting_deja_errors(tool), annotations=hints)
     return server
+
+
+async def _open_state(config: ServerConfig) -> DejaState:
+    """The database opened for the tools: on SQLite the store and the vector ranker's
+    read-only connection; on PostgreSQL the store (memory writes) and a second connection
+    for every read (search included: pgvector scans in the database, no index in memory)."""
+    project = current_project(config.environ)
+    if config.pg is None:
+        store = await Store.open(config.db_path)
+        return DejaState(config=config, store=store, project=project,
+                         vector_conn=await connect(config.db_path, readonly=True))
+    from ingest.pg.connect import connect as pg_connect
+    from ingest.pg.sqlconn import PgConn
+    from ingest.pg.store import PgStore
+
+    pg_store = await PgStore.open(config.pg, config.machine, config.environ)
+    try:
+        reader = PgConn(await pg_connect(config.pg, config.environ))
+    except BaseException:
+        await pg_store.close()
+        raise
+    return DejaState(config=config, store=pg_store, project=project,  # type: ignore[arg-type]
+                     reader=reader)

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from ingest.config import PostgresUrl
 from ingest.settings import Exclusions
 from ingest.store import Store
 
@@ -42,6 +43,10 @@ class ServerConfig:
     # How long the ingest supervisor lets a quick model load go first.
     ingest_defer_seconds: float = 3.0
     exclude: Exclusions | None = None  # projects kept out of ingest (ingest/settings.py)
+    # A PostgreSQL database instead of the SQLite file at db_path (ingest/pg/), written as
+    # `machine` (DEJA_MACHINE, else the host name).
+    pg: PostgresUrl | None = None
+    machine: str = ""
 
 
 @dataclass
@@ -49,8 +54,12 @@ class DejaState:
     """What the tools share for the life of the server."""
 
     config: ServerConfig
-    store: Store  # the tools' connection (reads and memory writes)
+    store: Store  # the tools' connection (reads and memory writes); a PgStore on PostgreSQL
     project: str  # path of the "current" project
+    # The connection the read queries (history, checkpoints, search) run on: the store's
+    # own on SQLite; on PostgreSQL a PgConn of a second connection, so that a read never
+    # runs inside a memory write's transaction.
+    reader: Any = None
     embedder: Any = None
     embedder_error: str | None = "the embedding model is still loading"
     ingesting: bool = False
@@ -85,3 +94,12 @@ class DejaState:
     @property
     def db_path(self) -> Path:
         return self.config.db_path
+
+    @property
+    def on_postgres(self) -> bool:
+        return self.config.pg is not None
+
+    @property
+    def reads(self) -> Any:
+        """The connection for the read queries (see `reader`)."""
+        return self.reader if self.reader is not None else self.store.conn

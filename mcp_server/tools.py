@@ -35,6 +35,7 @@ from . import history
 from .checkpoint import load_checkpoint as assemble_checkpoint
 from .projects import memory_project, project_filter, resolve_project
 from .search import Resources, SearchRequest, search
+from .search.results import SearchResult
 from .state import DejaState
 
 __all__ = [
@@ -106,16 +107,11 @@ async def search_memory(
         handle to get_context to read the surrounding turns. debug: true adds the scores."""
     state = _state(ctx)
     await state.wait_for_model()  # a quick load under way: vectors in a moment, not keywords
-    scope, notes = await project_filter(state.store.conn, state.project, project)
-    result = await search(
-        state.store.conn,
-        SearchRequest(query, mode="hybrid", limit=limit, kinds=kinds, session_id=session_id,
-                      project=scope, tool=tool, since=since, until=until, max_tokens=max_tokens),
-        Resources(embedder=state.embedder, embedder_error=state.embedder_error,
-                  vector_index=state.vector_index, vector_conn=state.vector_conn,
-                  ml_embedder=state.ml.embedder if state.ml is not None else None,
-                  ml_index=state.ml_index),
-    )
+    scope, notes = await project_filter(state.reads, state.project, project)
+    request = SearchRequest(query, mode="hybrid", limit=limit, kinds=kinds,
+                            session_id=session_id, project=scope, tool=tool, since=since,
+                            until=until, max_tokens=max_tokens)
+    result = await _search(state, request)
     if not debug:
         return _compact(result.to_answer(scope or "all", notes))
     out = result.to_dict()
@@ -125,6 +121,23 @@ async def search_memory(
     out["index"] = {"pending_embeddings": result.pending_embeddings, "last_ingest": last,
                     "this_process_ingests": state.ingesting}
     return _compact(out)
+
+
+async def _search(state: DejaState, request: SearchRequest) -> SearchResult:
+    """The hybrid search on the server's engine: SQLite with the in-memory vector index,
+    or PostgreSQL, where pgvector scans in the database (mcp_server/search/pg)."""
+    if state.on_postgres:
+        from .search.pg import search_pg
+
+        return await search_pg(state.reads.raw, request, embedder=state.embedder,
+                               embedder_error=state.embedder_error)
+    return await search(
+        state.reads, request,
+        Resources(embedder=state.embedder, embedder_error=state.embedder_error,
+                  vector_index=state.vector_index, vector_conn=state.vector_conn,
+                  ml_embedder=state.ml.embedder if state.ml is not None else None,
+                  ml_index=state.ml_index),
+    )
 
 
 def _compact(out: dict[str, Any]) -> CallToolResult:
@@ -143,7 +156,7 @@ async def get_context(
 ) -> dict[str, Any]:
     """The turns around a search hit, in conversation order (prompts, answers, tool calls
         and results), with the session's title, cwd and branch."""
-    return await history.get_context(_state(ctx).store.conn, ref, before=before,
+    return await history.get_context(_state(ctx).reads, ref, before=before,
                                       after=after, max_tokens=max_tokens)
 
 
@@ -157,8 +170,8 @@ async def list_sessions(
     """Recent Claude Code sessions, newest first: title, git branch, time span, size,
         number of prompts and subagent runs."""
     state = _state(ctx)
-    scope, notes = await project_filter(state.store.conn, state.project, project)
-    out = await history.list_sessions(state.store.conn, project=scope, since=since, limit=limit)
+    scope, notes = await project_filter(state.reads, state.project, project)
+    out = await history.list_sessions(state.reads, project=scope, since=since, limit=limit)
     out["project"] = scope or "all"
     out["notes"] = notes
     return out
@@ -182,7 +195,7 @@ async def write_memory(
         that later sessions find it with search_memory and load_checkpoint. Exact duplicates are
         stored once. Returns the memory's id."""
     state = _state(ctx)
-    project_dir, cwd = await memory_project(state.store.conn, state.project, project)
+    project_dir, cwd = await memory_project(state.reads, state.project, project)
     written = await write_memory_record(
         state.store, content, project_dir=project_dir, cwd=cwd,
         title=title, tags=tags, kind=kind, session_id=session_id,
@@ -214,9 +227,9 @@ async def load_checkpoint(
     state = _state(ctx)
     dirs = None
     if not session_id and not checkpoint_id:
-        scope, _ = await project_filter(state.store.conn, state.project, project)
-        dirs = await resolve_project(state.store.conn, scope)
-    return await assemble_checkpoint(state.store.conn, session_id=session_id,
+        scope, _ = await project_filter(state.reads, state.project, project)
+        dirs = await resolve_project(state.reads, scope)
+    return await assemble_checkpoint(state.reads, session_id=session_id,
                                      project_dirs=dirs, checkpoint_id=checkpoint_id,
                                      max_tokens=max_tokens)
 
@@ -226,7 +239,11 @@ async def memory_status(ctx: Context) -> dict[str, Any]:
         records awaiting embedding, the embedding model, whether this server process is the one
         ingesting, and the last ingest time."""
     state = _state(ctx)
-    out = await history.status(state.store.conn, state.db_path)
+    out = await history.status(state.reads, state.db_path)
+    if state.on_postgres:
+        out.update({"database": str(state.config.pg), "engine": "postgresql",
+                    "machine": state.config.machine,
+                    "database_bytes": await _pg_size(state.reads)})
     out.update({
         "this_process_ingests": state.ingesting,
         "model_loaded": state.embedder is not None,
@@ -240,9 +257,14 @@ async def memory_status(ctx: Context) -> dict[str, Any]:
     if state.ml is not None and state.ml.enabled:
         from .search.multilingual import ml_status
 
-        out["multilingual"] = await ml_status(state.store.conn, state.ml.embedder, state.ml.error,
+        out["multilingual"] = await ml_status(state.reads, state.ml.embedder, state.ml.error,
                                               state.ml_index)
     return out
+
+
+async def _pg_size(reads: Any) -> int:
+    rows = await reads.execute_fetchall("SELECT pg_database_size(current_database())")
+    return int(rows[0][0])
 
 
 _READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)

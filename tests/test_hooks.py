@@ -123,11 +123,12 @@ def test_missing_transcript_fails_open(home: Path, db_path: Path, tmp_path: Path
     failed_open(proc, seconds, "does not exist")
 
 
-def test_url_as_database_fails_open(home: Path) -> None:
-    proc = subprocess.run(deja_argv("--db", "postgresql://x/y", "hook", "stop"), input="{}",
-                          capture_output=True, text=True, timeout=60, cwd=str(REPO),
-                          env=deja_env(home))
-    assert proc.returncode == 0 and proc.stdout == "" and "URL" in proc.stderr
+def test_unreachable_postgresql_fails_open(home: Path, tmp_path: Path) -> None:
+    url = f"postgresql://nobody@/deja?host={tmp_path}"  # no server listens there
+    proc = subprocess.run(deja_argv("--db", url, "hook", "session-start"),
+                          input=json.dumps(payload(None, "s", "/tmp")), capture_output=True,
+                          text=True, timeout=60, cwd=str(REPO), env=deja_env(home))
+    assert proc.returncode == 0 and proc.stdout == "" and "PostgreSQL" in proc.stderr, proc
 
 
 _HOLD_LOCK = """

@@ -99,8 +99,8 @@ def _fill(conn: Any, version: int, vectors: np.ndarray) -> None:
             conn.execute("INSERT INTO records_fts (rowid, text, context) SELECT r.id, "
                          f"deja_fts_text(r.text), {_M005_CONTEXT} FROM records r WHERE r.id = ?",
                          (rid,))
-        elif version in (7, 8, 9):
-            # Versions 7 to 9's writers: today's statements (m008 to m010 did not change them).
+        elif version in (7, 8, 9, 10):
+            # Versions 7 to 10's writers: today's statements (m008 to m011 did not change them).
             conn.execute("INSERT INTO records_fts (rowid, text, context) SELECT r.id, "
                          f"deja_fts_text(r.text), {FTS_CONTEXT_SQL} FROM records r "
                          f"WHERE r.id = ? AND NOT {FTS_SKIP_SQL}", (rid,))
@@ -129,8 +129,9 @@ def _fill_multilingual(conn: Any, version: int) -> None:
     record, as after deleting the records above it before m010 (which brings it down)."""
     if version < 9:
         return
+    # From version 10 on the triggers of m010 keep the mark at or below the top record.
     conn.execute("INSERT INTO ml_state (id, model_id, dim, last_record_id) VALUES (1, ?, 384, ?)",
-                 (ML_MODEL, N + 5))
+                 (ML_MODEL, N + 5 if version == 9 else N))
     conn.executemany("INSERT INTO ml_vectors (record_id, vec) VALUES (?, ?)",
                      [(rid, _ml_vec(rid)) for rid in ML_RECORDS])
 
@@ -154,6 +155,10 @@ def build_version(path: Path, version: int, vectors: np.ndarray,
 def _rows(conn: Any) -> dict[str, list[Any]]:
     out = {t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY rowid")]
            for t in KEPT_TABLES}
+    # The columns sessions had before m011 added `project_key` (NULL until the next ingest).
+    out["sessions"] = [tuple(r) for r in conn.execute(
+        "SELECT session_id, project_dir, cwd, git_branch, title, title_kind, agent_name, "
+        "first_ts, last_ts, version FROM sessions ORDER BY rowid")]
     out["records"] = [tuple(r) for r in conn.execute(
         "SELECT id, source_id, line_key, part, uuid, session_id, kind, text, text_len, ts "
         "FROM records ORDER BY id")]
@@ -293,7 +298,7 @@ def test_an_older_database_upgrades_without_loss(tmp_path: Path, version: int) -
     else:
         assert out["vector_status"] == "ok" and out["nearest"][0] == f"u{nearest_to + 1}"
     assert out["renamed"] == [1]
-    if version == 9:
+    if version >= 9:
         assert out["ml"] == [(rid, _ml_vec(rid)) for rid in ML_RECORDS]
         assert out["ml_state"] == [(1, ML_MODEL, 384, N, 0)]  # the mark brought down to the top
     else:

@@ -229,12 +229,35 @@ def test_another_model_is_refused_until_reembed(postgres_server: PgServer, postg
         assert conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] > 0
 
 
+# What schema versions 5 (sessions' key and machine), 4 (ingest/pg/search_schema.py) and 3
+# add, undone: a version 2 database.
+UNDO_V5_V3 = """
+DROP INDEX sessions_project_key;
+ALTER TABLE sessions DROP COLUMN project_key, DROP COLUMN machine;
+DROP TABLE passages;
+DROP TRIGGER records_index ON records;
+DROP TRIGGER records_passages ON records;
+DROP TRIGGER records_passages_update ON records;
+DROP FUNCTION deja_index_record, deja_index_passages, deja_passage_spans, deja_cut,
+    deja_next_start, deja_context, deja_tsv_len, deja_tsv, deja_words;
+ALTER TABLE records DROP COLUMN search_tsv, DROP COLUMN search_len;
+DROP TEXT SEARCH CONFIGURATION deja;
+DROP TEXT SEARCH DICTIONARY deja_stem;
+ALTER TABLE records ADD COLUMN text_tsv TSVECTOR
+    GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, text)) STORED;
+CREATE INDEX records_tsv ON records USING GIN (text_tsv);
+DROP FUNCTION json_extract;
+UPDATE deja_schema SET version = 2;
+"""
+
+
 def test_a_version_1_database_is_upgraded_and_embedded(postgres_server: PgServer,
                                                        postgres_url: str, home: Path) -> None:
     deja_json(home, "--db", postgres_url, "ingest", "--root", str(SAMPLE), "--json",
               "--no-embed")
     name = postgres_url.split("/")[3].split("?")[0]
     with postgres_server.connect(name) as conn:  # as the first part of the engine left it
+        conn.execute(UNDO_V5_V3)
         conn.execute("DROP TABLE chunks; DROP TABLE embedding_model; DROP INDEX records_source_id; "
                      "UPDATE deja_schema SET version = 1")
         records = conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
@@ -246,3 +269,146 @@ def test_a_version_1_database_is_upgraded_and_embedded(postgres_server: PgServer
     hits = deja_json(home, "--db", postgres_url, "search", "--json", "--mode", "vector",
                      "cart tests")["hits"]
     assert hits and hits[0]["machine"]
+    # Version 3's full-text index was backfilled: every record, the keyword ranker finds them.
+    with postgres_server.connect(name) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM records WHERE search_tsv IS NULL "
+                            "OR search_len IS NULL").fetchone()[0] == 0
+    assert deja_json(home, "--db", postgres_url, "search", "--json", "--mode", "keyword",
+                     "cart tests")["hits"]
+
+
+# ---------------------------------------------------------------- the keyword index (schema v4)
+
+def _keyword(both: Both, query: str, context: float) -> tuple[list[tuple[int, float]],
+                                                               dict[int, int]]:
+    """keyword_ranks_pg itself: (record id, score) best first, and the passages' starts."""
+    from mcp_server.search.filters import SearchFilters
+    from mcp_server.search.pg.keyword import keyword_ranks_pg
+
+    async def go() -> tuple[list[tuple[int, float]], dict[int, int]]:
+        store = await PgStore.open(PostgresUrl(both.url), "test", {}, create=False)
+        starts: dict[int, int] = {}
+        try:
+            ranked = await keyword_ranks_pg(store.conn, query, SearchFilters(), 10, context,
+                                            starts=starts)
+        finally:
+            await store.close()
+        return ranked, starts
+
+    return anyio.run(go)
+
+
+def test_stemmed_words_match_as_on_sqlite(both: Both) -> None:
+    pg = both.search("refuelling", mode="keyword").hits
+    lite = both_sqlite_search(both, "refuelling", "keyword").hits
+    assert len(pg) == 1 and "refuel" in pg[0].snippet.lower()
+    assert [h.uuid for h in pg] == [h.uuid for h in lite]
+    # Every word is indexed, stopwords too (FTS5 keeps them): "the" alone finds records.
+    assert both.search("the", mode="keyword", limit=3).hits
+
+
+def test_a_match_deep_inside_a_long_record_is_found_by_its_passage(both: Both) -> None:
+    from ingest.indexing import passage_spans
+
+    hits = both.search("zanzibarquux", mode="keyword").hits
+    assert len(hits) == 1 and "[zanzibarquux]" in hits[0].snippet
+    assert hits[0].snippet.startswith("…")  # a window around the passage, not the start
+    (rid, text), = both.pg("SELECT id, text FROM records WHERE text LIKE '%%zanzibarquux%%'")
+    starts = [r[0] for r in both.pg("SELECT start FROM passages WHERE record_id = %s "
+                                    "ORDER BY start", (rid,))]
+    assert len(starts) > 5 and starts == [s for s, _ in passage_spans(text)]
+    ranked, where = _keyword(both, "zanzibarquux", 0.0)
+    assert ranked[0][0] == rid and text[where[rid]:].find("zanzibarquux") < 600
+
+
+def test_a_prefix_query_matches_longer_words(both: Both) -> None:
+    assert not both.search("zanzibar", mode="keyword").hits
+    hits = both.search("zanzibar*", mode="keyword").hits
+    assert len(hits) == 1 and "zanzibarquux" in hits[0].snippet
+
+
+def test_the_previous_prompt_counts_in_hybrid_only(both: Both) -> None:
+    """"bicycle" is only in the prompt before the reply that says "kilometres": the reply
+    matches both words through its context (SQLite's context column), at a low weight."""
+    (reply,), = both.pg("SELECT id FROM records WHERE text LIKE 'Oil the chain every few%%'")
+    with_context, _ = _keyword(both, "bicycle kilometres", 0.25)
+    own_words, _ = _keyword(both, "bicycle kilometres", 0.0)
+    assert with_context[0][0] == reply
+    assert dict(own_words).get(reply, 0.0) < with_context[0][1]
+
+
+def test_a_changed_or_deleted_record_is_indexed_again(postgres_server: PgServer,
+                                                      postgres_url: str, home: Path) -> None:
+    deja_json(home, "--db", postgres_url, "ingest", "--root", str(SAMPLE), "--json",
+              "--no-embed")
+    name = postgres_url.split("/")[3].split("?")[0]
+    long_text = "quixotic walrus census. " + "Filler sentence number two. " * 120
+    with postgres_server.connect(name) as conn:
+        rid = conn.execute("SELECT MIN(id) FROM records").fetchone()[0]
+        conn.execute("UPDATE records SET text = %s WHERE id = %s", (long_text, rid))
+        assert conn.execute("SELECT COUNT(*) FROM passages WHERE record_id = %s",
+                            (rid,)).fetchone()[0] > 3
+        assert conn.execute("SELECT COUNT(*) FROM records WHERE search_tsv IS NULL"
+                            ).fetchone()[0] == 0
+    hits = deja_json(home, "--db", postgres_url, "search", "--json", "--mode", "keyword",
+                     "walruses census")["hits"]
+    assert len(hits) == 1
+    with postgres_server.connect(name) as conn:
+        conn.execute("DELETE FROM records WHERE id = %s", (rid,))
+        assert conn.execute("SELECT COUNT(*) FROM passages").fetchone()[0] == \
+            conn.execute("SELECT COUNT(*) FROM passages p JOIN records r ON r.id = p.record_id"
+                         ).fetchone()[0]
+
+
+# ---------------------------------------------------------------- an HNSW index on the chunks
+
+@pytest.fixture
+def hnsw(both: Both) -> Iterator[Both]:
+    """The module's database with pgvector's HNSW index for the test's length."""
+    name = both.url.split("/")[3].split("?")[0]
+    with both.server.connect(name) as conn:
+        conn.execute("CREATE INDEX chunks_vec_hnsw ON chunks USING hnsw (vec vector_cosine_ops)")
+    try:
+        yield both
+    finally:
+        with both.server.connect(name) as conn:
+            conn.execute("DROP INDEX chunks_vec_hnsw")
+
+
+def test_filters_return_every_match_with_an_hnsw_index(hnsw: Both) -> None:
+    """HNSW filters after its scan (pgvector 0.6): a filtered query scans exactly."""
+    for label, kwargs, where in sqlite_search.FILTERS:
+        expected = _pg_expected(hnsw, where)
+        got = [h.uuid for h in hnsw.search(sqlite_search.QUERY, mode="vector",
+                                           limit=len(expected) + 5, **kwargs).hits]
+        assert set(got) == expected, label
+
+
+def test_an_unfiltered_query_uses_the_hnsw_index_and_agrees_with_the_exact_scan(
+        hnsw: Both) -> None:
+    from mcp_server.search.filters import SearchFilters
+    from mcp_server.search.pg import vector as pgv
+
+    qvec = hnsw.embedder.embed([sqlite_search.QUERY])[0]
+
+    async def go() -> tuple[list[Any], list[Any], str]:
+        store = await PgStore.open(PostgresUrl(hnsw.url), "test", {}, create=False)
+        try:
+            exact = await pgv.vector_ranks_pg(store.conn, qvec, SearchFilters(), 20,
+                                              use_hnsw=False)
+            auto = await pgv.vector_ranks_pg(store.conn, qvec, SearchFilters(), 20)
+            from ingest.pg.vectors import vector_literal
+            literal = vector_literal(qvec)
+            # (the planner scans 450 chunks rather than use an index: as it would not at 100k)
+            await store.conn.execute("SET enable_seqscan = off")
+            cur = await store.conn.execute("EXPLAIN " + pgv._HNSW_SQL, (literal, literal, 60))
+            plan = "\n".join(r[0] for r in await cur.fetchall())
+        finally:
+            await store.close()
+        return exact, auto, plan
+
+    exact, auto, plan = anyio.run(go)
+    assert "chunks_vec_hnsw" in plan
+    assert len(auto) == 20
+    top = {rid for rid, _, _ in exact[:10]}
+    assert len(top & {rid for rid, _, _ in auto[:10]}) >= 8

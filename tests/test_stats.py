@@ -249,6 +249,8 @@ def test_m008_fills_responses_from_old_records_as_ingest_does(corpus: Ingested,
                        "DROP INDEX records_calls; DROP INDEX records_tool_name; "
                        "DROP TABLE ml_vectors; DROP TABLE ml_state; "  # m009's
                        "DROP TRIGGER records_ml_mark; "  # m010's (ml_vectors_ad went with its table)
+                       "DROP INDEX sessions_project_key; "  # m011's
+                       "ALTER TABLE sessions DROP COLUMN project_key; "
                        "PRAGMA user_version = 7;")
     conn.close()
     upgraded = deja_json(corpus.home, "--db", str(old), "stats", "--json")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..batch import Batch, BatchResult, Cursor
+from ..batch import BACKFILL_KEYS, Batch, BatchResult, Cursor, backfill_keys
 from ..indexing import EMBEDDABLE_KINDS
 from ..parse import AgentLink, Record, SessionInfo
 from .text import clean, clean_json
@@ -82,11 +82,14 @@ WHERE r.id = ANY(%s) AND r.kind = 'tool_result' AND r.tool_name IS NULL
 """
 
 _UPSERT_SESSION = """
-INSERT INTO sessions (session_id, project_dir, cwd, git_branch, first_ts, last_ts, version)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
+INSERT INTO sessions (session_id, project_dir, cwd, git_branch, first_ts, last_ts, version,
+                      project_key, machine)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (session_id) DO UPDATE SET
     project_dir = COALESCE(sessions.project_dir, excluded.project_dir),
     cwd = COALESCE(sessions.cwd, excluded.cwd),
+    project_key = COALESCE(sessions.project_key, excluded.project_key),
+    machine = COALESCE(sessions.machine, excluded.machine),
     git_branch = COALESCE(excluded.git_branch, sessions.git_branch),
     first_ts = LEAST(sessions.first_ts, excluded.first_ts),
     last_ts = GREATEST(sessions.last_ts, excluded.last_ts),
@@ -134,11 +137,14 @@ async def insert_batch(conn: psycopg.AsyncConnection, machine: str, batch: Batch
         async with conn.cursor() as cur:
             await cur.executemany(_UPSERT_SESSION, [
                 (clean(sid), batch.project_dir, clean(s.cwd), clean(s.git_branch),
-                 clean(s.first_ts), clean(s.last_ts), clean(s.version))
+                 clean(s.first_ts), clean(s.last_ts), clean(s.version), s.project_key, machine)
                 for sid, s in sorted(batch.sessions.items())
             ])
+            # Older sessions of the same folders (schema v5, as ingest/batch.py on SQLite).
+            await cur.executemany(BACKFILL_KEYS.replace("?", "%s"), [
+                (key, clean(cwd)) for key, cwd in sorted(backfill_keys(batch))])
     for _, info in sorted(batch.titles.items()):
-        await _name_session(conn, info, batch.project_dir)
+        await _name_session(conn, info, batch.project_dir, machine)
     for link in batch.agent_links:
         await _link_agent(conn, batch.source_id, link)
     if batch.cursor is not None:
@@ -169,12 +175,12 @@ async def _insert_records(conn: psycopg.AsyncConnection, machine: str, batch: Ba
 
 
 async def _name_session(conn: psycopg.AsyncConnection, info: SessionInfo,
-                        project_dir: str | None) -> None:
+                        project_dir: str | None, machine: str) -> None:
     """A session's title and agent name, the session row created when it has none yet."""
     session_id = clean(info.session_id)
     await conn.execute(
-        "INSERT INTO sessions (session_id, project_dir) VALUES (%s, %s) "
-        "ON CONFLICT (session_id) DO NOTHING", (session_id, project_dir))
+        "INSERT INTO sessions (session_id, project_dir, machine) VALUES (%s, %s, %s) "
+        "ON CONFLICT (session_id) DO NOTHING", (session_id, project_dir, machine))
     if info.title:
         await conn.execute("UPDATE sessions SET title = %s, title_kind = %s WHERE session_id = %s",
                            (clean(info.title), info.title_kind, session_id))

@@ -22,6 +22,17 @@ refused). No approximate index: an exact scan measured fast enough at these
 sizes and never misses a filtered hit (mcp_server/search/pg/vector.py). A
 version 1 database is upgraded at open.
 
+Version 3 adds `json_extract(jsonb, text)`, SQLite's function for the '$.key'
+paths, so the read queries of history, checkpoints and orientation run
+unchanged on both engines (ingest/pg/sqlconn.py).
+
+Version 4 adds the full-text index the keyword ranker reads (stemmed, with
+each record's context, and the passages of long records) and drops version
+1's unstemmed `text_tsv`: see ingest/pg/search_schema.py.
+
+Version 5 adds the sessions' `project_key` (their git remote, ingest/gitremote.py)
+and `machine`: see SCHEMA_V5.
+
 `prepare` runs under a transaction-level advisory lock, so two machines
 opening a new database at once create the tables once. A database of a
 newer version is refused (SchemaTooNew). Never edit version 1 once shipped:
@@ -34,13 +45,15 @@ from typing import TYPE_CHECKING
 
 from ..config import PostgresUrl
 from ..errors import DatabaseError, SchemaTooNew
+from .search_schema import SCHEMA_V4
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "SCHEMA_V2", "SCHEMA_V3", "VECTOR_DIM", "prepare"]
+__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "SCHEMA_V2", "SCHEMA_V3", "SCHEMA_V4", "SCHEMA_V5",
+           "VECTOR_DIM", "prepare"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 # The dimension of the chunks' vector column (schema v2).
 VECTOR_DIM = 384
 # pg_advisory_xact_lock key of schema creation: "deja" and 1, as a number.
@@ -181,8 +194,26 @@ CREATE FUNCTION json_extract(doc JSONB, path TEXT) RETURNS TEXT
 UPDATE deja_schema SET version = 3 WHERE id = 1;
 """
 
+# Version 5: a session's project key and machine (issue 11: one repository on many machines
+# is one project). `project_key` is the normalized git remote of the folder the session ran
+# in (ingest/gitremote.py), set by the ingest of the machine that has the folder;
+# mcp_server/projects.py widens a project to every folder sharing it. `machine` is the
+# machine whose ingest (or sync) wrote the session first: a session id is Claude Code's
+# uuid, so a session seen on two machines is one transcript copied between them, and its
+# records keep each their own machine. Existing sessions get the machine of their first
+# record (or file); their key comes with their next batch (ingest/pg/batch.py).
+SCHEMA_V5 = """
+ALTER TABLE sessions ADD COLUMN project_key TEXT;
+ALTER TABLE sessions ADD COLUMN machine TEXT;
+CREATE INDEX sessions_project_key ON sessions (project_key) WHERE project_key IS NOT NULL;
+UPDATE sessions s SET machine = COALESCE(
+    (SELECT r.machine FROM records r WHERE r.session_id = s.session_id ORDER BY r.id LIMIT 1),
+    (SELECT o.machine FROM sources o WHERE o.session_id = s.session_id ORDER BY o.id LIMIT 1));
+UPDATE deja_schema SET version = 5 WHERE id = 1;
+"""
+
 # The statements that take a database from version N-1 to N, by N.
-_UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3}
+_UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5}
 
 
 async def prepare(conn: psycopg.AsyncConnection, target: PostgresUrl, *,

@@ -44,6 +44,8 @@ _RETRIES = 5
 class PgStore:
     """deja's tables in one PostgreSQL database, seen from one machine."""
 
+    engine = "postgresql"
+
     def __init__(self, target: PostgresUrl, machine: str, conn: psycopg.AsyncConnection,
                  environ: Mapping[str, str]) -> None:
         self.target = target

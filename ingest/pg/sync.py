@@ -354,7 +354,7 @@ async def _copy_keyed(local: Store, pg: PgStore, summary: SyncSummary) -> None:
     last: tuple[Any, ...] = ("",)
     while rows := await _rows(local, q.LOCAL_SESSIONS, (*last, _KEY_ROWS)):
         new = await _upsert(pg, q.PG_UPSERT_SESSION, [
-            tuple(clean(v) if isinstance(v, str) else v for v in r) for r in rows])
+            (*(clean(v) if isinstance(v, str) else v for v in r), pg.machine) for r in rows])
         summary.sessions_copied += new
         summary.sessions_already_there += len(rows) - new
         last = (rows[-1][0],)

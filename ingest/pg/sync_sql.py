@@ -53,7 +53,7 @@ WHERE c.record_id IN ({marks}) ORDER BY c.record_id, c.seq
 """
 LOCAL_SESSIONS = """
 SELECT session_id, project_dir, cwd, git_branch, title, title_kind, agent_name, first_ts,
-       last_ts, version
+       last_ts, version, project_key
 FROM sessions WHERE session_id > ? ORDER BY session_id LIMIT ?
 """
 LOCAL_AGENT_RUNS = """
@@ -97,14 +97,18 @@ ON CONFLICT (record_id, seq) DO NOTHING
 """
 
 # The same merge as the ingest path's upsert (ingest/pg/batch.py): fill what is empty,
-# widen the time span; the local title and branch are the latest this machine saw.
+# widen the time span; the local title and branch are the latest this machine saw. The
+# project key (the git remote, found by the local ingest) and the machine (the syncing one,
+# the last value) as the ingest path fills them.
 PG_UPSERT_SESSION = """
 INSERT INTO sessions (session_id, project_dir, cwd, git_branch, title, title_kind, agent_name,
-                      first_ts, last_ts, version)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                      first_ts, last_ts, version, project_key, machine)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (session_id) DO UPDATE SET
     project_dir = COALESCE(sessions.project_dir, excluded.project_dir),
     cwd = COALESCE(sessions.cwd, excluded.cwd),
+    project_key = COALESCE(sessions.project_key, excluded.project_key),
+    machine = COALESCE(sessions.machine, excluded.machine),
     git_branch = COALESCE(excluded.git_branch, sessions.git_branch),
     title = COALESCE(excluded.title, sessions.title),
     title_kind = CASE WHEN excluded.title IS NULL THEN sessions.title_kind

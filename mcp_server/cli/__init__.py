@@ -17,8 +17,8 @@ bad usage exit code 2. `DEJA_DB` is read here and nowhere else.
 
 A PostgreSQL URL (`--db postgresql://...`, ingest/pg/) goes to the command's
 `postgres_handler` (set by the commands the PostgreSQL engine serves: ingest,
-embed, reembed, search and stats); every other command refuses it with one line and exit code 2,
-never falling back to a local file.
+embed, reembed, search, stats, sync's source refusal, serve and hook); every other command
+refuses it with one line and exit code 2 (a hook: exit 0), never falling back to a local file.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import sys
 from collections.abc import Sequence
 
 from ingest import __version__
-from ingest.config import PostgresUrl, database_from, db_path_from, not_served_message
+from ingest.config import PostgresUrl, database_from, not_served_message
 from ingest.errors import DejaError
 
 __all__ = ["main", "build_parser"]
@@ -146,8 +146,11 @@ def _fail_open_main(command: str, argv: list[str]) -> int:
                          None)
     _configure_logging(args.verbose)
     try:
-        db_path = db_path_from(args.db, os.environ, command=command)
+        target = database_from(args.db, os.environ)
     except DejaError as exc:
         return fail_open(getattr(args, "event", ""), str(exc), None)
-    code: int = args.handler(db_path, args)
+    if isinstance(target, PostgresUrl):
+        code: int = args.postgres_handler(target, args)
+        return code
+    code = args.handler(target, args)
     return code

@@ -22,7 +22,8 @@ from ingest.store import Store
 if TYPE_CHECKING:
     from ingest.pg.store import PgStore
 
-__all__ = ["Subparsers", "Target", "Readable", "require_database", "read_store", "read_postgres", "read_any"]
+__all__ = ["Subparsers", "Target", "Readable", "require_database", "read_store", "read_postgres",
+           "read_database"]
 
 T = TypeVar("T")
 # What a command is pointed at: a SQLite file, or a PostgreSQL database (ingest/config.py).
@@ -85,7 +86,7 @@ async def read_postgres(target: PostgresUrl, read: Callable[[PgStore], Awaitable
                             ) from exc
 
 
-async def read_any(target: Target, read: Callable[[Readable], Awaitable[T]]) -> T:
+async def read_database(target: Target, read: Callable[[Readable], Awaitable[T]]) -> T:
     """`read(store)` on either engine: `read_store` for a file, `read_postgres` for a URL.
     `read` reaches the shared read queries through `store.reads` (both engines have it)."""
     if isinstance(target, PostgresUrl):

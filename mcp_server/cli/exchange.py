@@ -26,7 +26,7 @@ from ingest.config import PostgresUrl
 from ingest.errors import DejaError
 from ingest.store import Store
 
-from .common import Readable, Subparsers, Target, read_any
+from .common import Readable, Subparsers, Target, read_database
 
 __all__ = ["register"]
 
@@ -108,7 +108,7 @@ def run_export(target: Target, args: argparse.Namespace) -> int:
             else:
                 out.flush()
 
-    counts = anyio.run(read_any, target, export)
+    counts = anyio.run(read_database, target, export)
     _summary({"format": args.format, "out": args.out, **counts}, args, to_stderr=args.out == "-")
     return 0
 

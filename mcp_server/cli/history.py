@@ -22,7 +22,7 @@ import anyio
 
 from ..history import get_context, list_sessions
 from ..transcript import find_session, session_overview, session_records
-from .common import Readable, Subparsers, Target, read_any
+from .common import Readable, Subparsers, Target, read_database
 
 __all__ = ["register_show", "register_sessions", "run_show", "run_sessions"]
 
@@ -117,7 +117,7 @@ def run_show(target: Target, args: argparse.Namespace) -> int:
                                                                                 "plain") else None
         return what, out, extra
 
-    what, out, extra = anyio.run(read_any, target, read)
+    what, out, extra = anyio.run(read_database, target, read)
     if fmt == "json":
         print(json.dumps(out, ensure_ascii=False))
         return 0
@@ -167,7 +167,7 @@ def _print_plain_show(what: str, out: dict[str, Any]) -> None:
 
 
 def run_sessions(target: Target, args: argparse.Namespace) -> int:
-    out = anyio.run(read_any, target, lambda store: list_sessions(
+    out = anyio.run(read_database, target, lambda store: list_sessions(
         store.reads, project=args.project, since=args.since, limit=args.limit))
     fmt = _chosen_format(args)
     if fmt == "json":

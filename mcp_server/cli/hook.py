@@ -32,8 +32,12 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .common import Subparsers
+
+if TYPE_CHECKING:
+    from ingest.config import PostgresUrl
 
 __all__ = ["register", "run", "fail_open", "BUDGET_S", "LOG_NAME"]
 
@@ -57,7 +61,7 @@ def register(sub: Subparsers) -> None:
                     f"stderr and {LOG_NAME} in the data folder).")
     p.add_argument("event", nargs="?", default="", metavar="EVENT",
                    help="session-start, pre-compact, post-compact, session-end or stop")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, postgres_handler=run_postgres)
 
 
 def _log_path(db_path: Path | None) -> Path | None:
@@ -97,7 +101,14 @@ def _watchdog(event: str, db_path: Path | None, at: float) -> None:
     timer.start()
 
 
-def run(db_path: Path, args: argparse.Namespace) -> int:
+def run_postgres(target: PostgresUrl, args: argparse.Namespace) -> int:
+    """The hook on a PostgreSQL database (as this machine); its log in the data folder."""
+    from ingest.config import default_db_path
+
+    return run(default_db_path(os.environ), args, target=target)
+
+
+def run(db_path: Path, args: argparse.Namespace, *, target: PostgresUrl | None = None) -> int:
     """Run hook `args.event` on the JSON of stdin (module docstring). Always returns 0."""
     started = time.monotonic()
     event = str(args.event or "")
@@ -118,7 +129,8 @@ def run(db_path: Path, args: argparse.Namespace) -> int:
             return fail_open(event, f"hook input is not JSON: {exc}", db_path)
         hook = HookInput.from_json(data)
         settings = load_settings(config_path_from(os.environ), os.environ)
-        out = anyio.run(run_event, event, hook, db_path, settings, os.environ, deadline)
+        out = anyio.run(run_event, event, hook, target or db_path, settings, os.environ,
+                        deadline)
     except Exception as exc:  # noqa: BLE001 - a hook fails open, whatever failed
         return fail_open(event, f"{type(exc).__name__}: {exc}" if not _is_deja(exc) else str(exc),
                          db_path)

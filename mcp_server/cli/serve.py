@@ -15,6 +15,8 @@ from pathlib import Path
 
 import anyio
 
+from ingest.config import PostgresUrl
+
 from .common import Subparsers
 
 __all__ = ["register", "run"]
@@ -33,7 +35,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--log-file", type=Path,
                    help="debug log file (default: deja-server.log in the data folder)")
     # The dispatcher leaves stderr at its quiet default; _log_to_file sets the levels.
-    p.set_defaults(handler=run, own_logging=True)
+    p.set_defaults(handler=run, postgres_handler=run_postgres, own_logging=True)
 
 
 def _log_to_file(log_file: Path, verbose: int) -> None:
@@ -60,7 +62,15 @@ def _log_to_file(log_file: Path, verbose: int) -> None:
         sys.stderr.write(f"deja: cannot write log file {log_file}: {exc}\n")
 
 
-def run(db_path: Path, args: argparse.Namespace) -> int:
+def run_postgres(target: PostgresUrl, args: argparse.Namespace) -> int:
+    """Run the MCP server on a PostgreSQL database, as this machine (DEJA_MACHINE)."""
+    from ingest.config import default_db_path, machine_from
+
+    return run(default_db_path(os.environ), args, pg=target, machine=machine_from(os.environ))
+
+
+def run(db_path: Path, args: argparse.Namespace, *, pg: PostgresUrl | None = None,
+        machine: str = "") -> int:
     """Run the MCP server until stdin closes or SIGTERM."""
     from ingest.config import config_path_from, default_data_dir
     from ingest.discover import default_roots
@@ -83,6 +93,8 @@ def run(db_path: Path, args: argparse.Namespace) -> int:
         environ=dict(os.environ),
         ingest=ingest,
         exclude=exclude,
+        pg=pg,
+        machine=machine,
     )
     # SIGTERM ends the server as cleanly as stdin closing (see run_stdio).
     anyio.run(run_stdio, build_server(config))

@@ -13,7 +13,8 @@ line leaves the database as it was. The statements are `deja sync`'s
 - a record by (source, line key, part); the usage of the responses the new
   records belong to is counted in the same transaction (ingest/pg/batch.py's
   statement), as the SQLite importer's `update_responses`;
-- sessions and subagent runs upserted with the ingest path's merge.
+- sessions (with their project key, and the machine that first saw them)
+  and subagent runs upserted with the ingest path's merge.
 
 Vectors are not carried: records that deserve one wait (`embed_state` 0) for
 `deja embed`. Strings are made storable first (NUL, lone surrogates: ingest/pg/text.py).
@@ -98,8 +99,8 @@ async def import_jsonl_pg(store: PgStore, lines: Iterable[str],
                     added["sources"] += 1
                     source_ids[(machine, path)] = int(row[0])
             elif kind == "session":
-                cur = await conn.execute(q.PG_UPSERT_SESSION,
-                                         tuple(clean(obj.get(c)) for c in SESSION_COLUMNS))
+                cur = await conn.execute(q.PG_UPSERT_SESSION, (
+                    *(clean(obj.get(c)) for c in SESSION_COLUMNS), machine))
                 row = await cur.fetchone()
                 added["sessions"] += 1 if row and row[0] else 0
             elif kind == "agent_run":

@@ -33,7 +33,7 @@ RECORD_COLUMNS = ("line_key", "part", "uuid", "parent_uuid", "session_id", "agen
 SOURCE_COLUMNS = ("display_path", "project_dir", "layout", "session_hint", "session_id",
                   "agent_id")
 SESSION_COLUMNS = ("session_id", "project_dir", "cwd", "git_branch", "title", "title_kind",
-                   "agent_name", "first_ts", "last_ts", "version")
+                   "agent_name", "first_ts", "last_ts", "version", "project_key")
 AGENT_COLUMNS = ("session_id", "agent_id", "layout", "agent_type", "description",
                  "tool_use_id", "is_aside")
 
@@ -110,7 +110,8 @@ def _of_sessions(sel: Selection) -> str:
 
 def sessions(conn: aiosqlite.Connection, sel: Selection) -> AsyncIterator[dict[str, Any]]:
     """The sessions the selected records belong to."""
-    return _iterate(conn, f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE session_id "
+    return _iterate(conn, f"SELECT {', '.join(SESSION_COLUMNS)}{_machine(conn, 'sessions')} "
+                          "FROM sessions WHERE session_id "
                           f"IN {_of_sessions(sel)} ORDER BY first_ts NULLS FIRST, session_id", sel.params)
 
 

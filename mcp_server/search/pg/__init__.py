@@ -3,8 +3,10 @@
 `search_pg(conn, request, embedder=...)` answers a SearchRequest from a
 shared database with the SearchResult the SQLite engine returns (and a
 `machine` in each hit). Only the rankers and their SQL are PostgreSQL's:
-keyword.py (the generated `text_tsv` and `websearch_to_tsquery`), vector.py
-(pgvector's cosine distance, an exact scan); the fusion, the neighbour
+keyword.py (BM25 over schema v4's stemmed `search_tsv` with its context and
+the passages of long records, as SQLite's FTS5 ranks), vector.py (pgvector's
+cosine distance: an exact scan, or an HNSW index for unfiltered queries when
+one exists); the fusion, the neighbour
 smoothing, the hits and their snippets are the SQLite engine's own
 (../assemble.py, ../fusion.py, ../snippets.py). engine.py joins them.
 

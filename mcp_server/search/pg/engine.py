@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
 from ingest.pg.text import clean
 
-from ...projects import claude_project_dir
 from ..assemble import HIT_COLUMNS, Keyword, Vector, build_hits, fused_order, rows_wanted
 from ..filters import SearchFilters
 from ..fusion import FUSION, Fusion, smooth_by_source
@@ -44,28 +43,15 @@ async def _rows(conn: psycopg.AsyncConnection, sql: str, params: Any = ()) -> li
 
 async def resolve_project_pg(conn: psycopg.AsyncConnection, project: str | None
                              ) -> list[str] | None:
-    """The project folders a `project` argument means (None: all), as
-    mcp_server/projects.py `resolve_project` reads them on SQLite."""
-    if project is None or project.strip().lower() in ("", "all", "*"):
-        return None
-    p = project.strip().rstrip("/") or "/"
-    like = p.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
-    dirs = {r[0] for r in await _rows(
-        conn, "SELECT DISTINCT project_dir FROM sessions WHERE project_dir IS NOT NULL AND "
-              "(project_dir = %s OR project_dir = %s OR cwd = %s OR cwd LIKE %s ESCAPE '\\')",
-        (p, claude_project_dir(p), p, like))}
-    if not dirs and p.startswith("/"):
-        enclosing = await _rows(
-            conn, "SELECT project_dir, cwd FROM sessions WHERE project_dir IS NOT NULL AND "
-                  "cwd IS NOT NULL AND cwd != '/' AND substr(%s, 1, length(cwd) + 1) = cwd || '/' "
-                  "ORDER BY length(cwd) DESC", (p,))
-        if enclosing:
-            longest = len(enclosing[0][1])
-            dirs = {r[0] for r in enclosing if len(r[1]) == longest}
-    dirs.update(r[0] for r in await _rows(
-        conn, "SELECT DISTINCT project_dir FROM sources WHERE project_dir = %s OR project_dir = %s",
-        (p, claude_project_dir(p))))
-    return sorted(dirs)
+    """The project folders a `project` argument means (None: all): mcp_server/projects.py's
+    `resolve_project`, the same SQL, run through PgConn (path rules, then the folders that
+    share a git remote, every machine's)."""
+    from ingest.pg.sqlconn import PgConn
+
+    from ...projects import resolve_project
+
+    # PgConn offers the aiosqlite calls resolve_project makes (ingest/pg/sqlconn.py).
+    return await resolve_project(cast(Any, PgConn(conn)), project)
 
 
 async def search_pg(conn: psycopg.AsyncConnection, request: SearchRequest, *,
@@ -89,9 +75,11 @@ async def search_pg(conn: psycopg.AsyncConnection, request: SearchRequest, *,
     query = clean(request.query) or ""  # no NUL, no lone surrogate: SQL and model refuse them
     keyword: Keyword = []
     vector: Vector = []
+    passages: dict[int, int] = {}
     if request.mode in ("hybrid", "keyword"):
         keyword = await keyword_ranks_pg(conn, query, filters, n,
-                                         fusion.context if request.mode == "hybrid" else 0.0)
+                                         fusion.context if request.mode == "hybrid" else 0.0,
+                                         starts=passages)
     if request.mode in ("hybrid", "vector"):
         vector, status = await _vector_side(conn, query, embedder, embedder_error,
                                             filters, n)
@@ -99,7 +87,7 @@ async def search_pg(conn: psycopg.AsyncConnection, request: SearchRequest, *,
         if status != "ok":
             result.notes.append(f"vector search unavailable ({status}): keyword results only")
             if request.mode == "vector":
-                keyword = await keyword_ranks_pg(conn, query, filters, n)
+                keyword = await keyword_ranks_pg(conn, query, filters, n, starts=passages)
         elif result.pending_embeddings:
             result.notes.append(
                 f"{result.pending_embeddings} records still await embedding; they are found "
@@ -123,7 +111,8 @@ async def search_pg(conn: psycopg.AsyncConnection, request: SearchRequest, *,
         spans = {cid: start for cid, start in await _rows(
             conn, "SELECT id, char_start FROM chunks WHERE id = ANY(%s)", (chunk_ids,))
         } if chunk_ids else {}
-        result.hits = build_hits(request, order, by_id, spans, kw_rank, vec_rank, result, {})
+        result.hits = build_hits(request, order, by_id, spans, kw_rank, vec_rank, result,
+                                 passages)
     result.elapsed_ms = (time.perf_counter() - started) * 1000
     return result
 
