@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.cli import deja_argv, deja_env
+from fixtures.cli import deja_argv, deja_env, deja_json
+from fixtures.pg_corpus import ENGINES
+from fixtures.postgres import PgServer
 from fixtures.shared import ingest_shared
 from rich.console import Console
 from textual.binding import Binding
 from textual.widgets import DataTable, Input, OptionList, Static
 
+from ingest.config import PostgresUrl
+from ingest.pg.store import PgStore
 from ingest.store import Store
 from mcp_server.browse.app import BrowseApp, HelpScreen
 from mcp_server.browse.checkpoint import CheckpointScreen
@@ -54,8 +58,38 @@ def shared_db(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -
     return ingest_shared(tmp_path_factory.mktemp("browse"), shared_projects)[1]
 
 
+@pytest.fixture(scope="module")
+def shared_pg(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path,
+              postgres_server: PgServer) -> str:
+    """The same corpus in a PostgreSQL database (the UI must read it as it reads the file)."""
+    home = tmp_path_factory.mktemp("browse-pg")
+    url = postgres_server.uri(postgres_server.new_database())
+    deja_json(home, "--db", url, "ingest", "--root", str(shared_projects), "--json", "--no-embed")
+    return url
+
+
+@pytest.fixture(params=ENGINES)
+async def app(request: pytest.FixtureRequest, shared_db: Path) -> AsyncIterator[BrowseApp]:
+    """The UI over the SQLite file, then over the PostgreSQL database (same screens, same keys)."""
+    if request.param == "postgresql":
+        url = PostgresUrl(request.getfixturevalue("shared_pg"))
+        pg = await PgStore.open(url, "test", {}, create=False)
+        try:
+            yield BrowseApp(url, pg)
+        finally:
+            await pg.close()
+        return
+    store = await Store.open(shared_db)
+    try:
+        yield BrowseApp(shared_db, store)
+    finally:
+        await store.close()
+
+
 @pytest.fixture
-async def app(shared_db: Path) -> AsyncIterator[BrowseApp]:
+async def sqlite_app(shared_db: Path) -> AsyncIterator[BrowseApp]:
+    """The UI over the SQLite file only: the longest key walk (the session view, whose reads
+    tests/test_pg_reads.py compares on both engines) runs once."""
     store = await Store.open(shared_db)
     try:
         yield BrowseApp(shared_db, store)
@@ -138,7 +172,8 @@ async def test_sessions_list_filters_and_fills_details(app: BrowseApp, shared_db
     assert app.return_code in (0, None)
 
 
-async def test_session_view_keys(app: BrowseApp) -> None:
+async def test_session_view_keys(sqlite_app: BrowseApp) -> None:
+    app = sqlite_app
     async with app.run_test(size=(170, 50)) as pilot:
         await open_compacted(app, pilot)
         screen = app.screen
@@ -254,6 +289,8 @@ async def test_diagnostics(app: BrowseApp) -> None:
             assert "doctor not available" in text_of(checks)
         else:
             assert "✓" in text_of(checks) or "✗" in text_of(checks)
+            if isinstance(app.db_path, PostgresUrl):  # the server's checks, not a file's
+                assert "pgvector" in text_of(checks) and "integrity" not in text_of(checks)
         await pilot.press("r")
         await until(pilot, lambda: "running checks" not in text_of(checks))
         await pilot.press("question_mark")

@@ -83,18 +83,19 @@ GROUP BY 1, 2, 3
 _TOOLS = """
 SELECT name, COUNT(*), SUM(failed) FROM (
     SELECT MAX(CASE WHEN r.kind = 'tool_call' THEN r.tool_name END) AS name,
-        MAX(r.kind = 'tool_result' AND r.is_error = 1) AS failed,
-        MAX(r.kind = 'tool_call') AS called
+        MAX(CASE WHEN r.kind = 'tool_result' AND r.is_error = 1 THEN 1 ELSE 0 END) AS failed,
+        MAX(CASE WHEN r.kind = 'tool_call' THEN 1 ELSE 0 END) AS called
     FROM records r
     WHERE r.tool_use_id IS NOT NULL AND r.kind IN ('tool_call', 'tool_result'){where}
     GROUP BY r.session_id, r.tool_use_id
-) WHERE called GROUP BY name ORDER BY 2 DESC
+) AS calls WHERE called = 1 GROUP BY name ORDER BY 2 DESC, 1 NULLS FIRST
 """
 
 # The path an edit names: the value of its input's "file_path" (or
 # "notebook_path") key, cut out of the call's JSON text by position because a
 # capped Write is no longer valid JSON. The first unescaped `"file_path":"` is
-# the key: inside a JSON string every quote is escaped.
+# the key: inside a JSON string every quote is escaped. PostgreSQL spells
+# SQLite's instr(text, part) strpos(text, part) (scan_edits).
 _EDITS = """
 SELECT substr(rest, 1, instr(rest, '"') - 1) AS path, COUNT(*) FROM (
     SELECT DISTINCT r.session_id, r.tool_use_id,
@@ -104,7 +105,7 @@ SELECT substr(rest, 1, instr(rest, '"') - 1) AS path, COUNT(*) FROM (
              THEN substr(r.text, instr(r.text, '"notebook_path":"') + 17) END AS rest
     FROM records r
     WHERE r.kind = 'tool_call' AND r.tool_name IN ({tools}){where}
-) WHERE rest IS NOT NULL AND instr(rest, '"') > 1
+) AS edits WHERE rest IS NOT NULL AND instr(rest, '"') > 1
 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?
 """
 
@@ -208,12 +209,20 @@ async def scan_tools(conn: aiosqlite.Connection, where: Where) -> dict[str, dict
     }
 
 
+def _edits_sql(conn: Any) -> str:
+    """_EDITS in the words of `conn`'s engine (the read queries' PgConn on PostgreSQL)."""
+    if getattr(conn, "engine", "sqlite") == "postgresql":
+        return _EDITS.replace("instr(", "strpos(")
+    return _EDITS
+
+
 async def scan_edits(conn: aiosqlite.Connection, where: Where, top: int) -> list[dict[str, Any]]:
     """The `top` files edited most often."""
     return [
         {"path": _json_string(path), "edits": n}
         for path, n in await rows(
-            conn, _EDITS.format(tools=", ".join(f"'{t}'" for t in EDIT_TOOLS),
-                                where=where.clause(first=False)), [*where.params, top * 2])
+            conn, _edits_sql(conn).format(tools=", ".join(f"'{t}'" for t in EDIT_TOOLS),
+                                          where=where.clause(first=False)),
+            [*where.params, top * 2])
     ][:top]
 

@@ -5,7 +5,8 @@ FTS5 already counts, for every term, the records holding it
 m004/m005): reading that is far cheaper than tokenizing the history again.
 The price is that the index holds Porter stems (`configur`, `thi`), and that
 it covers the whole database: a `--project` or time filter does not narrow
-the terms (the JSON says so in `top_terms_scope`).
+the terms (the JSON says so in `top_terms_scope`). On PostgreSQL the same list
+comes from `ts_stat` over the keyword search's tsvector column (snowball stems).
 
 What is left out: stopwords (written here also as the stems the index holds),
 the keys and literals of tool-call JSON (every Edit carries `file_path`,
@@ -38,6 +39,13 @@ tool id name result error todo statu status activeform pend pending complet prog
 offset pattern lin line number run timeout background
 """.split())
 
+# On PostgreSQL: ts_stat over the keyword search's `search_tsv` (ingest/pg/search_schema.py:
+# snowball stems, as FTS5's Porter stems), weight A only: the record's own words, not the
+# context words of the record before it (weight B). It reads every record's tsvector, about
+# the cost of the FTS5 vocabulary walk, with no index to read instead.
+_PG_TERMS = ("SELECT word, ndoc, nentry FROM ts_stat('SELECT search_tsv FROM records', 'a') "
+             "ORDER BY ndoc DESC, word LIMIT ?")
+
 _NUMERIC = re.compile(r"^[0-9_.x]+$|^[0-9a-f]{8,}$")
 
 
@@ -50,6 +58,7 @@ async def top_terms(conn: aiosqlite.Connection, limit: int = 30) -> list[dict[st
     out: list[dict[str, Any]] = []
     # Over-fetch: most of the very top is stopwords and tool-JSON keys.
     rows = await conn.execute_fetchall(
+        _PG_TERMS if getattr(conn, "engine", "sqlite") == "postgresql" else
         "SELECT term, doc, cnt FROM records_fts_vocab WHERE col = 'text' "
         "ORDER BY doc DESC LIMIT ?", (limit * 8 + 200,))
     for term, docs, count in rows:

@@ -12,7 +12,7 @@ search runs in keyword mode.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.console import Group, RenderableType
 from rich.text import Text
@@ -22,7 +22,11 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
+from ingest.config import PostgresUrl
 from ingest.store import Store
+
+if TYPE_CHECKING:
+    from ingest.pg.store import PgStore
 
 from .checkpoint import CheckpointScreen
 from .doctor import DoctorScreen
@@ -70,10 +74,11 @@ class BrowseApp(App[None]):
     """
     BINDINGS: ClassVar[list[BindingType]] = [Binding("q", "quit", "quit", show=False)]
 
-    def __init__(self, db_path: Path, store: Store) -> None:
+    def __init__(self, db_path: Path | PostgresUrl, store: Store | PgStore) -> None:
         super().__init__()
+        # db_path: the file, or the PostgreSQL URL (the diagnostics view checks either).
         self.db_path, self.store = db_path, store
-        self.conn = store.conn
+        self.conn = store.reads
 
     def on_mount(self) -> None:
         self.push_screen(SessionsScreen())

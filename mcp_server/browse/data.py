@@ -24,6 +24,8 @@ from typing import Any
 
 import aiosqlite
 
+from ingest.config import PostgresUrl
+
 from ..checkpoint import load_checkpoint
 from ..search import Resources, SearchRequest, SearchResult, search
 from ..transcript import resume_command, session_tokens
@@ -83,8 +85,9 @@ async def sessions_page(conn: aiosqlite.Connection, *, project_dir: str | None =
 async def session_details(conn: aiosqlite.Connection, session_id: str) -> dict[str, Any]:
     """turns, compactions and tokens of one session (reads its records once each)."""
     rows = list(await conn.execute_fetchall(
-        "SELECT COALESCE(SUM(kind = 'prompt' AND agent_id IS NULL), 0), "
-        "COALESCE(SUM(kind = 'compaction'), 0) FROM records WHERE session_id = ?",
+        "SELECT COALESCE(SUM(CASE WHEN kind = 'prompt' AND agent_id IS NULL THEN 1 END), 0), "
+        "COALESCE(SUM(CASE WHEN kind = 'compaction' THEN 1 END), 0) FROM records "
+        "WHERE session_id = ?",
         (session_id,)))
     return {"turns": int(rows[0][0]), "compactions": int(rows[0][1]),
             "tokens": await session_tokens(conn, session_id)}
@@ -94,9 +97,14 @@ async def keyword_search(conn: aiosqlite.Connection, query: str, *,
                          project_dir: str | None = None, limit: int = 30) -> SearchResult:
     """`search()` in keyword mode (no model), over one project folder or all.
 
+    On PostgreSQL (`conn` a PgConn) the engine's own rankers answer (mcp_server/search/pg).
     Raises InvalidQuery for a query with no searchable word.
     """
     request = SearchRequest(query, mode="keyword", limit=limit, project=project_dir)
+    if getattr(conn, "engine", "sqlite") == "postgresql":
+        from ..search.pg import search_pg
+
+        return await search_pg(conn.raw, request)  # type: ignore[attr-defined]
     return await search(conn, request, Resources())
 
 
@@ -107,7 +115,7 @@ async def checkpoint(conn: aiosqlite.Connection, session: dict[str, Any]) -> dic
     return out
 
 
-def doctor_checks(db_path: Path, env: Mapping[str, str]) -> list[Check]:
+def doctor_checks(db_path: Path | PostgresUrl, env: Mapping[str, str]) -> list[Check]:
     """mcp_server.doctor's checks; one failed Check saying so when that module is missing."""
     try:
         doctor = importlib.import_module("mcp_server.doctor")

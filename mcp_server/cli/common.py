@@ -13,7 +13,7 @@ import argparse
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ingest.config import PostgresUrl
 from ingest.errors import DatabaseError
@@ -22,9 +22,20 @@ from ingest.store import Store
 if TYPE_CHECKING:
     from ingest.pg.store import PgStore
 
-__all__ = ["Subparsers", "require_database", "read_store", "read_postgres", "read_database"]
+__all__ = ["Subparsers", "Target", "Readable", "require_database", "read_store", "read_postgres",
+           "read_database"]
 
 T = TypeVar("T")
+# What a command is pointed at: a SQLite file, or a PostgreSQL database (ingest/config.py).
+Target = Path | PostgresUrl
+
+
+class Readable(Protocol):
+    """A store of either engine, as the read commands see it: `reads` is the connection the
+    shared read queries run on (SQLite's aiosqlite connection, PostgreSQL's PgConn)."""
+
+    @property
+    def reads(self) -> Any: ...
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -58,18 +69,26 @@ async def read_postgres(target: PostgresUrl, read: Callable[[PgStore], Awaitable
     Raises DatabaseError (unreachable, no tables, ...), and what `read` raises.
     """
     from ingest.config import machine_from
+    from ingest.pg.connect import describe, require_psycopg
     from ingest.pg.store import PgStore
 
-    store = await PgStore.open(target, machine_from(os.environ), os.environ, create=False)
+    require_psycopg()
+    import psycopg
+
     try:
-        return await read(store)
-    finally:
-        await store.close()
+        store = await PgStore.open(target, machine_from(os.environ), os.environ, create=False)
+        try:
+            return await read(store)
+        finally:
+            await store.close()
+    except psycopg.Error as exc:  # a query failed or the connection went: one line, masked
+        raise DatabaseError(f"PostgreSQL at {target}: {describe(exc, target, os.environ)}"
+                            ) from exc
 
 
-async def read_database(target: Path | PostgresUrl, read: Callable[[Any], Awaitable[T]]) -> T:
-    """`read(store)` on either engine's existing database (`store.reads` runs the shared
-    read queries on both)."""
+async def read_database(target: Target, read: Callable[[Readable], Awaitable[T]]) -> T:
+    """`read(store)` on either engine: `read_store` for a file, `read_postgres` for a URL.
+    `read` reaches the shared read queries through `store.reads` (both engines have it)."""
     if isinstance(target, PostgresUrl):
         return await read_postgres(target, read)
     return await read_store(target, read)

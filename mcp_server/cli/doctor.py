@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from ingest.config import PostgresUrl
+
 from .common import Subparsers
 
 __all__ = ["register", "run"]
@@ -27,10 +29,10 @@ def register(sub: Subparsers) -> None:
         description="Check everything deja needs and say how to fix what is wrong. "
                     "Exits 1 when a check failed (warnings exit 0).")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, postgres_handler=run)
 
 
-def run(db_path: Path, args: argparse.Namespace) -> int:
+def run(db_path: Path | PostgresUrl, args: argparse.Namespace) -> int:
     from ..doctor import checks_json, failed, run_checks
 
     checks = run_checks(db_path, os.environ)

@@ -1,9 +1,11 @@
 """`deja export` and `deja import`: the history out to a file, and a JSONL export back in.
 
 Export is read-only (it creates no database); import creates or migrates the
-database like ingest. An export file holds your transcripts: it is created
-0600. `-` as OUT writes JSONL or Markdown to stdout (Parquet needs a file);
-`-` as FILE reads stdin. Progress goes to stderr, on a terminal only; the
+database like ingest. Both serve a PostgreSQL URL too: the export reads through
+`store.reads` (and carries each file's machine), the import writes through the
+PostgreSQL store's transaction (mcp_server/exchange/pg_import.py). An export file
+holds your transcripts: it is created 0600. `-` as OUT writes JSONL or Markdown
+to stdout (Parquet needs a file); `-` as FILE reads stdin. Progress goes to stderr, on a terminal only; the
 summary goes to stderr too when the data goes to stdout.
 """
 
@@ -20,10 +22,11 @@ from typing import IO, Any
 
 import anyio
 
+from ingest.config import PostgresUrl
 from ingest.errors import DejaError
 from ingest.store import Store
 
-from .common import Subparsers, read_store
+from .common import Readable, Subparsers, Target, read_database
 
 __all__ = ["register"]
 
@@ -42,7 +45,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--session", help="only this session (an id or its prefix)")
     p.add_argument("--since", help="only records from this time on (a date, or 7d, 2w...)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.set_defaults(handler=run_export)
+    p.set_defaults(handler=run_export, postgres_handler=run_export)
     p = sub.add_parser(
         "import", help="add a JSONL export to the database",
         description="Add the records, sessions, subagent runs and memories of a "
@@ -50,7 +53,7 @@ def register(sub: Subparsers) -> None:
                     "nothing. Vectors are not carried: run `deja embed` afterwards.")
     p.add_argument("file", metavar="FILE", help="the export to read, or - for stdin")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.set_defaults(handler=run_import)
+    p.set_defaults(handler=run_import, postgres_handler=run_import)
 
 
 def _progress(verb: str) -> Callable[[int], None]:
@@ -74,7 +77,7 @@ def _open_out(out: str) -> IO[str]:
     return open(fd, "w", encoding="utf-8", newline="\n")
 
 
-def run_export(db_path: Path, args: argparse.Namespace) -> int:
+def run_export(target: Target, args: argparse.Namespace) -> int:
     """Write the selected history in the chosen format."""
     from ..exchange.jsonl import write_jsonl
     from ..exchange.markdown import write_markdown
@@ -86,31 +89,32 @@ def run_export(db_path: Path, args: argparse.Namespace) -> int:
     filters = {"project": args.project, "session": args.session, "since": args.since}
     progress = _progress("exported")
 
-    async def export(store: Store) -> dict[str, int]:
-        sel = await select(store.conn, **filters)
+    async def export(store: Readable) -> dict[str, int]:
+        conn = store.reads
+        sel = await select(conn, **filters)
         if args.format == "parquet":
             from ..exchange.parquet import schema
 
             schema()  # pyarrow missing: say so before creating the file
-            return await write_parquet(store.conn, sel, Path(args.out), progress)
+            return await write_parquet(conn, sel, Path(args.out), progress)
         out = _open_out(args.out)
         try:
             if args.format == "jsonl":
-                return await write_jsonl(store.conn, sel, out, filters, progress)
-            return await write_markdown(store.conn, sel, out, progress)
+                return await write_jsonl(conn, sel, out, filters, progress)
+            return await write_markdown(conn, sel, out, progress)
         finally:
             if out is not sys.stdout:
                 out.close()
             else:
                 out.flush()
 
-    counts = anyio.run(read_store, db_path, export)
+    counts = anyio.run(read_database, target, export)
     _summary({"format": args.format, "out": args.out, **counts}, args, to_stderr=args.out == "-")
     return 0
 
 
-def run_import(db_path: Path, args: argparse.Namespace) -> int:
-    """Add a JSONL export to the database."""
+def run_import(target: Target, args: argparse.Namespace) -> int:
+    """Add a JSONL export to the database (a SQLite file, or PostgreSQL: pg_import.py)."""
     from ..exchange.importer import import_jsonl
 
     progress = _progress("read")
@@ -123,7 +127,9 @@ def run_import(db_path: Path, args: argparse.Namespace) -> int:
             raise DejaError(f"cannot read {args.file}: {exc.strerror or exc}") from None
 
     async def load() -> dict[str, int]:
-        store = await Store.open(db_path)
+        if isinstance(target, PostgresUrl):
+            return await _import_postgres(target, source, progress)
+        store = await Store.open(target)
         try:
             return await import_jsonl(store, source, progress)
         finally:
@@ -137,6 +143,26 @@ def run_import(db_path: Path, args: argparse.Namespace) -> int:
         source.close()
     _summary({"file": args.file, "added": added}, args, to_stderr=False)
     return 0
+
+
+async def _import_postgres(target: PostgresUrl, source: IO[str],
+                           progress: Callable[[int], None]) -> dict[str, int]:
+    """The import into PostgreSQL, as this machine, creating deja's tables in a new database
+    (as ingest does); psycopg's failures in one line without the password."""
+    from ingest.config import machine_from
+    from ingest.pg.connect import describe, require_psycopg
+    from ingest.pg.store import PgStore
+
+    from ..exchange.pg_import import import_jsonl_pg
+
+    require_psycopg()
+    import psycopg
+
+    try:
+        async with await PgStore.open(target, machine_from(os.environ), os.environ) as store:
+            return await import_jsonl_pg(store, source, progress)
+    except psycopg.Error as exc:
+        raise DejaError(f"PostgreSQL at {target}: {describe(exc, target, os.environ)}") from exc
 
 
 def _summary(data: dict[str, Any], args: argparse.Namespace, to_stderr: bool) -> None:

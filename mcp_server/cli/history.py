@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import anyio
 
-from ingest.config import PostgresUrl
-
 from ..history import get_context, list_sessions
 from ..transcript import find_session, session_overview, session_records
-from .common import Subparsers, read_database
+from .common import Readable, Subparsers, Target, read_database
 
 __all__ = ["register_show", "register_sessions", "run_show", "run_sessions"]
 
@@ -86,7 +83,7 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
-async def _show(store: Any, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+async def _show(store: Readable, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """("hit", get_context's dict) or ("session", {"session": overview, **page})."""
     ref = args.ref.strip()
     sid = None if ref.startswith("rec:") else await find_session(store.reads, ref)
@@ -99,7 +96,7 @@ async def _show(store: Any, args: argparse.Namespace) -> tuple[str, dict[str, An
     return "session", {"session": overview, **page}
 
 
-async def _hit_as_page(store: Any, out: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+async def _hit_as_page(store: Readable, out: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """get_context's dict in the shape of a session page, for the documents and the view."""
     records = [*out["before"], {**out["hit"], "hit": True}, *out["after"]]
     sid = out["session"].get("session_id")
@@ -111,16 +108,16 @@ async def _hit_as_page(store: Any, out: dict[str, Any]) -> tuple[dict[str, Any],
     return overview, {"offset": 0, "total": len(records), "records": records}
 
 
-def run_show(db_path: Path | PostgresUrl, args: argparse.Namespace) -> int:
+def run_show(target: Target, args: argparse.Namespace) -> int:
     fmt = _chosen_format(args)
 
-    async def read(store: Any) -> tuple[str, dict[str, Any], Any]:
+    async def read(store: Readable) -> tuple[str, dict[str, Any], Any]:
         what, out = await _show(store, args)
         extra = await _hit_as_page(store, out) if what == "hit" and fmt not in ("json",
                                                                                 "plain") else None
         return what, out, extra
 
-    what, out, extra = anyio.run(read_database, db_path, read)
+    what, out, extra = anyio.run(read_database, target, read)
     if fmt == "json":
         print(json.dumps(out, ensure_ascii=False))
         return 0
@@ -169,8 +166,8 @@ def _print_plain_show(what: str, out: dict[str, Any]) -> None:
                       f"{sub['records'][0]['handle'] if sub['records'] else ''}]")
 
 
-def run_sessions(db_path: Path | PostgresUrl, args: argparse.Namespace) -> int:
-    out = anyio.run(read_database, db_path, lambda store: list_sessions(
+def run_sessions(target: Target, args: argparse.Namespace) -> int:
+    out = anyio.run(read_database, target, lambda store: list_sessions(
         store.reads, project=args.project, since=args.since, limit=args.limit))
     fmt = _chosen_format(args)
     if fmt == "json":

@@ -9,11 +9,16 @@ the plan is shown and nothing is written. The work is in mcp_server/install/.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 from pathlib import Path
+from typing import TextIO
+from urllib.parse import quote
 
-from ingest.config import default_data_dir
+from ingest.config import PostgresUrl, default_data_dir
+from ingest.errors import DejaError
 
 from ..install import (
     HOOKS,
@@ -55,7 +60,7 @@ def register(sub: Subparsers) -> None:
                     "before it changes and the change is shown first. Running it again changes "
                     "nothing. With the global --db, the server and hooks use that database.")
     _add_common(p)
-    p.set_defaults(handler=run_install)
+    p.set_defaults(handler=run_install, postgres_handler=run_install)
     p = sub.add_parser(
         "uninstall", help="remove what `deja install` added",
         description="Remove deja's MCP server and hooks from Claude Code's files, recognised by "
@@ -116,7 +121,39 @@ def _confirmed(args: argparse.Namespace, action: str) -> bool:
     return False
 
 
-def _execute(plan: Plan, args: argparse.Namespace) -> int:
+class _Masked(io.TextIOBase):
+    """stdout with a secret (a PostgreSQL password, as is and URL-quoted) written as ***."""
+
+    def __init__(self, out: TextIO, secret: str) -> None:
+        self._out, self._forms = out, sorted({secret, quote(secret, safe="")}, key=len,
+                                             reverse=True)
+
+    def write(self, text: str) -> int:
+        for form in self._forms:
+            text = text.replace(form, "***")
+        return self._out.write(text)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def isatty(self) -> bool:
+        return self._out.isatty()
+
+
+def _execute(plan: Plan, args: argparse.Namespace, secret: str | None = None) -> int:
+    """Show, confirm and apply `plan`; with a `secret`, nothing printed or raised holds it."""
+    if not secret:
+        return _apply_plan(plan, args)
+    masked = _Masked(sys.stdout, secret)
+    try:
+        with contextlib.redirect_stdout(masked):
+            return _apply_plan(plan, args)
+    except DejaError as exc:
+        raise type(exc)(str(exc).replace(secret, "***").replace(quote(secret, safe=""), "***")
+                        ) from None
+
+
+def _apply_plan(plan: Plan, args: argparse.Namespace) -> int:
     if not plan.changes:
         where = f"{plan.target.mcp_config} and {plan.target.settings}"
         print(f"deja is already installed in {where}: nothing to change"
@@ -136,12 +173,27 @@ def _execute(plan: Plan, args: argparse.Namespace) -> int:
     return 0
 
 
-def run_install(db_path: Path, args: argparse.Namespace) -> int:
-    """Plan deja's registration and hooks, show the diff, apply it once agreed."""
+def run_install(db: Path | PostgresUrl, args: argparse.Namespace) -> int:
+    """Plan deja's registration and hooks, show the diff, apply it once agreed.
+
+    A PostgreSQL URL (--db or DEJA_DB) is written as DEJA_DB in the server's environment
+    and before each hook command, never as an argument (entries.py `Invocation`). A
+    password in it is written too (Claude Code's files are the user's own), with a note
+    that ~/.pgpass is the better place; every line printed here masks it.
+    """
     windows = sys.platform == "win32"
-    invocation = Invocation(deja_executable(sys.executable, windows, os.environ),
-                            os.path.abspath(db_path) if args.db else None, windows)
-    return _execute(plan_install(_target(args), invocation), args)
+    executable = deja_executable(sys.executable, windows, os.environ)
+    if isinstance(db, PostgresUrl):
+        invocation = Invocation(executable, None, windows, db_url=db.url)
+    else:
+        invocation = Invocation(executable, os.path.abspath(db) if args.db else None, windows)
+    plan = plan_install(_target(args), invocation)
+    if isinstance(db, PostgresUrl) and db.password and plan.changes:
+        plan.notes.append(f"{db.origin} holds a password: it is written in plain text into "
+                          f"{plan.target.mcp_config} and {plan.target.settings} (shown here as "
+                          "***); keep it in ~/.pgpass (or PGPASSFILE) and install with the URL "
+                          "without it")
+    return _execute(plan, args, secret=db.password if isinstance(db, PostgresUrl) else None)
 
 
 def run_uninstall(db_path: Path, args: argparse.Namespace) -> int:

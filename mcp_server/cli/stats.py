@@ -8,9 +8,10 @@ models, tools, tokens, cost, sessions_longest, sessions_costliest,
 files_edited, top_terms...), which `--project`, `--since` and `--until` narrow.
 README.md "deja stats" documents every key.
 
-On PostgreSQL (`--db postgresql://...`) it gives the counts only for now
-(`PgStore.stats`, every machine's records); the analytics and their filters
-are refused there with one line.
+On PostgreSQL (`--db postgresql://...`) the counts are `PgStore.stats`' (every
+machine's records, plus `engine`, `machine`, `records_by_machine`) and the
+analytics are the same modules run on the store's PgConn, filters and --html
+included; the top terms come from ts_stat (analytics/terms.py).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from typing import Any
 
 import anyio
 
-from ingest.config import PostgresUrl, config_path_from, machine_from
+from ingest.config import PostgresUrl, config_path_from
 from ingest.db import connect
 from ingest.store import Store
 
 from ..projects import expand_project_arg
-from .common import Subparsers, read_store
+from .common import Subparsers, read_postgres, read_store
 
 __all__ = ["register", "run"]
 
@@ -72,6 +73,11 @@ async def _gather(store: Store, args: argparse.Namespace) -> dict[str, Any]:
 
 def run(db_path: Path, args: argparse.Namespace) -> int:
     stats = anyio.run(read_store, db_path, lambda store: _gather(store, args))
+    return _output(stats, args)
+
+
+def _output(stats: dict[str, Any], args: argparse.Namespace) -> int:
+    """The figures as JSON, or the terminal report; the HTML report too with --html."""
     if args.html is not None:
         from ..analytics.report import render_html
 
@@ -91,28 +97,21 @@ def run(db_path: Path, args: argparse.Namespace) -> int:
 
 
 def run_postgres(target: PostgresUrl, args: argparse.Namespace) -> int:
-    """The counts of a PostgreSQL database (as JSON with --json). Raises DejaError."""
-    from ingest.errors import DejaError
+    """`deja stats` on PostgreSQL: `PgStore.stats`' counts (every machine's records, by
+    machine too) and the same analytics, run on the store's PgConn. Raises DejaError."""
+    from ingest.pg.store import PgStore
 
-    given = [flag for flag, value in (("--project", args.project), ("--since", args.since),
-                                      ("--until", args.until), ("--html", args.html)) if value]
-    if given:
-        raise DejaError(f"the PostgreSQL engine gives the counts of `deja stats` only for now: "
-                        f"{', '.join(given)} not served yet")
-    from ingest.pg.stats import read_stats
+    async def gather(store: PgStore) -> dict[str, Any]:
+        from ..analytics import StatsFilters, collect, load_prices
 
-    stats = anyio.run(read_stats, target, machine_from(os.environ), os.environ)
-    if args.json:
-        print(json.dumps(stats, ensure_ascii=False))
-        return 0
-    kinds = ", ".join(f"{k} {n}" for k, n in stats["by_kind"].items()) or "none"
-    machines = ", ".join(f"{m} {n}" for m, n in stats["records_by_machine"].items()) or "none"
-    print(f"database: {stats['database']} (PostgreSQL, {stats['database_bytes'] / 1e6:.1f} MB)\n"
-          f"records: {stats['records']} ({kinds})\n"
-          f"records by machine: {machines}\n"
-          f"sessions: {stats['sessions']}, subagent runs: {stats['subagent_runs']}\n"
-          f"files: {stats['files']} ({stats['missing_files']} missing), "
-          f"{stats['bytes_ingested'] / 1e6:.1f} MB ingested\n"
-          f"last ingest: {stats['last_ingest'] or 'never'}\n"
-          f"pending embeddings: {stats['pending_embeddings']}")
-    return 0
+        base = await store.stats()
+        filters = StatsFilters(project=expand_project_arg(args.project), since=args.since,
+                               until=args.until)
+        prices = load_prices(config_path_from(os.environ))
+        # PgConn runs the analytics' SQL as aiosqlite's connection does (ingest/pg/sqlconn.py).
+        figures = await collect(store.reads, filters, prices,  # type: ignore[arg-type]
+                                top=max(1, args.top))
+        return {**base, **figures}
+
+    stats = anyio.run(read_postgres, target, gather)
+    return _output(stats, args)

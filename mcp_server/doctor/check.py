@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ingest.config import PostgresUrl
+
 __all__ = ["Check", "STATUSES", "failed", "checks_json"]
 
 
@@ -27,7 +29,7 @@ def failed(checks: list[Check]) -> bool:
     return any(c.status == "fail" for c in checks)
 
 
-def checks_json(db_path: Path, checks: list[Check]) -> dict[str, Any]:
+def checks_json(db_path: Path | PostgresUrl, checks: list[Check]) -> dict[str, Any]:
     """The stable `deja doctor --json` object (documented in the README)."""
     counts = {s: sum(1 for c in checks if c.status == s) for s in STATUSES}
     return {"ok": not failed(checks), "database": str(db_path), "summary": counts,

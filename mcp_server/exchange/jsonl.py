@@ -2,11 +2,15 @@
 
 One JSON object a line, each tagged by `type`, in this order:
 - `header`: `format` ("deja-export"), `version` (1), `schema_version` (the
-  database's), `exported_at`, `filters`;
+  database's), `exported_at`, `filters`, and `engine` ("sqlite" or "postgresql");
 - `source` (one per transcript file or memory pseudo-file): `path` and the
-  columns of `selection.SOURCE_COLUMNS`, without the read cursor;
+  columns of `selection.SOURCE_COLUMNS`, without the read cursor; from
+  PostgreSQL also its `machine` (a record too), so an import into PostgreSQL
+  keeps every machine's files apart (into SQLite, which has one machine, it
+  is not kept);
 - `session`, `agent_run`: the columns of those tables (`agent_run.source` is
-  its transcript's path);
+  its transcript's path; a session's `project_key`, its git remote, and from
+  PostgreSQL its `machine`);
 - `record`: `source` (the file's path) and the columns of
   `selection.RECORD_COLUMNS`; `meta` is the stored JSON, parsed.
 
@@ -47,12 +51,15 @@ def dumps(obj: dict[str, Any]) -> str:
 async def write_jsonl(conn: aiosqlite.Connection, sel: Selection, out: IO[str],
                       filters: dict[str, Any], progress: Callable[[int], None]) -> dict[str, int]:
     """Write the selection to `out`; returns the count of each line type written."""
-    version = (await conn.execute_fetchall("PRAGMA user_version"))
+    version = await conn.execute_fetchall(
+        "SELECT version FROM deja_schema WHERE id = 1" if selection.is_postgres(conn)
+        else "PRAGMA user_version")
     counts = {"source": 0, "session": 0, "agent_run": 0, "record": 0}
     out.write(dumps({"type": "header", "format": FORMAT, "version": VERSION,
                      "schema_version": next(iter(version))[0],
                      "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     "filters": filters}) + "\n")
+                     "filters": filters,
+                     "engine": "postgresql" if selection.is_postgres(conn) else "sqlite"}) + "\n")
     async for row in selection.sources(conn, sel):
         row["path"] = path_text(row["path"])
         out.write(dumps({"type": "source", **row}) + "\n")

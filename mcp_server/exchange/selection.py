@@ -2,7 +2,8 @@
 
 The filters are those of search: `--project` (resolved like everywhere else,
 mcp_server/projects.py), `--session` (an id or its prefix), `--since` (a date
-or `7d`, mcp_server/search/times.py). Records are read in id order, so an
+or `7d`, mcp_server/search/times.py). On PostgreSQL (a PgConn) the same
+queries run, and sources and records also give their `machine`. Records are read in id order, so an
 import gives them ids in the same relative order: the full-text index holds
 each record with its predecessor in the same file (migration m005), and that
 predecessor must still come before it.
@@ -22,7 +23,7 @@ from ..projects import expand_project_arg, resolve_project
 from ..search.times import parse_time
 
 __all__ = ["Selection", "RECORD_COLUMNS", "SOURCE_COLUMNS", "SESSION_COLUMNS", "AGENT_COLUMNS",
-           "select", "records", "sources", "sessions", "agent_runs"]
+           "select", "records", "sources", "sessions", "agent_runs", "is_postgres"]
 
 # What an export carries of each table: everything but ids local to one file and the cursor.
 RECORD_COLUMNS = ("line_key", "part", "uuid", "parent_uuid", "session_id", "agent_id", "kind",
@@ -32,7 +33,7 @@ RECORD_COLUMNS = ("line_key", "part", "uuid", "parent_uuid", "session_id", "agen
 SOURCE_COLUMNS = ("display_path", "project_dir", "layout", "session_hint", "session_id",
                   "agent_id")
 SESSION_COLUMNS = ("session_id", "project_dir", "cwd", "git_branch", "title", "title_kind",
-                   "agent_name", "first_ts", "last_ts", "version")
+                   "agent_name", "first_ts", "last_ts", "version", "project_key")
 AGENT_COLUMNS = ("session_id", "agent_id", "layout", "agent_type", "description",
                  "tool_use_id", "is_aside")
 
@@ -52,7 +53,7 @@ async def select(conn: aiosqlite.Connection, *, project: str | None = None,
     params: list[Any] = []
     dirs = await resolve_project(conn, expand_project_arg(project))
     if dirs is not None:
-        clauses.append(f"s.project_dir IN ({', '.join('?' for _ in dirs)})" if dirs else "0")
+        clauses.append(f"s.project_dir IN ({', '.join('?' for _ in dirs)})" if dirs else "1 = 0")
         params.extend(dirs)
     if session:
         ids = [r[0] for r in await conn.execute_fetchall(
@@ -65,21 +66,31 @@ async def select(conn: aiosqlite.Connection, *, project: str | None = None,
     if since:
         clauses.append("r.ts >= ?")
         params.append(parse_time(since))
-    return Selection(" AND ".join(clauses) or "1", tuple(params))
+    return Selection(" AND ".join(clauses) or "1 = 1", tuple(params))
 
 
 async def _iterate(conn: aiosqlite.Connection, sql: str,
                    params: tuple[Any, ...]) -> AsyncIterator[dict[str, Any]]:
     async with conn.execute(sql, params) as cursor:
-        names = [d[0] for d in cursor.description]
-        async for row in cursor:
-            yield dict(zip(names, row))
+        async for row in cursor:  # sqlite3.Row and PgConn's Row both know their columns
+            yield dict(zip(row.keys(), row))
+
+
+def is_postgres(conn: Any) -> bool:
+    """Whether `conn` is the PostgreSQL engine's PgConn (ingest/pg/sqlconn.py)."""
+    return getattr(conn, "engine", "sqlite") == "postgresql"
+
+
+def _machine(conn: Any, table: str) -> str:
+    """`, t.machine` on PostgreSQL, whose sources and records know their machine."""
+    return f", {table}.machine" if is_postgres(conn) else ""
 
 
 def records(conn: aiosqlite.Connection, sel: Selection) -> AsyncIterator[dict[str, Any]]:
     """The selected records in id order, each with its source's path as `source`."""
     cols = ", ".join(f"r.{c}" for c in RECORD_COLUMNS)
-    return _iterate(conn, f"SELECT s.path AS source, s.project_dir AS project_dir_, {cols} "
+    return _iterate(conn, f"SELECT s.path AS source, s.project_dir AS project_dir_, {cols}"
+                          f"{_machine(conn, 'r')} "
                           f"FROM records r JOIN sources s ON s.id = r.source_id "
                           f"WHERE {sel.where} ORDER BY r.id", sel.params)
 
@@ -87,7 +98,7 @@ def records(conn: aiosqlite.Connection, sel: Selection) -> AsyncIterator[dict[st
 def sources(conn: aiosqlite.Connection, sel: Selection) -> AsyncIterator[dict[str, Any]]:
     """The files the selected records come from (with `path` as raw bytes)."""
     cols = ", ".join(f"s.{c}" for c in SOURCE_COLUMNS)
-    return _iterate(conn, f"SELECT s.path, {cols} FROM sources s WHERE s.id IN "
+    return _iterate(conn, f"SELECT s.path, {cols}{_machine(conn, 's')} FROM sources s WHERE s.id IN "
                           f"(SELECT r.source_id FROM records r JOIN sources s ON s.id = "
                           f"r.source_id WHERE {sel.where}) ORDER BY s.id", sel.params)
 
@@ -99,7 +110,8 @@ def _of_sessions(sel: Selection) -> str:
 
 def sessions(conn: aiosqlite.Connection, sel: Selection) -> AsyncIterator[dict[str, Any]]:
     """The sessions the selected records belong to."""
-    return _iterate(conn, f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE session_id "
+    return _iterate(conn, f"SELECT {', '.join(SESSION_COLUMNS)}{_machine(conn, 'sessions')} "
+                          "FROM sessions WHERE session_id "
                           f"IN {_of_sessions(sel)} ORDER BY first_ts NULLS FIRST, session_id", sel.params)
 
 

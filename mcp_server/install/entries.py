@@ -63,6 +63,7 @@ HOOKS: tuple[HookSpec, ...] = (
 _SLUGS = frozenset(spec.slug for spec in HOOKS)
 _DEJA_NAMES = frozenset({"deja", "deja.exe"})
 _PATH_SEPARATORS = re.compile(r"[\\/]")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 @dataclass(frozen=True)
@@ -70,20 +71,28 @@ class Invocation:
     """How Claude Code runs this deja: the executable's absolute path and global options.
 
     executable: the native path (C:\\...\\deja.exe on Windows); db: the database
-    to pass as `--db`, or None for deja's default; windows: quote for Git Bash.
+    to pass as `--db`, or None for deja's default; windows: quote for Git Bash;
+    db_url: a PostgreSQL URL, given as DEJA_DB in the server's `env` and before each
+    hook command (`DEJA_DB=URL deja hook ...`), never as an argument: a process's
+    arguments are visible to every user of the machine (ps), its environment is not.
     """
 
     executable: str
     db: str | None = None
     windows: bool = False
+    db_url: str | None = None
 
     def argv(self, *command: str) -> list[str]:
         return [self.executable, *(("--db", self.db) if self.db else ()), *command]
 
+    def env(self) -> dict[str, str]:
+        """The environment the server and hooks need: DEJA_DB for a PostgreSQL URL."""
+        return {"DEJA_DB": self.db_url} if self.db_url else {}
+
     def server_entry(self) -> dict[str, Any]:
         """The `mcpServers` entry, as `claude mcp add` writes it (no shell: argv as is)."""
         argv = self.argv("serve")
-        return {"type": "stdio", "command": argv[0], "args": argv[1:], "env": {}}
+        return {"type": "stdio", "command": argv[0], "args": argv[1:], "env": self.env()}
 
     def hook_command(self, slug: str) -> str:
         """The shell command line of `deja hook SLUG`.
@@ -95,7 +104,8 @@ class Invocation:
         words = self.argv("hook", slug)
         if self.windows:
             words = [w.replace("\\", "/") for w in words]
-        return " ".join(shlex.quote(w) for w in words)
+        assignments = [f"{k}={shlex.quote(v)}" for k, v in self.env().items()]
+        return " ".join([*assignments, *(shlex.quote(w) for w in words)])
 
     def hook_group(self, spec: HookSpec) -> dict[str, Any]:
         group: dict[str, Any] = {}
@@ -107,13 +117,15 @@ class Invocation:
 
 
 def _program_names(command: str) -> list[str]:
-    """The program's file name in `command`, read as a shell would and as plain words."""
+    """The program's file name in `command`, read as a shell would and as plain words
+    (after any leading `NAME=value` assignments, as `DEJA_DB=URL deja hook ...` has)."""
     words: list[Sequence[str]] = [command.split()]
     try:
         words.append(shlex.split(command))
     except ValueError:
         pass
-    return [_PATH_SEPARATORS.split(w[0].strip("'\""))[-1].lower() for w in words if w]
+    programs = [[w for w in ws if not _ASSIGNMENT.match(w)] for ws in words]
+    return [_PATH_SEPARATORS.split(w[0].strip("'\""))[-1].lower() for w in programs if w]
 
 
 def hook_slug_of(hook: Any) -> str | None:
@@ -247,7 +259,8 @@ def _servers(config: dict[str, Any], where: str) -> dict[str, Any] | None:
 def with_server(config: dict[str, Any], invocation: Invocation, where: str) -> dict[str, Any]:
     """A copy of `config` whose `mcpServers.deja` runs this deja.
 
-    A stale deja entry is replaced in place, keeping its `env`. Raises InstallError
+    A stale deja entry is replaced in place, keeping its `env` (but for the DEJA_DB of a
+    PostgreSQL URL this install gives). Raises InstallError
     when a server named deja is there but runs something else: it is not ours to replace.
     """
     new = copy.deepcopy(config)
@@ -261,11 +274,16 @@ def with_server(config: dict[str, Any], invocation: Invocation, where: str) -> d
                 f"{where}: an MCP server named {SERVER_NAME!r} is already there and does not run "
                 f"deja (command {current.get('command') if isinstance(current, dict) else current!r});"
                 " rename or remove it, then run again")
+        kept = dict(current["env"]) if isinstance(current.get("env"), dict) else {}
+        if not wanted["env"] and str(kept.get("DEJA_DB", "")).lower().startswith("postgres"):
+            del kept["DEJA_DB"]  # what an install with a URL wrote; this one names SQLite
         if current.get("type", "stdio") == "stdio" and current.get("command") == wanted["command"] \
-                and current.get("args", []) == wanted["args"]:
+                and current.get("args", []) == wanted["args"] \
+                and all(kept.get(k) == v for k, v in wanted["env"].items()) \
+                and kept == (current.get("env") or {}):
             return new
-        if isinstance(current.get("env"), dict):
-            wanted["env"] = current["env"]
+        # The entry's own environment stays; the database this install names wins.
+        wanted["env"] = {**kept, **wanted["env"]}
     servers[SERVER_NAME] = wanted
     new["mcpServers"] = servers
     return new

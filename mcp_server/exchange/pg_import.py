@@ -1,0 +1,137 @@
+"""`deja import FILE` into PostgreSQL: the JSONL export (jsonl.py) as rows of a shared database.
+
+The same promise as the SQLite importer (importer.py): every row by its
+natural key, never by the exporting database's ids; importing twice adds
+nothing; the whole file is one transaction (`PgStore.transaction`), so a bad
+line leaves the database as it was. The statements are `deja sync`'s
+(ingest/pg/sync_sql.py), keyed as ingest keys them:
+
+- a source by (machine, path): the machine the export names (an export from
+  PostgreSQL carries each file's `machine`), else this one (DEJA_MACHINE, else
+  the host name: an export from SQLite is this machine's history). Its read
+  cursor starts at 0, as on SQLite;
+- a record by (source, line key, part); the usage of the responses the new
+  records belong to is counted in the same transaction (ingest/pg/batch.py's
+  statement), as the SQLite importer's `update_responses`;
+- sessions (with their project key, and the machine that first saw them)
+  and subagent runs upserted with the ingest path's merge.
+
+Vectors are not carried: records that deserve one wait (`embed_state` 0) for
+`deja embed`. Strings are made storable first (NUL, lone surrogates: ingest/pg/text.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ingest.pg import sync_sql as q
+from ingest.pg.batch import _UPSERT_RESPONSES
+from ingest.pg.text import clean, clean_json
+
+from .importer import NotAnExport, _check_header, _parse, _record_values
+from .selection import AGENT_COLUMNS, SESSION_COLUMNS, SOURCE_COLUMNS
+
+if TYPE_CHECKING:
+    from ingest.pg.store import PgStore
+
+__all__ = ["import_jsonl_pg"]
+
+_BATCH = 1000
+
+
+async def import_jsonl_pg(store: PgStore, lines: Iterable[str],
+                          progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
+    """Import an export into the PostgreSQL database of `store`; how many rows of each kind
+    were new. Raises NotAnExport, psycopg errors (the CLI words them)."""
+    conn = store.conn
+    added = {"sources": 0, "sessions": 0, "agent_runs": 0, "records": 0, "memories": 0}
+    source_ids: dict[tuple[str, str], int] = {}
+    pending: list[tuple[Any, ...]] = []
+
+    async def source_id(machine: str, path: str) -> int:
+        key = (machine, path)
+        if key not in source_ids:
+            cur = await conn.execute(q.PG_SOURCE, (machine, os.fsencode(path)))
+            row = await cur.fetchone()
+            if row is None:
+                raise NotAnExport(f"a record names the file {path!r} of machine {machine!r}, "
+                                  "which no `source` line before it does")
+            source_ids[key] = int(row[0])
+        return source_ids[key]
+
+    async def flush() -> None:
+        if not pending:
+            return
+        async with conn.cursor() as cur:
+            await cur.executemany(q.PG_INSERT_RECORD, pending, returning=True)
+            new: list[int] = []
+            while True:
+                row = await cur.fetchone()
+                if row is not None:
+                    new.append(int(row[0]))
+                if not cur.nextset():
+                    break
+        pending.clear()
+        if new:
+            await conn.execute(_UPSERT_RESPONSES, (new,))
+            cur2 = await conn.execute("SELECT kind = 'memory', COUNT(*) FROM records "
+                                      "WHERE id = ANY(%s) GROUP BY 1", (new,))
+            for memory, n in await cur2.fetchall():
+                added["memories" if memory else "records"] += int(n)
+
+    async with store.transaction():
+        header_seen = False
+        for number, obj in _parse(lines):
+            kind = obj["type"]
+            machine = clean(str(obj.get("machine") or store.machine)) or store.machine
+            if not header_seen:
+                _check_header(obj)
+                header_seen = True
+            elif kind == "source":
+                path = obj["path"]
+                cur = await conn.execute(q.PG_ENSURE_SOURCE, (
+                    machine, os.fsencode(path), *(clean(obj.get(c)) for c in SOURCE_COLUMNS)))
+                row = await cur.fetchone()
+                if row is not None:
+                    added["sources"] += 1
+                    source_ids[(machine, path)] = int(row[0])
+            elif kind == "session":
+                cur = await conn.execute(q.PG_UPSERT_SESSION, (
+                    *(clean(obj.get(c)) for c in SESSION_COLUMNS), machine))
+                row = await cur.fetchone()
+                added["sessions"] += 1 if row and row[0] else 0
+            elif kind == "agent_run":
+                sid = await source_id(machine, obj["source"]) if obj.get("source") else None
+                values = {c: obj.get(c) for c in AGENT_COLUMNS}
+                cur = await conn.execute(q.PG_UPSERT_AGENT, (
+                    values["session_id"], values["agent_id"], sid, values["layout"],
+                    clean(values["agent_type"]), clean(values["description"]),
+                    values["tool_use_id"], int(values["is_aside"] or 0)))
+                row = await cur.fetchone()
+                added["agent_runs"] += 1 if row and row[0] else 0
+            elif kind == "record":
+                pending.append((machine, await source_id(machine, obj["source"]),
+                                *_storable(_record_values(obj))))
+                if len(pending) >= _BATCH:
+                    await flush()
+                    progress(number)
+            else:
+                raise NotAnExport(f"line {number}: unknown type {kind!r}")
+        if not header_seen:
+            raise NotAnExport("the file is empty: not a deja export")
+        await flush()
+    return added
+
+
+def _storable(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A record's values with every string storable in PostgreSQL, meta as JSONB text."""
+    out = []
+    for value in values:
+        out.append(clean(value) if isinstance(value, str) else value)
+    meta_at = q.LOCAL_RECORD_COLUMNS.index("meta")
+    meta = values[meta_at]
+    out[meta_at] = clean_json(json.loads(meta)) if meta else None
+    return tuple(out)
