@@ -180,7 +180,7 @@ def test_install_with_a_url_keeps_it_in_the_environment(both: Both, tmp_path: Pa
     server = json.loads((home / ".claude.json").read_text())["mcpServers"]["deja"]
     assert server["env"] == {} and "DEJA_DB" not in (home / ".claude" / "settings.json").read_text()
     deja(home, "--db", plain, "install", "--no-claude-cli", "--yes")
-    deja(home, "uninstall", "--no-claude-cli", "--yes")
+    deja(home, "uninstall", "--no-claude-cli", "--yes", env={"DEJA_DB": plain})
     assert not (home / ".claude.json").exists()
 
 

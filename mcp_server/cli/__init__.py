@@ -16,9 +16,9 @@ result; library errors (`DejaError`) become one-line messages and exit code 1,
 bad usage exit code 2. `DEJA_DB` is read here and nowhere else.
 
 A PostgreSQL URL (`--db postgresql://...`, ingest/pg/) goes to the command's
-`postgres_handler` (set by the commands the PostgreSQL engine serves: ingest,
-embed, reembed, search, stats, sync's source refusal, serve and hook); every other command
-refuses it with one line and exit code 2 (a hook: exit 0), never falling back to a local file.
+`postgres_handler` (set by every command: the PostgreSQL engine serves them all; sync's
+is its source refusal); a command without one refuses it with one line and exit code 2 (a
+hook: exit 0), never falling back to a local file.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Long-term memory for Claude Code: your transcripts, searchable.",
     )
     parser.add_argument("--db", metavar="PATH",
-                        help="database file (default: $DEJA_DB, else ~/.local/share/deja/deja.db); "
-                             "a postgresql:// URL for ingest, embed, search and stats")
+                        help="database file (default: $DEJA_DB, else ~/.local/share/deja/deja.db), "
+                             "or a postgresql:// URL (the PostgreSQL engine)")
     parser.add_argument("--verbose", "-v", action="count", default=0,
                         help="log to stderr (-vv for debug)")
     parser.add_argument("--version", action="version", version=f"deja {__version__}")

@@ -67,7 +67,7 @@ def register(sub: Subparsers) -> None:
                     "their command; everything else stays. A file nothing else changed since "
                     "install gets its original bytes back.")
     _add_common(p)
-    p.set_defaults(handler=run_uninstall)
+    p.set_defaults(handler=run_uninstall, postgres_handler=run_uninstall)
 
 
 def _target(args: argparse.Namespace) -> Target:
@@ -196,7 +196,7 @@ def run_install(db: Path | PostgresUrl, args: argparse.Namespace) -> int:
     return _execute(plan, args, secret=db.password if isinstance(db, PostgresUrl) else None)
 
 
-def run_uninstall(db_path: Path, args: argparse.Namespace) -> int:
+def run_uninstall(db: Path | PostgresUrl, args: argparse.Namespace) -> int:
     """Plan the removal of deja's entries, show the diff, apply it once agreed."""
     state = InstallState.load(default_data_dir(os.environ) / STATE_FILE)
     return _execute(plan_uninstall(_target(args), state), args)
