@@ -26,6 +26,7 @@ from typing import Any
 
 from .derived import index_new_records
 from .errors import InvalidQuery, NotFound
+from .memory_draft import MemoryDraft
 from .redact import Redactor
 from .store import Store
 
@@ -111,21 +112,6 @@ async def write_memory(
         created, new_uuid = await _insert_memory(store, project_dir, draft)
     return MemoryWritten(id=new_uuid, created=created, project_dir=project_dir,
                          redactions=redactor.total)
-
-
-@dataclass(frozen=True)
-class MemoryDraft:
-    """A memory ready to store: what both engines' inserts write (redacted already)."""
-
-    key: str          # the line key duplicates collide on: hash of (kind, text)
-    uuid: str         # the id it gets when new
-    session_id: str | None
-    text: str
-    ts: str
-    cwd: str | None
-    meta: dict[str, Any]
-    kind: str
-    origin: str | None  # set: the session's other memories of this kind and origin go
 
 
 async def _insert_memory(store: Store, project_dir: str, d: MemoryDraft) -> tuple[bool, str]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from .text import clean, clean_json
 
 if TYPE_CHECKING:
-    from ..memories import MemoryDraft
+    from ..memory_draft import MemoryDraft
     from .store import PgStore
 
 __all__ = ["insert_memory_pg"]
