@@ -31,6 +31,7 @@ from ingest.errors import InvalidQuery, NotFound
 from ingest.summary import by_priority, sections
 
 from .history import memory_meta, session_machine, trim
+from .search.filters import in_list
 
 __all__ = ["load_checkpoint"]
 
@@ -57,7 +58,7 @@ async def _pick_session(conn: aiosqlite.Connection, session_id: str | None,
                "AND r.kind = 'prompt')"]
     params: list[Any] = []
     if project_dirs is not None:
-        clauses.append(f"project_dir IN ({', '.join('?' for _ in project_dirs)})")
+        clauses.append(in_list("project_dir", project_dirs))
         params.extend(project_dirs)
     rows = await _rows(
         conn, f"SELECT session_id FROM sessions WHERE {' AND '.join(clauses)} "
@@ -212,7 +213,7 @@ async def _memories(conn: aiosqlite.Connection, sid: str | None, project_dirs: l
         scope.append("r.session_id = ?")
         params.append(sid)
     if project_dirs:
-        scope.append(f"src.project_dir IN ({', '.join('?' for _ in project_dirs)})")
+        scope.append(in_list("src.project_dir", project_dirs))
         params.extend(project_dirs)
     if scope:
         clauses.append("(" + " OR ".join(scope) + ")")

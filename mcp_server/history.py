@@ -26,6 +26,7 @@ from ingest.errors import InvalidQuery, NotFound
 
 from .projects import resolve_project
 from .search import parse_time
+from .search.filters import in_list
 
 __all__ = ["find_record", "get_context", "list_sessions", "on_postgres", "session_machine",
            "status", "trim", "memory_meta"]
@@ -147,7 +148,7 @@ async def list_sessions(conn: aiosqlite.Connection, *, project: str | None = Non
     clauses = ["s.last_ts IS NOT NULL"]
     params: list[Any] = []
     if dirs is not None:
-        clauses.append(f"s.project_dir IN ({', '.join('?' for _ in dirs)})")
+        clauses.append(in_list("s.project_dir", dirs))
         params.extend(dirs)
     if since:
         clauses.append("s.last_ts >= ?")

@@ -52,6 +52,11 @@ def _reads(sessions: list[str], uuids: list[str], dirs: list[str]) -> list[tuple
         ("list_sessions", lambda c: history.list_sessions(c, project=None, since=None, limit=50)),
         ("status", _status),
     ]
+    # A project that matches no folder: an empty list of folders on both engines.
+    reads += [
+        ("sessions of nowhere", lambda c: history.list_sessions(c, project="/nowhere/at/all")),
+        ("checkpoint of nowhere", lambda c: checkpoint.load_checkpoint(c, project_dirs=[])),
+    ]
     for d in dirs:
         reads += [
             (f"resolve {d}", lambda c, d=d: projects.resolve_project(c, d)),

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SearchFilters"]
+__all__ = ["in_list", "SearchFilters"]
 
 
 @dataclass
@@ -33,7 +33,7 @@ class SearchFilters:
         params: list[Any] = []
 
         def one_of(column: str, values: Sequence[str]) -> None:
-            clauses.append(f"{column} IN ({', '.join(mark for _ in values)})")
+            clauses.append(in_list(column, values, mark))
             params.extend(values)
 
         if self.kinds:
@@ -51,3 +51,12 @@ class SearchFilters:
             clauses.append(f"r.ts < {mark}")
             params.append(self.until)
         return "".join(" AND " + c for c in clauses), params
+
+
+def in_list(column: str, values: Sequence[Any], mark: str = "?") -> str:
+    """`column IN (?, ...)` for `values`; for no values a clause no row meets. SQLite reads
+    an empty `IN ()` as false, PostgreSQL refuses it as a syntax error (a project that
+    matches no folder resolves to an empty list)."""
+    if not values:
+        return "1 = 0"
+    return f"{column} IN ({', '.join(mark for _ in values)})"
