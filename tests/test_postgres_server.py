@@ -17,19 +17,16 @@ and every memory of every process is found by search_memory.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from fixtures.cli import deja_argv, deja_env, deja_json
-from fixtures.paths import REPO
+from fixtures.mcp import mcp_session, tool
 from fixtures.postgres import PgServer
 from fixtures.transcripts import conversation, write
 from mcp import ClientSession
-from mcp.client.stdio import StdioServerParameters, stdio_client
 
 pytestmark = pytest.mark.anyio
 
@@ -48,26 +45,11 @@ def _root(base: Path, name: str, sessions: int, word: str) -> Path:
     return root
 
 
-@asynccontextmanager
-async def served(db: str, root: Path, home: Path, log: Path, machine: str = "laptop"
-                 ) -> AsyncIterator[ClientSession]:
+def served(db: str, root: Path, home: Path, log: Path, machine: str = "laptop") -> Any:
+    """`deja serve` on `db` ingesting `root` as `machine`: fixtures/mcp.py's session."""
     argv = deja_argv("--db", db, "serve", "--root", str(root), "--log-file", str(log))
     env = deja_env(home, {"DEJA_MACHINE": machine, "CLAUDE_PROJECT_DIR": f"/work/{root.name}"})
-    params = StdioServerParameters(command=argv[0], args=argv[1:], env=env, cwd=str(REPO))
-    with open(log.with_suffix(".stderr"), "w") as errlog:
-        async with stdio_client(params, errlog=errlog) as (read, write_stream):
-            async with ClientSession(read, write_stream) as s:
-                with anyio.fail_after(30):
-                    await s.initialize()
-                yield s
-
-
-async def tool(s: ClientSession, name: str, **arguments: Any) -> dict[str, Any]:
-    with anyio.fail_after(30):
-        result = await s.call_tool(name, arguments)
-    assert not result.is_error, result.content
-    assert isinstance(result.structured_content, dict)
-    return result.structured_content
+    return mcp_session(argv[1:], env, log.with_suffix(".stderr"))
 
 
 async def until(s: ClientSession, check: Any, seconds: float = 40.0) -> dict[str, Any]:

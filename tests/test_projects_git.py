@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,11 +29,9 @@ from typing import Any
 import anyio
 import pytest
 from fixtures.cli import deja, deja_env, deja_json
-from fixtures.paths import REPO
+from fixtures.mcp import mcp_session, tool
 from fixtures.postgres import PgServer
 from fixtures.transcripts import SessionFile
-from mcp import ClientSession
-from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from ingest.config import PostgresUrl
 from ingest.gitremote import clear_cache, normalize_remote, project_key, remote_url
@@ -218,26 +213,6 @@ def test_sqlite_search_current_finds_both_clones(one_machine: OneMachine) -> Non
     out = deja_json(one_machine.home, "--db", str(one_machine.db), "search", "marmoset",
                     "--mode", "keyword", "--project", "GitHub.com/acme/widget", "--json")
     assert {h["session_id"] for h in out["hits"]} == {SID["clone_a"], SID["clone_b"]}
-
-
-@asynccontextmanager
-async def mcp_session(args: list[str], env: dict[str, str], stderr: Path
-                      ) -> AsyncIterator[ClientSession]:
-    params = StdioServerParameters(command=sys.executable, args=args, env=env, cwd=str(REPO))
-    with open(stderr, "w") as errlog:
-        async with stdio_client(params, errlog=errlog) as (read, write_stream):
-            async with ClientSession(read, write_stream) as s:
-                with anyio.fail_after(30):
-                    await s.initialize()
-                yield s
-
-
-async def tool(s: ClientSession, name: str, **arguments: Any) -> dict[str, Any]:
-    with anyio.fail_after(30):
-        result = await s.call_tool(name, arguments)
-    assert not result.is_error, result.content
-    assert isinstance(result.structured_content, dict)
-    return result.structured_content
 
 
 def test_sqlite_mcp_tools_with_current_find_both_clones(one_machine: OneMachine,
