@@ -113,11 +113,11 @@ def db_path_from(option: str | None, environ: Mapping[str, str], *,
 
 
 def not_served_message(target: PostgresUrl, command: str | None) -> str:
-    """Why a command refuses a PostgreSQL URL (one line, no password)."""
+    """Why a command without a PostgreSQL handler refuses a URL (one line, no password).
+    Every command has one today; a new command gets this until it is given one."""
     what = f"`deja {command}`" if command else "this command"
     return (f"{target.origin} is a PostgreSQL URL ({target}): the PostgreSQL engine does not "
-            f"serve {what} yet; it serves `deja ingest`, `embed`, `reembed`, `search`, "
-            "`stats`, `serve` (the MCP server) and `hook` for now")
+            f"serve {what} yet")
 
 
 def machine_from(environ: Mapping[str, str]) -> str:
