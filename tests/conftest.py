@@ -21,6 +21,7 @@ import pytest
 
 from fixtures.cli import deja as _deja
 from fixtures.cli import deja_json as _deja_json
+from fixtures.engines import ENGINES, Target
 from fixtures.postgres import PgServer, start_server
 from fixtures.shared import in_ci, missing_reason, require_shared
 
@@ -111,3 +112,21 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServ
 def postgres_url(postgres_server: PgServer) -> str:
     """The URL of a fresh, empty database of the test's own on the run's server."""
     return postgres_server.uri(postgres_server.new_database())
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Run the test once per storage engine ("sqlite", "postgres"; fixtures/engines.py)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def db_target(engine: str, request: pytest.FixtureRequest, db_path: Path) -> Target:
+    """The test's own empty database on its engine: a SQLite path or a PostgreSQL URL.
+
+    The server is asked for only on PostgreSQL, so the SQLite half never waits
+    for (or skips with) pgserver.
+    """
+    if engine == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return db_path
