@@ -18,6 +18,7 @@ line leaves the database as it was. The statements are `deja sync`'s
 
 Vectors are not carried: records that deserve one wait (`embed_state` 0) for
 `deja embed`. Strings are made storable first (NUL, lone surrogates: ingest/pg/text.py).
+The walk over the file (parsing, the header, batching) is walk.py's.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from ingest.pg import sync_sql as q
 from ingest.pg.batch import _UPSERT_RESPONSES
 from ingest.pg.text import clean, clean_json
 
-from .importer import NotAnExport, _check_header, _parse, _record_values
+from .importer import _record_values
 from .selection import AGENT_COLUMNS, SESSION_COLUMNS, SOURCE_COLUMNS
+from .walk import NotAnExport, feed, new_counts
 
 if TYPE_CHECKING:
     from ingest.pg.store import PgStore
@@ -46,84 +48,85 @@ async def import_jsonl_pg(store: PgStore, lines: Iterable[str],
                           progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
     """Import an export into the PostgreSQL database of `store`; how many rows of each kind
     were new. Raises NotAnExport, psycopg errors (the CLI words them)."""
-    conn = store.conn
-    added = {"sources": 0, "sessions": 0, "agent_runs": 0, "records": 0, "memories": 0}
-    source_ids: dict[tuple[str, str], int] = {}
-    pending: list[tuple[Any, ...]] = []
+    sink = _PgSink(store)
+    async with store.transaction():
+        await feed(sink, lines, _BATCH, progress)
+    return sink.added
 
-    async def source_id(machine: str, path: str) -> int:
+
+class _PgSink:
+    """The export's lines as rows of a PostgreSQL database (walk.ExportSink)."""
+
+    def __init__(self, store: PgStore) -> None:
+        self.conn = store.conn
+        self.machine = store.machine
+        self.added = new_counts()
+        self._source_ids: dict[tuple[str, str], int] = {}
+
+    def _machine(self, obj: dict[str, Any]) -> str:
+        """The machine the export names for this line, else this one."""
+        return clean(str(obj.get("machine") or self.machine)) or self.machine
+
+    async def _source_id(self, machine: str, path: str) -> int:
         key = (machine, path)
-        if key not in source_ids:
-            cur = await conn.execute(q.PG_SOURCE, (machine, os.fsencode(path)))
+        if key not in self._source_ids:
+            cur = await self.conn.execute(q.PG_SOURCE, (machine, os.fsencode(path)))
             row = await cur.fetchone()
             if row is None:
                 raise NotAnExport(f"a record names the file {path!r} of machine {machine!r}, "
                                   "which no `source` line before it does")
-            source_ids[key] = int(row[0])
-        return source_ids[key]
+            self._source_ids[key] = int(row[0])
+        return self._source_ids[key]
 
-    async def flush() -> None:
-        if not pending:
-            return
-        async with conn.cursor() as cur:
-            await cur.executemany(q.PG_INSERT_RECORD, pending, returning=True)
-            new: list[int] = []
+    async def source(self, obj: dict[str, Any]) -> None:
+        machine, path = self._machine(obj), obj["path"]
+        cur = await self.conn.execute(q.PG_ENSURE_SOURCE, (
+            machine, os.fsencode(path), *(clean(obj.get(c)) for c in SOURCE_COLUMNS)))
+        row = await cur.fetchone()
+        if row is not None:
+            self.added["sources"] += 1
+            self._source_ids[(machine, path)] = int(row[0])
+
+    async def session(self, obj: dict[str, Any]) -> None:
+        cur = await self.conn.execute(q.PG_UPSERT_SESSION, (
+            *(clean(obj.get(c)) for c in SESSION_COLUMNS), self._machine(obj)))
+        row = await cur.fetchone()
+        self.added["sessions"] += 1 if row and row[0] else 0
+
+    async def agent_run(self, obj: dict[str, Any]) -> None:
+        machine = self._machine(obj)
+        sid = await self._source_id(machine, obj["source"]) if obj.get("source") else None
+        values = {c: obj.get(c) for c in AGENT_COLUMNS}
+        cur = await self.conn.execute(q.PG_UPSERT_AGENT, (
+            values["session_id"], values["agent_id"], sid, values["layout"],
+            clean(values["agent_type"]), clean(values["description"]),
+            values["tool_use_id"], int(values["is_aside"] or 0)))
+        row = await cur.fetchone()
+        self.added["agent_runs"] += 1 if row and row[0] else 0
+
+    async def records(self, objs: list[dict[str, Any]]) -> None:
+        """Insert a batch; count the new ones' token usage in the same transaction."""
+        rows = []
+        for obj in objs:
+            machine = self._machine(obj)
+            rows.append((machine, await self._source_id(machine, obj["source"]),
+                         *_storable(_record_values(obj))))
+        new: list[int] = []
+        async with self.conn.cursor() as cur:
+            await cur.executemany(q.PG_INSERT_RECORD, rows, returning=True)
             while True:
                 row = await cur.fetchone()
                 if row is not None:
                     new.append(int(row[0]))
                 if not cur.nextset():
                     break
-        pending.clear()
-        if new:
-            await conn.execute(_UPSERT_RESPONSES, (new,))
-            cur2 = await conn.execute("SELECT kind = 'memory', COUNT(*) FROM records "
-                                      "WHERE id = ANY(%s) GROUP BY 1", (new,))
-            for memory, n in await cur2.fetchall():
-                added["memories" if memory else "records"] += int(n)
-
-    async with store.transaction():
-        header_seen = False
-        for number, obj in _parse(lines):
-            kind = obj["type"]
-            machine = clean(str(obj.get("machine") or store.machine)) or store.machine
-            if not header_seen:
-                _check_header(obj)
-                header_seen = True
-            elif kind == "source":
-                path = obj["path"]
-                cur = await conn.execute(q.PG_ENSURE_SOURCE, (
-                    machine, os.fsencode(path), *(clean(obj.get(c)) for c in SOURCE_COLUMNS)))
-                row = await cur.fetchone()
-                if row is not None:
-                    added["sources"] += 1
-                    source_ids[(machine, path)] = int(row[0])
-            elif kind == "session":
-                cur = await conn.execute(q.PG_UPSERT_SESSION, (
-                    *(clean(obj.get(c)) for c in SESSION_COLUMNS), machine))
-                row = await cur.fetchone()
-                added["sessions"] += 1 if row and row[0] else 0
-            elif kind == "agent_run":
-                sid = await source_id(machine, obj["source"]) if obj.get("source") else None
-                values = {c: obj.get(c) for c in AGENT_COLUMNS}
-                cur = await conn.execute(q.PG_UPSERT_AGENT, (
-                    values["session_id"], values["agent_id"], sid, values["layout"],
-                    clean(values["agent_type"]), clean(values["description"]),
-                    values["tool_use_id"], int(values["is_aside"] or 0)))
-                row = await cur.fetchone()
-                added["agent_runs"] += 1 if row and row[0] else 0
-            elif kind == "record":
-                pending.append((machine, await source_id(machine, obj["source"]),
-                                *_storable(_record_values(obj))))
-                if len(pending) >= _BATCH:
-                    await flush()
-                    progress(number)
-            else:
-                raise NotAnExport(f"line {number}: unknown type {kind!r}")
-        if not header_seen:
-            raise NotAnExport("the file is empty: not a deja export")
-        await flush()
-    return added
+        if not new:
+            return
+        await self.conn.execute(_UPSERT_RESPONSES, (new,))
+        cur2 = await self.conn.execute("SELECT kind = 'memory', COUNT(*) FROM records "
+                                       "WHERE id = ANY(%s) GROUP BY 1", (new,))
+        for memory, n in await cur2.fetchall():
+            self.added["memories" if memory else "records"] += int(n)
 
 
 def _storable(values: tuple[Any, ...]) -> tuple[Any, ...]:
