@@ -8,8 +8,9 @@ without an HNSW index, limits, budgets, snippets, the JSON contract with
 
 - the same windows get vectors on both engines (record, seq, offsets), one
   model recorded, unit vectors in pgvector's column;
-- another model is refused (ModelMismatch) until `deja reembed`; a version 1
-  database is upgraded to the current schema and embedded;
+- a version 1 database is upgraded to the current schema and embedded (the
+  refusal of another model until `deja reembed` runs on both engines in
+  test_embedding.py);
 - the keyword index of schema v4: a long record's passages (their starts
   are SQLite's `passage_spans`), kept in step by the triggers when a record
   changes or goes;
@@ -24,7 +25,7 @@ from typing import Any
 
 import anyio
 import pytest
-from fixtures.cli import deja, deja_json
+from fixtures.cli import deja_json
 from fixtures.paths import SAMPLE
 from fixtures.postgres import PgServer
 from fixtures.search_corpus import MACHINE, QUERY, Corpus, SearchCorpora
@@ -53,23 +54,6 @@ def test_the_same_windows_get_vectors_on_both_engines(search_corpora: SearchCorp
     # Unit vectors of 384 dimensions.
     norms = pg.sql("SELECT MIN(vector_dims(vec)), MIN(vec <#> vec), MAX(vec <#> vec) FROM chunks")
     assert norms[0][0] == 384 and -1.01 < norms[0][1] <= norms[0][2] < -0.99
-
-
-def test_another_model_is_refused_until_reembed(postgres_server: PgServer, postgres_url: str,
-                                                home: Path) -> None:
-    deja_json(home, "--db", postgres_url, "ingest", "--root", str(SAMPLE), "--json",
-              "--no-embed")
-    name = postgres_url.split("/")[3].split("?")[0]
-    with postgres_server.connect(name) as conn:
-        conn.execute("INSERT INTO embedding_model (id, model_id, dim) VALUES (1, 'other/m', 384)")
-    proc = deja(home, "--db", postgres_url, "embed", "--json", expect=1)
-    assert "other/m" in proc.stderr and "deja reembed" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    out = deja_json(home, "--db", postgres_url, "reembed", "--json")
-    assert out["embedded"] > 0 and out["pending_embeddings"] == 0
-    with postgres_server.connect(name) as conn:
-        assert conn.execute("SELECT model_id FROM embedding_model").fetchone()[0] != "other/m"
-        assert conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] > 0
 
 
 # What schema versions 5 (sessions' key and machine), 4 (ingest/pg/search_schema.py) and 3
