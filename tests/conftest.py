@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fixtures.cli import deja as _deja
 from fixtures.cli import deja_json as _deja_json
 from fixtures.engines import ENGINES, Target
 from fixtures.postgres import PgServer, start_server
+from fixtures.search_corpus import SearchCorpora
 from fixtures.shared import in_ci, missing_reason, require_shared
 
 SHARED_FIXTURE = "shared_projects"
@@ -130,3 +130,10 @@ def db_target(engine: str, request: pytest.FixtureRequest, db_path: Path) -> Tar
     if engine == "postgres":
         return str(request.getfixturevalue("postgres_url"))
     return db_path
+
+
+@pytest.fixture(scope="session")
+def search_corpora(tmp_path_factory: pytest.TempPathFactory) -> SearchCorpora:
+    """test_search.py's generated corpus, ingested and embedded once per run per engine on
+    first use (fixtures/search_corpus.py); test_search and test_postgres_search share it."""
+    return SearchCorpora(tmp_path_factory.mktemp("search"))

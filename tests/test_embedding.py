@@ -8,6 +8,15 @@ DEJA_MODEL_CACHE). Invariants checked after every step that writes vectors:
 - every chunk has exactly one int8 vector (chunk_vectors) and its sign bits;
 - no chunk twice (record_id, seq);
 - pending (embed_state 0) + embedded (1) = the records of embeddable kinds.
+
+Embedding at ingest, `deja embed` and a stored model of another dimension run
+on both engines (the `engine` fixture; PostgreSQL keeps a chunk's float vector
+in pgvector's column, so its invariants have no int8 copy or sign bits to
+compare). So does a kill -9 mid-embedding (a batch's chunks and its records' state
+commit together). SQLite's only: another model's ONNX export and the full
+reembed round trip (a minute; the refusal and `deja reembed` are tested on
+both engines with a stored model of another dimension), the event loop
+during `embed_pending`.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import pytest
 
 from fixtures.cli import deja, deja_argv, deja_env, deja_json
 from fixtures.db import sql
+from fixtures.engines import Target, is_postgres
+from fixtures.engines import sql as engine_sql
 from fixtures.paths import MODEL_CACHE, REPO, SAMPLE
 from fixtures.transcripts import SessionFile
 from ingest.db import make_connector
@@ -41,30 +52,52 @@ TIMEOUT = 300
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def check_invariants(db: Path) -> dict[str, int]:
-    """Assert the vector side is consistent; return the counts."""
+def check_invariants(db: Target) -> dict[str, int]:
+    """Assert the vector side is consistent; return the counts (on either engine)."""
+    def q(query: str) -> list[tuple[Any, ...]]:
+        return engine_sql(db, query)
+
     kinds = ", ".join(f"'{k}'" for k in EMBEDDABLE_KINDS)
+    pg = is_postgres(db)
     counts = {
-        "pending": sql(db, "SELECT COUNT(*) FROM records WHERE embed_state = 0")[0][0],
-        "embedded": sql(db, "SELECT COUNT(*) FROM records WHERE embed_state = 1")[0][0],
-        "embeddable": sql(db, f"SELECT COUNT(*) FROM records WHERE kind IN ({kinds})")[0][0],
-        "chunks": sql(db, "SELECT COUNT(*) FROM chunks")[0][0],
-        "vectors": sql(db, "SELECT COUNT(*) FROM chunk_vectors")[0][0],
+        "pending": q("SELECT COUNT(*) FROM records WHERE embed_state = 0")[0][0],
+        "embedded": q("SELECT COUNT(*) FROM records WHERE embed_state = 1")[0][0],
+        "embeddable": q(f"SELECT COUNT(*) FROM records WHERE kind IN ({kinds})")[0][0],
+        "chunks": q("SELECT COUNT(*) FROM chunks")[0][0],
+        # PostgreSQL: the vector is a NOT NULL column of the chunk itself.
+        "vectors": q("SELECT COUNT(*) FROM chunks" if pg else
+                     "SELECT COUNT(*) FROM chunk_vectors")[0][0],
     }
     assert counts["pending"] + counts["embedded"] == counts["embeddable"], counts
-    no_chunk = sql(db, "SELECT id, text FROM records r WHERE embed_state = 1 AND NOT EXISTS "
-                       "(SELECT 1 FROM chunks c WHERE c.record_id = r.id)")
+    no_chunk = q("SELECT id, text FROM records r WHERE embed_state = 1 AND NOT EXISTS "
+                 "(SELECT 1 FROM chunks c WHERE c.record_id = r.id)")
     assert all(not text.strip() for _id, text in no_chunk), no_chunk[:3]
-    assert not sql(db, "SELECT c.id FROM chunks c JOIN records r ON r.id = c.record_id "
-                       "WHERE r.embed_state != 1"), "chunks of records not marked embedded"
-    chunk_ids = [r[0] for r in sql(db, "SELECT id FROM chunks ORDER BY id")]
-    vec_ids = [r[0] for r in sql(db, "SELECT chunk_id FROM chunk_vectors ORDER BY chunk_id")]
-    assert chunk_ids == vec_ids, "chunks and chunk_vectors differ"
-    assert not sql(db, "SELECT c.id FROM chunks c JOIN chunk_vectors v ON v.chunk_id = c.id "
-                       "WHERE c.bits IS NULL OR length(c.bits) * 8 != length(v.vec)")
-    assert sql(db, "SELECT COUNT(*) FROM (SELECT DISTINCT record_id, seq FROM chunks)")[0][0] \
+    assert not q("SELECT c.id FROM chunks c JOIN records r ON r.id = c.record_id "
+                 "WHERE r.embed_state != 1"), "chunks of records not marked embedded"
+    if not pg:
+        chunk_ids = [r[0] for r in q("SELECT id FROM chunks ORDER BY id")]
+        vec_ids = [r[0] for r in q("SELECT chunk_id FROM chunk_vectors ORDER BY chunk_id")]
+        assert chunk_ids == vec_ids, "chunks and chunk_vectors differ"
+        assert not q("SELECT c.id FROM chunks c JOIN chunk_vectors v ON v.chunk_id = c.id "
+                     "WHERE c.bits IS NULL OR length(c.bits) * 8 != length(v.vec)")
+    assert q("SELECT COUNT(*) FROM (SELECT DISTINCT record_id, seq FROM chunks) AS d")[0][0] \
         == counts["chunks"], "a chunk is duplicated"
     return counts
+
+
+def _execute(db: Target, statement: str) -> None:
+    """One write on either engine (fixtures.engines.sql only reads SQLite)."""
+    if is_postgres(db):
+        import psycopg
+
+        with psycopg.connect(str(db), autocommit=True) as conn:
+            conn.execute(statement)
+        return
+    conn = make_connector(Path(db))()
+    try:
+        conn.execute(statement)
+    finally:
+        conn.close()
 
 
 def write_sessions(root: Path, n_sessions: int, turns: int, seed: int = 1,
@@ -121,10 +154,11 @@ def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # -- embedding at ingest, and later --------------------------------------------------------
 
 
-def test_ingest_embeds_everything_and_says_so(tmp_path: Path, home: Path) -> None:
+def test_ingest_embeds_everything_and_says_so(tmp_path: Path, home: Path,
+                                              db_target: Target) -> None:
     root = tmp_path / "projects"
     write_sessions(root, 2, 6)
-    db = tmp_path / "a.db"
+    db = db_target
     out = deja_json(home, "ingest", "--root", str(root), "--root", str(SAMPLE), "--json",
                     embed=True, db=db, timeout=TIMEOUT)
     assert out["pending_embeddings"] == 0
@@ -132,29 +166,38 @@ def test_ingest_embeds_everything_and_says_so(tmp_path: Path, home: Path) -> Non
     assert out["embedding_model"] == DEFAULT_MODEL
     counts = check_invariants(db)
     assert counts["embedded"] == out["embedded"] and counts["vectors"] == out["chunks"]
-    assert sql(db, "SELECT model_id, dim FROM embedding_model") == [(DEFAULT_MODEL, DEFAULT_DIM)]
-    # Each chunk's sign bits are those of its int8 vector, which uses the full range.
-    rows = sql(db, "SELECT c.bits, v.vec FROM chunks c JOIN chunk_vectors v ON v.chunk_id = c.id")
-    assert len(rows) == out["chunks"]
-    for bits, vec in rows:
-        q8 = np.frombuffer(vec, dtype=np.int8)
-        signs = np.unpackbits(np.frombuffer(bits, dtype=np.uint8)).astype(bool)
-        assert (signs == (q8 > 0))[q8 != 0].all()  # a tiny component rounds to 0 in int8
-        assert np.abs(q8.astype(int)).max() == 127
+    assert engine_sql(db, "SELECT model_id, dim FROM embedding_model") == [
+        (DEFAULT_MODEL, DEFAULT_DIM)]
+    if is_postgres(db):  # unit vectors of the model's dimension
+        norms = engine_sql(db, "SELECT MIN(vector_dims(vec)), MAX(vector_dims(vec)), "
+                               "MIN(vec <#> vec), MAX(vec <#> vec) FROM chunks")
+        assert norms[0][:2] == (DEFAULT_DIM, DEFAULT_DIM)
+        assert -1.01 < norms[0][2] <= norms[0][3] < -0.99
+    else:
+        # Each chunk's sign bits are those of its int8 vector, which uses the full range.
+        rows = sql(db, "SELECT c.bits, v.vec FROM chunks c "
+                       "JOIN chunk_vectors v ON v.chunk_id = c.id")
+        assert len(rows) == out["chunks"]
+        for bits, vec in rows:
+            q8 = np.frombuffer(vec, dtype=np.int8)
+            signs = np.unpackbits(np.frombuffer(bits, dtype=np.uint8)).astype(bool)
+            assert (signs == (q8 > 0))[q8 != 0].all()  # a tiny component rounds to 0 in int8
+            assert np.abs(q8.astype(int)).max() == 127
     again = deja_json(home, "ingest", "--root", str(root), "--json", embed=True, db=db,
                       timeout=TIMEOUT)
     assert again["embedded"] == 0 and again["pending_embeddings"] == 0
 
 
-def test_no_embed_leaves_work_pending_and_embed_finishes_it(tmp_path: Path, home: Path) -> None:
+def test_no_embed_leaves_work_pending_and_embed_finishes_it(tmp_path: Path, home: Path,
+                                                            db_target: Target) -> None:
     root = tmp_path / "projects"
     write_sessions(root, 2, 5)
-    db = tmp_path / "b.db"
+    db = db_target
     out = deja_json(home, "ingest", "--root", str(root), "--no-embed", "--json",
                     embed=True, db=db, timeout=TIMEOUT)
     assert out["embedded"] == 0 and out["pending_embeddings"] == out["new_records"] > 0
     assert check_invariants(db)["chunks"] == 0
-    assert sql(db, "SELECT COUNT(*) FROM embedding_model")[0][0] == 0
+    assert engine_sql(db, "SELECT COUNT(*) FROM embedding_model")[0][0] == 0
     done = deja_json(home, "embed", "--json", db=db, timeout=TIMEOUT)
     assert done["pending_embeddings"] == 0
     assert done["embedded"] == out["pending_embeddings"]
@@ -206,60 +249,57 @@ def test_another_model_is_refused_until_reembed(tmp_path: Path, home: Path,
     assert "deja reembed" in res["vector_status"] and res["hits"]
 
 
-def test_a_stored_model_of_another_dimension_is_refused(tmp_path: Path, home: Path,
+def test_a_stored_model_of_another_dimension_is_refused(home: Path, db_target: Target,
                                                          embedder: Embedder) -> None:
     """The database says 128-dim vectors of another model: refuse, then reembed to 384."""
-    db = tmp_path / "d.db"
+    from fixtures.search_corpus import run_search
+
+    from mcp_server.search import SearchRequest
+
+    db = db_target
     deja_json(home, "ingest", "--root", str(SAMPLE), "--json", embed=True, db=db, timeout=TIMEOUT)
-    conn = make_connector(db)()
-    try:
-        conn.execute("UPDATE embedding_model SET model_id = 'example/other-128', dim = 128")
-    finally:
-        conn.close()
+    _execute(db, "UPDATE embedding_model SET model_id = 'example/other-128', dim = 128")
     proc = deja(home, "embed", expect=1, db=db, timeout=TIMEOUT)
     assert "example/other-128" in proc.stderr and "deja reembed" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
-    async def hybrid() -> Any:
-        from mcp_server.search import Resources, SearchRequest, search
+    def hybrid() -> Any:
+        return anyio.run(lambda: run_search(db, SearchRequest("redis timeout"), embedder))
 
-        store = await Store.open(db)
-        try:
-            return await search(store.conn, SearchRequest("redis timeout"),
-                                Resources(embedder=embedder))
-        finally:
-            await store.close()
-
-    res = anyio.run(hybrid)
+    res = hybrid()
     assert res.hits and "deja reembed" in res.vector_status
     out = deja_json(home, "reembed", "--json", db=db, timeout=TIMEOUT)
-    assert out["pending_embeddings"] == 0
-    assert sql(db, "SELECT model_id, dim FROM embedding_model") == [(DEFAULT_MODEL, DEFAULT_DIM)]
+    assert out["pending_embeddings"] == 0 and out["embedded"] > 0
+    assert engine_sql(db, "SELECT model_id, dim FROM embedding_model") == [
+        (DEFAULT_MODEL, DEFAULT_DIM)]
     assert check_invariants(db)["vectors"] > 0
-    assert anyio.run(hybrid).vector_status == "ok"
+    assert hybrid().vector_status == "ok"
 
 
 # -- a crash mid-embedding ------------------------------------------------------------------
 
 
-def test_sigkill_mid_embedding_leaves_a_consistent_database(tmp_path: Path, home: Path) -> None:
+def test_sigkill_mid_embedding_leaves_a_consistent_database(tmp_path: Path, home: Path,
+                                                           db_target: Target) -> None:
     root = tmp_path / "projects"
     # 960 records: a few seconds of embedding even on an idle machine (~500 short texts/s)
     write_sessions(root, 8, 30, seed=3, words=40)
-    db = tmp_path / "crash.db"
+    db = db_target
     out = deja_json(home, "ingest", "--root", str(root), "--no-embed", "--json", db=db,
                     timeout=TIMEOUT)
     total = out["pending_embeddings"]
     assert total >= 960
     for attempt in range(2):  # kill twice, at different points
-        already = sql(db, "SELECT COUNT(*) FROM records WHERE embed_state = 1")[0][0]
-        proc = subprocess.Popen(deja_argv("embed", "--json", "--quiet", db=db),
+        already = engine_sql(db, "SELECT COUNT(*) FROM records WHERE embed_state = 1")[0][0]
+        proc = subprocess.Popen(deja_argv("embed", "--json", "--quiet", db=db),  # type: ignore[arg-type]
                                 env=deja_env(home), cwd=str(REPO), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and proc.poll() is None:
                 # At least one more batch committed, then somewhere inside a later one.
-                if sql(db, "SELECT COUNT(*) FROM records WHERE embed_state = 1")[0][0] > already:
+                if engine_sql(db, "SELECT COUNT(*) FROM records WHERE embed_state = 1"
+                              )[0][0] > already:
                     time.sleep(0.05 + 0.4 * attempt)
                     break
                 time.sleep(0.02)

@@ -6,6 +6,12 @@ sentence deep inside it is found and its snippet shows that sentence. The
 text FTS indexes has no terminal escape codes ("\\x1b[31mERROR\\x1b[0m" is
 found by ERROR). A `meta`/`system` copy of a slash command's arguments gets
 no full-text row. A version-6 database gains all of it on upgrade.
+
+The searches run on both engines (the `engine` fixture; PostgreSQL's keyword
+index keeps the same passages, ingest/pg/search_schema.py), on one database
+per engine ingested once for the module by the CLI. SQLite's own: the
+passages' weight in its ranker, FTS5's vocabulary and rows, the upgrade of
+a version-6 file.
 """
 
 from __future__ import annotations
@@ -16,12 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
+from fixtures.cli import deja_json
+from fixtures.engines import Target, is_postgres, sql
+from fixtures.search_corpus import run_search
 from fixtures.transcripts import PROJECT, assistant, tool_result, user, write
 
 from ingest.db import clean_text, fts_text, make_connector
 from ingest.indexing import PASSAGE_CHARS, PASSAGE_FROM, PASSAGE_ROWID, passage_spans
 from ingest.migrations import _M005_CONTEXT, MIGRATIONS, SCHEMA_VERSION
-from ingest.runner import ingest_once
 from ingest.store import Store
 from ingest.vectors import embedding_text
 from mcp_server.search import SearchFilters, SearchRequest, search
@@ -77,17 +86,51 @@ def _lines() -> list[bytes]:
     return lines
 
 
-def _ingest(tmp_path: Path) -> Path:
-    root = tmp_path / "projects"
-    write(root / PROJECT / f"{SESSION}.jsonl", _lines())
-    db = tmp_path / "deja.db"
+@pytest.fixture(scope="module")
+def ingested() -> dict[str, Target]:
+    """Each engine's database of _lines(), ingested on first use (see `db`)."""
+    return {}
 
-    async def go() -> None:
-        async with await Store.open(db) as store:
-            await ingest_once(store, [root])
 
-    anyio.run(go)
-    return db
+@pytest.fixture
+def db(engine: str, ingested: dict[str, Target], tmp_path_factory: pytest.TempPathFactory,
+       request: pytest.FixtureRequest) -> Target:
+    """The test's engine's database of _lines(): `deja ingest --no-embed` once per module;
+    the tests only read it."""
+    if engine not in ingested:
+        base = tmp_path_factory.mktemp(f"passages-{engine}")
+        root, home = base / "projects", base / "home"
+        home.mkdir()
+        write(root / PROJECT / f"{SESSION}.jsonl", _lines())
+        if engine == "postgres":
+            server = request.getfixturevalue("postgres_server")
+            target: Target = server.uri(server.new_database())
+        else:
+            target = base / "deja.db"
+        deja_json(home, "--db", str(target), "ingest", "--root", str(root), "--no-embed",
+                  "--json")
+        ingested[engine] = target
+    return ingested[engine]
+
+
+# What PostgreSQL's keyword index (ingest/pg/search_schema.py, `deja_tsv`) does not do yet:
+# each test marks itself a strict xfail on PostgreSQL, so it fails once the index does.
+PG_KEEPS_ESCAPE_CODES = (
+    "PostgreSQL indexes the raw text: '\\x1b[31mERROR\\x1b[0m' gives the words '31merror' and "
+    "'0m' (deja_words), where SQLite indexes fts_text (clean_text: escape codes out)")
+PG_RANKS_INJECTED_COPIES = (
+    "PostgreSQL gives every record a search_tsv: the trigger has no FTS_SKIP_SQL (a meta / "
+    "system / attachment copy of the slash command's arguments just before it)")
+
+
+def _known_pg_difference(request: pytest.FixtureRequest, db: Target, reason: str) -> None:
+    if is_postgres(db):
+        request.node.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+
+
+def _search(db: Target, query: str, limit: int = 5) -> Any:
+    """The engine's keyword search (SearchResult)."""
+    return anyio.run(lambda: run_search(db, SearchRequest(query, mode="keyword", limit=limit)))
 
 
 def _query(db: Path, fn: Any) -> Any:
@@ -120,20 +163,23 @@ def test_passages_cover_a_long_text_at_line_and_sentence_ends() -> None:
     assert any(DEEP in text[s:e] for s, e in spans)
 
 
-def test_a_sentence_deep_in_a_long_summary_is_found_and_shown(tmp_path: Path) -> None:
-    db = _ingest(tmp_path)
-    result = _query(db, lambda conn: _keyword(conn, QUERY))
+def test_a_sentence_deep_in_a_long_summary_is_found_and_shown(db: Target) -> None:
+    result = _search(db, QUERY)
     assert result.hits[0].uuid == "u-summary"
     assert "[flamingo]" in result.hits[0].snippet and "8443" in result.hits[0].snippet
-    # By its own bm25 alone the 20,000 characters bury the sentence under the short records.
-    assert _query(db, lambda conn: _uuid_ranks(conn, QUERY, 1.0))[0] == "u-summary"
-    assert _query(db, lambda conn: _uuid_ranks(conn, QUERY, 0.0))[0] != "u-summary"
     # The snippet of a word found everywhere still centres on the passage that matched.
-    hit = _query(db, lambda conn: _keyword(conn, "flamingo proxy")).hits[0]
+    hit = _search(db, "flamingo proxy").hits[0]
     assert hit.uuid == "u-summary" and "[flamingo]" in hit.snippet
+    if not is_postgres(db):
+        # By its own bm25 alone the 20,000 characters bury the sentence under the short
+        # records (SQLite's ranker weighs its passages; PostgreSQL's always counts them).
+        assert _query(db, lambda conn: _uuid_ranks(conn, QUERY, 1.0))[0] == "u-summary"
+        assert _query(db, lambda conn: _uuid_ranks(conn, QUERY, 0.0))[0] != "u-summary"
 
 
-def test_escape_codes_never_block_a_match_and_stay_out_of_the_index(tmp_path: Path) -> None:
+def test_escape_codes_never_block_a_match_and_stay_out_of_the_index(
+        db: Target, request: pytest.FixtureRequest) -> None:
+    _known_pg_difference(request, db, PG_KEEPS_ESCAPE_CODES)
     assert fts_text("\x1b[31mERROR\x1b[0m") == "ERROR"
     assert clean_text("a\x1b]0;title\x07b\x1b(Bc\x07d\x9b1me") == "abc de"
     assert fts_text("错误\x1b[1m加载\x1b[0m") == " 错  误  加  载 "
@@ -141,25 +187,32 @@ def test_escape_codes_never_block_a_match_and_stay_out_of_the_index(tmp_path: Pa
     text, _ = embedding_text("tool_result", ANSI, None)
     assert len(text) == len(ANSI) and re.findall(r"\w+", text) == re.findall(r"\w+", clean_text(ANSI))
     assert "\x1b" not in text
-    db = _ingest(tmp_path)
     for query in ("ERROR", "ERROR quota", "volume7"):
-        hits = _query(db, lambda conn, q=query: _keyword(conn, q)).hits
+        hits = _search(db, query).hits
         assert [h.uuid for h in hits][:1] == ["u-ansi"], query
-    terms = _query(db, lambda conn: conn.execute_fetchall(
-        "SELECT term FROM records_fts_vocab WHERE term GLOB '*31m*' OR term GLOB '0m*' "
-        "OR term GLOB '*8;;*' OR term = 'm'"))
-    assert list(terms) == []
+    if is_postgres(db):  # the lexemes of the keyword index
+        terms = sql(db, "SELECT u.lexeme FROM records r, unnest(r.search_tsv) u "
+                        "WHERE u.lexeme LIKE '%31m%' OR u.lexeme LIKE '0m%' "
+                        "OR u.lexeme LIKE '%8;;%' OR u.lexeme = 'm'")
+    else:
+        terms = sql(db, "SELECT term FROM records_fts_vocab WHERE term GLOB '*31m*' "
+                        "OR term GLOB '0m*' OR term GLOB '*8;;*' OR term = 'm'")
+    assert terms == []
 
 
-def test_an_injected_copy_of_a_commands_arguments_is_not_ranked(tmp_path: Path) -> None:
-    db = _ingest(tmp_path)
-    hits = _query(db, lambda conn: _keyword(conn, "walrus regression")).hits
+def test_an_injected_copy_of_a_commands_arguments_is_not_ranked(
+        db: Target, request: pytest.FixtureRequest) -> None:
+    _known_pg_difference(request, db, PG_RANKS_INJECTED_COPIES)
+    hits = _search(db, "walrus regression").hits
     assert [h.uuid for h in hits] == ["u-command"]
     # The copy keeps its raw text; only its full-text row is missing.
-    rows = _query(db, lambda conn: conn.execute_fetchall(
-        "SELECT r.kind, (SELECT COUNT(*) FROM records_fts f WHERE f.rowid = r.id) FROM records r "
-        "WHERE r.uuid = 'u-meta'"))
-    assert [tuple(r) for r in rows] == [("meta", 0)]
+    if is_postgres(db):
+        rows = sql(db, "SELECT kind, COALESCE(length(search_tsv), 0) FROM records "
+                       "WHERE uuid = 'u-meta'")
+    else:
+        rows = sql(db, "SELECT r.kind, (SELECT COUNT(*) FROM records_fts f WHERE "
+                       "f.rowid = r.id) FROM records r WHERE r.uuid = 'u-meta'")
+    assert rows == [("meta", 0)]
 
 
 # -- upgrading a version-6 database ------------------------------------------------------------

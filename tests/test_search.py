@@ -1,227 +1,83 @@
-"""Search end to end: filters, limits, budgets, the JSON contract, degraded modes.
+"""Search end to end on both engines: filters, limits, budgets, the JSON contract, degraded modes.
 
-One generated corpus (plus tests/sample) is ingested and embedded once per
-module with the real model. It is built so that filters exclude most of it:
+Every test that is about what a search answers runs on SQLite and on
+PostgreSQL (the `engine` fixture): the same body, the library search of the
+engine (`mcp_server.search.search`, or `search_pg` on PostgreSQL) through
+fixtures/search_corpus.py's `Corpus.search`, the CLI with `--db TARGET`.
+PostgreSQL's hits also carry the machine they came from.
+
+One generated corpus (plus tests/sample) is ingested and embedded with the
+real model once per run per engine (fixtures/search_corpus.py; shared with
+test_postgres_search.py). It is built so that filters exclude most of it:
 ~500 records of one project talk about databases, and a handful of records
 (another project, another session, a rare kind, a rare tool, an old time
-range) talk about something else entirely. vec0 runs its KNN before an outer
-WHERE, so a filter applied after the KNN would find none of the rare records
-for a database question; the engine must return every matching record, up
-to the limit. Counts are checked against brute-force SQL.
+range) talk about something else entirely. An index that runs its KNN
+before an outer WHERE (vec0, pgvector's HNSW) would find none of the rare
+records for a database question; the engine must return every matching
+record, up to the limit. Counts are checked against brute-force SQL.
 
 The CLI runs as a subprocess (`deja search ... --json`) where the process
 boundary matters (exit codes, stderr, the JSON on stdout); the library
-(`mcp_server.search.search`) everywhere else, for speed.
+everywhere else, for speed. SQLite-only tests: the in-memory vector index,
+FTS5's OR pruning, the read connections' page cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import random
-from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
 import pytest
-
 from fixtures.cli import deja, deja_json
 from fixtures.embedders import FixedEmbedder
-from fixtures.paths import MODEL_CACHE, SAMPLE
+from fixtures.engines import Target, is_postgres
+from fixtures.paths import SAMPLE
+from fixtures.search_corpus import (
+    CJK_SAMPLES,
+    MACHINE,
+    QUERY,
+    Corpus,
+    SearchCorpora,
+    run_search,
+    search_embedder,
+)
 from fixtures.transcripts import SessionFile
+
 from ingest.db import connect, make_connector
-from ingest.embed import DEFAULT_MODEL, Embedder, load_embedder
+from ingest.embed import DEFAULT_MODEL, Embedder
 from ingest.errors import InvalidQuery
 from ingest.quantize import bits_rows, int8_rows
 from ingest.store import Store
-from mcp_server.search import (FUSION, Resources, SearchFilters, SearchRequest, VectorIndex,
-                               search)
+from mcp_server.search import FUSION, Resources, SearchFilters, SearchRequest, VectorIndex, search
 from mcp_server.search.snippets import SNIPPET_CHARS
 
-QUERY = "database migration locked"
-
-# -- writing transcripts -----------------------------------------------------------------------
-
-
-_SUBJECTS = ["the sqlite database", "schema version seven", "the users table", "the orders table",
-             "the FTS index", "the WAL file", "the nightly migration", "the staging database",
-             "the migration runner", "the connection pool", "the backup job", "the read replica"]
-_PROBLEMS = ["stays locked during the migration", "fails with database is locked",
-             "needs a migration to add a column", "blocks writers while the migration runs",
-             "was migrated twice by two processes", "keeps a stale lock after the crash",
-             "rolls back the migration on a constraint error", "times out on the database lock"]
-_FIXES = ["retry with a busy timeout", "take an exclusive lock before migrating",
-          "split the migration into smaller transactions", "add the missing index first",
-          "run the migration from one process only", "check PRAGMA user_version before migrating"]
-
-
-def _bulk_text(rng: random.Random) -> str:
-    return (f"{rng.choice(_SUBJECTS).capitalize()} {rng.choice(_PROBLEMS)}; "
-            f"we should {rng.choice(_FIXES)} (ticket {rng.randrange(1000, 9999)}).")
-
-
-def build_corpus(root: Path, now: datetime) -> dict[str, Any]:
-    """The generated transcripts; returns what the tests need to know about them."""
-    rng = random.Random(7)
-    info: dict[str, Any] = {}
-    day0 = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
-    for s in range(5):
-        f = SessionFile(root, "-home-bench-bulk", f"bulk-{s:04d}-0000-0000-000000000000",
-                        "/home/bench/bulk", day0 + timedelta(days=s))
-        for _ in range(20):
-            f.prompt(_bulk_text(rng))
-            f.say(_bulk_text(rng))
-            f.tool("Bash", {"command": f"sqlite3 app.db 'PRAGMA user_version' # {rng.random():.6f}"},
-                   _bulk_text(rng))
-        if s == 0:  # a rare tool inside the bulk session
-            for topic in ("tide tables for the harbour", "ferry timetable to the island",
-                          "lighthouse opening hours"):
-                f.tool("WebFetch", {"url": f"https://example.org/{topic.replace(' ', '-')}",
-                                    "prompt": f"find the {topic}"},
-                       f"The page lists the {topic} for the summer season.")
-        if s == 1:  # a rare kind inside the bulk session
-            for thought in ("Maybe the poem needs a softer rhyme in the second stanza.",
-                            "The violin part could move up an octave at the chorus.",
-                            "A watercolour wash would suit the sky better than ink.",
-                            "The recipe wants more cardamom and less sugar."):
-                f.think(thought)
-        if s == 2:  # the match sits deep inside a long answer
-            f.say("Background. " + " ".join(_bulk_text(rng) for _ in range(30))
-                  + " The codename of the release is zanzibarquux, remember it. "
-                  + " The tanker was refuelled at dawn. "
-                  + " ".join(_bulk_text(rng) for _ in range(5)))
-        f.save()
-
-    # A rare session in the bulk project.
-    f = SessionFile(root, "-home-bench-bulk", "raresess-0000-0000-0000-000000000000",
-                    "/home/bench/bulk", day0 + timedelta(days=1, hours=5))
-    f.prompt("How often should I oil the bicycle chain?")
-    f.say("Oil the chain every few hundred kilometres, and after riding in the rain.")
-    f.prompt("And the gears keep skipping on the steep hill.")
-    f.say("Adjust the rear derailleur cable tension by a quarter turn.")
-    f.save()
-
-    # An old session in the bulk project (2025-06-15 10:00 ... 10:04).
-    f = SessionFile(root, "-home-bench-bulk", "oldsess0-0000-0000-0000-000000000000",
-                    "/home/bench/bulk", datetime(2025, 6, 15, 10, 0, tzinfo=timezone.utc))
-    for text in ("Plan the summer hiking trip to the fjords.", "Pack a rain jacket and boots.",
-                 "Book the cabin near the glacier.", "Check the ferry to the trailhead.",
-                 "Bring a map and a compass."):
-        f.say(text)
-    f.save()
-
-    # A rare project, and a second one whose cwd is a subfolder of the first.
-    f = SessionFile(root, "-home-bench-rare", "rarepa00-0000-0000-0000-000000000000",
-                    "/home/bench/rare", day0 + timedelta(days=2))
-    f.prompt("The greenhouse tomatoes need watering twice a day in July.")
-    f.say("Mulch around the tomato plants keeps the soil moist longer.")
-    f.prompt("What about the basil next to the tomatoes?")
-    f.say("Basil likes the same warmth; pinch the flowers off.")
-    f.say("Stake the tall tomato vines before the fruit gets heavy.")
-    f.save()
-    f = SessionFile(root, "-home-bench-rare-pkg", "rarepb00-0000-0000-0000-000000000000",
-                    "/home/bench/rare/pkg", day0 + timedelta(days=3))
-    f.prompt("Knit a scarf with the blue merino wool.")
-    f.say("Cast on forty stitches and use a rib pattern.")
-    f.say("Block the scarf after washing so it keeps its shape.")
-    f.save()
-
-    # Records relative to now, for 7d / 2w / yesterday.
-    f = SessionFile(root, "-home-bench-timeline", "timeline-0000-0000-0000-000000000000",
-                    "/home/bench/timeline", now - timedelta(days=40))
-    ages = {"40d": timedelta(days=40), "20d": timedelta(days=20), "10d": timedelta(days=10),
-            "3d": timedelta(days=3), "1h": timedelta(hours=1)}
-    info["timeline"] = {}
-    for label, age in ages.items():
-        info["timeline"][label] = f.say(f"chronomarker note written {label} ago", ts=now - age)
-    f.save()
-    return info
+__all__ = ["QUERY", "FILTERS"]
 
 
 # -- fixtures ---------------------------------------------------------------------------------
 
 
-class Corpus:
-    def __init__(self, db: Path, root: Path, home: Path, info: dict[str, Any],
-                 embedder: Embedder) -> None:
-        self.db = db
-        self.root = root
-        self.home = home
-        self.info = info
-        self.embedder = embedder
-
-    def search(self, query: str, *, indexed: bool = False, fusion: dict[str, Any] | None = None,
-               **kw: Any) -> Any:
-        """The library search on a fresh connection (returns SearchResult).
-
-        kw: the SearchRequest's fields; fusion: overrides of FUSION.
-        indexed: as the server searches, with a loaded in-memory VectorIndex and
-        the vector ranker on a second connection.
-        """
-        tuned = dataclasses.replace(FUSION, **(fusion or {}))
-
-        async def go() -> Any:
-            request = SearchRequest(query, **kw)
-            store = await Store.open(self.db)
-            second = await connect(self.db) if indexed else None
-            try:
-                resources = Resources(embedder=self.embedder)
-                if second is not None:
-                    index = VectorIndex()
-                    await index.refresh(second)
-                    assert len(index) == self.sql("SELECT COUNT(*) FROM chunks")[0][0]
-                    resources = Resources(embedder=self.embedder, vector_index=index,
-                                          vector_conn=second)
-                return await search(store.conn, request, resources, fusion=tuned)
-            finally:
-                await store.close()
-                if second is not None:
-                    await second.close()
-
-        return anyio.run(go)
-
-    def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        conn = make_connector(self.db, readonly=True)()
-        try:
-            return conn.execute(query, params).fetchall()
-        finally:
-            conn.close()
-
-    def cli(self, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = deja_json(self.home, "--db", str(self.db), *args, env=env)
-        return out
-
-
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
-    return load_embedder(None, "auto", cache_dir=MODEL_CACHE, local_files_only=True)
+    return search_embedder()  # type: ignore[no-any-return]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Iterator[Corpus]:
-    base = tmp_path_factory.mktemp("search")
-    root = base / "projects"
-    home = base / "home"
-    home.mkdir()
-    info = build_corpus(root, datetime.now(timezone.utc))
-    # A project whose folder exists, for `--project .` run from inside it.
-    real = base / "work" / "walrus-app"
-    (real / "src").mkdir(parents=True)
-    f = SessionFile(root, str(real).replace("/", "-").replace("_", "-"),
-                    "walrus00-0000-0000-0000-000000000000", str(real),
-                    datetime(2026, 3, 20, tzinfo=timezone.utc))
-    f.prompt("Count the walrus inventory in the spreadsheet.")
-    f.say("The walrus inventory has 42 rows.")
-    f.save()
-    info["real_project"] = real
-    db = base / "data" / "deja.db"
-    out = deja_json(home, "--db", str(db), "ingest", "--root", str(root), "--root", str(SAMPLE),
-                    "--json", embed=True)
-    assert out["pending_embeddings"] == 0 and out["embedded"] > 400, out
-    yield Corpus(db, root, home, info, embedder)
+@pytest.fixture
+def corpus(engine: str, search_corpora: SearchCorpora, request: pytest.FixtureRequest) -> Corpus:
+    """The run's corpus on the test's engine (ingested on first use; searches only read it)."""
+    server = request.getfixturevalue("postgres_server") if engine == "postgres" else None
+    return search_corpora.get(engine, server)
+
+
+@pytest.fixture
+def sqlite_corpus(search_corpora: SearchCorpora) -> Corpus:
+    """The corpus on SQLite, for the tests of SQLite's own machinery."""
+    return search_corpora.get("sqlite")
 
 
 # -- filters never starve: every matching record comes back, up to the limit ------------------
@@ -283,8 +139,9 @@ def test_the_rare_records_are_far_outside_the_unfiltered_top(corpus: Corpus) -> 
 def test_filtered_query_returns_every_match_up_to_the_limit(
         corpus: Corpus, mode: str, label: str, kwargs: dict[str, Any], where: str,
         path: str) -> None:
-    """Through the SQL scan and the in-memory index, with a coarse step far
-    smaller than the corpus, so that the candidate count must grow."""
+    """Through the exact scan and the engine's index (SQLite's in-memory sign bits,
+    PostgreSQL's HNSW, which filters after its scan), with a coarse step and a
+    candidate count far smaller than the corpus, so that the candidates must grow."""
     expected = _expected(corpus, where)
     assert len(expected) >= 3, f"{label}: the corpus should have a few matches"
     for limit in (len(expected) + 5, 2):
@@ -296,6 +153,29 @@ def test_filtered_query_returns_every_match_up_to_the_limit(
         assert set(got) <= expected, f"{label}: hits outside the filter"
         assert len(got) == min(limit, len(expected)), (
             f"{label} ({mode}, limit {limit}): {len(got)} hits, {len(expected)} exist")
+
+
+# (query, SQL LIKE of the text of the record expected among the top 3)
+FINDS = [
+    ("zanzibarquux codename", "%codename of the release is zanzibarquux%"),
+    ("how often to oil the bicycle chain", "Oil the chain every few hundred%"),
+    ("watering greenhouse tomatoes", "The greenhouse tomatoes need watering%"),
+    ("knit a scarf of merino wool", "Knit a scarf with the blue merino wool.%"),
+]
+# A made-up word deep inside a long answer is for the keywords: no vector finds it.
+CASES = [(q, like, mode) for q, like in FINDS for mode in ("keyword", "vector", "hybrid")
+         if not (mode == "vector" and "zanzibarquux" in q)]
+
+
+@pytest.mark.parametrize("query,like,mode", CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+def test_a_query_finds_its_record_among_the_top_three(corpus: Corpus, query: str, like: str,
+                                                      mode: str) -> None:
+    want = {r[0] for r in corpus.sql("SELECT uuid FROM records WHERE text LIKE ?", (like,))}
+    assert len(want) == 1
+    result = corpus.search(query, mode=mode, limit=10)
+    assert result.vector_status == ("not used" if mode == "keyword" else "ok")
+    assert want & {h.uuid for h in result.hits[:3]}, [h.snippet[:60] for h in result.hits[:3]]
+    assert {h.machine for h in result.hits} == {MACHINE if corpus.on_postgres else None}
 
 
 def test_filtered_keyword_query_finds_every_match(corpus: Corpus) -> None:
@@ -327,64 +207,119 @@ def test_filters_through_the_cli_match_the_library(corpus: Corpus) -> None:
     assert {h["project"] for h in out["hits"]} == {"/home/bench/rare/pkg"}
 
 
-def _many_chunk_db(path: Path, rng: np.random.Generator) -> np.ndarray:
-    """2,000 one-chunk records in one project; 220 twelve-chunk records in another.
+def _many_chunks(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, int, list[np.ndarray]]]]:
+    """The query vector, and (record number, source 1 or 2, its chunks' unit vectors):
+    2,000 one-chunk records in one project; 220 twelve-chunk records in another.
+
+    The chunks of a long record lie close together, as the windows of one
+    long answer do; the big project sits near the query, the long records
+    farther away.
+    """
+    query = rng.normal(size=384).astype(np.float32)
+    query /= np.linalg.norm(query)
+    records = []
+    rid = 0
+    for source, n_records, n_chunks in ((1, 2000, 1), (2, 220, 12)):
+        for _ in range(n_records):
+            rid += 1
+            center = query * (0.8 if source == 1 else 0.1) + rng.normal(size=384) * 0.05
+            vectors = []
+            for _ in range(n_chunks):
+                v = (center + rng.normal(size=384) * 0.002).astype(np.float32)
+                vectors.append(v / np.linalg.norm(v))
+            records.append((rid, source, vectors))
+    return query, records
+
+
+def _many_chunk_db(target: Target, rng: np.random.Generator) -> np.ndarray:
+    """_many_chunks' records in a new database on either engine; returns the query vector.
 
     Vectors straight into the schema (the plumbing, not the model, is under
-    test). The chunks of a long record lie close together, as the windows of
-    one long answer do. Returns the query vector.
+    test): SQLite's sign bits and int8 copy, PostgreSQL's `vector` column.
     """
+    query, records = _many_chunks(rng)
+    if is_postgres(target):
+        _many_chunks_pg(str(target), records)
+        return query
+
     async def create() -> None:
-        await (await Store.open(path)).close()
+        await (await Store.open(Path(target))).close()
 
     anyio.run(create)
-    conn = make_connector(path)()
+    conn = make_connector(Path(target))()
     try:
         conn.execute("BEGIN")
         conn.execute("INSERT INTO embedding_model VALUES (1, ?, 384, '2026-01-01')", (DEFAULT_MODEL,))
         conn.execute("INSERT INTO sources (id, path, display_path, project_dir, layout) VALUES "
                      "(1, x'61', 'a', '-p-big', 'session'), (2, x'62', 'b', '-p-long', 'session')")
-        query = rng.normal(size=384).astype(np.float32)
-        query /= np.linalg.norm(query)
-        rid = cid = 0
-        for source, n_records, n_chunks in ((1, 2000, 1), (2, 220, 12)):
-            for _ in range(n_records):
-                rid += 1
-                conn.execute(
-                    "INSERT INTO records (id, source_id, line_key, part, uuid, session_id, kind, "
-                    "text, text_len, ts, embed_state) VALUES (?, ?, ?, 0, ?, 's', 'assistant', ?, "
-                    "10, '2026-01-01T00:00:00.000Z', 1)",
-                    (rid, source, f"k{rid}", f"u{rid}", f"record {rid}"))
-                # the big project sits near the query; the long records farther away
-                center = query * (0.8 if source == 1 else 0.1) + rng.normal(size=384) * 0.05
-                for seq in range(n_chunks):
-                    cid += 1
-                    v = (center + rng.normal(size=384) * 0.002).astype(np.float32)
-                    v /= np.linalg.norm(v)
-                    conn.execute("INSERT INTO chunks VALUES (?, ?, ?, 0, 10, ?)",
-                                 (cid, rid, seq, bits_rows(v)[0]))
-                    conn.execute("INSERT INTO chunk_vectors VALUES (?, ?)", (cid, int8_rows(v)[0]))
+        cid = 0
+        for rid, source, vectors in records:
+            conn.execute(
+                "INSERT INTO records (id, source_id, line_key, part, uuid, session_id, kind, "
+                "text, text_len, ts, embed_state) VALUES (?, ?, ?, 0, ?, 's', 'assistant', ?, "
+                "10, '2026-01-01T00:00:00.000Z', 1)",
+                (rid, source, f"k{rid}", f"u{rid}", f"record {rid}"))
+            for seq, v in enumerate(vectors):
+                cid += 1
+                conn.execute("INSERT INTO chunks VALUES (?, ?, ?, 0, 10, ?)",
+                             (cid, rid, seq, bits_rows(v)[0]))
+                conn.execute("INSERT INTO chunk_vectors VALUES (?, ?)", (cid, int8_rows(v)[0]))
         conn.execute("COMMIT")
     finally:
         conn.close()
     return query
 
 
+def _many_chunks_pg(url: str, records: list[tuple[int, int, list[np.ndarray]]]) -> None:
+    import psycopg
+
+    from ingest.config import PostgresUrl
+    from ingest.pg.store import PgStore
+    from ingest.pg.vectors import vector_literal
+
+    async def create() -> None:
+        await (await PgStore.open(PostgresUrl(url), MACHINE, {})).close()
+
+    anyio.run(create)
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO embedding_model (id, model_id, dim) VALUES (1, %s, 384)",
+                     (DEFAULT_MODEL,))
+        sources = {n: conn.execute(
+            "INSERT INTO sources (machine, path, display_path, project_dir, layout) "
+            "VALUES (%s, %s, %s, %s, 'session') RETURNING id",
+            (MACHINE, name.encode(), name, project)).fetchone()[0]  # type: ignore[index]
+            for n, name, project in ((1, "a", "-p-big"), (2, "b", "-p-long"))}
+        with conn.cursor().copy(
+                "COPY records (machine, source_id, line_key, part, uuid, session_id, kind, text, "
+                "text_len, ts, embed_state) FROM STDIN") as copy:
+            for rid, source, _ in records:
+                copy.write_row((MACHINE, sources[source], f"k{rid}", 0, f"u{rid}", "s",
+                                "assistant", f"record {rid}", 10, "2026-01-01T00:00:00.000Z", 1))
+        ids = dict(conn.execute("SELECT uuid, id FROM records").fetchall())
+        with conn.cursor().copy("COPY chunks (record_id, seq, char_start, char_end, vec) "
+                                "FROM STDIN") as copy:
+            for rid, _, vectors in records:
+                for seq, v in enumerate(vectors):
+                    copy.write_row((ids[f"u{rid}"], seq, 0, 10, vector_literal(v)))
+
+
+@pytest.fixture(scope="module")
+def many_chunk_dbs() -> dict[str, tuple[Target, np.ndarray]]:
+    """Each engine's _many_chunk_db and its query vector, made on first use."""
+    return {}
+
+
 @pytest.mark.parametrize("mode", ["vector", "hybrid"])
-def test_records_with_many_chunks_do_not_starve_a_filtered_query(tmp_path: Path, mode: str) -> None:
-    db = tmp_path / "many.db"
-    query = _many_chunk_db(db, np.random.default_rng(3))
-
-    async def go() -> Any:
-        store = await Store.open(db)
-        try:
-            return await search(store.conn, SearchRequest(
-                "nothing matches this by keyword", mode=mode, limit=200, project="-p-long"),
-                Resources(embedder=FixedEmbedder(query)))  # type: ignore[arg-type]
-        finally:
-            await store.close()
-
-    result = anyio.run(go)
+def test_records_with_many_chunks_do_not_starve_a_filtered_query(
+        engine: str, mode: str, many_chunk_dbs: dict[str, tuple[Target, np.ndarray]],
+        request: pytest.FixtureRequest) -> None:
+    if engine not in many_chunk_dbs:  # one database for both modes: the search only reads
+        db: Target = request.getfixturevalue("db_target")
+        many_chunk_dbs[engine] = db, _many_chunk_db(db, np.random.default_rng(3))
+    target, query = many_chunk_dbs[engine]
+    result = anyio.run(lambda: run_search(target, SearchRequest(
+        "nothing matches this by keyword", mode=mode, limit=200, project="-p-long"),
+        FixedEmbedder(query)))
     assert result.vector_status == "ok"
     assert len(result.hits) == 200  # of 220 matching records
 
@@ -508,7 +443,7 @@ def test_project_as_an_absolute_path_of_an_existing_folder(corpus: Corpus) -> No
 def test_project_dot_means_the_current_folder(corpus: Corpus) -> None:
     real = corpus.info["real_project"]
     for cwd in (real, real / "src"):
-        proc = deja(corpus.home, "--db", str(corpus.db), "search", "walrus inventory",
+        proc = deja(corpus.home, "--db", corpus.db, "search", "walrus inventory",
                     "--json", "--mode", "keyword", "--project", ".", cwd=cwd, expect=None)
         assert proc.returncode == 0, proc.stderr
         assert len(json.loads(proc.stdout)["hits"]) == 2, cwd
@@ -574,7 +509,7 @@ def test_bad_values_are_clear_errors(corpus: Corpus, args: list[str], message: s
     """In-process for speed (keyword mode loads no model); exit code 1, one line on stderr."""
     from mcp_server.cli import main
 
-    code = main(["--db", str(corpus.db), "search", "tomato", "--json", "--mode", "keyword", *args])
+    code = main(["--db", corpus.db, "search", "tomato", "--json", "--mode", "keyword", *args])
     out, err = capsys.readouterr()
     assert code == 1
     assert err.startswith("deja: ") and message in err and "Traceback" not in err
@@ -582,7 +517,7 @@ def test_bad_values_are_clear_errors(corpus: Corpus, args: list[str], message: s
 
 
 def test_bad_value_through_the_process_boundary(corpus: Corpus) -> None:
-    proc = deja(corpus.home, "--db", str(corpus.db), "search", "tomato", "--json",
+    proc = deja(corpus.home, "--db", corpus.db, "search", "tomato", "--json",
                 "--since", "last tuesday", expect=None)
     assert proc.returncode == 1, proc
     assert proc.stderr.startswith("deja: ") and "cannot read the time 'last tuesday'" in proc.stderr
@@ -647,6 +582,53 @@ def test_snippet_shows_a_stemmed_match(corpus: Corpus) -> None:
     hits = corpus.search("refuelling", mode="keyword").hits
     assert len(hits) == 1
     assert "refuel" in hits[0].snippet.lower()
+    # Every word is indexed, stopwords too (FTS5 keeps them): "the" alone finds records.
+    assert len(corpus.search("the", mode="keyword", limit=3).hits) == 3
+
+
+def test_a_prefix_query_matches_longer_words(corpus: Corpus) -> None:
+    assert not corpus.search("zanzibar", mode="keyword").hits
+    hits = corpus.search("zanzibar*", mode="keyword").hits
+    assert len(hits) == 1 and "zanzibarquux" in hits[0].snippet
+
+
+def test_or_fallback_when_all_words_find_nothing(corpus: Corpus) -> None:
+    result = corpus.search("tomatoes xylophonequartz", mode="keyword", limit=5)
+    assert result.hits and all("tomato" in h.snippet.lower() for h in result.hits)
+
+
+def test_the_previous_prompt_counts_in_hybrid_only(corpus: Corpus) -> None:
+    """"bicycle" is only in the prompt before the reply that says "kilometres": the reply
+    matches both words through its context (the previous record's words), at a low weight;
+    in keyword mode only through its own."""
+    (reply,), = corpus.sql("SELECT id FROM records WHERE text LIKE 'Oil the chain every few%'")
+    with_context = _keyword_ranks(corpus, "bicycle kilometres", 0.25)
+    own_words = _keyword_ranks(corpus, "bicycle kilometres", 0.0)
+    assert with_context[0][0] == reply
+    assert dict(own_words).get(reply, 0.0) < with_context[0][1]
+    hybrid = corpus.search("bicycle kilometres", mode="hybrid", limit=3).hits
+    assert hybrid[0].id == reply and hybrid[0].scores["bm25_match"] == "text"
+
+
+def _keyword_ranks(corpus: Corpus, query: str, context: float) -> list[tuple[int, float]]:
+    """The engine's keyword ranker itself: (record id, score), best first."""
+    async def go() -> list[tuple[int, float]]:
+        if corpus.on_postgres:
+            from ingest.config import PostgresUrl
+            from ingest.pg.store import PgStore
+            from mcp_server.search.pg.keyword import keyword_ranks_pg
+
+            pg = await PgStore.open(PostgresUrl(corpus.db), MACHINE, {}, create=False)
+            try:
+                return await keyword_ranks_pg(pg.conn, query, SearchFilters(), 10, context)
+            finally:
+                await pg.close()
+        from mcp_server.search.keyword import keyword_ranks
+
+        async with await Store.open(Path(corpus.target)) as store:
+            return await keyword_ranks(store.conn, query, SearchFilters(), 10, context)
+
+    return anyio.run(go)
 
 
 def test_snippet_shows_a_match_deep_inside_a_long_record(corpus: Corpus) -> None:
@@ -663,23 +645,37 @@ def test_handle_names_the_hit(corpus: Corpus) -> None:
     hit = corpus.search("bicycle chain", limit=1).hits[0]
 
     async def go() -> Any:
-        store = await Store.open(corpus.db)
-        try:
+        if corpus.on_postgres:
+            from ingest.config import PostgresUrl
+            from ingest.pg.store import PgStore
+
+            pg = await PgStore.open(PostgresUrl(corpus.db), MACHINE, {}, create=False)
+            try:
+                return await find_record(pg.reads, hit.handle)  # type: ignore[arg-type]
+            finally:
+                await pg.close()
+        async with await Store.open(Path(corpus.target)) as store:
             return await find_record(store.conn, hit.handle)
-        finally:
-            await store.close()
 
     row = anyio.run(go)
     assert row[0] == hit.id
     assert corpus.sql("SELECT uuid FROM records WHERE id = ?", (row[0],))[0][0] == hit.uuid
 
 
+# A hit's keys in `deja search --json`; PostgreSQL's also say the machine.
+HIT_KEYS = {"uuid", "session_id", "project", "kind", "timestamp", "snippet", "tool_name",
+            "agent_id", "handle", "record_id", "score", "scores"}
+
+
 def test_json_contract(corpus: Corpus) -> None:
     out = corpus.cli("search", "redis timeout", "--json")
-    assert isinstance(out["hits"], list) and out["hits"]
+    assert set(out) == {"query", "mode", "hits", "vector_status", "pending_embeddings", "notes",
+                        "truncated_by_budget", "elapsed_ms"}
+    assert isinstance(out["hits"], list) and out["hits"] and out["vector_status"] == "ok"
     for h in out["hits"]:
-        assert {"uuid", "session_id", "project", "kind", "timestamp", "snippet", "handle",
-                "scores"} <= set(h)
+        assert set(h) == HIT_KEYS | ({"machine"} if corpus.on_postgres else set())
+        assert h.get("machine", MACHINE) == MACHINE
+        assert set(h["scores"]) <= {"bm25_rank", "bm25", "bm25_match", "vector_rank", "cosine"}
         assert isinstance(h["snippet"], str) and h["snippet"]
         assert isinstance(h["uuid"], str) and isinstance(h["session_id"], str)
         datetime.fromisoformat(h["timestamp"].replace("Z", "+00:00"))
@@ -688,71 +684,60 @@ def test_json_contract(corpus: Corpus) -> None:
     assert top["session_id"] == "7d5c2a4e-1f0b-4c1e-9a51-3b7e2f9d6c10"
     for key in ("vector_status", "notes", "pending_embeddings", "truncated_by_budget"):
         assert key in out
-    # Without --json: readable text, no JSON.
-    proc = deja(corpus.home, "--db", str(corpus.db), "search", "redis timeout", expect=None)
+    # Without --json, piped: the plain view, no JSON; a hit's line ends with its machine.
+    proc = deja(corpus.home, "--db", corpus.db, "search", "redis timeout", expect=None)
     assert proc.returncode == 0 and "redis" in proc.stdout.lower()
     assert not proc.stdout.lstrip().startswith("{")
+    assert proc.stdout.splitlines()[0].endswith(f"  on {MACHINE}") == corpus.on_postgres
 
 
 # -- degraded: no vectors yet, no model ------------------------------------------------------
 
 
-def test_without_vectors_search_answers_from_keywords_and_says_so(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    db = tmp_path / "d.db"
-    out = deja_json(home, "--db", str(db), "ingest", "--root", str(SAMPLE), "--no-embed", "--json")
+def test_without_vectors_search_answers_from_keywords_and_says_so(db_target: Target,
+                                                                  home: Path) -> None:
+    db = str(db_target)
+    out = deja_json(home, "--db", db, "ingest", "--root", str(SAMPLE), "--no-embed", "--json")
     assert out["pending_embeddings"] > 0
     for mode in ("hybrid", "vector"):
-        res = deja_json(home, "--db", str(db), "search", "redis timeout", "--json", "--mode", mode)
+        res = deja_json(home, "--db", db, "search", "redis timeout", "--json", "--mode", mode)
         assert res["hits"] and "redis" in res["hits"][0]["snippet"].lower()
         assert res["mode"] == mode
         assert res["vector_status"] != "ok" and "embed" in res["vector_status"]
         assert any("keyword" in n for n in res["notes"])
         assert res["pending_embeddings"] == out["pending_embeddings"]
         assert all("vector_rank" not in h["scores"] for h in res["hits"])
-    # Embedded, then more transcripts arrive unembedded: hits say how many wait.
-    assert deja_json(home, "--db", str(db), "embed", "--json")["pending_embeddings"] == 0
+
+
+def test_records_awaiting_their_vectors_are_counted_and_found(corpus: Corpus,
+                                                              tmp_path: Path) -> None:
+    """Embedded, then more transcripts arrive unembedded: hits say how many wait, and a
+    waiting record that matches every word stays in the hybrid top."""
+    import shutil
+
+    copy = corpus.copy(tmp_path)
     extra = tmp_path / "more"
     f = SessionFile(extra, "-home-demo-more", "more0000-0000-0000-0000-000000000000",
                     "/home/demo/more", datetime(2026, 5, 1, tzinfo=timezone.utc))
     f.prompt("redis cluster failover drill")
-    f.save()
-    deja_json(home, "--db", str(db), "ingest", "--root", str(extra), "--no-embed", "--json")
-    res = deja_json(home, "--db", str(db), "search", "redis failover", "--json")
-    assert res["vector_status"] == "ok" and res["pending_embeddings"] == 1
-    assert any("await" in n for n in res["notes"])
-    assert any(h["scores"].get("vector_rank") for h in res["hits"])
-    keyword = Corpus(db, extra, home, {}, None).search("redis failover", mode="keyword")  # type: ignore[arg-type]
-    assert keyword.hits[0].session_id == "more0000-0000-0000-0000-000000000000"
-
-
-def test_a_pending_record_matching_every_word_stays_in_the_hybrid_top(
-        corpus: Corpus, tmp_path: Path) -> None:
-    import shutil
-
-    db = tmp_path / "copy.db"
-    conn = make_connector(corpus.db, readonly=True)()
-    try:
-        conn.execute("VACUUM INTO ?", (str(db),))
-    finally:
-        conn.close()
-    extra = tmp_path / "more"
-    f = SessionFile(extra, "-home-demo-more", "more0000-0000-0000-0000-000000000000",
-                    "/home/demo/more", datetime(2026, 5, 1, tzinfo=timezone.utc))
     f.prompt("The staging database migration stayed locked by the zebra batch job.")
     f.save()
-    deja_json(corpus.home, "--db", str(db), "ingest", "--root", str(extra), "--no-embed", "--json")
+    deja_json(copy.home, "--db", copy.db, "ingest", "--root", str(extra), "--no-embed", "--json")
     shutil.rmtree(extra)
-    hits = Corpus(db, extra, corpus.home, {}, corpus.embedder).search(
-        "zebra database migration locked", limit=10).hits
+    res = copy.cli("search", "redis failover", "--json")
+    assert res["vector_status"] == "ok" and res["pending_embeddings"] == 2
+    assert any("await" in n for n in res["notes"])
+    assert any(h["scores"].get("vector_rank") for h in res["hits"])
+    keyword = copy.search("redis failover", mode="keyword")
+    assert keyword.hits[0].session_id == "more0000-0000-0000-0000-000000000000"
+    hits = copy.search("zebra database migration locked", limit=10).hits
     assert "more0000-0000-0000-0000-000000000000" in {h.session_id for h in hits}
 
 
 def test_model_that_cannot_load_falls_back_to_keywords(corpus: Corpus) -> None:
     env = {"DEJA_EMBED_MODEL": "/nonexistent/path"}
     for mode in ("hybrid", "vector"):
-        proc = deja(corpus.home, "--db", str(corpus.db), "search", "tomato", "--json",
+        proc = deja(corpus.home, "--db", corpus.db, "search", "tomato", "--json",
                     "--mode", mode, env=env, expect=None)
         assert proc.returncode == 0, proc.stderr
         assert "Traceback" not in proc.stderr
@@ -765,11 +750,13 @@ def test_model_that_cannot_load_falls_back_to_keywords(corpus: Corpus) -> None:
 
 
 def test_or_query_keeps_the_rarest_terms_by_their_exact_stems(
-        corpus: Corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+        sqlite_corpus: Corpus, monkeypatch: pytest.MonkeyPatch) -> None:
     """The OR fallback's pruning (it runs from 20k records on; forced here):
     document counts come from the index's own stems, so words whose porter
     stem is no prefix of them (libraries -> librari, used -> us) count right,
-    and the most common terms are the ones left out."""
+    and the most common terms are the ones left out. (FTS5's own: records_fts and
+    its vocabulary; PostgreSQL's ranker counts through its statistics.)"""
+    corpus = sqlite_corpus
     import mcp_server.search.keyword as engine
     from mcp_server.search.terms import build_fts_terms
 
@@ -782,7 +769,7 @@ def test_or_query_keeps_the_rarest_terms_by_their_exact_stems(
                           (f'text : "{word}"',))[0][0]
 
     async def go() -> tuple[dict[str, int], str | None, str | None]:
-        store = await Store.open(corpus.db)
+        store = await Store.open(Path(corpus.target))
         try:
             counts = await engine.doc_counts(store.conn, terms)
             monkeypatch.setattr(engine, "OR_PRUNE_FROM", 0)
@@ -810,32 +797,57 @@ def test_or_query_keeps_the_rarest_terms_by_their_exact_stems(
 # -- an empty query is an error, not arbitrary short prompts ---------------------------------
 
 
+EMPTY = "deja: the query is empty: give words, an error message or a question\n"
+
+
 @pytest.mark.parametrize("query", ["", "   ", "\t\n"])
-def test_an_empty_query_is_a_clear_error(corpus: Corpus, query: str) -> None:
+def test_an_empty_query_is_a_clear_error(corpus: Corpus, query: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """In-process (the request is checked before any model loads); the process boundary
+    once, in the next test."""
+    from mcp_server.cli import main
+
     for mode in ("hybrid", "keyword"):
-        proc = deja(corpus.home, "--db", str(corpus.db), "search", query, "--mode", mode,
-                    expect=None)
-        assert proc.returncode == 1, (query, mode, proc.stdout)
-        assert proc.stderr == ("deja: the query is empty: give words, an error message or a "
-                               "question\n"), proc.stderr
-        assert proc.stdout == ""
+        code = main(["--db", corpus.db, "search", query, "--mode", mode])
+        out, err = capsys.readouterr()
+        assert code == 1, (query, mode, out)
+        assert err == EMPTY and out == ""
     with pytest.raises(InvalidQuery, match="the query is empty"):
         corpus.search(query)
 
 
+def test_an_empty_query_through_the_process_boundary(corpus: Corpus) -> None:
+    proc = deja(corpus.home, "--db", corpus.db, "search", " ", expect=None)
+    assert (proc.returncode, proc.stderr, proc.stdout) == (1, EMPTY, "")
+
+
+# -- any text is a query: no operator, quote or control character raises -------------------
+
+HOSTILE = ['"unbalanced quote', 'a:b c::d :', "foo & bar | !baz", "((((", ")) or ((",
+           "'; DROP TABLE records; --", "\\", "-", "!", "<->", "*", "tomato*", '"" "',
+           "NOT AND OR", "a\x00b", "%s %(x)s {0}", "a <-> b & !(c | d)", "\ud800 lone",
+           "NEAR(a b)", "text: tomato", "^tomato", "tomato +basil"]
+
+
+@pytest.mark.parametrize("mode", ["keyword", "hybrid"])
+def test_hostile_query_strings_do_not_raise(corpus: Corpus, mode: str) -> None:
+    for query in HOSTILE:
+        result = corpus.search(query, mode=mode, limit=5)
+        assert isinstance(result.hits, list), query
+    # The words of a hostile string still count: tomato among the operators.
+    assert corpus.search("tomato & | ! (", mode="keyword").hits
+    assert corpus.search("text: tomato", mode="keyword").hits
+    assert corpus.sql("SELECT COUNT(*) FROM records")[0][0] > 400  # nothing was dropped
+
+
+def test_hostile_query_through_the_cli(corpus: Corpus) -> None:
+    out = corpus.cli("search", "--json", "--mode", "keyword", 'greenhouse: "tomatoes & (water | !')
+    assert out["hits"]
+
+
 # -- the query splits CJK text exactly as the index does ---------------------------------------
 
-# One sample per range of ingest.db.CJK_CHAR: (script, a word of two characters
-# in a record, a longer run of the same script that starts with it).
-CJK_SAMPLES = [
-    ("hiragana", "ひら", "ひらがなです"),
-    ("katakana", "カタ", "カタカナテスト"),
-    ("extension A", "㐀㐁", "㐀㐁㐂㐃"),
-    ("unified ideographs", "東京", "東京大学図書館"),
-    ("hangul", "한국", "한국어사전"),
-    ("compatibility ideographs", "豈更", "豈更車賈"),
-    ("halfwidth katakana", "ｶﾀ", "ｶﾀｶﾅﾃｽﾄ"),
-]
+# CJK_SAMPLES (fixtures/search_corpus.py): one sample per range of ingest.db.CJK_CHAR.
 
 
 def test_the_query_treats_every_cjk_range_as_the_index_does() -> None:
@@ -852,34 +864,25 @@ def test_the_query_treats_every_cjk_range_as_the_index_does() -> None:
         assert build_fts_terms(word)[0].fts == f'"{word[0]}  {word[1]}"', script
 
 
-def test_a_record_in_each_cjk_range_is_found_by_a_query_in_its_script(tmp_path: Path) -> None:
+def test_a_record_in_each_cjk_range_is_found_by_a_query_in_its_script(corpus: Corpus) -> None:
     """Each record holds a two-character word; the query is a longer run of the same
     script: its character pairs find the record (through the OR fallback) only
     when the query splits the script as the index spaced it out."""
-    home = tmp_path / "home"
-    home.mkdir()
-    root = tmp_path / "projects"
-    f = SessionFile(root, "-home-cjk", "cjk00000-0000-0000-0000-000000000000", "/home/cjk",
-                    datetime(2026, 4, 1, tzinfo=timezone.utc))
-    uuids = {script: f.say(f"note {word} end") for script, word, _ in CJK_SAMPLES}
-    f.prompt("an unrelated line in English")
-    f.save()
-    db = tmp_path / "cjk.db"
-    deja_json(home, "--db", str(db), "ingest", "--root", str(root), "--no-embed", "--json")
-    corpus = Corpus(db, root, home, {}, None)  # type: ignore[arg-type]
+    uuids = corpus.info["cjk"]
     for script, word, run in CJK_SAMPLES:
         for query in (word, run):
-            hits = corpus.search(query, mode="keyword").hits
+            hits = corpus.search(query, mode="keyword", project="/home/cjk").hits
             assert [h.uuid for h in hits] == [uuids[script]], (script, query)
             assert f"[{word}]" in hits[0].snippet, (script, hits[0].snippet)
 
 
-def test_read_only_connections_keep_a_smaller_page_cache(corpus: Corpus) -> None:
+def test_read_only_connections_keep_a_smaller_page_cache(sqlite_corpus: Corpus) -> None:
     """One server per Claude Code session: a search connection's cache is memory paid per session."""
     from ingest.db import CACHE_KIB, READ_CACHE_KIB
 
-    reader = make_connector(corpus.db, readonly=True)()
-    writer = make_connector(corpus.db)()
+    db = Path(sqlite_corpus.target)
+    reader = make_connector(db, readonly=True)()
+    writer = make_connector(db)()
     try:
         assert reader.execute("PRAGMA cache_size").fetchone()[0] == -READ_CACHE_KIB
         assert writer.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB

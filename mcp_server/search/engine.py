@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 import anyio
 
+from ingest.pg.text import clean
+
 from ..projects import resolve_project
 from .assemble import HIT_COLUMNS, Keyword, Ml, Vector, build_hits, fused_order, rows_wanted
 from .filters import SearchFilters
@@ -83,9 +85,9 @@ async def search(conn: aiosqlite.Connection, request: SearchRequest,
     async def ml_side() -> None:
         nonlocal ml
         assert ml_embedder is not None
-        ml, ml_status = await ml_ranks(res.vector_conn or conn, request.query, ml_embedder,
-                                       filters, max(fusion.candidates, request.limit * 2),
-                                       res.ml_index)
+        ml, ml_status = await ml_ranks(res.vector_conn or conn, clean(request.query) or "",
+                                       ml_embedder, filters,
+                                       max(fusion.candidates, request.limit * 2), res.ml_index)
         if ml_status != "ok":
             result.notes.append(f"multilingual search unavailable ({ml_status})")
 
@@ -115,7 +117,8 @@ async def _rank(conn: aiosqlite.Connection, request: SearchRequest, res: Resourc
                 passages: dict[int, int]) -> tuple[Keyword, Vector]:
     """Both candidate lists (each empty when its ranker does not run), notes on `result`;
     where the best passage of a long keyword hit starts goes into `passages`."""
-    mode, query = request.mode, request.query
+    # No NUL, no lone surrogate: the model's tokenizer refuses them (as search_pg does).
+    mode, query = request.mode, clean(request.query) or ""
     n_candidates = max(fusion.candidates, request.limit * 2)
     keyword: Keyword = []
     vector: Vector = []
