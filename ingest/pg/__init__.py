@@ -13,6 +13,7 @@ memories.py a memory's insert, sync.py `deja sync --to URL`. Search is
 mcp_server/search/pg/; the server, the hooks and every other command reach
 these through the same library calls as on SQLite.
 
-psycopg 3 is an optional dependency (`deja[postgres]`): nothing here is
-imported unless a PostgreSQL URL is given.
+psycopg 3 is an optional dependency (`deja[postgres]`): no module that
+loads it is imported unless a PostgreSQL URL is given. text.py (strings
+either engine can store) loads nothing and is used by the SQLite search too.
 """
