@@ -103,6 +103,10 @@ async def _store(target: Target, deadline: float, environ: Mapping[str, str]) ->
 
         pg = await PgStore.open(target, machine_from(environ), environ)
         await pg.conn.execute(f"SET statement_timeout = {_remaining_ms(deadline)}")
+        # A hook stopped at its budget exits at once (cli/hook.py's watchdog); the server
+        # would go on with its statement, holding this machine's ingest lock, until it
+        # next wrote to the socket: have it check for the client meanwhile instead.
+        await pg.conn.execute("SET client_connection_check_interval = 100")
         return pg
     store = await Store.open(target)
     # The default busy timeout (10 s) is for commands; a hook has its deadline.
