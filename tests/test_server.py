@@ -35,16 +35,15 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp.client.session import ClientSession
-from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.types import CallToolResult
-
 from fixtures.cli import deja_env
 from fixtures.engines import ENGINES, Target, clone, is_postgres, sql
 from fixtures.paths import REPO
 from fixtures.served import MACHINE, shared_template
 from fixtures.shared import ingest_shared
 from fixtures.transcripts import assistant, user, write
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.types import CallToolResult
 
 pytestmark = pytest.mark.anyio
 TOOLS = {"search_memory", "get_context", "list_sessions", "write_memory", "forget_memory",
@@ -363,7 +362,8 @@ async def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(
     transcript = await _a_transcript_uuid(corpus)
     async with mcp_session(args, server_env(corpus.home), stderr) as s:
         problems = []
-        for tool, arguments, words in BAD_CALLS + [
+        for tool, arguments, words in [
+                *BAD_CALLS,
                 ("forget_memory", {"id": transcript}, ["transcript record", "write_memory"])]:
             result = await call(s, tool, **arguments)
             message = text_of(result)
