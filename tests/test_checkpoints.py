@@ -9,6 +9,7 @@ and once per run into a PostgreSQL template that each test clones.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
-from fixtures.cli import deja_argv, deja_env
+from fixtures.cli import deja_argv, deja_env, deja_json
 from fixtures.engines import Target, clone, copy_sqlite, sql
 from fixtures.paths import REPO
 from fixtures.served import MACHINE, pg_template, server_config
@@ -119,10 +120,26 @@ def c0_target(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> Ta
     if engine == "postgres":
         server = request.getfixturevalue("postgres_server")
         home, transcript = (request.getfixturevalue(f) for f in ("c0_home", "c0_transcript"))
-        template = pg_template(server, f"c0:{transcript}",
-                               lambda url: _precompact(url, transcript, home))
-        return clone(server, template)
+        return clone(server, pg_template(server, f"c0:{transcript}",
+                                         lambda url: _ingest_then_precompact(url, transcript,
+                                                                             home)))
     return copy_sqlite(request.getfixturevalue("c0_db"), tmp_path / "deja.db")
+
+
+def _ingest_then_precompact(url: str, transcript: Path, home: Path) -> None:
+    """PostgreSQL: the session read by `deja ingest` (as its server would have read it),
+    then the PreCompact hook, which finds it read and records the checkpoint. A hook alone
+    reads too little of a whole real session within its budget on PostgreSQL (its keyword
+    index's triggers): see tests/test_hooks.py's real-transcript tests, SQLite's."""
+    root = home.parent / "c0-projects"
+    copy = root / transcript.parent.name / transcript.name
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(transcript, copy)
+    shutil.copytree(transcript.with_suffix(""), copy.with_suffix(""), dirs_exist_ok=True)
+    out = deja_json(home, "--db", url, "ingest", "--root", str(root), "--no-embed", "--json",
+                    env={"DEJA_MACHINE": MACHINE})
+    assert out["new_records"] > 300, out
+    _precompact(url, copy, home)
 
 
 async def _load(target: Target, base: Path, **arguments: Any) -> dict[str, Any]:
