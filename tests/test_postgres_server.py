@@ -149,29 +149,38 @@ async def test_an_unusable_database_still_answers_the_handshake_with_one_line_er
 async def test_a_lost_connection_costs_one_call_at_most(postgres_server: PgServer,
                                                         postgres_url: str,
                                                         tmp_path: Path) -> None:
+    """The database server ends every session of the database (as a restart does): the
+    tools reconnect on the next call, and the ingest supervisor starts over on a new
+    connection, takes the machine's lock again and ingests what came meanwhile."""
     home, log = tmp_path / "home", tmp_path / "serve.log"
     home.mkdir()
-    async with served(postgres_url, tmp_path / "no-transcripts", home, log, "laptop",
-                      "--no-ingest") as s:
-        written = await tool(s, "write_memory", content="the heron cache survives restarts")
+    root = _root(tmp_path, "heron", 1, "heron")
+    async with served(postgres_url, root, home, log) as s:
+        await until(s, lambda st: st["this_process_ingests"] and st["records"] >= 12)
+        written = await tool(s, "write_memory", content="the egret cache survives restarts")
         database = postgres_url.split("?")[0].rsplit("/", 1)[1]
-        with postgres_server.connect() as conn:  # what a restart of the server does to us
+        with postgres_server.connect() as conn:
             ended = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                  "WHERE datname = %s AND pid <> pg_backend_pid()",
                                  (database,)).fetchall()
-        assert ended
+        assert len(ended) >= 3  # the tools' two connections and the ingest's
         answers = []
         for _ in range(3):
             with anyio.fail_after(CALL_TIMEOUT_S):
-                result = await s.call_tool("search_memory", {"query": "heron", "project": "all",
-                                                             "kinds": ["memory"]})
-            answers.append(result)
+                answers.append(await s.call_tool("search_memory", {
+                    "query": "egret", "project": "all", "kinds": ["memory"]}))
         assert not answers[1].is_error and not answers[2].is_error, answers
         if answers[0].is_error:
             text = answers[0].content[0].text  # type: ignore[union-attr]
             assert "PostgreSQL" in text and len(text.splitlines()) == 1, text
         hits = answers[2].structured_content["hits"]  # type: ignore[index]
-        assert [h["handle"] for h in hits] and "heron" in hits[0]["snippet"]
+        assert hits and "egret" in hits[0]["snippet"]
+        # A session written now is ingested by the restarted supervisor.
+        sid = "00000009-egre-4000-8000-000000000009"
+        write(root / "-work-heron" / f"{sid}.jsonl", conversation(sid, 4, prefix="late",
+                                                                 words="egret"))
+        await until(s, lambda st: st["records"] >= 12 + 4 + 1 and st["this_process_ingests"],
+                    seconds=30)
         assert (await tool(s, "forget_memory", id=written["id"]))["deleted"]
     no_traceback(log)
 
