@@ -15,6 +15,16 @@
   lets a quick model load go first (a first pass over a large history holds
   the interpreter for seconds and would delay the query vectors), then
   watches the transcript roots and embeds what is pending.
+On PostgreSQL: first, right after the handshake, one attempt at opening the
+tools' database (state.py's `open_database`), so that the first call finds it
+open (a failure is logged once; each tool call tries again); no vector index
+loop (pgvector scans in the database); the ingest supervisor takes this
+machine's advisory lock on a connection of its own: one of the machine's
+servers ingests, and when it dies (kill -9 included) its session ends, the
+server frees the lock, and another server of the machine takes over within
+seconds. A psycopg failure there (a lost connection) is the one-line
+DatabaseError, never a traceback, and the supervisor starts over on a new
+connection.
 Each runs under `retrying`: a failure is logged, kept for memory_status and
 retried with backoff, never fatal. All stop when the task group is cancelled
 (the client closed stdin, or SIGTERM).
@@ -50,6 +60,8 @@ logger = logging.getLogger(__name__)
 def start_background(tg: anyio.abc.TaskGroup, state: DejaState) -> None:
     """Start the model loader, the vector index loop and the ingest supervisor, as configured."""
     config = state.config
+    if state.on_postgres:
+        tg.start_soon(_warm_up, state)
     if config.load_model:
         state.model_settled = anyio.Event()
         tg.start_soon(retrying, "model", partial(_load_model, state), state)
@@ -62,8 +74,23 @@ def start_background(tg: anyio.abc.TaskGroup, state: DejaState) -> None:
         tg.start_soon(retrying, "ingest supervisor", partial(supervisor, state), state)
 
 
-async def retrying(name: str, job: Callable[[], Awaitable[None]], state: DejaState) -> None:
-    """Run `job` forever: a failure is logged and retried with backoff, never fatal."""
+async def _warm_up(state: DejaState) -> None:
+    """PostgreSQL: open the tools' database now, once; a failure is only logged (each tool
+    call tries again and says why)."""
+    await anyio.sleep(0.05)  # let the handshake go first
+    try:
+        await state.open_database()
+    except DejaError as exc:
+        logger.warning("%s (each tool call tries again)", exc)
+
+
+async def retrying(name: str, job: Callable[[], Awaitable[None]], state: DejaState, *,
+                   lost: Callable[[], bool] | None = None) -> None:
+    """Run `job` forever: a failure is logged and retried with backoff, never fatal.
+
+    `lost`: when it says True after a failure (the job's connection is gone), the
+    failure is raised instead, for the caller to start over on a new connection.
+    """
     delay = 1.0
     while True:
         started = time.monotonic()
@@ -73,9 +100,13 @@ async def retrying(name: str, job: Callable[[], Awaitable[None]], state: DejaSta
         except anyio.get_cancelled_exc_class():
             raise
         except DejaError as exc:
+            if lost is not None and lost():
+                raise
             logger.warning("%s: %s; retrying in %.0f s", name, exc, delay)
             state.background_errors = [*state.background_errors, f"{name}: {exc}"][-5:]
         except Exception as exc:
+            if lost is not None and lost():
+                raise
             logger.exception("%s failed; retrying in %.0f s", name, delay)
             state.background_errors = [*state.background_errors, f"{name}: {exc!r}"][-5:]
         if time.monotonic() - started > 60:
@@ -116,7 +147,7 @@ async def _load_multilingual(state: DejaState) -> None:
 
     state.ml = MlOnce(state.config.environ)
     state.ml_index = MlIndex()
-    if state.ml.enabled and await state.store.conn.execute_fetchall(
+    if state.ml.enabled and await state.reads.execute_fetchall(
             "SELECT 1 FROM ml_vectors LIMIT 1"):
         await state.ml.get()
 
@@ -204,8 +235,16 @@ async def _ingest_supervisor(state: DejaState) -> None:
 async def _pg_ingest_supervisor(state: DejaState) -> None:
     """On PostgreSQL: hold this machine's advisory lock when it is free (one ingester per
     machine, however many servers run on it; the server frees a dead holder's lock at
-    once), then ingest and embed as `_ingest_supervisor` does, on a store of its own."""
+    once), then ingest and embed as `_ingest_supervisor` does, on a store of its own.
+
+    A psycopg failure (a lost connection, a refused statement) ends the job as
+    ingest/pg/run.py's one-line DatabaseError; `retrying` starts it again on a new
+    connection (the old one's lock is gone with it).
+    """
+    import psycopg
+
     from ingest.pg.lock import AdvisoryLock
+    from ingest.pg.run import pg_failure
     from ingest.pg.store import PgStore
 
     config = state.config
@@ -222,14 +261,27 @@ async def _pg_ingest_supervisor(state: DejaState) -> None:
             if state.model_settled is not None:
                 with anyio.move_on_after(config.ingest_defer_seconds):
                     await state.model_settled.wait()
+            # Each retried on its own, until the lock's connection is lost.
+            lost = partial(_lost, store.conn)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(retrying, "ingest", partial(_watch, store, state), state)
-                tg.start_soon(retrying, "embed", partial(_pg_embed_loop, store, state), state)
+                tg.start_soon(partial(retrying, "ingest", partial(_watch, store, state), state,
+                                      lost=lost))
+                tg.start_soon(partial(retrying, "embed", partial(_pg_embed_loop, store, state),
+                                      state, lost=lost))
         finally:
             state.ingesting = False
+    except Exception as exc:
+        failure = pg_failure(exc, store, psycopg.Error)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         with anyio.CancelScope(shield=True):
             await store.close()  # the session ends: the server releases the lock
+
+
+def _lost(conn: Any) -> bool:
+    return bool(conn.closed or conn.broken)
 
 
 async def _pg_embed_loop(store: Any, state: DejaState) -> None:

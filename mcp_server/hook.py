@@ -52,6 +52,11 @@ EVENTS = ("session-start", "pre-compact", "post-compact", "session-end", "stop")
 # Time kept back from ingest for the checkpoint write, and the poll interval.
 _CHECKPOINT_RESERVE_S = 0.2
 _POLL_S = 0.05
+# Lines per batch on PostgreSQL. The deadline is checked between batches, and a batch
+# there costs far more than on SQLite (the keyword index's triggers): the runner's 2,000
+# lines of a real session took longer than a hook's whole budget, so a hook stopped at it
+# committed nothing, and the next one started over. 100 lines commit in about 0.1 s here.
+_PG_BATCH_LINES = 100
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,10 @@ async def _store(target: Target, deadline: float, environ: Mapping[str, str]) ->
 
         pg = await PgStore.open(target, machine_from(environ), environ)
         await pg.conn.execute(f"SET statement_timeout = {_remaining_ms(deadline)}")
+        # A hook stopped at its budget exits at once (cli/hook.py's watchdog); the server
+        # would go on with its statement, holding this machine's ingest lock, until it
+        # next wrote to the socket: have it check for the client meanwhile instead.
+        await pg.conn.execute("SET client_connection_check_interval = 100")
         return pg
     store = await Store.open(target)
     # The default busy timeout (10 s) is for commands; a hook has its deadline.
@@ -180,7 +189,7 @@ async def _ingest(store: Any, db_path: Target, transcript: Path, deadline: float
     if await lock.acquire():
         try:
             summary = await ingest_files(store, files, deadline=deadline,
-                                         exclude=settings.exclude)
+                                         exclude=settings.exclude, **_batch(db_path))
         finally:
             await lock.release()
         logger.info("hook ingested %d records from %d files in %.3f s", summary.new_records,
@@ -194,13 +203,19 @@ async def _ingest(store: Any, db_path: Target, transcript: Path, deadline: float
             return
         if await lock.acquire():  # it stopped meanwhile: read them here
             try:
-                await ingest_files(store, files, deadline=deadline, exclude=settings.exclude)
+                await ingest_files(store, files, deadline=deadline, exclude=settings.exclude,
+                                   **_batch(db_path))
             finally:
                 await lock.release()
             return
         await anyio.sleep(_POLL_S)
     logger.info("hook: %s not fully ingested by its deadline; the ingesting process will",
                 transcript)
+
+
+def _batch(target: Target) -> dict[str, int]:
+    """ingest_files' batch size for `target`'s engine (the runner's own on SQLite)."""
+    return {"batch_lines": _PG_BATCH_LINES} if isinstance(target, PostgresUrl) else {}
 
 
 async def _covered(store: Any, transcript: Path) -> bool:
@@ -240,8 +255,9 @@ async def _post_compact(hook: HookInput, db_path: Target, settings: Settings,
                              project_dir=project_dir, cwd=cwd, trigger=hook.trigger)
         if hook.transcript_path is not None and hook.transcript_path.is_file():
             try:
-                await _ingest(store, db_path, hook.transcript_path, deadline, wait=False,
-                              settings=settings)
+                # Kept back as for a checkpoint: the process must still close and exit.
+                await _ingest(store, db_path, hook.transcript_path,
+                              deadline - _CHECKPOINT_RESERVE_S, wait=False, settings=settings)
             except DejaError as exc:  # the summary is stored: that was the job
                 logger.info("post-compact: ingest skipped: %s", exc)
     finally:
@@ -261,6 +277,9 @@ async def _session_start(hook: HookInput, project: str | None, db_path: Target,
 
         conn: Any = PgConn(await pg_connect(db_path, environ))
         await conn.raw.execute(f"SET statement_timeout = {_remaining_ms(deadline)}")
+        if not (await conn.execute_fetchall("SELECT to_regclass('sessions') IS NOT NULL"))[0][0]:
+            await conn.raw.close()
+            return None  # a database deja never wrote: no history at all, silent
     elif not db_path.is_file():
         return None  # no history at all: silent
     else:

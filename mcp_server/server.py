@@ -9,7 +9,11 @@ backoff, never fatal. Both stop when the client closes stdin or the process
 gets SIGTERM (stdio.py's `run_stdio`, re-exported here for the CLI).
 
 Nothing happens at import or build: the database is opened when the server
-runs, so the handshake is never held up.
+runs, so the handshake is never held up. A SQLite file opens in the
+lifespan; a PostgreSQL database on first use, after the handshake
+(state.py's `open_database` says why), so a server that is down, a refused
+password or a missing pgvector is each tool call's one-line error, never a
+failed handshake.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from .background import start_background
 from .projects import current_project
 from .state import DejaState, ServerConfig
 from .stdio import run_stdio
-from .tools import TOOLS, reporting_deja_errors
+from .tools import TOOLS, as_tool
 
 __all__ = ["ServerConfig", "DejaState", "INSTRUCTIONS", "build_server", "run_stdio"]
 
@@ -46,7 +50,6 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
     @asynccontextmanager
     async def lifespan(_server: MCPServer[DejaState]) -> AsyncIterator[DejaState]:
         state = await _open_state(config)
-        store = state.store
         try:
             async with anyio.create_task_group() as tg:
                 start_background(tg, state)
@@ -56,38 +59,26 @@ def build_server(config: ServerConfig) -> MCPServer[DejaState]:
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await store.close()
+                await state.close_database()
                 if state.vector_conn is not None:
                     await state.vector_conn.close()
-                if state.reader is not None:
-                    await state.reader.raw.close()
 
     server: MCPServer[DejaState] = MCPServer(
         name="deja", instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING",
     )
     for tool, hints in TOOLS:
-        server.add_tool(reporting_deja_errors(tool), annotations=hints)
+        server.add_tool(as_tool(tool), annotations=hints)
     return server
 
 
 async def _open_state(config: ServerConfig) -> DejaState:
-    """The database opened for the tools: on SQLite the store and the vector ranker's
-    read-only connection; on PostgreSQL the store (memory writes) and a second connection
-    for every read (search included: pgvector scans in the database, no index in memory)."""
+    """The state the tools share. On SQLite with the database open: the store and the
+    vector ranker's read-only connection. On PostgreSQL with nothing open yet: the store
+    (memory writes) and a second connection for every read (search included: pgvector
+    scans in the database) open on first use (DejaState.open_database)."""
     project = current_project(config.environ)
-    if config.pg is None:
-        store = await Store.open(config.db_path)
-        return DejaState(config=config, store=store, project=project,
-                         vector_conn=await connect(config.db_path, readonly=True))
-    from ingest.pg.connect import connect as pg_connect
-    from ingest.pg.sqlconn import PgConn
-    from ingest.pg.store import PgStore
-
-    pg_store = await PgStore.open(config.pg, config.machine, config.environ)
-    try:
-        reader = PgConn(await pg_connect(config.pg, config.environ))
-    except BaseException:
-        await pg_store.close()
-        raise
-    return DejaState(config=config, store=pg_store, project=project,  # type: ignore[arg-type]
-                     reader=reader)
+    if config.pg is not None:
+        return DejaState(config=config, store=None, project=project)
+    store = await Store.open(config.db_path)
+    return DejaState(config=config, store=store, project=project,
+                     vector_conn=await connect(config.db_path, readonly=True))

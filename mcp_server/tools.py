@@ -7,9 +7,11 @@ verbatim, whitespace included: its continuation lines are indented eight
 spaces, as they were when the tools were nested in `build_server`, so that
 tools/list stays byte for byte what clients have seen.
 `build_server` registers every entry of `TOOLS` (function, annotations), in
-this order, through `reporting_deja_errors`: the one place a `DejaError`
-becomes a `ToolError`, a message the model can act on; no traceback crosses
-the wire.
+this order, through `as_tool`: the one place the database is made ready for a
+call (a PostgreSQL database opens on first use, state.py) and the one place a
+`DejaError`, or a statement PostgreSQL refused, becomes a `ToolError`: one
+line the model can act on, without the password; no traceback crosses the
+wire.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from .search.results import SearchResult
 from .state import DejaState
 
 __all__ = [
-    "TOOLS", "reporting_deja_errors", "search_memory", "get_context", "list_sessions",
+    "TOOLS", "as_tool", "search_memory", "get_context", "list_sessions",
     "write_memory", "forget_memory", "load_checkpoint", "memory_status",
 ]
 
@@ -55,21 +57,42 @@ assert set(MemoryKind.__args__) == set(MEMORY_KINDS)  # type: ignore[attr-define
 Tool = Callable[..., Awaitable[dict[str, Any] | CallToolResult]]
 
 
-def reporting_deja_errors(tool: Tool) -> Tool:
-    """`tool` with a `DejaError` raised as a `ToolError` of the same message.
+def as_tool(tool: Tool) -> Tool:
+    """`tool` as the server registers it: the database opened first (a no-op once open),
+    a `DejaError` raised as a `ToolError` of the same message, a psycopg error as a
+    `ToolError` of its one line (password masked; a lost connection is reopened by the
+    next call).
 
     `functools.wraps` keeps the name, the docstring and (through `__wrapped__`)
-    the signature the SDK builds the schemas from.
+    the signature the SDK builds the schemas from; the SDK passes the context as
+    `ctx`, every tool's first parameter.
     """
 
     @functools.wraps(tool)
     async def call(*args: Any, **kwargs: Any) -> dict[str, Any] | CallToolResult:
+        state = _state(kwargs["ctx"])
         try:
+            await state.open_database()
             return await tool(*args, **kwargs)
         except DejaError as exc:
             raise ToolError(str(exc)) from None
+        except Exception as exc:
+            message = _pg_message(state, exc)
+            if message is None:
+                raise
+            raise ToolError(message) from None
 
     return call
+
+
+def _pg_message(state: DejaState, exc: Exception) -> str | None:
+    """The one-line message of a psycopg error on the server's PostgreSQL, else None."""
+    target = state.config.pg
+    if target is None or type(exc).__module__.partition(".")[0] != "psycopg":
+        return None
+    from ingest.pg.connect import describe
+
+    return f"PostgreSQL at {target}: {describe(exc, target, state.config.environ)}"
 
 
 def _state(ctx: Context) -> DejaState:
@@ -117,7 +140,7 @@ async def search_memory(
     out = result.to_dict()
     out["notes"] = notes + out["notes"]
     out["project"] = scope or "all"
-    last = await state.store.get_meta("last_ingest")
+    last = await state.writer.get_meta("last_ingest")
     out["index"] = {"pending_embeddings": result.pending_embeddings, "last_ingest": last,
                     "this_process_ingests": state.ingesting}
     return _compact(out)
@@ -196,10 +219,11 @@ async def write_memory(
         stored once. Returns the memory's id."""
     state = _state(ctx)
     project_dir, cwd = await memory_project(state.reads, state.project, project)
-    written = await write_memory_record(
-        state.store, content, project_dir=project_dir, cwd=cwd,
-        title=title, tags=tags, kind=kind, session_id=session_id,
-    )
+    async with state.write_lock:
+        written = await write_memory_record(
+            state.writer, content, project_dir=project_dir, cwd=cwd,
+            title=title, tags=tags, kind=kind, session_id=session_id,
+        )
     return written.to_dict()
 
 
@@ -208,7 +232,9 @@ async def forget_memory(
     id: Annotated[str, Field(min_length=1, description="the id write_memory returned")],
 ) -> dict[str, Any]:
     """Delete a memory written with write_memory. Transcript history cannot be deleted."""
-    await forget_memory_record(_state(ctx).store, id)
+    state = _state(ctx)
+    async with state.write_lock:
+        await forget_memory_record(state.writer, id)
     return {"id": id, "deleted": True}
 
 

@@ -11,6 +11,12 @@ server process for the module (tests/test_tools.py drives the same tools in
 process, with the SDK's in-memory client). Live ingest runs on a
 temporary root of synthetic transcripts. Every wait is bounded
 (`anyio.fail_after`); polls sleep a fraction of a second between tries.
+
+Every test runs on both engines. `engine` is module-scoped here (the same
+params as conftest's), so the per-tool tests share one server per engine: on
+PostgreSQL the corpus is a clone of the run's shared-corpus template
+(fixtures/served.py), served as the machine that template was ingested as,
+so a server that ingests finds every cursor at the end, as on SQLite.
 """
 
 from __future__ import annotations
@@ -29,15 +35,15 @@ from typing import Any
 
 import anyio
 import pytest
+from fixtures.cli import deja_env
+from fixtures.engines import ENGINES, Target, clone, is_postgres, sql
+from fixtures.paths import REPO
+from fixtures.served import MACHINE, shared_template
+from fixtures.shared import ingest_shared
+from fixtures.transcripts import assistant, user, write
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.types import CallToolResult
-
-from fixtures.cli import deja_env
-from fixtures.db import sql
-from fixtures.paths import REPO
-from fixtures.shared import ingest_shared
-from fixtures.transcripts import assistant, user, write
 
 pytestmark = pytest.mark.anyio
 TOOLS = {"search_memory", "get_context", "list_sessions", "write_memory", "forget_memory",
@@ -50,6 +56,12 @@ CALL_TIMEOUT = 20.0
 @pytest.fixture(scope="module")
 def anyio_backend() -> str:
     return "asyncio"  # module scope: the per-tool tests share one server
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """conftest's `engine`, module-scoped: one corpus and one tool server per engine."""
+    return str(request.param)
 
 
 def _bench() -> Any:
@@ -66,26 +78,37 @@ def _bench() -> Any:
 
 
 def server_env(home: Path, **extra: str) -> dict[str, str]:
-    """deja_env with the corpus's project as Claude Code's current one; the server embeds."""
-    return deja_env(home, {"CLAUDE_PROJECT_DIR": AVD_CWD, **extra}, embed=True)
+    """deja_env with the corpus's project as Claude Code's current one, as the machine the
+    PostgreSQL corpus was ingested as; the server embeds."""
+    return deja_env(home, {"CLAUDE_PROJECT_DIR": AVD_CWD, "DEJA_MACHINE": MACHINE, **extra},
+                    embed=True)
 
 
-def server_args(db: Path, root: Path, home: Path, *extra: str) -> list[str]:
+def server_args(db: Target, root: Path, home: Path, *extra: str) -> list[str]:
     return ["-m", "mcp_server", "--db", str(db), "--root", str(root),
             "--log-file", str(home / "deja-server.log"), *extra]
 
 
 @dataclass
 class Corpus:
-    db: Path
+    db: Target
     home: Path
     root: Path
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> Corpus:
-    """The shared transcripts ingested once (keyword index only) into a module database."""
-    home, db, summary = ingest_shared(tmp_path_factory.mktemp("server"), shared_projects)
+def corpus(engine: str, request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> Corpus:
+    """The shared transcripts (keyword index only) in a module database: ingested once into
+    SQLite, or a clone of the run's PostgreSQL template of them."""
+    base = tmp_path_factory.mktemp("server")
+    if engine == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        home = base / "home"
+        home.mkdir()
+        return Corpus(db=clone(server, shared_template(server, shared_projects, home)),
+                      home=home, root=shared_projects)
+    home, db, summary = ingest_shared(base, shared_projects)
     assert summary["new_records"] > 1000
     return Corpus(db=db, home=home, root=shared_projects)
 
@@ -138,14 +161,17 @@ def no_traceback(stderr_path: Path) -> None:
 # -- start-up -----------------------------------------------------------------------
 
 
-def test_handshake_adds_little_to_a_trivial_server(tmp_path: Path) -> None:
+def test_handshake_adds_little_to_a_trivial_server(tmp_path: Path, db_target: Target) -> None:
     """Spawn -> tools/list answered: deja (100k records, ingest on, model not yet loaded)
     against a trivial one-tool MCPServer, alternated. bench/handshake.py measures the
-    target (<= +0.3 s with 1M records); this bound is generous for a loaded CI box."""
+    target (<= +0.3 s with 1M records); this bound is generous for a loaded CI box.
+    PostgreSQL: an empty database, since the server opens it after the handshake whatever
+    it holds (test_postgres_server: even when it cannot be reached)."""
     bench = _bench()
     cache = REPO / ".pytest_cache" / "deja-bench"
     cache.mkdir(parents=True, exist_ok=True)
-    db = bench.make_db(cache / "deja-100000.db", 100_000)
+    db = db_target if is_postgres(db_target) else bench.make_db(cache / "deja-100000.db",
+                                                                 100_000)
     home = tmp_path / "home"
     root = tmp_path / "projects"
     home.mkdir()
@@ -193,9 +219,12 @@ async def test_tools_are_listed_with_their_hints(served: Served) -> None:
     assert forget_hints is not None and forget_hints.destructive_hint is True
 
 
-async def test_memory_status(served: Served) -> None:
+async def test_memory_status(served: Served, corpus: Corpus) -> None:
     status = await ok(served.session, "memory_status")
     assert status["records"] > 1000 and status["sessions"] >= 10
+    assert status["database"] == str(corpus.db)
+    assert status.get("engine", "sqlite") == ("postgresql" if is_postgres(corpus.db)
+                                              else "sqlite")
     assert status["this_process_ingests"] is False  # --no-ingest
     assert status["current_project"] == AVD_CWD
     assert status["pid"] > 0
@@ -333,7 +362,8 @@ async def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(
     transcript = await _a_transcript_uuid(corpus)
     async with mcp_session(args, server_env(corpus.home), stderr) as s:
         problems = []
-        for tool, arguments, words in BAD_CALLS + [
+        for tool, arguments, words in [
+                *BAD_CALLS,
                 ("forget_memory", {"id": transcript}, ["transcript record", "write_memory"])]:
             result = await call(s, tool, **arguments)
             message = text_of(result)
@@ -382,13 +412,14 @@ def _turns(session: str, word: str, n: int = 6, ts: str = "2026-03-01T10:00") ->
     return out
 
 
-async def test_a_growing_history_becomes_searchable_within_5_s(tmp_path: Path) -> None:
+async def test_a_growing_history_becomes_searchable_within_5_s(tmp_path: Path,
+                                                              db_target: Target) -> None:
     root = tmp_path / "projects"
     project = root / "-home-dev-gizmo"
     first = write(project / f"{SESSION_A}.jsonl", _turns(SESSION_A, "kestrel"))
     home = tmp_path / "home"
     home.mkdir()
-    db = tmp_path / "data" / "deja.db"
+    db = db_target
     stderr = tmp_path / "stderr.txt"
     async with mcp_session(server_args(db, root, home), server_env(home), stderr) as s:
         # The first pass: this (only) server takes the ingest lock and reads the root.
@@ -418,11 +449,12 @@ async def test_a_growing_history_becomes_searchable_within_5_s(tmp_path: Path) -
         assert {x["session_id"] for x in sessions["sessions"]} == {SESSION_A, SESSION_B}
 
         # The background embedder gives every line its vectors and the server's
-        # in-memory vector index takes them in (refreshed every 2 s).
+        # in-memory vector index takes them in (refreshed every 2 s; PostgreSQL has no
+        # index in memory: pgvector scans the chunks in the database).
         def indexed(status: dict[str, Any]) -> bool:
             chunks = sql(db, "SELECT COUNT(*) FROM chunks")[0][0]
-            return (status["pending_embeddings"] == 0 and bool(status["vector_index_chunks"])
-                    and status["vector_index_chunks"] == chunks)
+            in_memory = status["vector_index_chunks"] if not is_postgres(db) else chunks
+            return status["pending_embeddings"] == 0 and bool(chunks) and in_memory == chunks
 
         await poll(s, "memory_status", {}, indexed, within=45, every=0.5)
         found = await ok(s, "search_memory", query="bird of prey importer", project="all",

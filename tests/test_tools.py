@@ -8,6 +8,12 @@ test serves its own copy of that database with `ingest=False, load_model=False`
 shop-api as the "current" project. Bad arguments must come back as tool errors
 (isError, a message naming the parameter or saying what to send, no
 traceback), whether pydantic refuses them or the library raises `DejaError`.
+
+Every test runs on both engines (the `engine` fixture): on PostgreSQL the same
+history is ingested once per run into a template database (as machine
+`fixtures.served.MACHINE`) and each test serves a clone of it, so the same
+assertions hold for the same tools on either store; PostgreSQL hits also say
+their `machine`.
 """
 
 from __future__ import annotations
@@ -20,15 +26,19 @@ from typing import Any
 
 import anyio
 import pytest
+from fixtures.engines import Target, clone, copy_sqlite, is_postgres
+from fixtures.paths import SAMPLE
+from fixtures.postgres import PgServer
+from fixtures.served import MACHINE, pg_template, server_config, unused_sqlite_path
+from fixtures.transcripts import assistant, user, write
 from mcp import Client
 from mcp.types import CallToolResult
 
-from fixtures.paths import SAMPLE
-from fixtures.transcripts import assistant, user, write
+from ingest.config import PostgresUrl
 from ingest.runner import ingest_once
 from ingest.store import Store
 from mcp_server.search.snippets import make_snippet
-from mcp_server.server import INSTRUCTIONS, ServerConfig, build_server
+from mcp_server.server import INSTRUCTIONS, build_server
 
 pytestmark = pytest.mark.anyio
 
@@ -79,37 +89,65 @@ def _gizmo_session() -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def history_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample and gizmo sessions ingested (keyword index only) into a module database."""
-    base = tmp_path_factory.mktemp("tools")
-    root = base / "projects"
+def history_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample and gizmo sessions, laid out like ~/.claude/projects."""
+    root = tmp_path_factory.mktemp("tools") / "projects"
     shutil.copytree(SAMPLE, root)
     write(root / "-home-dev-gizmo" / f"{GIZMO_SESSION}.jsonl", _gizmo_session())
-    db = base / "deja.db"
+    return root
+
+
+async def _ingest(store: Any, root: Path) -> None:
+    try:
+        summary = await ingest_once(store, [root])
+    finally:
+        await store.close()
+    assert summary.new_records >= 15 and not summary.file_errors, summary
+
+
+@pytest.fixture(scope="module")
+def history_db(history_root: Path) -> Path:
+    """The history ingested (keyword index only) into a module SQLite database."""
+    db = history_root.parent / "deja.db"
 
     async def ingest() -> None:
-        store = await Store.open(db)
-        try:
-            summary = await ingest_once(store, [root])
-        finally:
-            await store.close()
-        assert summary.new_records >= 15 and not summary.file_errors, summary
+        await _ingest(await Store.open(db), history_root)
 
     anyio.run(ingest)
     return db
 
 
+@pytest.fixture(scope="module")
+def pg_history(history_root: Path, postgres_server: PgServer) -> str:
+    """The same history ingested (keyword index only) into a PostgreSQL template, once."""
+    from ingest.pg.store import PgStore
+
+    def build(url: str) -> None:
+        async def ingest() -> None:
+            await _ingest(await PgStore.open(PostgresUrl(url), MACHINE, {}), history_root)
+
+        anyio.run(ingest)
+
+    return pg_template(postgres_server, f"tools:{history_root}", build)
+
+
 @pytest.fixture
-async def client(history_db: Path, tmp_path: Path) -> AsyncIterator[Client]:
-    """An in-memory client of a server on a fresh copy of the module database."""
-    db = tmp_path / "deja.db"
-    for suffix in ("", "-wal", "-shm"):
-        if Path(f"{history_db}{suffix}").exists():
-            shutil.copy(f"{history_db}{suffix}", f"{db}{suffix}")
-    config = ServerConfig(db_path=db, roots=[], environ={"CLAUDE_PROJECT_DIR": SHOP_CWD},
-                          ingest=False, load_model=False)
+def target(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> Target:
+    """This test's own copy of the module's history, in the engine's store."""
+    if engine == "postgres":
+        return clone(request.getfixturevalue("postgres_server"),
+                     request.getfixturevalue("pg_history"))
+    return copy_sqlite(request.getfixturevalue("history_db"), tmp_path / "deja.db")
+
+
+@pytest.fixture
+async def client(target: Target, tmp_path: Path) -> AsyncIterator[Client]:
+    """An in-memory client of a server on the test's copy of the module history."""
+    config = server_config(target, {"CLAUDE_PROJECT_DIR": SHOP_CWD}, tmp_path,
+                           ingest=False, load_model=False)
     async with Client(build_server(config)) as connected:
         yield connected
+    assert not unused_sqlite_path(tmp_path).parent.exists()  # PostgreSQL: nothing local
 
 
 async def call(client: Client, tool: str, **arguments: Any) -> CallToolResult:
@@ -163,7 +201,7 @@ async def test_the_server_lists_every_tool_with_its_hints_and_instructions(
 # -- one test per tool ------------------------------------------------------------------
 
 
-async def test_search_memory(client: Client) -> None:
+async def test_search_memory(client: Client, target: Target) -> None:
     result = await call(client, "search_memory", query="redis timeout", limit=3)
     found = result.structured_content
     assert not result.is_error and isinstance(found, dict)
@@ -172,8 +210,12 @@ async def test_search_memory(client: Client) -> None:
     assert found["project"] == SHOP_CWD
     assert found["sessions"] == {SHOP_SESSION: SHOP_CWD}
     assert 1 <= len(found["hits"]) <= 3
+    # On PostgreSQL each hit also says which machine it came from.
+    machine = {"machine"} if is_postgres(target) else set()
     for hit in found["hits"]:
-        assert {"handle", "kind", "time", "snippet"} <= set(hit) <= ANSWER_HIT_KEYS, hit
+        assert {"handle", "kind", "time", "snippet"} | machine <= set(hit) <= \
+            ANSWER_HIT_KEYS | machine, hit
+        assert hit.get("machine", MACHINE) == MACHINE
         assert None not in hit.values(), hit
         assert hit["handle"].startswith("rec:") and hit["time"].endswith("Z")
     if len(found["hits"]) > 1:  # one session: it is the one key of `sessions`
@@ -353,7 +395,7 @@ async def test_load_checkpoint(client: Client) -> None:
     await refused(client, "load_checkpoint", ["max_tokens", "200"], max_tokens=10)
 
 
-async def test_memory_status(client: Client, history_db: Path) -> None:
+async def test_memory_status(client: Client, target: Target) -> None:
     status = await ok(client, "memory_status")
     assert status["sessions"] == 2 and status["records"] >= 15 and status["memories"] == 0
     assert status["pending_embeddings"] == status["records"]  # ingested without embedding
@@ -363,6 +405,26 @@ async def test_memory_status(client: Client, history_db: Path) -> None:
     assert status["current_project"] == SHOP_CWD
     assert status["roots"] == [] and status["background_errors"] == []
     assert status["pid"] > 0
-    assert Path(status["database"]).parent != history_db.parent  # this test's own copy
+    assert status["database"] == str(target)  # this test's own copy
+    assert status.get("engine", "sqlite") == ("postgresql" if is_postgres(target) else "sqlite")
+    assert status["database_bytes"] > 0
     await ok(client, "write_memory", content="one more memory")
     assert (await ok(client, "memory_status"))["memories"] == 1
+
+
+async def test_memory_writes_at_once_are_each_stored(client: Client) -> None:
+    """Tool calls run concurrently; the writes share the server's one store connection."""
+    written: list[dict[str, Any]] = []
+
+    async def write_one(n: int) -> None:
+        written.append(await ok(client, "write_memory", content=f"concurrent note {n}: "
+                                f"the {'abcdefgh'[n]}yak flag"))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(8):
+            tg.start_soon(write_one, n)
+    assert len({w["id"] for w in written}) == 8 and all(w["created"] for w in written)
+    assert (await ok(client, "memory_status"))["memories"] == 8
+    for w in written[:3]:
+        await ok(client, "forget_memory", id=w["id"])
+    assert (await ok(client, "memory_status"))["memories"] == 5

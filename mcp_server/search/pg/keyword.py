@@ -146,8 +146,12 @@ WHERE p.record_id = ANY(%s) AND p.tsv @@ %s::tsquery
 
 
 def _idf(df: int, total: int) -> float:
-    """FTS5's inverse document frequency: log((N - n + 0.5) / (n + 0.5)), at least 1e-6."""
-    return max(1e-6, math.log((total - df + 0.5) / (df + 0.5)))
+    """FTS5's inverse document frequency: log((N - n + 0.5) / (n + 0.5)), at least 1e-6.
+
+    N is at least n: the total comes from `_stats`, cached for a while, and records
+    ingested since then may hold the term (a total of 0 from an empty database was a
+    math domain error)."""
+    return max(1e-6, math.log((max(total, df) - df + 0.5) / (df + 0.5)))
 
 
 async def _fetch(conn: psycopg.AsyncConnection, sql: str, params: Any = ()) -> list[Any]:
