@@ -21,6 +21,7 @@ import pytest
 
 from fixtures.cli import deja as _deja
 from fixtures.cli import deja_json as _deja_json
+from fixtures.engine_corpus import Corpora, Corpus
 from fixtures.engines import ENGINES, Target
 from fixtures.postgres import PgServer, start_server
 from fixtures.shared import in_ci, missing_reason, require_shared
@@ -130,3 +131,17 @@ def db_target(engine: str, request: pytest.FixtureRequest, db_path: Path) -> Tar
     if engine == "postgres":
         return str(request.getfixturevalue("postgres_url"))
     return db_path
+
+
+@pytest.fixture(scope="session")
+def corpora(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> Corpora:
+    """The shared corpus ingested once per engine per run, when first asked
+    (fixtures/engine_corpus.py)."""
+    return Corpora(tmp_path_factory.mktemp("corpora"), shared_projects)
+
+
+@pytest.fixture
+def corpus(engine: str, corpora: Corpora, request: pytest.FixtureRequest) -> Corpus:
+    """The shared corpus on the test's engine: read `corpus.target`, or `corpus.copy(dir)`."""
+    server = request.getfixturevalue("postgres_server") if engine == "postgres" else None
+    return corpora.get(engine, server)
