@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fixtures import cli
 from fixtures.engine_corpus import CORPUS_MACHINE, Corpus
 from fixtures.engines import Target, is_postgres, sql

@@ -23,11 +23,11 @@ from typing import Any
 import anyio
 import pytest
 import sqlean
-
 from fixtures.cli import deja_argv, deja_env
 from fixtures.engines import Target, is_postgres, sql
 from fixtures.paths import REPO, SAMPLE
 from fixtures.transcripts import conversation, write
+
 from ingest.config import database_bytes
 from ingest.db import connect
 from mcp_server.history import status

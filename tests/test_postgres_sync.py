@@ -34,9 +34,9 @@ from typing import Any
 import anyio
 import pytest
 from fixtures.cli import deja, deja_argv, deja_env, deja_json
+from fixtures.engine_corpus import CORPUS_MACHINE, Corpora
 from fixtures.paths import REPO
 from fixtures.postgres import PASSWORD_ROLE, PgServer
-from fixtures.engine_corpus import CORPUS_MACHINE, Corpora
 from fixtures.transcripts import PROJECT, conversation, write
 
 MACHINE = CORPUS_MACHINE  # the machine the run's corpus was ingested as

@@ -26,8 +26,7 @@ import anyio
 import pytest
 from fixtures.cli import deja, deja_json
 from fixtures.paths import SAMPLE
-from fixtures.pg_tls import NOSSL_ROLE, TLS_ROLE, Certs, TlsFront, TlsServer, make_certs, \
-    start_tls_server
+from fixtures.pg_tls import NOSSL_ROLE, TLS_ROLE, Certs, TlsFront, TlsServer, make_certs, start_tls_server
 from fixtures.postgres import PASSWORD_ROLE, PgServer
 
 from ingest.config import PostgresUrl
