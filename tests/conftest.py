@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from fixtures.cli import deja as _deja
 from fixtures.cli import deja_json as _deja_json
+from fixtures.engine_corpus import Corpora, Corpus
 from fixtures.engines import ENGINES, Target
 from fixtures.postgres import PgServer, start_server
 from fixtures.search_corpus import SearchCorpora
@@ -137,3 +138,17 @@ def search_corpora(tmp_path_factory: pytest.TempPathFactory) -> SearchCorpora:
     """test_search.py's generated corpus, ingested and embedded once per run per engine on
     first use (fixtures/search_corpus.py); test_search and test_postgres_search share it."""
     return SearchCorpora(tmp_path_factory.mktemp("search"))
+
+
+@pytest.fixture(scope="session")
+def corpora(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> Corpora:
+    """The shared corpus ingested once per engine per run, when first asked
+    (fixtures/engine_corpus.py)."""
+    return Corpora(tmp_path_factory.mktemp("corpora"), shared_projects)
+
+
+@pytest.fixture
+def corpus(engine: str, corpora: Corpora, request: pytest.FixtureRequest) -> Corpus:
+    """The shared corpus on the test's engine: read `corpus.target`, or `corpus.copy(dir)`."""
+    server = request.getfixturevalue("postgres_server") if engine == "postgres" else None
+    return corpora.get(engine, server)

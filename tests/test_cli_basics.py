@@ -1,4 +1,5 @@
-"""The CLI end to end: ingest, re-ingest, stats, search; help for every command."""
+"""The CLI end to end: ingest, re-ingest, stats, search, browse's refusal without a terminal,
+on both engines (the `engine` fixture); help for every command."""
 
 from __future__ import annotations
 
@@ -11,41 +12,56 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fixtures import cli
+from fixtures.engine_corpus import CORPUS_MACHINE, Corpus
+from fixtures.engines import Target, is_postgres, sql
 from fixtures.paths import SAMPLE
 
 
-def test_ingest_shared_corpus_then_rerun_adds_nothing(shared_projects: Path, db_path: Path,
+def test_ingest_shared_corpus_then_rerun_adds_nothing(corpus: Corpus, shared_projects: Path,
+                                                      tmp_path: Path,
                                                       deja_json: Callable[..., Any]) -> None:
-    first = deja_json("--db", str(db_path), "ingest", "--root", str(shared_projects), "--json")
+    # The run's one ingest of the corpus on this engine (fixtures/engine_corpus.py), rerun on
+    # a copy of what it wrote, as the machine that wrote it (sources are keyed by machine).
+    first = corpus.summary
     for key in ("files", "sessions", "new_records", "skipped_lines", "redactions"):
         assert isinstance(first[key], int), key
     assert first["files"] == 35
     assert first["skipped_lines"] == 0, first["skipped"]
     assert first["new_records"] > 3000
-    again = deja_json("--db", str(db_path), "ingest", "--root", str(shared_projects), "--json")
+    db = str(corpus.copy(tmp_path))
+    again = deja_json("--db", db, "ingest", "--root", str(shared_projects), "--json",
+                      env={"DEJA_MACHINE": CORPUS_MACHINE})
     assert again["new_records"] == 0
     assert again["files_read"] == 0
     assert again["elapsed_s"] < 1.0
-    stats = deja_json("--db", str(db_path), "stats", "--json")
+    stats = deja_json("--db", db, "stats", "--json")
     assert stats["records"] == first["new_records"]
     assert stats["sessions"] >= 10
     assert sum(stats["by_kind"].values()) == stats["records"]
 
 
-def test_db_env_var_and_file_modes(shared_projects: Path, tmp_path: Path,
+def test_db_env_var_and_file_modes(tmp_path: Path, db_target: Target,
                                    deja_json: Callable[..., Any]) -> None:
-    db = tmp_path / "private" / "x.db"
-    out = deja_json("ingest", "--root", str(shared_projects), "--json", env={"DEJA_DB": str(db)})
+    db = db_target if is_postgres(db_target) else tmp_path / "private" / "x.db"
+    out = deja_json("ingest", "--root", str(SAMPLE), "--json", env={"DEJA_DB": str(db)})
     assert out["database"] == str(db)
-    assert db.exists()
+    assert sql(db, "SELECT COUNT(*) FROM records")[0][0] == out["new_records"] > 0
+    if is_postgres(db):
+        return  # the server's files are the server's
     assert db.stat().st_mode & 0o777 == 0o600
     assert db.parent.stat().st_mode & 0o777 == 0o700
 
 
-def test_readme_demo_on_sample_transcripts(db_path: Path, deja_json: Callable[..., Any]) -> None:
+def test_browse_needs_a_terminal(corpus: Corpus) -> None:
+    proc = cli.deja(corpus.home, "--db", corpus.db, "browse", expect=1)
+    assert "browse needs a terminal" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_readme_demo_on_sample_transcripts(db_target: Target,
+                                           deja_json: Callable[..., Any]) -> None:
     """README's no-history demo: the sample transcripts under tests/ ingest and are searchable."""
+    db_path = db_target
     out = deja_json("--db", str(db_path), "ingest", "--root", str(SAMPLE), "--json")
     assert out["files"] == 1 and out["sessions"] == 1 and out["skipped_lines"] == 0
     hits = deja_json("--db", str(db_path), "search", "redis timeout", "--json")["hits"]

@@ -1,6 +1,10 @@
 """The `deja` commands' edges, through the CLI as a subprocess: which commands create a
 database and which refuse a missing one, URL-looking `--db`, one database size for
 `deja stats` and memory_status, and `deja ingest --watch` loading the model once.
+
+The database tests run on both engines (the `engine` fixture; on PostgreSQL a
+"missing" database is one deja never wrote: an empty database has no tables);
+the URL refusals and the file sizes of SQLite's WAL are SQLite's own.
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ from typing import Any
 import anyio
 import pytest
 import sqlean
-
 from fixtures.cli import deja_argv, deja_env
-from fixtures.db import sql
+from fixtures.engines import Target, is_postgres, sql
 from fixtures.paths import REPO, SAMPLE
 from fixtures.transcripts import conversation, write
+
 from ingest.config import database_bytes
 from ingest.db import connect
 from mcp_server.history import status
@@ -40,27 +44,49 @@ RunDeja = Callable[..., subprocess.CompletedProcess[str]]
                                      ["search", "redis", "--mode", "keyword"],
                                      ["show", "rec:1"], ["sessions"]])
 def test_read_only_commands_refuse_a_missing_database(deja: RunDeja, tmp_path: Path,
+                                                      db_target: Target,
                                                       command: list[str]) -> None:
-    db = tmp_path / "typo" / "deja.db"
+    db: Target = db_target if is_postgres(db_target) else tmp_path / "typo" / "deja.db"
     proc = deja("--db", str(db), *command, expect=None)
     assert proc.returncode == 1, proc
-    assert proc.stderr == f"deja: no database at {db}; run `deja ingest` to create one\n"
     assert proc.stdout == ""
+    if is_postgres(db):  # a database deja never wrote: said so, and no table created
+        assert proc.stderr.startswith("deja: ") and proc.stderr.count("\n") == 1, proc.stderr
+        assert "run `deja ingest`" in proc.stderr and "Traceback" not in proc.stderr
+        assert sql(db, "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+        return
+    assert proc.stderr == f"deja: no database at {db}; run `deja ingest` to create one\n"
     assert not (tmp_path / "typo").exists()
 
 
-def test_write_commands_still_create_the_database(deja: RunDeja, tmp_path: Path) -> None:
+def _exists(db: Target) -> bool:
+    """Whether deja created its database: the file, or the tables in the database."""
+    if is_postgres(db):
+        return sql(db, "SELECT to_regclass('records') IS NOT NULL") == [(True,)]
+    return Path(db).is_file()
+
+
+def test_write_commands_still_create_the_database(deja: RunDeja, tmp_path: Path,
+                                                  engine: str,
+                                                  request: pytest.FixtureRequest) -> None:
     empty_root = tmp_path / "projects"
     empty_root.mkdir()
-    db = tmp_path / "new" / "deja.db"
+
+    def new(name: str) -> Target:
+        if engine == "postgres":
+            server = request.getfixturevalue("postgres_server")
+            return str(server.uri(server.new_database()))
+        return tmp_path / name / "deja.db"
+
+    db = new("new")
     deja("--db", str(db), "ingest", "--root", str(empty_root), "--json")
-    assert db.is_file()
+    assert _exists(db)
     # embed opens (and so creates) the database before it loads the model.
-    db2 = tmp_path / "new2" / "deja.db"
+    db2 = new("new2")
     proc = deja("--db", str(db2), "embed", expect=None,
                 env={"DEJA_EMBED_MODEL": str(tmp_path / "no-such-model")})
     assert proc.returncode == 1 and "embedding model folder not found" in proc.stderr
-    assert db2.is_file()
+    assert _exists(db2)
     # Once it exists, the read-only commands read it.
     assert "records: 0" in deja("--db", str(db), "stats").stdout
 
@@ -129,10 +155,10 @@ def test_stats_and_memory_status_report_the_same_size(deja: RunDeja, db_path: Pa
 class Watch:
     """`deja -v ingest --watch --json` in the background, its stderr gathered as it comes."""
 
-    def __init__(self, tmp_path: Path, root: Path, env: dict[str, str]) -> None:
+    def __init__(self, tmp_path: Path, root: Path, env: dict[str, str], db: Target) -> None:
         home = tmp_path / "home"
         home.mkdir(exist_ok=True)
-        self.db = tmp_path / "data" / "deja.db"
+        self.db = db
         self.proc = subprocess.Popen(
             deja_argv("-v", "--db", str(self.db), "ingest", "--watch", "--root", str(root),
                       "--json"),
@@ -154,9 +180,16 @@ class Watch:
 
     def count(self, query: str) -> int:
         """`query`'s number; -1 while the database is not there or not migrated yet."""
+        if not is_postgres(self.db):
+            try:
+                return int(sql(self.db, query)[0][0]) if Path(self.db).exists() else -1
+            except sqlean.OperationalError:
+                return -1
+        import psycopg
+
         try:
-            return int(sql(self.db, query)[0][0]) if self.db.exists() else -1
-        except sqlean.OperationalError:
+            return int(sql(self.db, query)[0][0])
+        except psycopg.errors.UndefinedTable:
             return -1
 
     def stop(self) -> dict[str, Any]:
@@ -184,11 +217,11 @@ def _grow(transcript: Path, lines: list[bytes], db_records: Callable[[], int],
             "SELECT COUNT(*) FROM records WHERE embed_state = 0") == 0)
 
 
-def test_watch_loads_the_model_once(tmp_path: Path) -> None:
+def test_watch_loads_the_model_once(tmp_path: Path, db_target: Target) -> None:
     root = tmp_path / "projects"
     (root / "-home-dev-gizmo").mkdir(parents=True)
     transcript = root / "-home-dev-gizmo" / f"{SESSION}.jsonl"
-    watch = Watch(tmp_path, root, {})
+    watch = Watch(tmp_path, root, {}, db_target)
     try:
         # The first pass finds nothing to embed: no model is loaded for it.
         watch.wait_for("database", lambda: watch.count("SELECT COUNT(*) FROM records") == 0)
@@ -212,13 +245,13 @@ def test_watch_loads_the_model_once(tmp_path: Path) -> None:
     assert len(loads) == 1, log
 
 
-def test_watch_reports_a_missing_model_once(tmp_path: Path) -> None:
+def test_watch_reports_a_missing_model_once(tmp_path: Path, db_target: Target) -> None:
     root = tmp_path / "projects"
     transcript = root / "-home-dev-gizmo" / f"{SESSION}.jsonl"
     lines = conversation(SESSION, 9, prefix="m")
     write(transcript, lines[:3])
     missing = tmp_path / "no-such-model"
-    watch = Watch(tmp_path, root, {"DEJA_EMBED_MODEL": str(missing)})
+    watch = Watch(tmp_path, root, {"DEJA_EMBED_MODEL": str(missing)}, db_target)
     try:
         records = lambda: watch.count("SELECT COUNT(*) FROM records")  # noqa: E731
         watch.wait_for("first records", lambda: records() >= 3)

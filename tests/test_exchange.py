@@ -1,9 +1,12 @@
 """`deja export` / `deja import`: round-trips one for one, idempotence, Markdown, Parquet.
 
 A database of the shared transcripts (plus memories written through the
-library) is exported to JSONL and imported into an empty database; every
-column that matters is compared record by record, by the records' unique key
-(source path, line key, part), independently of deja's code (fixtures.db).
+library) is exported to JSONL and imported into an empty database of the same
+engine; every column that matters is compared record by record, by the
+records' unique key (source path, line key, part), independently of deja's
+code (fixtures.engines.sql). Every test runs on both engines (the `engine`
+fixture); the corpus with its memories is a copy of the run's ingest
+(fixtures/engine_corpus.py), made once per module and engine.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ from typing import Any
 import anyio
 import pytest
 from fixtures.cli import deja, deja_json
-from fixtures.db import sql
-from fixtures.shared import in_ci, ingest_shared
+from fixtures.engine_corpus import CORPUS_MACHINE, Corpus, once_per_engine
+from fixtures.engines import Target, is_postgres, sql
+from fixtures.shared import in_ci
 
+from ingest.config import PostgresUrl
 from ingest.memories import write_memory
+from ingest.pg.store import PgStore
 from ingest.store import Store
 
 RECORD_COLS = ("line_key", "part", "uuid", "parent_uuid", "session_id", "agent_id", "kind",
@@ -29,13 +35,26 @@ SESSION_COLS = "session_id, project_dir, cwd, git_branch, title, title_kind, age
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> tuple[Path, Path]:
-    """(home, db): the shared transcripts ingested, plus two memories."""
-    home, db, _ = ingest_shared(tmp_path_factory.mktemp("exchange"), shared_projects)
+def _with_memories() -> dict[str, tuple[Path, Target]]:
+    return {}
+
+
+@pytest.fixture
+def corpus(_with_memories: dict[str, tuple[Path, Target]], engine: str, corpus: Corpus,
+           tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Target]:
+    """(home, db): the shared transcripts ingested, plus two memories (once per module and
+    engine, on a copy of the run's corpus)."""
+    return once_per_engine(_with_memories, engine, lambda: (
+        corpus.home, _remember(corpus.copy(tmp_path_factory.mktemp("exchange")))))
+
+
+def _remember(db: Target) -> Target:
+    """Two memories written into `db` through the library the MCP server's write_memory uses."""
     session = sql(db, "SELECT session_id FROM sessions ORDER BY session_id LIMIT 1")[0][0]
 
     async def remember() -> None:
-        store = await Store.open(db)
+        store: Any = await PgStore.open(PostgresUrl(str(db)), CORPUS_MACHINE, {}) \
+            if is_postgres(db) else await Store.open(Path(db))
         try:
             await write_memory(store, "We chose WAL mode for concurrent readers", kind="decision",
                                project_dir="-home-demo-app", title="WAL", tags=["sqlite"],
@@ -45,17 +64,27 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> t
             await store.close()
 
     anyio.run(remember)
-    return home, db
+    return db
 
 
-def _records(db: Path) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+def _records(db: Target) -> dict[tuple[Any, ...], tuple[Any, ...]]:
     rows = sql(db, f"SELECT s.path, {', '.join('r.' + c for c in RECORD_COLS)}, "
                    "r.embed_state = 2 FROM records r JOIN sources s ON s.id = r.source_id")
-    return {(bytes(r[0]), r[1], r[2]): (*r[3:-2], json.loads(r[-2]) if r[-2] else None, r[-1])
-            for r in rows}
+    # meta: JSON text on SQLite, JSONB (a dict already) on PostgreSQL.
+    return {(bytes(r[0]), r[1], r[2]): (*r[3:-2], json.loads(r[-2]) if isinstance(r[-2], str)
+                                        else r[-2], r[-1]) for r in rows}
 
 
-def _others(db: Path) -> tuple[list[Any], list[Any], list[Any]]:
+def _keyword_index(db: Target) -> list[Any]:
+    """The keyword index's size: FTS5's rows on SQLite, the tsvectors and passages on
+    PostgreSQL."""
+    if is_postgres(db):
+        return [sql(db, "SELECT COUNT(*) FROM records WHERE search_tsv IS NOT NULL"),
+                sql(db, "SELECT COUNT(*) FROM passages")]
+    return [sql(db, f"SELECT COUNT(*) FROM {table}") for table in ("records_fts", "passages_fts")]
+
+
+def _others(db: Target) -> tuple[list[Any], list[Any], list[Any]]:
     sessions = sql(db, f"SELECT {SESSION_COLS} FROM sessions ORDER BY session_id")
     agents = sql(db, "SELECT a.session_id, a.agent_id, s.path, a.layout, a.agent_type, "
                      "a.description, a.tool_use_id, a.is_aside FROM agent_runs a LEFT JOIN "
@@ -65,14 +94,16 @@ def _others(db: Path) -> tuple[list[Any], list[Any], list[Any]]:
     return sessions, agents, sources
 
 
-def test_jsonl_round_trip_one_for_one(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+def test_jsonl_round_trip_one_for_one(corpus: tuple[Path, Target], tmp_path: Path,
+                                     request: pytest.FixtureRequest) -> None:
     home, db = corpus
     out = tmp_path / "history.jsonl"
     summary = deja_json(home, "--db", str(db), "export", "--format", "jsonl", str(out), "--json")
     original = _records(db)
     assert summary["record"] == len(original) > 3000
     assert out.stat().st_mode & 0o077 == 0  # it holds the transcripts
-    new_db = tmp_path / "new" / "deja.db"
+    new_db: Target = str(request.getfixturevalue("postgres_url")) if is_postgres(db) else \
+        tmp_path / "new" / "deja.db"
     added = deja_json(home, "--db", str(new_db), "import", str(out), "--json")["added"]
     memories = sum(1 for v in original.values() if v[4] == "memory")
     assert memories == 2
@@ -93,8 +124,7 @@ def test_jsonl_round_trip_one_for_one(corpus: tuple[Path, Path], tmp_path: Path)
         hits = [deja_json(home, "--db", str(d), "search", words, "--mode", "keyword", "--json",
                           "-n", "10")["hits"] for d in (db, new_db)]
         assert [h["uuid"] for h in hits[0]] == [h["uuid"] for h in hits[1]] and hits[0], words
-    for table in ("records_fts", "passages_fts"):
-        assert sql(new_db, f"SELECT COUNT(*) FROM {table}") == sql(db, f"SELECT COUNT(*) FROM {table}")
+    assert _keyword_index(new_db) == _keyword_index(db)
     # Token usage (`responses`, what deja stats counts) is rebuilt from the imported records.
     usage = "SELECT key, session_id, model, input, output, cache_creation, cache_read FROM responses "
     assert sql(new_db, usage + "ORDER BY key") == sql(db, usage + "ORDER BY key") != []
@@ -102,7 +132,7 @@ def test_jsonl_round_trip_one_for_one(corpus: tuple[Path, Path], tmp_path: Path)
     assert sql(new_db, "SELECT COUNT(*) FROM chunks") == [(0,)]
 
 
-def test_export_filters_and_stdout(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+def test_export_filters_and_stdout(corpus: tuple[Path, Target], tmp_path: Path) -> None:
     home, db = corpus
     project, = sql(db, "SELECT project_dir FROM sources WHERE layout = 'session' "
                        "GROUP BY project_dir ORDER BY COUNT(*) DESC LIMIT 1")[0]
@@ -126,7 +156,7 @@ def test_export_filters_and_stdout(corpus: tuple[Path, Path], tmp_path: Path) ->
     assert "no session 'nope'" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_markdown_export(corpus: tuple[Path, Path]) -> None:
+def test_markdown_export(corpus: tuple[Path, Target]) -> None:
     home, db = corpus
     md = deja(home, "--db", str(db), "export", "--format", "markdown", "-").stdout
     sessions = sql(db, "SELECT DISTINCT session_id FROM records WHERE session_id IS NOT NULL")
@@ -138,7 +168,7 @@ def test_markdown_export(corpus: tuple[Path, Path]) -> None:
     assert "**Tool call** `" in md and "WAL mode for concurrent readers" in md
 
 
-def test_parquet_schema(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+def test_parquet_schema(corpus: tuple[Path, Target], tmp_path: Path) -> None:
     # CI installs the extra (`.[test,parquet]`): there a missing pyarrow fails.
     pa = pytest.importorskip("pyarrow") if not in_ci() else __import__("pyarrow")
     import pyarrow.compute  # noqa: F401 - pa.compute
@@ -165,10 +195,10 @@ def test_parquet_schema(corpus: tuple[Path, Path], tmp_path: Path) -> None:
         sql(db, "SELECT kind, COUNT(*) FROM records GROUP BY kind"))
 
 
-def test_import_refuses_what_is_not_an_export(tmp_path: Path) -> None:
+def test_import_refuses_what_is_not_an_export(tmp_path: Path, db_target: Target) -> None:
     home = tmp_path / "home"
     home.mkdir()
     bad = tmp_path / "x.jsonl"
     bad.write_text('{"type": "user", "message": "hello"}\n')
-    proc = deja(home, "--db", str(tmp_path / "d.db"), "import", str(bad), expect=1)
+    proc = deja(home, "--db", str(db_target), "import", str(bad), expect=1)
     assert "not a deja export" in proc.stderr and "Traceback" not in proc.stderr

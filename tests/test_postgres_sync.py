@@ -2,7 +2,9 @@
 
 Against the run's real PostgreSQL + pgvector (fixtures/postgres.py, a fresh
 database per test), the real CLI as a subprocess, and a local SQLite file of
-the shared corpus ingested once for the module (plus one explicit memory):
+the shared corpus (a copy of the run's ingest, fixtures/engine_corpus.py, plus
+one explicit memory); what `deja ingest --db URL` leaves is the run's
+PostgreSQL ingest of the same files as the same machine:
 
 - a sync leaves exactly what `deja ingest --db URL` of the same files on this
   machine leaves (sources with their cursors, records, sessions, subagent
@@ -32,12 +34,12 @@ from typing import Any
 import anyio
 import pytest
 from fixtures.cli import deja, deja_argv, deja_env, deja_json
+from fixtures.engine_corpus import CORPUS_MACHINE, Corpora
 from fixtures.paths import REPO
 from fixtures.postgres import PASSWORD_ROLE, PgServer
-from fixtures.shared import ingest_shared
 from fixtures.transcripts import PROJECT, conversation, write
 
-MACHINE = "laptop"
+MACHINE = CORPUS_MACHINE  # the machine the run's corpus was ingested as
 MEMORY = "the gizmo release train leaves on thursdays, quokkaplan"
 
 
@@ -112,18 +114,25 @@ class Local:
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> Iterator[Local]:
+def local(tmp_path_factory: pytest.TempPathFactory, corpora: Corpora) -> Iterator[Local]:
     """The shared corpus in a local SQLite file (no vectors), and one memory."""
-    home, db, _ = ingest_shared(tmp_path_factory.mktemp("local"), shared_projects)
+    corpus = corpora.get("sqlite")
+    db = Path(corpus.copy(tmp_path_factory.mktemp("local")))
     write_memory(db, MEMORY)
-    yield Local(home, db, shared_projects)
+    yield Local(corpus.home, db, corpora.projects)
+
+
+@pytest.fixture
+def ingested(corpora: Corpora, postgres_server: PgServer) -> str:
+    """`deja ingest --db URL` of the shared corpus as MACHINE: the run's (don't change it)."""
+    return str(corpora.get("postgres", postgres_server).target)
 
 
 # -- the whole history, once ------------------------------------------------------------------
 
 
 def test_sync_leaves_what_ingest_would_and_again_adds_nothing(
-        local: Local, postgres_server: PgServer, postgres_url: str) -> None:
+        local: Local, postgres_server: PgServer, postgres_url: str, ingested: str) -> None:
     out = sync(local.home, local.db, postgres_url)
     by_kind = dict(lite(local.db, "SELECT kind, COUNT(*) FROM records GROUP BY kind"))
     assert out["machine"] == MACHINE and out["records_by_kind"] == by_kind
@@ -138,8 +147,6 @@ def test_sync_leaves_what_ingest_would_and_again_adds_nothing(
     assert out["vectors"] == "none" and out["pending_embeddings"] > 0
 
     # Exactly the rows `deja ingest --db URL` of the same files on this machine makes.
-    ingested = postgres_server.uri(postgres_server.new_database())
-    pg_ingest(local.home, ingested, local.root)
     assert snapshot(postgres_server, postgres_url) == snapshot(postgres_server, ingested)
     memory = rows(postgres_server, postgres_url,
                   "SELECT r.machine, s.path, s.layout, r.text, r.embed_state FROM records r "
@@ -196,16 +203,16 @@ def test_ingest_after_sync_reads_only_the_lines_appended(
     assert other["sessions_already_there"] == 1
     assert rows(postgres_server, postgres_url,
                 "SELECT machine, COUNT(*) FROM records GROUP BY 1 ORDER BY 1") == [
-        ("desktop", 4), (MACHINE, 6)]
+        *sorted([("desktop", 4), (MACHINE, 6)])]
 
 
 # -- kill -9 ------------------------------------------------------------------------------------
 
 
 def test_kill_9_during_sync_then_rerun_equals_a_clean_sync(
-        local: Local, postgres_server: PgServer) -> None:
-    clean = postgres_server.uri(postgres_server.new_database())
-    total = sync(local.home, local.db, clean)["records_copied"]
+        local: Local, postgres_server: PgServer, ingested: str) -> None:
+    # A clean sync leaves what the ingest leaves (the test above): the crashed one must too.
+    total = lite(local.db, "SELECT COUNT(*) FROM records")[0][0]
     crashed = postgres_server.uri(postgres_server.new_database())
     # Small batches (one transaction each) make the sync last long enough to be cut.
     proc = subprocess.Popen(deja_argv("--db", str(local.db), "sync", "--to", crashed, "--json",
@@ -234,7 +241,7 @@ def test_kill_9_during_sync_then_rerun_equals_a_clean_sync(
     assert arrived and all(local_counts[bytes(p)] == n for p, n in arrived), arrived
     rest = sync(local.home, local.db, crashed)
     assert rest["records_copied"] == total - have and rest["records_already_there"] == have
-    assert snapshot(postgres_server, crashed) == snapshot(postgres_server, clean)
+    assert snapshot(postgres_server, crashed) == snapshot(postgres_server, ingested)
     assert rows(postgres_server, crashed, "SELECT COUNT(*) FROM records") == [(total,)]
 
 

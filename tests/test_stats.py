@@ -1,7 +1,8 @@
 """`deja stats`: the analytics, checked against figures computed from the JSONL files.
 
-The shared transcripts are ingested once for the module (keyword index only);
-every `deja stats` runs as a subprocess. The expected numbers come from
+The shared transcripts are ingested once per run on each engine (keyword index
+only; fixtures/engine_ingested.py) and every test of the analytics runs on both
+(the `engine` fixture); every `deja stats` runs as a subprocess. The expected numbers come from
 fixtures/truth.py, which reads the transcripts with `json` alone and applies
 the counting rules of FORMAT.md (tokens once per message id and request id,
 the largest usage kept; tool calls once per tool_use id).
@@ -19,7 +20,8 @@ from typing import Any
 import pytest
 import sqlean
 from fixtures.cli import deja, deja_json
-from fixtures.shared import ingest_shared
+from fixtures.engine_corpus import CORPUS_MACHINE, Corpora, Corpus
+from fixtures.engines import Target, is_postgres
 from fixtures.truth import truth_of
 
 from ingest.derived import RESPONSE_KEY_SQL
@@ -40,7 +42,7 @@ LIVECD = "-home-ubuntu-Documents-livecd-gen"
 
 
 class Ingested:
-    def __init__(self, home: Path, db: Path, projects: Path) -> None:
+    def __init__(self, home: Path, db: Target, projects: Path) -> None:
         self.home, self.db, self.projects = home, db, projects
 
     def stats(self, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -49,19 +51,21 @@ class Ingested:
         return out
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> Ingested:
-    home, db, _ = ingest_shared(tmp_path_factory.mktemp("stats"), shared_projects)
-    return Ingested(home, db, shared_projects)
+@pytest.fixture
+def ingested(corpus: Corpus, shared_projects: Path) -> Ingested:
+    return Ingested(corpus.home, corpus.target, shared_projects)
 
 
-def test_stats_json_has_the_old_keys_and_the_analytics(corpus: Ingested) -> None:
-    s = corpus.stats()
+def test_stats_json_has_the_old_keys_and_the_analytics(ingested: Ingested) -> None:
+    s = ingested.stats()
     assert OLD_KEYS | NEW_KEYS <= set(s)
     assert set(s["tokens"]) == TOKEN_KEYS
     assert all(set(v) == {"calls", "errors"} for v in s["tools"].values())
     assert sum(s["by_kind"].values()) == s["records"]
     assert set(s["activity"]) == {"day", "week", "month"}
+    if is_postgres(ingested.db):  # the records say their machine (counted over the database)
+        assert s["engine"] == "postgresql"
+        assert s["records_by_machine"] == {CORPUS_MACHINE: s["records"]}
     # The three views add up to the same figures: every record with a time stamp (summary
     # lines and workflow journals have none).
     undated = s["by_kind"]["summary"] + s["by_kind"]["workflow_result"]
@@ -70,17 +74,17 @@ def test_stats_json_has_the_old_keys_and_the_analytics(corpus: Ingested) -> None
         assert sum(row["messages"] for row in view) == s["messages"]
 
 
-def test_sessions_per_project_match_the_transcripts(corpus: Ingested) -> None:
-    truth = truth_of(corpus.projects)
-    s = corpus.stats()
+def test_sessions_per_project_match_the_transcripts(ingested: Ingested) -> None:
+    truth = truth_of(ingested.projects)
+    s = ingested.stats()
     assert {p: v["sessions"] for p, v in s["projects"].items()} == \
         {p: len(ids) for p, ids in truth.sessions.items()}
     assert s["sessions"] == sum(len(ids) for ids in truth.sessions.values())
 
 
-def test_tool_calls_and_errors_per_tool_match_the_transcripts(corpus: Ingested) -> None:
-    truth = truth_of(corpus.projects)
-    s = corpus.stats()
+def test_tool_calls_and_errors_per_tool_match_the_transcripts(ingested: Ingested) -> None:
+    truth = truth_of(ingested.projects)
+    s = ingested.stats()
     assert s["tools"] == truth.tools
     assert s["tool_calls"] == sum(t["calls"] for t in truth.tools.values())
     assert s["tool_errors"] == sum(t["errors"] for t in truth.tools.values()) > 0
@@ -88,9 +92,9 @@ def test_tool_calls_and_errors_per_tool_match_the_transcripts(corpus: Ingested) 
     assert s["by_kind"]["tool_call"] > s["tool_calls"]
 
 
-def test_token_sums_match_the_transcripts_deduplicated(corpus: Ingested) -> None:
-    truth = truth_of(corpus.projects)
-    s = corpus.stats()
+def test_token_sums_match_the_transcripts_deduplicated(ingested: Ingested) -> None:
+    truth = truth_of(ingested.projects)
+    s = ingested.stats()
     assert s["tokens"] == truth.tokens
     assert {m: v["tokens"] for m, v in s["models"].items() if any(v["tokens"].values())} == \
         {m: t for m, t in truth.tokens_by_model.items() if any(t.values())}
@@ -99,8 +103,8 @@ def test_token_sums_match_the_transcripts_deduplicated(corpus: Ingested) -> None
         s["by_kind"]["tool_call"]
 
 
-def test_cost_is_priced_per_model_from_the_shipped_table(corpus: Ingested) -> None:
-    s = corpus.stats()
+def test_cost_is_priced_per_model_from_the_shipped_table(ingested: Ingested) -> None:
+    s = ingested.stats()
     table = PriceTable(SHIPPED, "x", "deja")
     expected = 0.0
     for model, m in s["models"].items():
@@ -119,12 +123,12 @@ def test_cost_is_priced_per_model_from_the_shipped_table(corpus: Ingested) -> No
     assert spans == sorted(spans, reverse=True)
 
 
-def test_prices_from_the_settings_file_override_and_add(corpus: Ingested, tmp_path: Path) -> None:
+def test_prices_from_the_settings_file_override_and_add(ingested: Ingested, tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[prices]\ndate = "2030-01-01"\n'
                       '"MiniMax-M2" = { input = 0.3, output = 1.2, cache_read = 0.03 }\n'
                       '"claude-haiku-4-5" = { input = 100 }\n')
-    s = corpus.stats(env={"DEJA_CONFIG": str(config)})
+    s = ingested.stats(env={"DEJA_CONFIG": str(config)})
     mm = s["models"]["MiniMax-M2.7"]["tokens"]
     assert s["models"]["MiniMax-M2.7"]["cost_usd"] == pytest.approx(
         (mm["input"] * 0.3 + mm["output"] * 1.2 + mm["cache_read"] * 0.03) / 1e6, abs=1e-3)
@@ -135,52 +139,52 @@ def test_prices_from_the_settings_file_override_and_add(corpus: Ingested, tmp_pa
                                    "source": str(config)}
 
 
-def test_a_bad_price_table_is_one_line_and_exit_1(corpus: Ingested, tmp_path: Path) -> None:
+def test_a_bad_price_table_is_one_line_and_exit_1(ingested: Ingested, tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[prices]\n"claude-x" = { input = "cheap" }\n')
-    proc = deja(corpus.home, "--db", str(corpus.db), "stats", "--json",
+    proc = deja(ingested.home, "--db", str(ingested.db), "stats", "--json",
                 env={"DEJA_CONFIG": str(config)}, expect=1)
     assert "prices.claude-x.input" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
 
 
-def test_project_filter_narrows_every_figure(corpus: Ingested) -> None:
-    truth = truth_of(corpus.projects, project=LIVECD)
-    s = corpus.stats(f"--project={LIVECD}")
+def test_project_filter_narrows_every_figure(ingested: Ingested) -> None:
+    truth = truth_of(ingested.projects, project=LIVECD)
+    s = ingested.stats(f"--project={LIVECD}")
     assert s["filters"]["projects"] == [LIVECD]
     assert list(s["projects"]) == [LIVECD]
     assert s["sessions"] == len(truth.sessions[LIVECD]) == 2
     assert s["tools"] == truth.tools
     assert s["tokens"] == truth.tokens
-    everything = corpus.stats()
+    everything = ingested.stats()
     assert s["records"] == everything["projects"][LIVECD]["records"] < everything["records"]
 
 
-def test_time_filters_narrow_to_the_range(corpus: Ingested) -> None:
+def test_time_filters_narrow_to_the_range(ingested: Ingested) -> None:
     since = "2026-04-01T00:00:00.000Z"
-    truth = truth_of(corpus.projects, since=since)
-    s = corpus.stats("--since", "2026-04-01")
+    truth = truth_of(ingested.projects, since=since)
+    s = ingested.stats("--since", "2026-04-01")
     assert s["filters"]["since"] == since
     assert all(row["period"] >= "2026-04-01" for row in s["activity"]["day"])
     assert s["tokens"] == truth.tokens
     assert s["tools"] == truth.tools
     assert s["sessions"] == sum(len(v) for v in truth.sessions.values())
-    none = corpus.stats("--until", "2000-01-01")
+    none = ingested.stats("--until", "2000-01-01")
     assert none["sessions"] == none["records"] == none["tool_calls"] == 0
     assert none["tokens"] == dict.fromkeys(TOKEN_KEYS, 0) and none["cost"]["usd"] == 0
-    bad = deja(corpus.home, "--db", str(corpus.db), "stats", "--since", "soon", expect=1)
+    bad = deja(ingested.home, "--db", str(ingested.db), "stats", "--since", "soon", expect=1)
     assert "cannot read the time" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_most_edited_files_count_each_edit_once(corpus: Ingested) -> None:
-    s = corpus.stats("--top", "3")
+def test_most_edited_files_count_each_edit_once(ingested: Ingested) -> None:
+    s = ingested.stats("--top", "3")
     edits = s["files_edited"]
     assert len(edits) == 3 and [e["edits"] for e in edits] == sorted(
         (e["edits"] for e in edits), reverse=True)
     # Counted from the transcripts: Edit/Write/MultiEdit/NotebookEdit calls naming the file.
     wanted = edits[0]["path"]
     seen: set[tuple[str, str]] = set()
-    for path in corpus.projects.rglob("*.jsonl"):
+    for path in ingested.projects.rglob("*.jsonl"):
         for raw in path.read_bytes().splitlines():
             obj = json.loads(raw)
             content = (obj.get("message") or {}).get("content") if obj.get("type") == \
@@ -193,17 +197,17 @@ def test_most_edited_files_count_each_edit_once(corpus: Ingested) -> None:
     assert edits[0]["edits"] == len(seen) > 1
 
 
-def test_top_terms_leave_stopwords_out(corpus: Ingested) -> None:
-    terms = [t["term"] for t in corpus.stats()["top_terms"]]
+def test_top_terms_leave_stopwords_out(ingested: Ingested) -> None:
+    terms = [t["term"] for t in ingested.stats()["top_terms"]]
     assert len(terms) >= 10
     assert not {"the", "and", "thi", "file", "path", "true"} & set(terms)
-    records = [t["records"] for t in corpus.stats()["top_terms"]]
+    records = [t["records"] for t in ingested.stats()["top_terms"]]
     assert records == sorted(records, reverse=True)
 
 
-def test_terminal_view_is_plain_when_piped(corpus: Ingested) -> None:
-    s = corpus.stats()
-    out = deja(corpus.home, "--db", str(corpus.db), "stats").stdout
+def test_terminal_view_is_plain_when_piped(ingested: Ingested) -> None:
+    s = ingested.stats()
+    out = deja(ingested.home, "--db", str(ingested.db), "stats").stdout
     assert "\x1b[" not in out
     assert f"records: {s['records']}, messages: {s['messages']}" in out
     assert re.search(r"messages per day +[ ▁▂▃▄▅▆▇█]+", out)
@@ -211,9 +215,9 @@ def test_terminal_view_is_plain_when_piped(corpus: Ingested) -> None:
         assert name in out
 
 
-def test_html_report_renders_in_headless_chromium(corpus: Ingested, tmp_path: Path) -> None:
+def test_html_report_renders_in_headless_chromium(ingested: Ingested, tmp_path: Path) -> None:
     page = tmp_path / "report.html"
-    deja(corpus.home, "--db", str(corpus.db), "stats", "--html", str(page))
+    deja(ingested.home, "--db", str(ingested.db), "stats", "--html", str(page))
     assert page.stat().st_mode & 0o077 == 0  # it names projects, sessions and files
     html = page.read_text()
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")
@@ -233,17 +237,20 @@ def test_html_report_renders_in_headless_chromium(corpus: Ingested, tmp_path: Pa
     assert console == []
 
 
-def test_m008_fills_responses_from_old_records_as_ingest_does(corpus: Ingested,
+def test_m008_fills_responses_from_old_records_as_ingest_does(corpora: Corpora,
                                                               tmp_path: Path) -> None:
     """A database of schema 7 (usage only in records.meta) upgraded by m008 counts exactly
-    what a fresh ingest counts: the backfill and the writer follow one rule."""
+    what a fresh ingest counts: the backfill and the writer follow one rule (SQLite's
+    migration: not parametrized)."""
+    lite = corpora.get("sqlite")
+    ingested = Ingested(lite.home, lite.target, corpora.projects)
     assert RESPONSE_KEY_SQL == M008_RESPONSE_KEY
     old = tmp_path / "old.db"
-    src = sqlean.connect(str(corpus.db))
+    src = sqlean.connect(str(ingested.db))
     src.execute(f"VACUUM INTO '{old}'")
     fresh = src.execute("SELECT * FROM responses ORDER BY key").fetchall()
     src.close()
-    assert len(fresh) == corpus.stats()["responses"] > 1000
+    assert len(fresh) == ingested.stats()["responses"] > 1000
     conn = sqlean.connect(str(old))
     conn.executescript("DROP TABLE responses; DROP INDEX records_activity; "
                        "DROP INDEX records_calls; DROP INDEX records_tool_name; "
@@ -253,12 +260,12 @@ def test_m008_fills_responses_from_old_records_as_ingest_does(corpus: Ingested,
                        "ALTER TABLE sessions DROP COLUMN project_key; "
                        "PRAGMA user_version = 7;")
     conn.close()
-    upgraded = deja_json(corpus.home, "--db", str(old), "stats", "--json")
+    upgraded = deja_json(ingested.home, "--db", str(old), "stats", "--json")
     conn = sqlean.connect(str(old))
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("SELECT * FROM responses ORDER BY key").fetchall() == fresh
     conn.close()
-    assert upgraded["tokens"] == corpus.stats()["tokens"]
+    assert upgraded["tokens"] == ingested.stats()["tokens"]
 
 
 # -- the pure helpers ----------------------------------------------------------------

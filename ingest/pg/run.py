@@ -124,6 +124,9 @@ async def _embed_pass(store: PgStore, options: IngestOptions, model: ModelOnce,
             extra.update(await run_embed_pg(store, await model.get(), progress=bar))
         except DejaError as exc:
             extra["embed_error"] = str(exc)
+            if options.watch and model.embedder is None:
+                # Said once, as the SQLite watch says it (a failed model is not retried).
+                sys.stderr.write(f"deja: warning: {exc}; watching without vectors\n")
         finally:
             if bar:
                 bar.finish()

@@ -9,8 +9,8 @@ One JSON object a line, each tagged by `type`, in this order:
   keeps every machine's files apart (into SQLite, which has one machine, it
   is not kept);
 - `session`, `agent_run`: the columns of those tables (`agent_run.source` is
-  its transcript's path; a session's `project_key`, its git remote, and from
-  PostgreSQL its `machine`);
+  its transcript's path; a session's `project_key`, its git remote; from
+  PostgreSQL a session's `machine`, and an agent run's, its transcript's);
 - `record`: `source` (the file's path) and the columns of
   `selection.RECORD_COLUMNS`; `meta` is the stored JSON, parsed.
 

@@ -116,8 +116,9 @@ def sessions(conn: aiosqlite.Connection, sel: Selection) -> AsyncIterator[dict[s
 
 
 def agent_runs(conn: aiosqlite.Connection, sel: Selection) -> AsyncIterator[dict[str, Any]]:
-    """The subagent runs of those sessions, with their transcript's path as `source`."""
+    """The subagent runs of those sessions, with their transcript's path as `source` (and on
+    PostgreSQL that file's machine, which the import needs to find the same file)."""
     cols = ", ".join(f"a.{c}" for c in AGENT_COLUMNS)
-    return _iterate(conn, f"SELECT s.path AS source, {cols} FROM agent_runs a "
+    return _iterate(conn, f"SELECT s.path AS source, {cols}{_machine(conn, 's')} FROM agent_runs a "
                           f"LEFT JOIN sources s ON s.id = a.source_id WHERE a.session_id IN "
                           f"{_of_sessions(sel)} ORDER BY a.session_id, a.agent_id", sel.params)
