@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fixtures.cli import deja
 from fixtures.engines import Target, is_postgres, sql
 from fixtures.privileges import permission_bound

@@ -62,12 +62,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fixtures.cli import deja, deja_argv, deja_env
 from fixtures.engines import Target, is_postgres
 from fixtures.paths import REPO
 from fixtures.postgres import PgServer
 from fixtures.targets import another_target, database_name
+
 from ingest.db import make_connector
 from ingest.indexing import PASSAGE_FROM
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fixtures.cli import deja_argv, deja_env
 from fixtures.engines import Target, sql
 from fixtures.paths import REPO
@@ -91,7 +90,7 @@ def test_half_written_last_line_waits_for_its_newline(env: Env) -> None:
     lines = conversation(SESSION, 10)
     tail = user(SESSION, "tail-0001", "the last prompt mentions quokkafield and 東京タワー")
     cut = tail.index("東".encode()) + 1  # inside a multi-byte character
-    path = write(env.session_file(), lines + [tail[:cut]])
+    path = write(env.session_file(), [*lines, tail[:cut]])
     complete_size = sum(len(x) for x in lines)
 
     first = env.ingest()
@@ -255,7 +254,7 @@ def test_a_file_growing_over_many_passes_equals_one_pass(env: Env, tmp_path: Pat
     path = env.session_file()
     path.parent.mkdir(parents=True)
     rng = random.Random(11)
-    cuts = sorted(rng.sample(range(1, len(data)), 6)) + [len(data)]
+    cuts = [*sorted(rng.sample(range(1, len(data)), 6)), len(data)]
     written = 0
     total_new = 0
     with open(path, "wb") as f:
@@ -286,7 +285,7 @@ def test_two_ingests_at_once_add_each_record_once(home: Path, db_target: Target,
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=deja_env(home), cwd=str(REPO)) for _ in range(3)]
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     summaries = [json.loads(out) for out, _ in outs]
     total = sql(db, "SELECT COUNT(*) FROM records")[0][0]

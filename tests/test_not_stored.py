@@ -17,11 +17,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-
 from fixtures.cli import deja, deja_argv, deja_env, deja_json
 from fixtures.engines import Target, is_postgres, sql
 from fixtures.paths import REPO
-from fixtures.targets import server_files
+from fixtures.targets import server_files, wal_position
 from fixtures.transcripts import SessionFile
 
 START = datetime(2026, 4, 1, 9, 0, tzinfo=timezone.utc)
@@ -46,6 +45,8 @@ def test_private_text_is_replaced_like_a_secret(home: Path, db_target: Target, t
              "and tag it v2")
     s.prompt(f"<PRIVATE>the {kinkajou} password story, never closed")
     s.save()
+    server = request.getfixturevalue("postgres_server") if is_postgres(db) else None
+    since = wal_position(server) if server else None
     summary = deja_json(home, "--db", str(db), "ingest", "--root", str(root), "--json",
                         "--no-embed")
     assert summary["redactions_by_kind"]["private"] == 2
@@ -54,9 +55,8 @@ def test_private_text_is_replaced_like_a_secret(home: Path, db_target: Target, t
     for word in (wallaby, kinkajou):
         found = deja_json(home, "--db", str(db), "search", word, "--mode", "keyword", "--json")
         assert found["hits"] == [], word
-    if is_postgres(db):
-        files = server_files(request.getfixturevalue("postgres_server"), str(db))
-        raw = b"".join(files.values())
+    if server:
+        raw = b"".join(server_files(server, str(db), since).values())
         assert b"[REDACTED:private]" in raw
     else:
         raw = b"".join(p.read_bytes() for p in Path(db).parent.glob("deja.db*"))

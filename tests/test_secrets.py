@@ -27,11 +27,10 @@ from typing import Any
 
 import pytest
 import sqlean
-
 from fixtures.cli import deja, deja_json
 from fixtures.engines import ENGINES, Target, is_postgres, sql
 from fixtures.postgres import PgServer
-from fixtures.targets import server_files
+from fixtures.targets import server_files, wal_position
 from fixtures.transcripts import PROJECT, assistant, line, tool_result, user, write
 
 SESSION = "7e2d9c41-0b3a-4f5e-8d6c-1a2b3c4d5e6f"
@@ -187,9 +186,10 @@ def ingested(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         url = server.uri(server.new_database())
         deja_json(home, "--db", url, "ingest", "--root", str(empty), "--json", "--no-embed")
         _store_uncompressed(url)
+        since = wal_position(server)
         summary = deja_json(home, "--db", url, "ingest", "--root", str(root), "--json",
                             "--no-embed")
-        return summary, s, url, server_files(server, url), planted
+        return summary, s, url, server_files(server, url, since), planted
     db = base / "data" / "deja.db"
     deja_json(home, "--db", str(db), "ingest", "--root", str(empty), "--json", "--no-embed")
     # Hold a read transaction open through the ingest: no checkpoint can move the

@@ -27,14 +27,14 @@ from typing import Any
 
 import pytest
 import sqlean
-
 from fixtures.cli import deja, deja_env, deja_json
 from fixtures.engines import ENGINES, Target, sql
 from fixtures.paths import REPO
 from fixtures.postgres import PgServer
 from fixtures.shared import ingest_shared
-from fixtures.targets import server_files, source_row
+from fixtures.targets import server_files, source_row, wal_position
 from fixtures.transcripts import assistant, conversation, line, tool_result, user, write
+
 from ingest.migrations import SCHEMA_VERSION
 
 TEXT_CAP = 64 * 1024
@@ -69,12 +69,13 @@ class Corpus:
     """The corpus in one database: a SQLite file, or a PostgreSQL database (then `server`)."""
 
     def __init__(self, root: Path, db: Target, home: Path, summary: dict[str, Any],
-                 server: PgServer | None = None) -> None:
+                 server: PgServer | None = None, since: str | None = None) -> None:
         self.root = root
         self.db = db
         self.home = home
         self.summary = summary
         self.server = server
+        self.since = since  # the server's WAL position before the ingest
 
     def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return sql(self.db, query, params)
@@ -89,7 +90,7 @@ class Corpus:
         """Every byte the engine wrote: the database folder's files, or the PostgreSQL
         database's data files and the server's write-ahead log."""
         if self.server is not None:
-            return b"".join(server_files(self.server, str(self.db)).values())
+            return b"".join(server_files(self.server, str(self.db), self.since).values())
         return b"".join(p.read_bytes() for p in Path(self.db).parent.iterdir() if p.is_file())
 
 
@@ -104,9 +105,10 @@ def pg_corpus(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path,
               postgres_server: PgServer) -> Corpus:
     home = tmp_path_factory.mktemp("pg_corpus")
     url = postgres_server.uri(postgres_server.new_database())
+    since = wal_position(postgres_server)
     summary = deja_json(home, "--db", url, "ingest", "--root", str(shared_projects), "--json",
                         "--no-embed")
-    return Corpus(shared_projects, url, home, summary, postgres_server)
+    return Corpus(shared_projects, url, home, summary, postgres_server, since)
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -207,6 +209,10 @@ def test_both_engines_hold_the_same_tables(sqlite_corpus: Corpus, pg_corpus: Cor
     stats = pg.deja_json("stats", "--json")
     assert stats["engine"] == "postgresql" and stats["records_by_machine"] == {
         pg.summary["machine"]: pg.summary["new_records"]}
+    assert stats["by_kind"] == pg.summary["records_by_kind"]
+    assert (stats["sessions"], stats["files"], stats["missing_files"]) == (
+        pg.sql("SELECT COUNT(*) FROM sessions")[0][0], pg.summary["files"], 0)
+    assert pg.sql("SELECT COUNT(*) FROM pg_extension WHERE extname = 'vector'") == [(1,)]
     assert pg.sql("SELECT COUNT(*) FROM records WHERE search_tsv IS NULL") == [(0,)]
     assert pg.sql("SELECT indexdef FROM pg_indexes WHERE indexname = 'records_search'"
                   )[0][0].endswith("USING gin (search_tsv)")
