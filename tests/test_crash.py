@@ -154,7 +154,8 @@ def _wait_until_no_client(server: PgServer, url: str) -> None:
     sees the socket closed."""
     deadline = time.monotonic() + 30
     with server.connect() as conn:
-        while conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s",
+        while conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s "
+                           "AND backend_type = 'client backend'",
                            (database_name(url),)).fetchone()[0]:
             assert time.monotonic() < deadline, f"a session of {url} outlived its client"
             time.sleep(0.02)
