@@ -87,10 +87,11 @@ class Corpus:
         return deja_json(self.home, "--db", str(self.db), *args)
 
     def stored_bytes(self) -> bytes:
-        """Every byte the engine wrote: the database folder's files, or the PostgreSQL
-        database's data files and the server's write-ahead log."""
+        """Every byte the engine wrote: the database folder's files, or what the server's
+        write-ahead log holds of the ingest (all it wrote to any file)."""
         if self.server is not None:
-            return b"".join(server_files(self.server, str(self.db), self.since).values())
+            return b"".join(server_files(self.server, str(self.db), self.since,
+                                         data_files=False).values())
         return b"".join(p.read_bytes() for p in Path(self.db).parent.iterdir() if p.is_file())
 
 
