@@ -39,7 +39,8 @@ as it is once the server has ended the killed session. The full-text index
 compared is PostgreSQL's: each record's tsvector (its words and its context's)
 and its passages, and the vocabulary (ts_stat). One more way to die, on
 PostgreSQL alone: the server ends the ingest's session (pg_terminate_backend)
-mid-ingest: deja exits 1 with one line, and the next run goes on.
+mid-ingest, aimed by the records (just after the run's first commit, in its next
+batch) rather than by time: deja exits 1 with one line, and the next run goes on.
 """
 
 from __future__ import annotations
@@ -393,6 +394,21 @@ def _end_its_session(server: PgServer, url: str, proc: subprocess.Popen[bytes]) 
     return bool(ended)
 
 
+def _until_it_commits(target: Target, before: int, proc: subprocess.Popen[bytes],
+                      rng: random.Random) -> float:
+    """Wait until the database holds more than `before` records (or `proc` ended), then a
+    random moment more; returns the seconds waited, for the report."""
+    started = time.monotonic()
+    while proc.poll() is None and time.monotonic() - started < 60:
+        with _open(target) as conn:
+            if _has_schema(conn) and conn.execute("SELECT COUNT(*) FROM records"
+                                                  ).fetchone()[0] > before:
+                break
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 0.2))
+    return 0.001 + time.monotonic() - started
+
+
 def test_sigkill_at_random_instants_then_restart_equals_clean_run(
     shared_projects: Path, tmp_path: Path, engine: str, db_target: Target,
     request: pytest.FixtureRequest,
@@ -459,8 +475,13 @@ def test_sigkill_at_random_instants_then_restart_equals_clean_run(
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=deja_env(home),
                 cwd=str(REPO))
             ended_by_server = False
+            wait_s = delay
+            if kind == "server-end":
+                # Aimed by what it wrote, not by time: once this run has committed a batch,
+                # the server ends its session in the middle of the next one.
+                delay, wait_s = _until_it_commits(db_b, before, proc, rng), 0.001
             try:
-                proc.wait(timeout=delay)
+                proc.wait(timeout=wait_s)
                 killed = False
             except subprocess.TimeoutExpired:
                 killed = True
