@@ -5,6 +5,9 @@ surrogates, NUL characters, 50 MB single lines, an empty file, unknown line
 types, a broken subagent meta file, names that are not UTF-8, and files and
 folders the ingesting user cannot read (when the tests run as root, the child
 runs without root's permission override: fixtures.privileges).
+
+Each test of what ingest keeps runs on both engines (the `engine` fixture); the
+database folder's own failure is SQLite's alone.
 """
 
 from __future__ import annotations
@@ -18,17 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fixtures.cli import deja
-from fixtures.db import sql
+from fixtures.engines import Target, is_postgres, sql
 from fixtures.privileges import permission_bound
+from fixtures.targets import socket_link
 from fixtures.transcripts import assistant, conversation, line, tool_result, write
 
 SESSION = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
 BIG = 50 * 1024 * 1024
 
 
-def _uuids(db: Path) -> set[str]:
+def _uuids(db: Target) -> set[str]:
     return {r[0] for r in sql(db, "SELECT DISTINCT uuid FROM records WHERE uuid IS NOT NULL")}
 
 
@@ -40,8 +43,9 @@ def _good_uuids(n: int, tag: str) -> set[str]:
     return {f"{tag}-{i:04d}-{SESSION[:8]}" for i in range(n)}
 
 
-def test_bad_lines_are_reported_and_the_rest_is_kept(tmp_path: Path, db_path: Path,
+def test_bad_lines_are_reported_and_the_rest_is_kept(tmp_path: Path, db_target: Target,
                                                      deja_json: Callable[..., Any]) -> None:
+    db_path = db_target
     root = tmp_path / "projects"
     proj = root / "-home-dev-gizmo"
     sid = SESSION.encode()
@@ -108,21 +112,23 @@ def test_bad_lines_are_reported_and_the_rest_is_kept(tmp_path: Path, db_path: Pa
     assert text["surr-1"] == "half an emoji \ufffd then dingoword"
     assert "\x00" not in text["nul-1"] and text["nul-1"].endswith("then wallabyword")
     # The 50 MB line is kept, cut at the cap and marked.
-    truncated, text_len, length, tail = sql(
-        db_path, "SELECT truncated, text_len, length(text), substr(text, -120) FROM records "
-                 "WHERE uuid = 'big-1'")[0]
+    truncated, text_len, stored = sql(
+        db_path, "SELECT truncated, text_len, text FROM records WHERE uuid = 'big-1'")[0]
     assert truncated == 1 and text_len == len("numbat ") + BIG + len(" tailword")
-    assert 64 * 1024 <= length < 64 * 1024 + 200 and "[deja: truncated" in tail
+    assert 64 * 1024 <= len(stored) < 64 * 1024 + 200 and "[deja: truncated" in stored[-120:]
     # The non-UTF-8 names are stored printable, the file itself read like any other.
     shown = [r[0] for r in sql(db_path, "SELECT display_path FROM sources WHERE display_path LIKE '%name-%'")]
     assert len(shown) == 1 and "-home-caf\ufffd/\ufffd\ufffdname-" in shown[0]
 
-    # Every one of those words is in the full-text index ...
+    # Every one of those words is in the full-text index, as the record's own text (FTS5's
+    # `text` column; on PostgreSQL the tsvector's weight A, its context being weight B) ...
+    match = ("SELECT uuid FROM records WHERE ts_filter(search_tsv, '{a}') @@ "
+             "to_tsquery('deja', ?)" if is_postgres(db_path) else
+             "SELECT r.uuid FROM records_fts JOIN records r ON r.id = records_fts.rowid "
+             "WHERE records_fts MATCH 'text : ' || ?")
     for word, uuid in [("kiwiword", "utf8-1"), ("emuword", "holo-1"), ("dingoword", "surr-1"),
                        ("wallabyword", "nul-1"), ("numbat", "big-1"), ("kword1x", f"k-0001-{SESSION[:8]}")]:
-        found = sql(db_path, "SELECT r.uuid FROM records_fts JOIN records r ON r.id = records_fts.rowid "
-                             "WHERE records_fts MATCH ?", ("text : " + word,))
-        assert found == [(uuid,)], word
+        assert sql(db_path, match, (word,)) == [(uuid,)], word
     # ... and `deja search` finds the word after the NUL.
     hits = deja_json("--db", str(db_path), "search", "wallabyword", "--json", "--mode", "keyword")["hits"]
     assert [h["uuid"] for h in hits] == ["nul-1"]
@@ -147,8 +153,9 @@ def as_owner(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
-def test_unreadable_file_and_folder_are_reported_not_fatal(tmp_path: Path,
-                                                           as_owner: Callable[..., Any]) -> None:
+def test_unreadable_file_and_folder_are_reported_not_fatal(
+        tmp_path: Path, db_target: Target, as_owner: Callable[..., Any],
+        request: pytest.FixtureRequest) -> None:
     root = tmp_path / "projects"
     ok_dir = root / "-home-dev-ok"
     write(ok_dir / f"{SESSION}.jsonl", _good(4, "ok"))
@@ -160,7 +167,9 @@ def test_unreadable_file_and_folder_are_reported_not_fatal(tmp_path: Path,
     locked_file.chmod(0o000)
     locked_dir.chmod(0o000)
     locked_sub.chmod(0o000)
-    db = tmp_path / "data" / "deja.db"
+    db = db_target
+    if is_postgres(db):  # the child may not enter the server's own folder to reach its socket
+        db = socket_link(request.getfixturevalue("postgres_server"), str(db), tmp_path / "sock")
 
     try:
         proc = as_owner("--db", str(db), "ingest", "--root", str(root), "--json", "--no-embed")
@@ -184,7 +193,8 @@ def test_unreadable_file_and_folder_are_reported_not_fatal(tmp_path: Path,
     assert out["new_records"] == 6
     assert _uuids(db) == set().union(*(_good_uuids(n, t) for n, t in
                                        ((4, "ok"), (2, "lf"), (2, "ld"), (2, "ls"))))
-    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    if not is_postgres(db):
+        assert stat.S_IMODE(Path(db).stat().st_mode) == 0o600
 
 
 def test_unreadable_database_folder_is_a_clear_error(tmp_path: Path,
@@ -204,13 +214,15 @@ def test_unreadable_database_folder_is_a_clear_error(tmp_path: Path,
     assert proc.stderr.startswith("deja: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-def test_root_that_does_not_exist_is_not_fatal(tmp_path: Path, db_path: Path,
+def test_root_that_does_not_exist_is_not_fatal(tmp_path: Path, db_target: Target,
                                                deja_json: Callable[..., Any]) -> None:
-    out = deja_json("--db", str(db_path), "ingest", "--root", str(tmp_path / "nope"), "--json", "--no-embed")
+    out = deja_json("--db", str(db_target), "ingest", "--root", str(tmp_path / "nope"), "--json",
+                    "--no-embed")
     assert out["files"] == 0 and out["new_records"] == 0
 
 
-def test_assistant_line_with_odd_shapes(tmp_path: Path, db_path: Path, deja_json: Callable[..., Any]) -> None:
+def test_assistant_line_with_odd_shapes(tmp_path: Path, db_target: Target,
+                                        deja_json: Callable[..., Any]) -> None:
     """Fields of unexpected types (FORMAT.md: treat every field as optional) do not stop a file."""
     root = tmp_path / "projects"
     write(root / "-p" / f"{SESSION}.jsonl", [
@@ -229,7 +241,7 @@ def test_assistant_line_with_odd_shapes(tmp_path: Path, db_path: Path, deja_json
         assistant(SESSION, "odd-9", [{"type": "text", "text": "still here afterword"}]),
         *_good(2, "b"),
     ])
-    out = deja_json("--db", str(db_path), "ingest", "--root", str(root), "--json", "--no-embed")
+    out = deja_json("--db", str(db_target), "ingest", "--root", str(root), "--json", "--no-embed")
     assert out["skipped_lines"] == 0, out["skipped"]
-    got = _uuids(db_path)
+    got = _uuids(db_target)
     assert _good_uuids(2, "a") | _good_uuids(2, "b") | {"odd-9"} <= got

@@ -30,6 +30,17 @@ How:
 later by the embedder and would take minutes on this corpus. It takes 15 to
 35 s on 2 cores, depending on other load: making the corpus, the clean run,
 B's runs (each restart pays the start-up again) and the comparisons.
+
+On PostgreSQL (the test runs once per engine): A and B are databases of the
+run's server, the corpus is one copy (PostgreSQL ingests ~6x slower, and one
+copy already takes seconds to ingest: 20 to 35 s for the whole PostgreSQL half).
+The server, not deja, rolls back what a killed client left open, so B is read
+as it is once the server has ended the killed session. The full-text index
+compared is PostgreSQL's: each record's tsvector (its words and its context's)
+and its passages, and the vocabulary (ts_stat). One more way to die, on
+PostgreSQL alone: the server ends the ingest's session (pg_terminate_backend)
+mid-ingest, aimed by the records (just after the run's first commit, in its next
+batch) rather than by time: deja exits 1 with one line, and the next run goes on.
 """
 
 from __future__ import annotations
@@ -51,11 +62,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fixtures.cli import deja, deja_argv, deja_env
+from fixtures.engines import Target, is_postgres
 from fixtures.paths import REPO
-from ingest.db import make_connector
+from fixtures.postgres import PgServer
+from fixtures.targets import another_target, database_name
 
-COPIES = 6             # ~95 MB of .jsonl: ~5 s per clean ingest on 2 cores
+from ingest.db import make_connector
+from ingest.indexing import PASSAGE_FROM
+
+# Copies of the shared corpus per engine: SQLite ~95 MB of .jsonl, ~5 s per clean ingest on
+# 2 cores; PostgreSQL one copy (~16 MB), ~5 s.
+COPIES = {"sqlite": 6, "postgres": 1}
+MIN_RECORDS = {"sqlite": 10_000, "postgres": 3_000}
 MIN_MID_KILLS = 4      # kills that leave B with some but not all records
 MAX_ROUNDS = 3         # rounds of kills (each from an empty B) before giving up
 EARLY_FRAC = 0.30      # a kill is "early" below this fraction of the records...
@@ -72,18 +92,25 @@ def _load_corpus_module() -> Any:
     return module
 
 
-def _run_to_end(db: Path, root: Path, home: Path) -> tuple[dict[str, Any], float]:
+def _run_to_end(db: Target, root: Path, home: Path) -> tuple[dict[str, Any], float]:
     """One complete ingest; returns its JSON summary and wall time."""
     started = time.perf_counter()
-    proc = deja(home, "ingest", "--root", str(root), "--json", "--no-embed", db=db, timeout=300)
+    proc = deja(home, "--db", str(db), "ingest", "--root", str(root), "--json", "--no-embed",
+                timeout=300)
     wall = time.perf_counter() - started
     return json.loads(proc.stdout.strip().splitlines()[-1]), wall
 
 
 @contextmanager
-def _open(path: Path) -> Iterator[Any]:
-    """A connection with deja's settings (sqlite-vec, deja_fts_text), closed afterwards."""
-    conn = make_connector(path)()
+def _open(target: Target) -> Iterator[Any]:
+    """A connection (its `execute` returns a cursor on either engine), closed afterwards:
+    SQLite with deja's settings (sqlite-vec, deja_fts_text), PostgreSQL in autocommit."""
+    if is_postgres(target):
+        import psycopg
+
+        conn: Any = psycopg.connect(str(target), autocommit=True)
+    else:
+        conn = make_connector(Path(target))()
     try:
         yield conn
     finally:
@@ -91,12 +118,20 @@ def _open(path: Path) -> Iterator[Any]:
 
 
 @contextmanager
-def _snapshot(db: Path, scratch: Path) -> Iterator[Path | None]:
-    """A copy of the database and its WAL as the kill left them (None if not created yet).
+def _snapshot(target: Target, scratch: Path, server: PgServer | None) -> Iterator[Target | None]:
+    """The database as the kill left it (None if not created yet).
 
-    Reading the copy lets SQLite recover the copy's WAL, while B itself is left
-    exactly as the killed process left it, for deja's restart to recover.
+    SQLite: a copy of the file and its WAL; reading the copy lets SQLite recover
+    the copy's WAL, while B itself is left exactly as the killed process left it,
+    for deja's restart to recover. PostgreSQL: B itself, once the server has
+    ended the killed client's session (and rolled back what it had open).
     """
+    if server is not None:
+        _wait_until_no_client(server, str(target))
+        with _open(target) as conn:
+            yield target if _has_schema(conn) else None
+        return
+    db = Path(target)
     if not db.exists():
         yield None
         return
@@ -114,7 +149,26 @@ def _snapshot(db: Path, scratch: Path) -> Iterator[Path | None]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _wait_until_no_client(server: PgServer, url: str) -> None:
+    """Until no session but ours is connected to the database at `url`: a killed client's
+    backend ends (rolling back its transaction, letting go of its lock) once the server
+    sees the socket closed."""
+    deadline = time.monotonic() + 30
+    with server.connect() as conn:
+        while conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s "
+                           "AND backend_type = 'client backend'",
+                           (database_name(url),)).fetchone()[0]:
+            assert time.monotonic() < deadline, f"a session of {url} outlived its client"
+            time.sleep(0.02)
+
+
+def _is_pg(conn: Any) -> bool:
+    return not hasattr(conn, "create_function")  # sqlite3-like connections have it
+
+
 def _has_schema(conn: Any) -> bool:
+    if _is_pg(conn):  # the tables are created in one transaction: all of them, or none
+        return bool(conn.execute("SELECT to_regclass('deja_schema') IS NOT NULL").fetchone()[0])
     return conn.execute(
         "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('records', 'sources')"
     ).fetchone()[0] == 2
@@ -122,26 +176,44 @@ def _has_schema(conn: Any) -> bool:
 
 _BYTE_OFFSET = 20  # index of byte_offset in the tuples made by _records()
 
-_RECORD_SQL = """
+_RECORD_COLUMNS = """
 SELECT s.display_path, r.line_key, r.part, r.kind, r.uuid, r.session_id, r.agent_id,
        r.tool_name, r.text, r.parent_uuid, r.role, r.tool_use_id, r.is_error, r.text_len,
-       r.truncated, r.ts, r.cwd, r.git_branch, r.model, r.is_sidechain, r.byte_offset, r.meta,
-       d.sz
+       r.truncated, r.ts, r.cwd, r.git_branch, r.model, r.is_sidechain, r.byte_offset,"""
+
+# The last two columns: the record's meta (as text) and what the full-text index holds of it.
+_RECORD_SQL = _RECORD_COLUMNS + """ r.meta, d.sz
 FROM records r
 LEFT JOIN sources s ON s.id = r.source_id
 LEFT JOIN records_fts_docsize d ON d.id = r.id
 """
 
+# PostgreSQL: its tsvector (weights and positions: its words and its context's) and its
+# passages' (ingest/pg/search_schema.py).
+_PG_RECORD_SQL = _RECORD_COLUMNS + """ r.meta::text,
+       r.search_tsv::text || ' / ' || r.search_len || ' / ' || COALESCE(
+           (SELECT string_agg(p.start || ':' || p.len || ':' || p.tsv::text, ' / '
+                              ORDER BY p.start)
+            FROM passages p WHERE p.record_id = r.id), '')
+FROM records r
+LEFT JOIN sources s ON s.id = r.source_id
+"""
+
 
 def _records(conn: Any, root: Path) -> Counter[tuple[Any, ...]]:
     """Every record as a tuple of all its columns but `id`, the source as a relative path,
-    the text as a hash, plus its FTS docsize (token count) blob."""
+    the text as a hash, plus its index entry: the FTS docsize (token count) blob, or on
+    PostgreSQL its tsvector and passages (as a hash)."""
     out: Counter[tuple[Any, ...]] = Counter()
-    for row in conn.execute(_RECORD_SQL):
+    for row in conn.execute(_PG_RECORD_SQL if _is_pg(conn) else _RECORD_SQL):
         rel = os.path.relpath(row[0], root) if row[0] is not None else None
         text_sha = hashlib.sha1(row[8].encode("utf-8", "surrogatepass")).hexdigest()
-        sz = bytes(row[22]) if row[22] is not None else None
-        out[(rel, *row[1:8], text_sha, *row[9:22], sz)] += 1
+        index = row[22]
+        if isinstance(index, str):
+            index = hashlib.sha1(index.encode()).hexdigest()
+        elif index is not None:
+            index = bytes(index)
+        out[(rel, *row[1:8], text_sha, *row[9:22], index)] += 1
     return out
 
 
@@ -151,9 +223,8 @@ _SOURCE_COLUMNS = ("project_dir", "layout", "session_hint", "session_id", "agent
 
 def _sources(conn: Any, root: Path) -> dict[str, dict[str, Any]]:
     """Every file's row, cursor included, keyed by its path relative to the root."""
-    rows = conn.execute(
-        f"SELECT display_path, {', '.join(_SOURCE_COLUMNS)} FROM sources"
-    ).fetchall()
+    columns = ", ".join(f'"{c}"' for c in _SOURCE_COLUMNS)  # "offset": a word of PostgreSQL's
+    rows = conn.execute(f"SELECT display_path, {columns} FROM sources").fetchall()
     return {os.path.relpath(r[0], root): dict(zip(_SOURCE_COLUMNS, r[1:])) for r in rows}
 
 
@@ -171,6 +242,10 @@ def _agent_runs(conn: Any, root: Path) -> list[tuple[Any, ...]]:
 
 
 def _vocabulary(conn: Any) -> list[tuple[Any, ...]]:
+    if _is_pg(conn):
+        return [tuple(r) for r in conn.execute(
+            "SELECT word, ndoc, nentry FROM ts_stat('SELECT search_tsv FROM records') "
+            "ORDER BY word")]
     conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.deja_vocab "
                  "USING fts5vocab(main, records_fts, 'row')")
     return [tuple(r) for r in conn.execute("SELECT term, doc, cnt FROM temp.deja_vocab ORDER BY term")]
@@ -183,7 +258,7 @@ def _no_duplicates(conn: Any) -> None:
     assert total == distinct, f"{total - distinct} duplicated records"
 
 
-def _final_state(db: Path, root: Path) -> tuple[Any, ...]:
+def _final_state(db: Target, root: Path) -> tuple[Any, ...]:
     """Checks every finished database must pass, then what two runs must agree on:
     (records, sources, sessions, agent runs, FTS vocabulary)."""
     with _open(db) as conn:
@@ -201,7 +276,17 @@ def _fts_consistent(conn: Any) -> None:
     Instead: every record has a docsize row and no docsize row lacks its
     record; the per-record token counts (both columns) and the vocabulary are
     then compared between A and B.
+
+    PostgreSQL: every record has its tsvector and every long one its passages
+    (the triggers write them in the record's transaction); A's and B's are compared.
     """
+    if _is_pg(conn):
+        unindexed = conn.execute(
+            "SELECT COUNT(*) FROM records r WHERE r.search_tsv IS NULL OR (length(r.text) > "
+            f"{PASSAGE_FROM} AND NOT EXISTS (SELECT 1 FROM passages p WHERE p.record_id = r.id))"
+        ).fetchone()[0]
+        assert unindexed == 0, f"{unindexed} records not indexed"
+        return
     conn.execute("INSERT INTO records_fts(records_fts) VALUES('integrity-check')")
     missing = conn.execute(
         "SELECT COUNT(*) FROM records r LEFT JOIN records_fts_docsize d ON d.id = r.id "
@@ -214,7 +299,7 @@ def _fts_consistent(conn: Any) -> None:
 
 _FIELDS = ("source", "line_key", "part", "kind", "uuid", "session_id", "agent_id", "tool_name",
            "text_sha1", "parent_uuid", "role", "tool_use_id", "is_error", "text_len", "truncated",
-           "ts", "cwd", "git_branch", "model", "is_sidechain", "byte_offset", "meta", "fts_docsize")
+           "ts", "cwd", "git_branch", "model", "is_sidechain", "byte_offset", "meta", "fts_index")
 
 
 def _diff(a: Counter[tuple[Any, ...]], b: Counter[tuple[Any, ...]], limit: int = 5) -> str:
@@ -252,12 +337,13 @@ class Kill:
         return self.killed and self.before < self.records < self.total
 
 
-def _plan(rng: random.Random) -> list[tuple[str, float | None]]:
+def _plan(rng: random.Random, server_end: bool = False) -> list[tuple[str, float | None]]:
     """Kill instants of one round, as fractions of the clean run's work (None: in start-up).
 
     One early, several anywhere, one late, in increasing order; plus two kills
     during start-up (opening the database, WAL recovery, discovery), placed
-    at random among them.
+    at random among them. With `server_end` (PostgreSQL), one more instant in
+    the middle where the server ends the session instead.
     """
     targets = sorted([rng.uniform(0.03, EARLY_FRAC - 0.08)]
                      + [rng.uniform(0.05, 0.9) for _ in range(MIN_MID_KILLS)]
@@ -265,12 +351,15 @@ def _plan(rng: random.Random) -> list[tuple[str, float | None]]:
     plan: list[tuple[str, float | None]] = [
         ("early" if t < EARLY_FRAC else "late" if t >= LATE_FRAC else "mid", t) for t in targets
     ]
+    if server_end:
+        plan.append(("server-end", rng.uniform(0.3, 0.7)))
+        plan.sort(key=lambda step: step[1] or 0.0)
     for _ in range(2):
         plan.insert(rng.randrange(len(plan) + 1), ("start-up", None))
     return plan
 
 
-def _check_prefix(snapshot: Path, root: Path, clean: dict[str, Counter[tuple[Any, ...]]],
+def _check_prefix(snapshot: Target, root: Path, clean: dict[str, Counter[tuple[Any, ...]]],
                   total_records: int) -> int:
     """B, as the kill left it: per file, exactly the clean run's records before the cursor.
 
@@ -296,21 +385,48 @@ def _check_prefix(snapshot: Path, root: Path, clean: dict[str, Counter[tuple[Any
     return n
 
 
+def _end_its_session(server: PgServer, url: str, proc: subprocess.Popen[bytes]) -> bool:
+    """The server ends the PostgreSQL session of deja process `proc`; False if it had none."""
+    with server.connect() as conn:
+        ended = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+            "AND application_name = %s", (database_name(url), f"deja {proc.pid}")).fetchall()
+    return bool(ended)
+
+
+def _until_it_commits(target: Target, before: int, proc: subprocess.Popen[bytes],
+                      rng: random.Random) -> float:
+    """Wait until the database holds more than `before` records (or `proc` ended), then a
+    random moment more; returns the seconds waited, for the report."""
+    started = time.monotonic()
+    while proc.poll() is None and time.monotonic() - started < 60:
+        with _open(target) as conn:
+            if _has_schema(conn) and conn.execute("SELECT COUNT(*) FROM records"
+                                                  ).fetchone()[0] > before:
+                break
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 0.2))
+    return 0.001 + time.monotonic() - started
+
+
 def test_sigkill_at_random_instants_then_restart_equals_clean_run(
-    shared_projects: Path, tmp_path: Path,
+    shared_projects: Path, tmp_path: Path, engine: str, db_target: Target,
+    request: pytest.FixtureRequest,
 ) -> None:
     seed = int(os.environ.get("DEJA_CRASH_SEED") or random.SystemRandom().randrange(1 << 32))
     print(f"\ncrash test seed: {seed} (replay with DEJA_CRASH_SEED={seed})")
     rng = random.Random(seed)
+    server: PgServer | None = request.getfixturevalue("postgres_server") \
+        if is_postgres(db_target) else None
     home = tmp_path / "home"
     home.mkdir()
     root = tmp_path / "projects"
-    corpus = _load_corpus_module().make_corpus(shared_projects, root, copies=COPIES)
+    corpus = _load_corpus_module().make_corpus(shared_projects, root, copies=COPIES[engine])
     print(f"corpus: {corpus.jsonl_files} files, {corpus.jsonl_bytes / 1e6:.1f} MB, "
           f"{corpus.elapsed_s:.1f} s to make")
 
     # -- A: the clean run ---------------------------------------------------
-    db_a = tmp_path / "a" / "deja.db"
+    db_a = db_target
     summary_a, wall_a = _run_to_end(db_a, root, home)
     assert summary_a["skipped_lines"] == 0 and summary_a["file_errors"] == []
     startup = max(wall_a - summary_a["elapsed_s"], 0.05)
@@ -319,30 +435,34 @@ def test_sigkill_at_random_instants_then_restart_equals_clean_run(
           f"({ingest_s:.2f} s ingesting after {startup:.2f} s of start-up)")
     records_a, sources_a, sessions_a, agents_a, vocab_a = _final_state(db_a, root)
     total = sum(records_a.values())
-    assert total == summary_a["new_records"] > 10_000
+    assert total == summary_a["new_records"] > MIN_RECORDS[engine]
     clean_by_file: dict[str, Counter[tuple[Any, ...]]] = {}
     for key, n in records_a.items():
         clean_by_file.setdefault(key[0], Counter())[key] += n
 
     # -- B: killed at random instants ----------------------------------------
-    db_b = tmp_path / "b" / "deja.db"
+    db_b: Target = tmp_path / "b" / "deja.db"
     kills: list[Kill] = []
 
     def satisfied() -> bool:
         mid = [k for k in kills if k.mid_ingest]
         return (len(mid) >= MIN_MID_KILLS
                 and any(k.frac < EARLY_FRAC for k in mid)
-                and any(k.frac >= LATE_FRAC for k in mid))
+                and any(k.frac >= LATE_FRAC for k in mid)
+                and (server is None or any(k.plan == "server-end" for k in mid)))
 
     rounds = 0
     while not satisfied() and rounds < MAX_ROUNDS:
         # A round starts from an empty B; a second round only if the first
         # missed the plan (the machine was much slower or faster than run A).
         rounds += 1
-        for suffix in ("", "-wal", "-shm", ".ingest.lock", ".ingest.lock.sqlite"):
-            Path(str(db_b) + suffix).unlink(missing_ok=True)
+        if server is not None:
+            db_b = another_target(request, db_a, Path())
+        else:
+            for suffix in ("", "-wal", "-shm", ".ingest.lock", ".ingest.lock.sqlite"):
+                Path(str(db_b) + suffix).unlink(missing_ok=True)
         before = 0
-        for kind, target in _plan(rng):
+        for kind, target in _plan(rng, server_end=server is not None):
             frac = before / total
             # Aim at a fraction of the work; every restart pays the start-up again.
             if target is None:
@@ -350,25 +470,44 @@ def test_sigkill_at_random_instants_then_restart_equals_clean_run(
             else:
                 delay = startup + max(target - frac, 0.02) * ingest_s
             proc = subprocess.Popen(
-                deja_argv("ingest", "--root", str(root), "--json", "--no-embed", db=db_b),
+                deja_argv("--db", str(db_b), "ingest", "--root", str(root), "--json",
+                          "--no-embed"),
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=deja_env(home),
                 cwd=str(REPO))
+            ended_by_server = False
+            wait_s = delay
+            if kind == "server-end":
+                # Aimed by what it wrote, not by time: once this run has committed a batch,
+                # the server ends its session in the middle of the next one.
+                delay, wait_s = _until_it_commits(db_b, before, proc, rng), 0.001
             try:
-                proc.wait(timeout=delay)
+                proc.wait(timeout=wait_s)
                 killed = False
             except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
                 killed = True
+                if kind == "server-end" and server is not None:
+                    ended_by_server = _end_its_session(server, str(db_b), proc)
+                if not ended_by_server:
+                    proc.send_signal(signal.SIGKILL)
             _, err = proc.communicate(timeout=60)
-            if killed:
+            if ended_by_server:
+                # One line, exit 1 (psycopg words a connection lost in a pipeline in
+                # more than one way); or the run had just ended on its own.
+                text = err.decode(errors="replace")
+                assert proc.returncode == 0 or (
+                    proc.returncode == 1 and text.count("\n") == 1 and text.startswith((
+                        "deja: lost the connection to PostgreSQL at ",
+                        "deja: PostgreSQL at ")) and "Traceback" not in text), text
+                killed = proc.returncode == 1
+            elif killed:
                 assert proc.returncode == -signal.SIGKILL
             else:
                 assert proc.returncode == 0, f"deja exited {proc.returncode}:\n{err[-3000:]!r}"
-            with _snapshot(db_b, tmp_path / "snapshot") as snap:
+            with _snapshot(db_b, tmp_path / "snapshot", server) as snap:
                 n = 0 if snap is None else _check_prefix(snap, root, clean_by_file, total)
             kill = Kill(kind, round(delay, 3), killed, before, n, round(n / total, 3), total)
             kills.append(kill)
-            print(f"  round {rounds} {kind:8s} after {delay:5.2f} s: "
+            print(f"  round {rounds} {kind:10s} after {delay:5.2f} s: "
                   f"{'killed' if killed else 'finished'}, B holds {n}/{total} records "
                   f"({n / total:.0%}){' <- mid-ingest' if kill.mid_ingest else ''}")
             before = n

@@ -1,7 +1,9 @@
 """Exactly-once ingest, through the CLI: re-runs, half-written lines, truncation, replacement,
 files that vanish, and a file that grows across many passes.
 
-(The SIGKILL crash test lives elsewhere.)
+Each test runs on both engines (the `engine` fixture: a SQLite file, a PostgreSQL
+database of its own): the same transcripts, the same commands, the same answers.
+(The SIGKILL crash test lives in test_crash.py.)
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fixtures.cli import deja_argv, deja_env
-from fixtures.db import source_row, sql
+from fixtures.engines import Target, sql
 from fixtures.paths import REPO
+from fixtures.targets import another_target, source_row
 from fixtures.transcripts import PROJECT, assistant, conversation, tool_result, user, write
 
 SESSION = "5f0c1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f"
@@ -26,7 +28,7 @@ OTHER = "6a1b2c3d-4e5f-4a6b-9c7d-8e9f0a1b2c3d"
 
 
 class Env:
-    def __init__(self, root: Path, db: Path, deja_json: Callable[..., Any]) -> None:
+    def __init__(self, root: Path, db: Target, deja_json: Callable[..., Any]) -> None:
         self.root = root
         self.db = db
         self._deja_json = deja_json
@@ -34,7 +36,7 @@ class Env:
     def session_file(self, session: str = SESSION) -> Path:
         return self.root / PROJECT / f"{session}.jsonl"
 
-    def ingest(self, db: Path | None = None) -> dict[str, Any]:
+    def ingest(self, db: Target | None = None) -> dict[str, Any]:
         return self._deja_json("--db", str(db or self.db), "ingest", "--root", str(self.root),
                                "--json", "--no-embed")
 
@@ -42,7 +44,7 @@ class Env:
         return self._deja_json("--db", str(self.db), "search", query, "--json", "--mode", "keyword",
                                "--limit", "50")["hits"]
 
-    def records(self, db: Path | None = None) -> list[tuple[Any, ...]]:
+    def records(self, db: Target | None = None) -> list[tuple[Any, ...]]:
         return sql(db or self.db, "SELECT line_key, part, kind, text FROM records ORDER BY line_key, part")
 
     def assert_unique(self) -> None:
@@ -56,13 +58,13 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path, db_path: Path, deja_json: Callable[..., Any]) -> Env:
+def env(tmp_path: Path, db_target: Target, deja_json: Callable[..., Any]) -> Env:
     root = tmp_path / "projects"
     root.mkdir()
-    return Env(root, db_path, deja_json)
+    return Env(root, db_target, deja_json)
 
 
-def _uuids(db: Path) -> set[str]:
+def _uuids(db: Target) -> set[str]:
     return {r[0] for r in sql(db, "SELECT DISTINCT uuid FROM records WHERE uuid IS NOT NULL")}
 
 
@@ -88,7 +90,7 @@ def test_half_written_last_line_waits_for_its_newline(env: Env) -> None:
     lines = conversation(SESSION, 10)
     tail = user(SESSION, "tail-0001", "the last prompt mentions quokkafield and 東京タワー")
     cut = tail.index("東".encode()) + 1  # inside a multi-byte character
-    path = write(env.session_file(), lines + [tail[:cut]])
+    path = write(env.session_file(), [*lines, tail[:cut]])
     complete_size = sum(len(x) for x in lines)
 
     first = env.ingest()
@@ -246,12 +248,13 @@ def _busy_session(n: int) -> list[bytes]:
     return out
 
 
-def test_a_file_growing_over_many_passes_equals_one_pass(env: Env, tmp_path: Path) -> None:
+def test_a_file_growing_over_many_passes_equals_one_pass(env: Env, tmp_path: Path,
+                                                         request: pytest.FixtureRequest) -> None:
     data = b"".join(_busy_session(160))
     path = env.session_file()
     path.parent.mkdir(parents=True)
     rng = random.Random(11)
-    cuts = sorted(rng.sample(range(1, len(data)), 6)) + [len(data)]
+    cuts = [*sorted(rng.sample(range(1, len(data)), 6)), len(data)]
     written = 0
     total_new = 0
     with open(path, "wb") as f:
@@ -262,7 +265,7 @@ def test_a_file_growing_over_many_passes_equals_one_pass(env: Env, tmp_path: Pat
             out = env.ingest()
             assert out["skipped_lines"] == 0 and out["invalid_utf8_lines"] == 0, out["skipped"]
             total_new += out["new_records"]
-    one_pass_db = tmp_path / "one" / "deja.db"
+    one_pass_db = another_target(request, env.db, tmp_path / "one" / "deja.db")
     one = env.ingest(one_pass_db)
     assert total_new == one["new_records"] > 150
     assert env.records() == env.records(one_pass_db)
@@ -270,15 +273,19 @@ def test_a_file_growing_over_many_passes_equals_one_pass(env: Env, tmp_path: Pat
     env.assert_unique()
 
 
-def test_two_ingests_at_once_add_each_record_once(home: Path, db_path: Path,
+def test_two_ingests_at_once_add_each_record_once(home: Path, db_target: Target,
                                                   shared_projects: Path) -> None:
-    """Several deja processes start together (one server per Claude Code session): one ingests."""
-    db = db_path
-    cmd = deja_argv("ingest", "--root", str(shared_projects), "--json", "--no-embed", db=db)
+    """Several deja processes start together (one server per Claude Code session): one ingests.
+
+    On PostgreSQL the three are one machine: its advisory lock makes two wait.
+    """
+    db = db_target
+    cmd = deja_argv("--db", str(db), "ingest", "--root", str(shared_projects), "--json",
+                    "--no-embed")
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=deja_env(home), cwd=str(REPO)) for _ in range(3)]
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     summaries = [json.loads(out) for out, _ in outs]
     total = sql(db, "SELECT COUNT(*) FROM records")[0][0]
@@ -289,7 +296,8 @@ def test_two_ingests_at_once_add_each_record_once(home: Path, db_path: Path,
     assert total2 == distinct > 3000
 
 
-def test_a_line_appended_while_the_watcher_starts_is_ingested_within_seconds(tmp_path: Path) -> None:
+def test_a_line_appended_while_the_watcher_starts_is_ingested_within_seconds(
+        tmp_path: Path, db_target: Target) -> None:
     """The watcher starts after the first pass: a line written in between raises no event.
 
     The first pass's callback appends the rest of the file, i.e. exactly in that gap; it must
@@ -299,6 +307,8 @@ def test_a_line_appended_while_the_watcher_starts_is_ingested_within_seconds(tmp
 
     import anyio
 
+    from ingest.config import PostgresUrl, database_from
+    from ingest.pg.store import PgStore
     from ingest.runner import IngestSummary, watch
     from ingest.store import Store
 
@@ -308,7 +318,10 @@ def test_a_line_appended_while_the_watcher_starts_is_ingested_within_seconds(tmp
     path = write(root / PROJECT / f"{session}.jsonl", lines[:3])
 
     async def go() -> float:
-        store = await Store.open(tmp_path / "w.db")
+        target = database_from(str(db_target), {})
+        store: Store | PgStore = await (
+            PgStore.open(target, "m1", {}) if isinstance(target, PostgresUrl)
+            else Store.open(target))
         appended = anyio.Event()
         done = anyio.Event()
         started = time.monotonic()

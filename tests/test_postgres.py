@@ -1,20 +1,20 @@
-"""The PostgreSQL engine, first part (issue 11): `deja ingest` into PostgreSQL, exactly once.
+"""The PostgreSQL engine's own: what only a shared server has (issue 11).
 
-Against a real PostgreSQL 16 + pgvector started by pgserver (fixtures/postgres.py,
-one server per run, a fresh database per test), through the real CLI as a
-subprocess:
+What both engines do alike is tested on both, parametrized by the `engine`
+fixture: exactly once (test_exactly_once.py), bad input (test_bad_input.py),
+kill -9 at random instants and the server ending the session
+(test_crash.py), planted secrets never reaching the server's files
+(test_secrets.py, test_not_stored.py), the shared corpus ingested as on
+SQLite (test_shared_corpus.py). Here, against a real PostgreSQL 16 + pgvector
+started by pgserver (fixtures/postgres.py, one server per run, a fresh
+database per test), through the real CLI as a subprocess:
 
-- the shared corpus ingests to the same records, sessions, subagent runs and
-  response usage as the SQLite engine, and again adds nothing;
-- a half-written last line, completed later, is ingested once (`python -m ingest`);
-- kill -9 at random instants during ingest, then a run to the end, leaves exactly
-  a clean run's records and cursors;
-- two machines (DEJA_MACHINE) with different roots ingest into one database at
-  once, each record arrives once; a third machine with the same paths as the
-  first gets its own sources;
+- `python -m ingest` takes a URL; `ingest --watch` follows a file until SIGTERM;
+- three machines (DEJA_MACHINE) ingest into one database at once, two of them
+  from the very same paths: each record arrives once per machine, each machine
+  has its own sources;
 - one ingester per machine: a held advisory lock makes the second wait, or
   report its holder when the wait runs out; another machine is not held up;
-- a planted secret never reaches the server (its tables, nor its files);
 - an unreachable server, a wrong password, a database without the `vector`
   extension, a schema of a newer deja each give one clear line, no traceback,
   no password (a hook exits 0 with it; the read commands exit 1).
@@ -22,16 +22,12 @@ subprocess:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -70,114 +66,21 @@ def one_clear_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str
     return lines[0]
 
 
-_RECORDS = """
-SELECT s.display_path, r.line_key, r.part, r.kind, r.role, r.tool_name, r.tool_use_id,
-       r.is_error, r.text, r.text_len, r.truncated, r.ts, r.session_id, r.agent_id, r.model,
-       r.byte_offset, r.meta::text, r.embed_state
-FROM records r JOIN sources s ON s.id = r.source_id
-"""
+# -- the standalone command, the watcher --------------------------------------------------------
 
 
-def record_set(server: PgServer, url: str, root: Path) -> Counter[tuple[Any, ...]]:
-    """Every record (all columns but id and machine), its file relative to `root`, its text
-    as a hash."""
-    out: Counter[tuple[Any, ...]] = Counter()
-    for r in rows(server, url, _RECORDS):
-        text_sha = hashlib.sha1(r[8].encode()).hexdigest()
-        out[(os.path.relpath(r[0], root), *r[1:8], text_sha, *r[9:])] += 1
-    return out
-
-
-# -- the shared corpus, as on SQLite --------------------------------------------------------
-
-
-def test_shared_corpus_ingests_as_on_sqlite_and_again_adds_nothing(
-        shared_projects: Path, postgres_server: PgServer, postgres_url: str, home: Path,
-        tmp_path: Path) -> None:
-    pg = pg_ingest(home, postgres_url, shared_projects)
-    lite_db = tmp_path / "lite.db"
-    lite = deja_json(home, "--db", str(lite_db), "ingest", "--root", str(shared_projects),
-                     "--json", "--no-embed")
-    assert pg["new_records"] > 1000
-    for key in ("files", "files_read", "new_records", "records_by_kind", "sessions",
-                "subagent_runs", "redactions", "redactions_by_kind", "skipped_lines",
-                "ignored_lines", "lines_read", "bytes_read"):
-        assert pg[key] == lite[key], key
-    assert pg["machine"] == "m1" and pg["embedded"] == 0
-    assert pg["pending_embeddings"] > 0 and "password" not in pg["database"]
-
-    # The tables match SQLite's, row for row (sessions, subagent runs, response usage).
-    import sqlite3
-
-    lite_conn = sqlite3.connect(lite_db)
-    try:
-        for table, cols in (
-                ("sessions", "session_id, project_dir, cwd, git_branch, title, title_kind, "
-                             "agent_name, first_ts, last_ts, version"),
-                ("agent_runs", "session_id, agent_id, layout, agent_type, description, "
-                               "tool_use_id, is_aside"),
-                ("responses", "key, session_id, model, ts, input, output, cache_creation, "
-                              "cache_read")):
-            sql = f"SELECT {cols} FROM {table}"
-            assert sorted(map(tuple, lite_conn.execute(sql))) == sorted(
-                rows(postgres_server, postgres_url, sql)), table
-        lite_kinds = dict(lite_conn.execute(
-            "SELECT kind || '/' || COALESCE(tool_name, ''), COUNT(*) FROM records GROUP BY 1"))
-    finally:
-        lite_conn.close()
-    assert lite_kinds == dict(rows(postgres_server, postgres_url,
-                                   "SELECT kind || '/' || COALESCE(tool_name, ''), COUNT(*) "
-                                   "FROM records GROUP BY 1"))
-
-    again = pg_ingest(home, postgres_url, shared_projects)
-    assert again["new_records"] == 0 and again["files_read"] == 0
-    assert again["sessions"] == pg["sessions"]
-
-    stats = deja_json(home, "--db", postgres_url, "stats", "--json")
-    assert stats["engine"] == "postgresql" and stats["records"] == pg["new_records"]
-    assert stats["by_kind"] == pg["records_by_kind"]
-    assert stats["records_by_machine"] == {"m1": pg["new_records"]}
-    assert stats["sessions"] == rows(postgres_server, postgres_url,
-                                     "SELECT COUNT(*) FROM sessions")[0][0]
-    assert stats["files"] == pg["files"] and stats["missing_files"] == 0
-    text = deja(home, "--db", postgres_url, "stats").stdout
-    assert f"records: {pg['new_records']}" in text
-    # pgvector is there, and every record is in the keyword ranker's GIN index.
-    assert rows(postgres_server, postgres_url,
-                "SELECT COUNT(*) FROM pg_extension WHERE extname = 'vector'") == [(1,)]
-    assert rows(postgres_server, postgres_url,
-                "SELECT COUNT(*) FROM records WHERE search_tsv IS NULL") == [(0,)]
-    assert rows(postgres_server, postgres_url,
-                "SELECT indexdef FROM pg_indexes WHERE indexname = 'records_search'"
-                )[0][0].endswith("USING gin (search_tsv)")
-
-
-# -- a line written in two steps ----------------------------------------------------------------
-
-
-def test_half_written_last_line_is_ingested_once(postgres_server: PgServer, postgres_url: str,
-                                                 home: Path, tmp_path: Path) -> None:
+def test_python_m_ingest_takes_a_url(postgres_server: PgServer, postgres_url: str,
+                                     home: Path, tmp_path: Path) -> None:
+    """`python -m ingest`, the standalone command, writes to PostgreSQL as `deja ingest` does
+    (whose exactly-once tests run on both engines: test_exactly_once.py)."""
     root = tmp_path / "projects"
     session = "5f1c2d3e-0000-4000-8000-00000000abcd"
-    lines = conversation(session, 5)
-    path = write(root / PROJECT / f"{session}.jsonl", [*lines[:4], lines[4][:40]])
-    env = deja_env(home, {"DEJA_MACHINE": "m1"})
-
-    def standalone() -> dict[str, Any]:
-        # `python -m ingest`, the standalone command, takes the URL too.
-        proc = subprocess.run([sys.executable, "-m", "ingest", "--db", postgres_url, "--root",
-                               str(root), "--json"], capture_output=True, text=True, env=env,
-                              cwd=str(REPO), timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        return dict(json_line(proc.stdout))
-
-    assert standalone()["new_records"] == 4
-    with path.open("ab") as f:
-        f.write(lines[4][40:])
-    assert standalone()["new_records"] == 1
-    assert standalone()["new_records"] == 0
-    assert rows(postgres_server, postgres_url, "SELECT COUNT(*), COUNT(DISTINCT line_key) "
-                                               "FROM records") == [(5, 5)]
+    path = write(root / PROJECT / f"{session}.jsonl", conversation(session, 4))
+    proc = subprocess.run([sys.executable, "-m", "ingest", "--db", postgres_url, "--root",
+                           str(root), "--json"], capture_output=True, text=True,
+                          env=deja_env(home, {"DEJA_MACHINE": "m1"}), cwd=str(REPO), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json_line(proc.stdout)["new_records"] == 4
     size = path.stat().st_size
     assert rows(postgres_server, postgres_url, 'SELECT "offset", size, machine FROM sources') == [
         (size, size, "m1")]
@@ -215,70 +118,6 @@ def test_watch_ingests_as_the_file_grows_until_sigterm(postgres_server: PgServer
     assert _count(postgres_server, postgres_url) == 6
 
 
-# -- kill -9 ------------------------------------------------------------------------------------
-
-
-def test_kill_9_during_ingest_then_rerun_equals_a_clean_run(
-        shared_projects: Path, postgres_server: PgServer, home: Path, tmp_path: Path) -> None:
-    root = shared_projects
-    clean = postgres_server.uri(postgres_server.new_database())
-    total = pg_ingest(home, clean, root)["new_records"]
-    expected = record_set(postgres_server, clean, root)
-
-    seed = int(os.environ.get("DEJA_CRASH_SEED") or random.randrange(1 << 30))
-    rng = random.Random(seed)
-    print(f"DEJA_CRASH_SEED={seed}")
-    crashed = postgres_server.uri(postgres_server.new_database())
-    env = deja_env(home, {"DEJA_MACHINE": "m1"})
-    argv = deja_argv("--db", crashed, "ingest", "--root", str(root), "--json")
-    # One kill during start-up (connecting, creating the tables, discovery), then kills at
-    # random points of the ingest: early, and late.
-    startup = subprocess.Popen(argv, env=env, cwd=str(REPO), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    time.sleep(rng.uniform(0.05, 0.5))
-    startup.send_signal(signal.SIGKILL)
-    startup.wait()
-    for fraction in (rng.uniform(0.05, 0.4), rng.uniform(0.4, 0.85)):
-        proc = subprocess.Popen(argv, env=env, cwd=str(REPO), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        while proc.poll() is None and _count(postgres_server, crashed) < fraction * total:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        have = _count(postgres_server, crashed)
-        assert proc.returncode == -signal.SIGKILL and 0 < have < total, (seed, have, total)
-        _records_match_cursors(postgres_server, crashed, expected, root)
-
-    final = pg_ingest(home, crashed, root)
-    assert 0 < final["new_records"] < total
-    assert record_set(postgres_server, crashed, root) == expected
-    assert rows(postgres_server, crashed,
-                'SELECT COUNT(*) FROM sources WHERE "offset" <> size') == [(0,)]
-
-    # The server ends the session mid-ingest: one line, exit 1; the next run completes it.
-    cut = postgres_server.uri(postgres_server.new_database())
-    proc = subprocess.Popen(deja_argv("--db", cut, "ingest", "--root", str(root), "--json"),
-                            env=env, cwd=str(REPO), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not _count(postgres_server, cut):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.02)
-    with postgres_server.connect() as conn:
-        ended = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = %s AND application_name LIKE 'deja %%'",
-                             (_database(cut),)).fetchall()
-    assert ended == [(True,)]
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1 and out == "", err
-    # (psycopg words a connection lost inside a pipeline in more than one way)
-    assert err.startswith(("deja: lost the connection to PostgreSQL at ", "deja: PostgreSQL at ")) \
-        and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    pg_ingest(home, cut, root)
-    assert record_set(postgres_server, cut, root) == expected
-
-
 def _count(server: PgServer, url: str) -> int:
     """The records in the database at `url` (0 before its tables exist)."""
     return int(rows(server, url, "SELECT COUNT(*) FROM records")[0][0]) \
@@ -290,44 +129,34 @@ def _has_tables(server: PgServer, url: str) -> bool:
     return bool(rows(server, url, "SELECT to_regclass('deja_schema') IS NOT NULL")[0][0])
 
 
-def _records_match_cursors(server: PgServer, crashed: str, expected: Counter[tuple[Any, ...]],
-                           root: Path) -> None:
-    """Every file of the killed run holds exactly the clean run's records of the lines before
-    its cursor: the cursor committed with its rows."""
-    got = record_set(server, crashed, root)
-    cursors = {os.path.relpath(p, root): off for p, off in
-               rows(server, crashed, 'SELECT display_path, "offset" FROM sources')}
-    want = Counter({k: n for k, n in expected.items()
-                    if k[-3] is not None and k[-3] < cursors.get(k[0], 0)})
-    assert got == want
-
-
 # -- two machines, one database ---------------------------------------------------------------
 
 
 def test_two_machines_ingest_into_one_database_each_record_once(
         shared_projects: Path, postgres_server: PgServer, postgres_url: str, home: Path,
         tmp_path: Path) -> None:
+    """Three at once: a laptop, a desktop with a copy of its files, and a server with the very
+    paths of the laptop (sources of its own, not the laptop's)."""
     root_b = tmp_path / "b" / "projects"
     shutil.copytree(shared_projects, root_b)
+    machines = (("laptop", shared_projects), ("desktop", root_b), ("server", shared_projects))
     procs = [subprocess.Popen(deja_argv("--db", postgres_url, "ingest", "--root", str(root),
-                                        "--json"),
+                                        "--json", "--no-embed"),
                               env=deja_env(home, {"DEJA_MACHINE": machine}), cwd=str(REPO),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for machine, root in (("laptop", shared_projects), ("desktop", root_b))]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
-    first, second = (json_line(o[0]) for o in outs)
+             for machine, root in machines]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [o[1] for o in outs]
+    summaries = [json_line(o[0]) for o in outs]
+    first = summaries[0]
     n = first["new_records"]
-    assert n > 1000 and second["new_records"] == n
-    assert (first["machine"], second["machine"]) == ("laptop", "desktop")
+    assert n > 1000 and [s["new_records"] for s in summaries] == [n, n, n]
+    assert [s["files_read"] for s in summaries] == [first["files"]] * 3
+    assert [s["machine"] for s in summaries] == ["laptop", "desktop", "server"]
     by_machine = dict(rows(postgres_server, postgres_url,
                            "SELECT machine, COUNT(*) FROM records GROUP BY machine"))
-    assert by_machine == {"laptop": n, "desktop": n}
-    # A third machine with the very paths of the first: sources of its own, not the laptop's.
-    third = pg_ingest(home, postgres_url, shared_projects, machine="server")
-    assert third["new_records"] == n and third["files_read"] == third["files"]
-    for machine, root in (("laptop", shared_projects), ("desktop", root_b)):
+    assert by_machine == {"laptop": n, "desktop": n, "server": n}
+    for machine, root in machines[:2]:
         assert pg_ingest(home, postgres_url, root, machine=machine)["new_records"] == 0
     assert rows(postgres_server, postgres_url,
                 "SELECT machine, COUNT(*) FROM sources GROUP BY machine ORDER BY machine") == [
@@ -390,46 +219,6 @@ assert conn.execute("SELECT pg_try_advisory_lock(%s)", (int(sys.argv[2]),)).fetc
 print("held", flush=True)
 time.sleep(60)
 """
-
-
-# -- secrets ------------------------------------------------------------------------------------
-
-
-def test_planted_secrets_never_reach_the_server(postgres_server: PgServer, postgres_url: str,
-                                                home: Path, tmp_path: Path) -> None:
-    from test_secrets import _plant, make_secrets
-
-    planted = make_secrets()
-    root = tmp_path / "projects"
-    _plant(root, planted)
-    summary = pg_ingest(home, postgres_url, root)
-    assert summary["redactions"] > 0 and summary["skipped_lines"] == 0
-    dumped = "\n".join(str(r) for r in rows(postgres_server, postgres_url, """
-        SELECT text || COALESCE(meta::text, '') FROM records
-        UNION ALL SELECT COALESCE(title, '') || COALESCE(agent_name, '') FROM sessions
-        UNION ALL SELECT COALESCE(description, '') FROM agent_runs
-        UNION ALL SELECT display_path FROM sources"""))
-    assert "[REDACTED:" in dumped and "[REDACTED:url_password]" in dumped
-    low = dumped.lower()
-    leaks = [name for name, (_, secret, piece) in planted.items()
-             for needle in {secret, piece} if needle.lower() in low]
-    assert not leaks, leaks
-    # Nor the server's files: its data files and write-ahead log, once checkpointed.
-    with postgres_server.connect() as conn:
-        conn.execute("CHECKPOINT")
-        oid = conn.execute("SELECT oid FROM pg_database WHERE datname = %s",
-                           (_database(postgres_url),)).fetchone()[0]
-    folder = postgres_server.socket_dir
-    files = [p for sub in (folder / "base" / str(oid), folder / "pg_wal")
-             for p in sub.rglob("*") if p.is_file()]
-    wal_holds_markers = False
-    for path in files:
-        data = path.read_bytes()
-        wal_holds_markers |= path.parent.name == "pg_wal" and b"[REDACTED:" in data
-        for name, (_, secret, piece) in planted.items():
-            for needle in {secret, piece}:
-                assert needle.encode() not in data, f"{name} in {path}"
-    assert wal_holds_markers, "expected the write-ahead log to hold the redacted records"
 
 
 # -- failures: one line each, no password ---------------------------------------------------------

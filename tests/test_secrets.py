@@ -8,6 +8,13 @@ meta files, workflow journals. After `deja ingest`, the raw bytes of every file
 in the database folder (the database, its -wal and -shm, the lock) are searched
 for each secret and for a distinctive piece of it, case-insensitively (FTS5
 stores lowercased tokens).
+
+On PostgreSQL (each test runs on both engines: the module ingests once per
+engine) the server's files are searched instead: the database's data files and
+the server's write-ahead log, after a CHECKPOINT. So that a grep of them means
+something, the test database keeps every text, JSON and tsvector value
+uncompressed (`SET STORAGE EXTERNAL`): PostgreSQL would otherwise compress a
+long value (pglz), and a secret inside it would hide from the grep.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ from typing import Any
 
 import pytest
 import sqlean
-
 from fixtures.cli import deja, deja_json
-from fixtures.db import sql
+from fixtures.engines import ENGINES, Target, is_postgres, sql
+from fixtures.postgres import PgServer
+from fixtures.targets import server_files, wal_position
 from fixtures.transcripts import PROJECT, assistant, line, tool_result, user, write
 
 SESSION = "7e2d9c41-0b3a-4f5e-8d6c-1a2b3c4d5e6f"
@@ -159,18 +167,30 @@ def _db_folder_bytes(folder: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def ingested(tmp_path_factory: pytest.TempPathFactory
-             ) -> tuple[dict[str, Any], dict[str, tuple[str, str, str]], Path, dict[Path, bytes], int]:
+Ingested = tuple[dict[str, Any], dict[str, tuple[str, str, str]], Target, dict[Path, bytes], int]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def ingested(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Ingested:
+    """(summary, secrets, database, its files' bytes by path, plantings), once per engine."""
     s = make_secrets()
     base = tmp_path_factory.mktemp("secrets")
     home = base / "home"
     home.mkdir()
     root = base / "projects"
     planted = _plant(root, s)
-    db = base / "data" / "deja.db"
-    empty = base / "empty"  # an ingest of nothing creates and migrates the file
+    empty = base / "empty"  # an ingest of nothing creates the tables (and migrates a file)
     empty.mkdir()
+    if request.param == "postgres":
+        server: PgServer = request.getfixturevalue("postgres_server")
+        url = server.uri(server.new_database())
+        deja_json(home, "--db", url, "ingest", "--root", str(empty), "--json", "--no-embed")
+        _store_uncompressed(url)
+        since = wal_position(server)
+        summary = deja_json(home, "--db", url, "ingest", "--root", str(root), "--json",
+                            "--no-embed")
+        return summary, s, url, server_files(server, url, since), planted
+    db = base / "data" / "deja.db"
     deja_json(home, "--db", str(db), "ingest", "--root", str(empty), "--json", "--no-embed")
     # Hold a read transaction open through the ingest: no checkpoint can move the
     # new pages out of the -wal file, so the WAL holds everything the ingest wrote.
@@ -190,14 +210,36 @@ def ingested(tmp_path_factory: pytest.TempPathFactory
     return summary, s, db, files, planted
 
 
-def test_no_secret_reaches_any_file_of_the_database_folder(ingested: Any) -> None:
+def _store_uncompressed(url: str) -> None:
+    """Every text, JSON and tsvector column of deja's tables stored without compression."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        columns = conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND data_type IN ('text', 'jsonb', 'tsvector') "
+            "AND is_generated = 'NEVER'").fetchall()
+        assert columns
+        for table, column in columns:
+            conn.execute(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" SET STORAGE EXTERNAL')
+
+
+def test_no_secret_reaches_any_file_of_the_database_folder(ingested: Ingested) -> None:
     summary, s, db, files, _ = ingested
     assert summary["skipped_lines"] == 0 and summary["file_errors"] == []
     # The grep below means something only if the records did pass through these files.
-    wal = Path(str(db) + "-wal (during ingest)")
-    assert wal in files and b"[REDACTED:" in files[wal], "expected the WAL to hold the ingest's pages"
-    assert b"[REDACTED:" in files[db], "expected the main file to hold the records after a checkpoint"
-    assert Path(str(db) + "-shm (during ingest)") in files
+    if is_postgres(db):
+        assert any(b"[REDACTED:" in data for path, data in files.items()
+                   if path.parent.name == "pg_wal"), "expected the WAL to hold the records"
+        assert any(b"[REDACTED:" in data for path, data in files.items()
+                   if path.parent.name != "pg_wal"), "expected the data files to hold them"
+    else:
+        wal = Path(str(db) + "-wal (during ingest)")
+        assert wal in files and b"[REDACTED:" in files[wal], \
+            "expected the WAL to hold the ingest's pages"
+        assert b"[REDACTED:" in files[Path(db)], \
+            "expected the main file to hold the records after a checkpoint"
+        assert Path(str(db) + "-shm (during ingest)") in files
     leaks = []
     for path, data in files.items():
         low = data.lower()
@@ -208,7 +250,7 @@ def test_no_secret_reaches_any_file_of_the_database_folder(ingested: Any) -> Non
     assert not leaks, "\n".join(leaks)
 
 
-def test_redactions_are_counted_and_marked_by_kind(ingested: Any) -> None:
+def test_redactions_are_counted_and_marked_by_kind(ingested: Ingested) -> None:
     summary, _, db, _, planted = ingested
     assert summary["redactions"] >= planted
     assert sum(summary["redactions_by_kind"].values()) == summary["redactions"]
@@ -221,7 +263,7 @@ def test_redactions_are_counted_and_marked_by_kind(ingested: Any) -> None:
     assert "export GIZMO_API_TOKEN=[REDACTED:secret_assignment]" in texts
 
 
-def test_every_kind_of_place_was_ingested_and_redacted(ingested: Any) -> None:
+def test_every_kind_of_place_was_ingested_and_redacted(ingested: Ingested) -> None:
     """The leak test means something only if the planted texts were all ingested."""
     _, _, db, _, _ = ingested
     kinds = {r[0] for r in sql(db, "SELECT DISTINCT kind FROM records")}
@@ -240,7 +282,7 @@ def test_every_kind_of_place_was_ingested_and_redacted(ingested: Any) -> None:
     assert len(described) >= 2 and all("[REDACTED:" in d[0] for d in described)
 
 
-def test_search_output_shows_markers_not_secrets(ingested: Any, tmp_path: Path) -> None:
+def test_search_output_shows_markers_not_secrets(ingested: Ingested, tmp_path: Path) -> None:
     _, s, db, _, _ = ingested
     proc = deja(tmp_path, "--db", str(db), "search", "DATABASE_URL postgres", "--json", "--mode",
                 "keyword", "--limit", "50")

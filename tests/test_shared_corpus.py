@@ -2,7 +2,13 @@
 
 Every expectation here is read from the transcripts themselves (independently
 of deja's parser) or was checked by hand against them: agent ids, tool_use ids,
-leaf uuids, titles. The database is inspected read-only with sqlean.
+leaf uuids, titles. The database is inspected read-only (sqlean, or psycopg).
+
+On both engines: the `corpus` fixture is the corpus ingested once per module into
+a SQLite file and once into a PostgreSQL database, and each test of it runs on
+both; `test_both_engines_hold_the_same_tables` compares the two row for row. The
+full-text query syntax and the file's own layout are SQLite's (`sqlite_corpus`);
+the PostgreSQL rankers' queries are tests/test_postgres_search.py's.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ from typing import Any
 
 import pytest
 import sqlean
-
 from fixtures.cli import deja, deja_env, deja_json
-from fixtures.db import source_row, sql
+from fixtures.engines import ENGINES, Target, sql
 from fixtures.paths import REPO
+from fixtures.postgres import PgServer
 from fixtures.shared import ingest_shared
+from fixtures.targets import server_files, source_row, wal_position
 from fixtures.transcripts import assistant, conversation, line, tool_result, user, write
+
 from ingest.migrations import SCHEMA_VERSION
 
 TEXT_CAP = 64 * 1024
@@ -58,11 +66,16 @@ def _deja(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 class Corpus:
-    def __init__(self, root: Path, db: Path, home: Path, summary: dict[str, Any]) -> None:
+    """The corpus in one database: a SQLite file, or a PostgreSQL database (then `server`)."""
+
+    def __init__(self, root: Path, db: Target, home: Path, summary: dict[str, Any],
+                 server: PgServer | None = None, since: str | None = None) -> None:
         self.root = root
         self.db = db
         self.home = home
         self.summary = summary
+        self.server = server
+        self.since = since  # the server's WAL position before the ingest
 
     def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return sql(self.db, query, params)
@@ -73,11 +86,36 @@ class Corpus:
     def deja_json(self, *args: str) -> Any:
         return deja_json(self.home, "--db", str(self.db), *args)
 
+    def stored_bytes(self) -> bytes:
+        """Every byte the engine wrote: the database folder's files, or what the server's
+        write-ahead log holds of the ingest (all it wrote to any file)."""
+        if self.server is not None:
+            return b"".join(server_files(self.server, str(self.db), self.since,
+                                         data_files=False).values())
+        return b"".join(p.read_bytes() for p in Path(self.db).parent.iterdir() if p.is_file())
+
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> Corpus:
+def sqlite_corpus(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> Corpus:
     home, db, summary = ingest_shared(tmp_path_factory.mktemp("corpus"), shared_projects)
     return Corpus(shared_projects, db, home, summary)
+
+
+@pytest.fixture(scope="module")
+def pg_corpus(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path,
+              postgres_server: PgServer) -> Corpus:
+    home = tmp_path_factory.mktemp("pg_corpus")
+    url = postgres_server.uri(postgres_server.new_database())
+    since = wal_position(postgres_server)
+    summary = deja_json(home, "--db", url, "ingest", "--root", str(shared_projects), "--json",
+                        "--no-embed")
+    return Corpus(shared_projects, url, home, summary, postgres_server, since)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def corpus(request: pytest.FixtureRequest) -> Corpus:
+    """The corpus on each engine in turn (each ingested once per module)."""
+    return request.getfixturevalue("pg_corpus" if request.param == "postgres" else "sqlite_corpus")
 
 
 # -- reading the transcripts independently -----------------------------------------
@@ -134,7 +172,7 @@ def test_every_file_ingests_with_nothing_skipped(corpus: Corpus) -> None:
     assert s["unknown_line_types"] == {}
     # Every file was read to its end: cursor at its size, every line counted.
     rows = {bytes(r[0]): (r[1], r[2], r[3]) for r in corpus.sql(
-        "SELECT path, offset, lines, missing FROM sources")}
+        'SELECT path, "offset", lines, missing FROM sources')}
     assert len(rows) == len(files)
     for path in files:
         data = path.read_bytes()
@@ -147,6 +185,38 @@ def test_records_are_unique_per_file_line_and_part(corpus: Corpus) -> None:
     total, distinct = corpus.sql(
         "SELECT COUNT(*), COUNT(DISTINCT source_id || ':' || line_key || ':' || part) FROM records")[0]
     assert total == distinct > 3000
+
+
+def test_both_engines_hold_the_same_tables(sqlite_corpus: Corpus, pg_corpus: Corpus) -> None:
+    """The same summary, and the sessions, subagent runs and response usage row for row."""
+    lite, pg = sqlite_corpus, pg_corpus
+    for key in ("files", "files_read", "new_records", "records_by_kind", "sessions",
+                "subagent_runs", "redactions", "redactions_by_kind", "skipped_lines",
+                "ignored_lines", "lines_read", "bytes_read", "compactions"):
+        assert pg.summary[key] == lite.summary[key], key
+    assert pg.summary["embedded"] == 0 and pg.summary["pending_embeddings"] > 0
+    for table, cols in (
+            ("sessions", "session_id, project_dir, cwd, git_branch, title, title_kind, "
+                         "agent_name, first_ts, last_ts, version"),
+            ("agent_runs", "session_id, agent_id, layout, agent_type, description, "
+                           "tool_use_id, is_aside"),
+            ("responses", "key, session_id, model, ts, input, output, cache_creation, "
+                          "cache_read")):
+        query = f"SELECT {cols} FROM {table}"
+        assert sorted(lite.sql(query)) == sorted(pg.sql(query)), table
+    kinds = "SELECT kind || '/' || COALESCE(tool_name, ''), COUNT(*) FROM records GROUP BY 1"
+    assert dict(lite.sql(kinds)) == dict(pg.sql(kinds))
+    # PostgreSQL's own: every record of this one machine, and in the keyword index.
+    stats = pg.deja_json("stats", "--json")
+    assert stats["engine"] == "postgresql" and stats["records_by_machine"] == {
+        pg.summary["machine"]: pg.summary["new_records"]}
+    assert stats["by_kind"] == pg.summary["records_by_kind"]
+    assert (stats["sessions"], stats["files"], stats["missing_files"]) == (
+        pg.sql("SELECT COUNT(*) FROM sessions")[0][0], pg.summary["files"], 0)
+    assert pg.sql("SELECT COUNT(*) FROM pg_extension WHERE extname = 'vector'") == [(1,)]
+    assert pg.sql("SELECT COUNT(*) FROM records WHERE search_tsv IS NULL") == [(0,)]
+    assert pg.sql("SELECT indexdef FROM pg_indexes WHERE indexname = 'records_search'"
+                  )[0][0].endswith("USING gin (search_tsv)")
 
 
 # -- 1. subagents, all three layouts ----------------------------------------------------
@@ -356,7 +426,8 @@ def test_session_titles_last_one_wins(corpus: Corpus) -> None:
     assert got == expected
 
 
-def test_title_last_one_wins_and_agent_name_does_not_erase_it(tmp_path: Path) -> None:
+def test_title_last_one_wins_and_agent_name_does_not_erase_it(tmp_path: Path,
+                                                              db_target: Target) -> None:
     """A made-up session: titles and agent names interleaved as Claude Code 2.1.x writes them."""
     session = "2a3b4c5d-6e7f-4a8b-9c0d-1e2f3a4b5c6d"
     path = write(tmp_path / "projects" / "-home-dev-t" / f"{session}.jsonl", [
@@ -367,7 +438,7 @@ def test_title_last_one_wins_and_agent_name_does_not_erase_it(tmp_path: Path) ->
     ])
     home = tmp_path / "home"
     home.mkdir()
-    db = tmp_path / "data" / "deja.db"
+    db = db_target
 
     def ingest_and_read() -> tuple[Any, ...]:
         deja_json(home, "--db", str(db), "ingest", "--root", str(tmp_path / "projects"), "--json",
@@ -425,7 +496,7 @@ def test_a_real_password_in_escaped_json_does_not_reach_the_database(corpus: Cor
     path = corpus.root / "-home-vwestberg-Claude" / f"{S_WINBOAT}.jsonl"
     values = set(re.findall(r'PASSWORD: \\"([^\\"$]{6,})', path.read_text()))
     assert values, "expected the docker-compose password in the transcript"
-    stored = b"".join(p.read_bytes() for p in corpus.db.parent.iterdir() if p.is_file())
+    stored = corpus.stored_bytes()
     assert not [v for v in values if v.encode() in stored or v.lower().encode() in stored.lower()]
     texts = [r[0] for r in corpus.sql("SELECT text FROM records WHERE text LIKE '%PASSWORD: %'")]
     assert any('PASSWORD: \\"[REDACTED:secret_assignment]' in t for t in texts)
@@ -480,15 +551,15 @@ def test_spilled_tool_outputs_keep_the_fuller_output_not_the_preview(corpus: Cor
     """4 results in the shared corpus were spilled to tool-results/*.txt: their block
     holds a 2 KB preview, their toolUseResult 30 KB or more. Words far past the
     preview are stored and found, and the spill file is named in the meta."""
-    rows = corpus.sql("SELECT uuid, length(text), meta FROM records "
+    rows = corpus.sql("SELECT uuid, length(text), CAST(meta AS TEXT) FROM records "
                       "WHERE kind = 'tool_result' AND text LIKE '<persisted-output>%'")
     assert len(rows) == 4
     assert all(length > 30_000 for _, length, _ in rows)
     metas = [json.loads(m) for _, _, m in rows if m]
     assert sum(1 for m in metas if m["persisted_output"]["persistedOutputPath"].endswith(".txt")) == 3
     # A line near the end of the 30 KB kept of the 54 KB diff, 28 KB past the preview.
-    tail = corpus.sql("SELECT substr(text, -400, 200) FROM records WHERE uuid = ?",
-                      ("8090dd0a-8325-4657-b530-fcccb631beb3",))[0][0]
+    tail = corpus.sql("SELECT text FROM records WHERE uuid = ?",
+                      ("8090dd0a-8325-4657-b530-fcccb631beb3",))[0][0][-400:-200]
     word = max(re.findall(r"[A-Za-z]{8,}", tail), key=len)
     found = corpus.deja_json("search", word, "--json", "--mode", "keyword", "--project", "all",
                              "--limit", "50")["hits"]
@@ -632,8 +703,9 @@ QUERIES = [
 DASH_QUERIES = ["-rf", "--force", "-", "--", "-x -y", "--db"]
 
 
-def test_any_text_is_a_valid_query(corpus: Corpus) -> None:
+def test_any_text_is_a_valid_query(sqlite_corpus: Corpus) -> None:
     """Every query: exit 0 and {"hits": [...]} with the hit fields (one process, many CLI runs)."""
+    corpus = sqlite_corpus
     argvs = [["--db", str(corpus.db), "search", *KEYWORD, q, "--json"] for q in QUERIES]
     # A query that starts with a dash is passed after "--", as for any command line tool.
     argvs += [["--db", str(corpus.db), "search", *KEYWORD, "--json", "--", q] for q in DASH_QUERIES]
@@ -664,14 +736,16 @@ def test_any_text_is_a_valid_query(corpus: Corpus) -> None:
 
 
 @pytest.mark.parametrize("query", ['"', "NEAR(", "a AND (b OR"])
-def test_awkward_queries_in_their_own_process(corpus: Corpus, query: str) -> None:
+def test_awkward_queries_in_their_own_process(sqlite_corpus: Corpus, query: str) -> None:
+    corpus = sqlite_corpus
     proc = _deja(corpus.home, "--db", str(corpus.db), "search", *KEYWORD, query, "--json")
     assert proc.returncode == 0, proc.stderr
     assert isinstance(json.loads(proc.stdout)["hits"], list)
 
 
 def test_concurrent_searches_while_reingesting(corpus: Corpus) -> None:
-    """Readers and the ingest pass share the file (WAL): nothing fails, nothing is added."""
+    """Readers and the ingest pass share the file (WAL) or the server: nothing fails, nothing
+    is added."""
     def search(q: str) -> subprocess.CompletedProcess[str]:
         return _deja(corpus.home, "--db", str(corpus.db), "search", *KEYWORD, q, "--json")
 
@@ -691,8 +765,9 @@ def test_concurrent_searches_while_reingesting(corpus: Corpus) -> None:
 # -- 6. the database file ----------------------------------------------------------------------
 
 
-def test_database_follows_the_design(corpus: Corpus) -> None:
-    db = corpus.db
+def test_database_follows_the_design(sqlite_corpus: Corpus) -> None:
+    corpus = sqlite_corpus
+    db = Path(corpus.db)
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
     assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
     for suffix in ("-wal", "-shm"):
@@ -724,7 +799,8 @@ def test_database_follows_the_design(corpus: Corpus) -> None:
 # -- 2. fidelity on a made-up session ----------------------------------------------------------
 
 
-def test_long_tool_results_are_kept_to_the_cap_and_searchable_deep_inside(tmp_path: Path) -> None:
+def test_long_tool_results_are_kept_to_the_cap_and_searchable_deep_inside(
+        tmp_path: Path, db_target: Target) -> None:
     session = "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9"
     root = tmp_path / "projects"
     kw = {"cwd": "/home/dev/deep", "gitBranch": "feature/deep"}
@@ -751,19 +827,17 @@ def test_long_tool_results_are_kept_to_the_cap_and_searchable_deep_inside(tmp_pa
     write(root / "-home-dev-deep" / f"{session}.jsonl", lines)
     home = tmp_path / "home"
     home.mkdir()
-    db = tmp_path / "data" / "deja.db"
+    db = db_target
     out = deja_json(home, "--db", str(db), "ingest", "--root", str(root), "--json", "--no-embed")
     assert out["new_records"] == 7
+    columns = ("kind", "text", "cwd", "git_branch", "ts", "model", "tool_name", "tool_use_id",
+               "text_len", "truncated")
 
     def rec(uuid: str, part: int = 0) -> dict[str, Any]:
-        conn = sqlean.connect(f"file:{db}?mode=ro", uri=True)
-        conn.row_factory = sqlean.Row
-        try:
-            row = conn.execute("SELECT * FROM records WHERE uuid = ? AND part = ?", (uuid, part)).fetchone()
-        finally:
-            conn.close()
-        assert row is not None, (uuid, part)
-        return dict(row)
+        rows = sql(db, f"SELECT {', '.join(columns)} FROM records WHERE uuid = ? AND part = ?",
+                   (uuid, part))
+        assert len(rows) == 1, (uuid, part)
+        return dict(zip(columns, rows[0]))
 
     p = rec("fp-1")
     assert (p["kind"], p["text"], p["cwd"], p["git_branch"], p["ts"]) == (
