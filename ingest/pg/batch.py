@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from ..batch import BACKFILL_KEYS, Batch, BatchResult, Cursor, backfill_keys
 from ..indexing import EMBEDDABLE_KINDS
 from ..parse import AgentLink, Record, SessionInfo
+from .fulltext import (SET_BATCH_INDEXES, contexts, last_context, reindex_contexts,
+                       write_passages)
 from .text import clean, clean_json
 
 if TYPE_CHECKING:
@@ -30,16 +32,27 @@ __all__ = ["insert_batch"]
 
 _EMBEDDABLE = frozenset(EMBEDDABLE_KINDS)
 
+# Each column with its type: the INSERT ... SELECT below gives its parameters no other.
 _RECORD_COLUMNS = (
-    "machine", "source_id", "line_key", "part", "uuid", "parent_uuid", "session_id", "agent_id",
-    "kind", "role", "tool_name", "tool_use_id", "is_error", "text", "text_len", "truncated",
-    "ts", "cwd", "git_branch", "model", "is_sidechain", "byte_offset", "meta", "embed_state",
+    ("machine", "text"), ("source_id", "bigint"), ("line_key", "text"), ("part", "integer"),
+    ("uuid", "text"), ("parent_uuid", "text"), ("session_id", "text"), ("agent_id", "text"),
+    ("kind", "text"), ("role", "text"), ("tool_name", "text"), ("tool_use_id", "text"),
+    ("is_error", "smallint"), ("text", "text"), ("text_len", "integer"),
+    ("truncated", "smallint"), ("ts", "text"), ("cwd", "text"), ("git_branch", "text"),
+    ("model", "text"), ("is_sidechain", "smallint"), ("byte_offset", "bigint"),
+    ("meta", "jsonb"), ("embed_state", "smallint"),
 )
+# The record with its full-text index (schema v6, fulltext.py): its words and its
+# context's as one tsvector, computed once (`deja_tsv`), and that tsvector's length. The
+# text is sent once: the row's last two parameters are the text and the context.
 _INSERT_RECORD = (
-    f"INSERT INTO records ({', '.join(_RECORD_COLUMNS)}) "
-    f"VALUES ({', '.join('%s' for _ in _RECORD_COLUMNS)}) "
-    "ON CONFLICT (source_id, line_key, part) DO NOTHING RETURNING id, kind"
+    f"INSERT INTO records ({', '.join(c for c, _ in _RECORD_COLUMNS)}, search_tsv, search_len) "
+    "SELECT " + ", ".join("i.body" if c == "text" else f"%s::{t}" for c, t in _RECORD_COLUMNS)
+    + ", x.tsv, deja_tsv_len(x.tsv) "
+    "FROM (SELECT %s::text AS body, %s::text AS ctx) AS i, deja_tsv(i.body, i.ctx) AS x(tsv) "
+    "ON CONFLICT (source_id, line_key, part) DO NOTHING RETURNING id"
 )
+_TEXT = [c for c, _ in _RECORD_COLUMNS].index("text")
 
 # Usage once per response, the largest value of each field (ingest/derived.py says why);
 # LEAST and GREATEST skip NULLs as the SQLite writer's COALESCEs do. A usage field that
@@ -154,22 +167,37 @@ async def insert_batch(conn: psycopg.AsyncConnection, machine: str, batch: Batch
 
 async def _insert_records(conn: psycopg.AsyncConnection, machine: str, batch: Batch,
                           result: BatchResult) -> None:
-    """The records, the usage of their responses, their results' tool names; counted."""
-    new: list[tuple[int, str]] = []
+    """The records with their full-text index (fulltext.py), the usage of their responses,
+    their results' tool names; counted."""
+    rows = [_record_row(machine, batch.source_id, r) for r in batch.records]
+    texts = [row[_TEXT] for row in rows]
+    ctx = contexts(await last_context(conn, batch.source_id),
+                   [(r.kind, t) for r, t in zip(batch.records, texts)])
+    await conn.execute(SET_BATCH_INDEXES)
+    new: list[tuple[int, int]] = []  # (id, index in the batch)
     async with conn.cursor() as cur:
         await cur.executemany(_INSERT_RECORD,
-                              [_record_row(machine, batch.source_id, r) for r in batch.records],
+                              [(*row[:_TEXT], *row[_TEXT + 1:], t, c)
+                               for row, t, c in zip(rows, texts, ctx)],
                               returning=True)
+        i = 0
         while True:
-            new.extend(await cur.fetchall())
+            new.extend((int(rid), i) for rid, in await cur.fetchall())
+            i += 1
             if not cur.nextset():
                 break
     if not new:
         return
-    ids = [row[0] for row in new]
+    # A line already stored (read again) just before a new record gave it the wrong
+    # context: it takes the one the database gives it (the record before it by id).
+    await reindex_contexts(conn, [rid for (rid, i), before in zip(new, [-1] + [j for _, j in new])
+                                  if before != i - 1 and batch.records[i].kind != "memory"])
+    await write_passages(conn, [(rid, texts[i]) for rid, i in new])
+    ids = [rid for rid, _ in new]
     await conn.execute(_UPSERT_RESPONSES, (ids,))
     await conn.execute(_NAME_RESULTS, (ids,))
-    for _, kind in new:
+    for _, i in new:
+        kind = batch.records[i].kind
         result.by_kind[kind] = result.by_kind.get(kind, 0) + 1
     result.new_records = len(new)
 

@@ -33,6 +33,9 @@ each record's context, and the passages of long records) and drops version
 Version 5 adds the sessions' `project_key` (their git remote, ingest/gitremote.py)
 and `machine`: see SCHEMA_V5.
 
+Version 6 has ingest's batches write their records' full-text index themselves, the
+triggers only for the other writers: see ingest/pg/search_schema.py SCHEMA_V6.
+
 `prepare` runs under a transaction-level advisory lock, so two machines
 opening a new database at once create the tables once. A database of a
 newer version is refused (SchemaTooNew). Never edit version 1 once shipped:
@@ -45,15 +48,16 @@ from typing import TYPE_CHECKING
 
 from ..config import PostgresUrl
 from ..errors import DatabaseError, SchemaTooNew
-from .search_schema import SCHEMA_V4
+from .search_schema import SCHEMA_V4, SCHEMA_V6
 
 if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "SCHEMA_V2", "SCHEMA_V3", "SCHEMA_V4", "SCHEMA_V5",
+           "SCHEMA_V6",
            "VECTOR_DIM", "prepare"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # The dimension of the chunks' vector column (schema v2).
 VECTOR_DIM = 384
 # pg_advisory_xact_lock key of schema creation: "deja" and 1, as a number.
@@ -213,7 +217,7 @@ UPDATE deja_schema SET version = 5 WHERE id = 1;
 """
 
 # The statements that take a database from version N-1 to N, by N.
-_UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5}
+_UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5, 6: SCHEMA_V6}
 
 
 async def prepare(conn: psycopg.AsyncConnection, target: PostgresUrl, *,

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 from ..db import CJK_CHAR
 from ..indexing import CONTEXT_CHARS, CONTEXT_KINDS, PASSAGE_CHARS, PASSAGE_FROM, PASSAGE_OVERLAP
+from .fulltext import BATCH_SETTING
 
-__all__ = ["SCHEMA_V4"]
+__all__ = ["SCHEMA_V4", "SCHEMA_V6"]
 
 _CONTEXT_KINDS = ", ".join(f"'{k}'" for k in CONTEXT_KINDS)
 # The bracket expression of ingest.db.CJK_CHAR with its real characters (PostgreSQL's
@@ -202,4 +203,25 @@ CREATE INDEX passages_search ON passages USING GIN (tsv);
 DROP INDEX records_tsv;
 ALTER TABLE records DROP COLUMN text_tsv;
 UPDATE deja_schema SET version = 4 WHERE id = 1;
+"""
+
+# Version 6: ingest's batches write their records' index themselves (ingest/pg/fulltext.py:
+# the context and the passages cut in Python, each tsvector once in SQL), which took the
+# CLI ingest of the shared corpus from 1.3 to ~X MB/s. The triggers stay for every other
+# writer (`deja sync`, write_memory, any INSERT) and for a changed text, but no longer
+# fire for what a batch writes: the records' for a row that comes with its tsvector, the
+# passages' in a transaction that set deja.batch_indexes (fulltext.SET_BATCH_INDEXES).
+# Nothing already indexed changes.
+SCHEMA_V6 = f"""
+DROP TRIGGER records_index ON records;
+DROP TRIGGER records_passages ON records;
+CREATE TRIGGER records_index BEFORE INSERT ON records
+    FOR EACH ROW WHEN (NEW.search_tsv IS NULL) EXECUTE FUNCTION deja_index_record();
+CREATE TRIGGER records_index_update BEFORE UPDATE OF text ON records
+    FOR EACH ROW EXECUTE FUNCTION deja_index_record();
+CREATE TRIGGER records_passages AFTER INSERT ON records
+    FOR EACH ROW WHEN (length(NEW.text) > {PASSAGE_FROM}
+                       AND current_setting('{BATCH_SETTING}', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION deja_index_passages();
+UPDATE deja_schema SET version = 6 WHERE id = 1;
 """
