@@ -42,15 +42,21 @@ _RECORD_COLUMNS = (
     ("model", "text"), ("is_sidechain", "smallint"), ("byte_offset", "bigint"),
     ("meta", "jsonb"), ("embed_state", "smallint"),
 )
-# The record with its full-text index (schema v6, fulltext.py): its words and its
-# context's as one tsvector, computed once (`deja_tsv`), and that tsvector's length. The
-# text is sent once: the row's last two parameters are the text and the context.
-_INSERT_RECORD = (
-    f"INSERT INTO records ({', '.join(c for c, _ in _RECORD_COLUMNS)}, search_tsv, search_len) "
-    "SELECT " + ", ".join("i.body" if c == "text" else f"%s::{t}" for c, t in _RECORD_COLUMNS)
-    + ", x.tsv, deja_tsv_len(x.tsv) "
-    "FROM (SELECT %s::text AS body, %s::text AS ctx) AS i, deja_tsv(i.body, i.ctx) AS x(tsv) "
-    "ON CONFLICT (source_id, line_key, part) DO NOTHING RETURNING id"
+# A batch's records with their full-text index (schema v6, fulltext.py), in one
+# statement: each column as an array, in file order (identity values are handed out in
+# that order), and each record's context; the tsvector of its words and its context's
+# computed once (`deja_tsv`), and its length. JSON goes as text (psycopg's lists of
+# strings), cast row by row.
+_COLUMN_NAMES = ", ".join(c for c, _ in _RECORD_COLUMNS)
+_INSERT_RECORDS = (
+    f"INSERT INTO records ({_COLUMN_NAMES}, search_tsv, search_len) "
+    "SELECT " + ", ".join(f"u.{c}::jsonb" if t == "jsonb" else f"u.{c}"
+                          for c, t in _RECORD_COLUMNS)
+    + ", x.tsv, deja_tsv_len(x.tsv) FROM unnest("
+    + ", ".join(f"%s::{'text' if t == 'jsonb' else t}[]" for _, t in _RECORD_COLUMNS)
+    + f", %s::text[]) WITH ORDINALITY AS u({_COLUMN_NAMES}, ctx, n), "
+    "deja_tsv(u.text, u.ctx) AS x(tsv) ORDER BY u.n "
+    "ON CONFLICT (source_id, line_key, part) DO NOTHING RETURNING id, line_key, part"
 )
 _TEXT = [c for c, _ in _RECORD_COLUMNS].index("text")
 
@@ -174,18 +180,13 @@ async def _insert_records(conn: psycopg.AsyncConnection, machine: str, batch: Ba
     ctx = contexts(await last_context(conn, batch.source_id),
                    [(r.kind, t) for r, t in zip(batch.records, texts)])
     await conn.execute(SET_BATCH_INDEXES)
-    new: list[tuple[int, int]] = []  # (id, index in the batch)
-    async with conn.cursor() as cur:
-        await cur.executemany(_INSERT_RECORD,
-                              [(*row[:_TEXT], *row[_TEXT + 1:], t, c)
-                               for row, t, c in zip(rows, texts, ctx)],
-                              returning=True)
-        i = 0
-        while True:
-            new.extend((int(rid), i) for rid, in await cur.fetchall())
-            i += 1
-            if not cur.nextset():
-                break
+    cur = await conn.execute(_INSERT_RECORDS, [list(col) for col in zip(*rows)] + [ctx])
+    first: dict[tuple[str, int], int] = {}
+    for i, row in enumerate(rows):
+        first.setdefault((row[2], row[3]), i)
+    # (id, index in the batch) of each new record, in file order.
+    new = sorted(((int(rid), first[(key, part)]) for rid, key, part in await cur.fetchall()),
+                 key=lambda x: x[1])
     if not new:
         return
     # A line already stored (read again) just before a new record gave it the wrong
