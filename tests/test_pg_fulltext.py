@@ -16,12 +16,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from fixtures.cli import deja_json
 from fixtures.engines import clone
 from fixtures.paths import SAMPLE
 from fixtures.postgres import PgServer
 from fixtures.transcripts import assistant, user, write
+
 from ingest.indexing import PASSAGE_FROM, passage_spans
 from ingest.pg.schema import SCHEMA_VERSION
 

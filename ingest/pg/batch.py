@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..batch import BACKFILL_KEYS, Batch, BatchResult, Cursor, backfill_keys
 from ..indexing import EMBEDDABLE_KINDS
 from ..parse import AgentLink, Record, SessionInfo
-from .fulltext import (SET_BATCH_INDEXES, contexts, last_context, reindex_contexts,
-                       write_passages)
+from .fulltext import SET_BATCH_INDEXES, contexts, last_context, reindex_contexts, write_passages
 from .text import clean, clean_json
 
 if TYPE_CHECKING:
