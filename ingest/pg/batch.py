@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..batch import BACKFILL_KEYS, Batch, BatchResult, Cursor, backfill_keys
 from ..indexing import EMBEDDABLE_KINDS
 from ..parse import AgentLink, Record, SessionInfo
+from .fulltext import SET_BATCH_INDEXES, contexts, last_context, reindex_contexts, write_passages
 from .text import clean, clean_json
 
 if TYPE_CHECKING:
@@ -30,16 +31,33 @@ __all__ = ["insert_batch"]
 
 _EMBEDDABLE = frozenset(EMBEDDABLE_KINDS)
 
+# Each column with its type: the INSERT ... SELECT below gives its parameters no other.
 _RECORD_COLUMNS = (
-    "machine", "source_id", "line_key", "part", "uuid", "parent_uuid", "session_id", "agent_id",
-    "kind", "role", "tool_name", "tool_use_id", "is_error", "text", "text_len", "truncated",
-    "ts", "cwd", "git_branch", "model", "is_sidechain", "byte_offset", "meta", "embed_state",
+    ("machine", "text"), ("source_id", "bigint"), ("line_key", "text"), ("part", "integer"),
+    ("uuid", "text"), ("parent_uuid", "text"), ("session_id", "text"), ("agent_id", "text"),
+    ("kind", "text"), ("role", "text"), ("tool_name", "text"), ("tool_use_id", "text"),
+    ("is_error", "smallint"), ("text", "text"), ("text_len", "integer"),
+    ("truncated", "smallint"), ("ts", "text"), ("cwd", "text"), ("git_branch", "text"),
+    ("model", "text"), ("is_sidechain", "smallint"), ("byte_offset", "bigint"),
+    ("meta", "jsonb"), ("embed_state", "smallint"),
 )
-_INSERT_RECORD = (
-    f"INSERT INTO records ({', '.join(_RECORD_COLUMNS)}) "
-    f"VALUES ({', '.join('%s' for _ in _RECORD_COLUMNS)}) "
-    "ON CONFLICT (source_id, line_key, part) DO NOTHING RETURNING id, kind"
+# A batch's records with their full-text index (schema v6, fulltext.py), in one
+# statement: each column as an array, in file order (identity values are handed out in
+# that order), and each record's context; the tsvector of its words and its context's
+# computed once (`deja_tsv`), and its length. JSON goes as text (psycopg's lists of
+# strings), cast row by row.
+_COLUMN_NAMES = ", ".join(c for c, _ in _RECORD_COLUMNS)
+_INSERT_RECORDS = (
+    f"INSERT INTO records ({_COLUMN_NAMES}, search_tsv, search_len) "
+    "SELECT " + ", ".join(f"u.{c}::jsonb" if t == "jsonb" else f"u.{c}"
+                          for c, t in _RECORD_COLUMNS)
+    + ", x.tsv, deja_tsv_len(x.tsv) FROM unnest("
+    + ", ".join(f"%s::{'text' if t == 'jsonb' else t}[]" for _, t in _RECORD_COLUMNS)
+    + f", %s::text[]) WITH ORDINALITY AS u({_COLUMN_NAMES}, ctx, n), "
+    "deja_tsv(u.text, u.ctx) AS x(tsv) ORDER BY u.n "
+    "ON CONFLICT (source_id, line_key, part) DO NOTHING RETURNING id, line_key, part"
 )
+_TEXT = [c for c, _ in _RECORD_COLUMNS].index("text")
 
 # Usage once per response, the largest value of each field (ingest/derived.py says why);
 # LEAST and GREATEST skip NULLs as the SQLite writer's COALESCEs do. A usage field that
@@ -154,22 +172,32 @@ async def insert_batch(conn: psycopg.AsyncConnection, machine: str, batch: Batch
 
 async def _insert_records(conn: psycopg.AsyncConnection, machine: str, batch: Batch,
                           result: BatchResult) -> None:
-    """The records, the usage of their responses, their results' tool names; counted."""
-    new: list[tuple[int, str]] = []
-    async with conn.cursor() as cur:
-        await cur.executemany(_INSERT_RECORD,
-                              [_record_row(machine, batch.source_id, r) for r in batch.records],
-                              returning=True)
-        while True:
-            new.extend(await cur.fetchall())
-            if not cur.nextset():
-                break
+    """The records with their full-text index (fulltext.py), the usage of their responses,
+    their results' tool names; counted."""
+    rows = [_record_row(machine, batch.source_id, r) for r in batch.records]
+    texts = [row[_TEXT] for row in rows]
+    ctx = contexts(await last_context(conn, batch.source_id),
+                   [(r.kind, t) for r, t in zip(batch.records, texts)])
+    await conn.execute(SET_BATCH_INDEXES)
+    cur = await conn.execute(_INSERT_RECORDS, [list(col) for col in zip(*rows)] + [ctx])
+    first: dict[tuple[str, int], int] = {}
+    for i, row in enumerate(rows):
+        first.setdefault((row[2], row[3]), i)
+    # (id, index in the batch) of each new record, in file order.
+    new = sorted(((int(rid), first[(key, part)]) for rid, key, part in await cur.fetchall()),
+                 key=lambda x: x[1])
     if not new:
         return
-    ids = [row[0] for row in new]
+    # A line already stored (read again) just before a new record gave it the wrong
+    # context: it takes the one the database gives it (the record before it by id).
+    await reindex_contexts(conn, [rid for (rid, i), before in zip(new, [-1] + [j for _, j in new])
+                                  if before != i - 1 and batch.records[i].kind != "memory"])
+    await write_passages(conn, [(rid, texts[i]) for rid, i in new])
+    ids = [rid for rid, _ in new]
     await conn.execute(_UPSERT_RESPONSES, (ids,))
     await conn.execute(_NAME_RESULTS, (ids,))
-    for _, kind in new:
+    for _, i in new:
+        kind = batch.records[i].kind
         result.by_kind[kind] = result.by_kind.get(kind, 0) + 1
     result.new_records = len(new)
 

@@ -33,6 +33,9 @@ each record's context, and the passages of long records) and drops version
 Version 5 adds the sessions' `project_key` (their git remote, ingest/gitremote.py)
 and `machine`: see SCHEMA_V5.
 
+Version 6 has ingest's batches write their records' full-text index themselves, the
+triggers only for the other writers: see ingest/pg/search_schema.py SCHEMA_V6.
+
 Version 7 adds the multilingual vectors (the optional extra) and each record's
 mark of the multilingual pass: see ingest/pg/ml_schema.py.
 
@@ -49,12 +52,13 @@ from typing import TYPE_CHECKING
 from ..config import PostgresUrl
 from ..errors import DatabaseError, SchemaTooNew
 from .ml_schema import SCHEMA_V7
-from .search_schema import SCHEMA_V4
+from .search_schema import SCHEMA_V4, SCHEMA_V6
 
 if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "SCHEMA_V2", "SCHEMA_V3", "SCHEMA_V4", "SCHEMA_V5",
+           "SCHEMA_V6",
            "VECTOR_DIM", "prepare"]
 
 SCHEMA_VERSION = 7
@@ -217,9 +221,7 @@ UPDATE deja_schema SET version = 5 WHERE id = 1;
 """
 
 # The statements that take a database from version N-1 to N, by N.
-_UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5,
-             # 6: another branch's version (issue 11); this placeholder goes at the merge
-             6: "UPDATE deja_schema SET version = 6 WHERE id = 1;",
+_UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5, 6: SCHEMA_V6,
              7: SCHEMA_V7}
 
 

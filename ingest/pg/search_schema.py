@@ -23,9 +23,11 @@ SQLite's `records_fts` and `passages_fts` give it (ingest/indexing.py):
   than 1,500 characters (ingest/indexing.py `passage_spans`, the same rule
   written in PL/pgSQL: `deja_passage_spans`), each with its own tsvector.
 
-Both are written by triggers, so every writer (ingest's batches, `deja sync`,
+Both were written by triggers, so every writer (ingest's batches, `deja sync`,
 any other INSERT) indexes alike, and in the inserting transaction: the index
-commits or rolls back with the rows. A changed text is indexed again; a
+commits or rolls back with the rows. Since version 6 (SCHEMA_V6 below) ingest's
+batches write both themselves, in the same transaction, and the triggers serve the
+other writers. A changed text is indexed again; a
 deleted record's passages go with it (ON DELETE CASCADE). An existing
 database is backfilled by the upgrade. Version 1's `text_tsv` column and its
 GIN index, which nothing reads any more, are dropped: every insert paid for them.
@@ -35,8 +37,9 @@ from __future__ import annotations
 
 from ..db import CJK_CHAR
 from ..indexing import CONTEXT_CHARS, CONTEXT_KINDS, PASSAGE_CHARS, PASSAGE_FROM, PASSAGE_OVERLAP
+from .fulltext import BATCH_SETTING
 
-__all__ = ["SCHEMA_V4"]
+__all__ = ["SCHEMA_V4", "SCHEMA_V6"]
 
 _CONTEXT_KINDS = ", ".join(f"'{k}'" for k in CONTEXT_KINDS)
 # The bracket expression of ingest.db.CJK_CHAR with its real characters (PostgreSQL's
@@ -202,4 +205,26 @@ CREATE INDEX passages_search ON passages USING GIN (tsv);
 DROP INDEX records_tsv;
 ALTER TABLE records DROP COLUMN text_tsv;
 UPDATE deja_schema SET version = 4 WHERE id = 1;
+"""
+
+# Version 6: ingest's batches write their records' index themselves (ingest/pg/fulltext.py:
+# the context and the passages cut in Python, each tsvector once in SQL), which took
+# the PostgreSQL CPU time of the CLI ingest of the shared corpus from 13.1 to 6.8 s (see
+# README, "Team memory on PostgreSQL", for MB/s). The triggers stay for every other
+# writer (`deja sync`, write_memory, any INSERT) and for a changed text, but no longer
+# fire for what a batch writes: the records' for a row that comes with its tsvector, the
+# passages' in a transaction that set deja.batch_indexes (fulltext.SET_BATCH_INDEXES).
+# Nothing already indexed changes.
+SCHEMA_V6 = f"""
+DROP TRIGGER records_index ON records;
+DROP TRIGGER records_passages ON records;
+CREATE TRIGGER records_index BEFORE INSERT ON records
+    FOR EACH ROW WHEN (NEW.search_tsv IS NULL) EXECUTE FUNCTION deja_index_record();
+CREATE TRIGGER records_index_update BEFORE UPDATE OF text ON records
+    FOR EACH ROW EXECUTE FUNCTION deja_index_record();
+CREATE TRIGGER records_passages AFTER INSERT ON records
+    FOR EACH ROW WHEN (length(NEW.text) > {PASSAGE_FROM}
+                       AND current_setting('{BATCH_SETTING}', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION deja_index_passages();
+UPDATE deja_schema SET version = 6 WHERE id = 1;
 """
