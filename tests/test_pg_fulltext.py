@@ -32,8 +32,11 @@ WHERE r.search_tsv IS DISTINCT FROM deja_tsv(r.text, CASE WHEN r.kind = 'memory'
                                                         ELSE deja_context(r.source_id, r.id) END)
    OR r.search_len IS DISTINCT FROM deja_tsv_len(r.search_tsv)
 """
-# What version 6 changes, undone: version 5's triggers.
+# What versions 7 (the multilingual vectors) and 6 change, undone: version 5's triggers.
 UNDO_V6 = f"""
+DROP TABLE ml_vectors;
+DROP TABLE ml_model;
+ALTER TABLE records DROP COLUMN ml_seen;
 DROP TRIGGER records_index ON records;
 DROP TRIGGER records_index_update ON records;
 DROP TRIGGER records_passages ON records;
