@@ -191,3 +191,38 @@ def test_a_version_5_database_is_upgraded_and_keeps_its_index(
     # The record written under version 5's triggers and the new prompt (the reply holds
     # the word in its context only, which keyword mode leaves out).
     assert sorted(h["kind"] for h in hits) == ["prompt", "tool_result"]
+
+
+def test_a_passage_scores_against_the_passages_statistics(postgres_server: PgServer,
+                                                          corpus: tuple[str, Path]) -> None:
+    """As FTS5's bm25() over passages_fts: the idf of a word found in one passage is the
+    passages' (their count), not the records', and the length is against the passages' mean."""
+    import math
+
+    import anyio
+
+    from ingest.config import PostgresUrl
+    from ingest.pg.store import PgStore
+    from mcp_server.search.filters import SearchFilters
+    from mcp_server.search.pg.keyword import K1, B, keyword_ranks_pg
+
+    url = postgres_server.uri(corpus[0])
+
+    async def ranked() -> list[tuple[int, float]]:
+        store = await PgStore.open(PostgresUrl(url), "test", {}, create=False)
+        try:
+            return await keyword_ranks_pg(store.conn, "word599", SearchFilters(), 10, 0.0)
+        finally:
+            await store.close()
+
+    (rid, score), = anyio.run(ranked)
+    with postgres_server.connect(corpus[0]) as conn:
+        (n_passages, mean), = conn.execute("SELECT COUNT(*), AVG(len) FROM passages").fetchall()
+        (length,), = conn.execute("SELECT len FROM passages WHERE record_id = %s AND "
+                                  "tsv @@ 'word599'::tsquery", (rid,)).fetchall()
+        (records,), = conn.execute("SELECT COUNT(*) FROM records").fetchall()
+    assert n_passages != records
+    tf = 1 / (math.pi ** 2 / 6 - 1) - 0.5  # one occurrence, as ts_rank gives it back
+    idf = math.log((n_passages - 1 + 0.5) / 1.5)
+    assert score == pytest.approx(
+        idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * length / float(mean))), rel=1e-6)
