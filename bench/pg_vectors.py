@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from ingest.pg.vectors import vector_literal  # noqa: E402
+from ingest.pg.vector_text import vector_literal  # noqa: E402
 
 K = 100
 

@@ -169,7 +169,7 @@ def test_a_changed_or_deleted_record_is_indexed_again(pg: Corpus, tmp_path: Path
 
 def test_an_unfiltered_query_uses_the_hnsw_index_and_agrees_with_the_exact_scan(
         pg: Corpus) -> None:
-    from ingest.pg.vectors import vector_literal
+    from ingest.pg.vector_text import vector_literal
     from mcp_server.search.filters import SearchFilters
     from mcp_server.search.pg import vector as pgv
 

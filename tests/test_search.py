@@ -275,7 +275,7 @@ def _many_chunks_pg(url: str, records: list[tuple[int, int, list[np.ndarray]]]) 
 
     from ingest.config import PostgresUrl
     from ingest.pg.store import PgStore
-    from ingest.pg.vectors import vector_literal
+    from ingest.pg.vector_text import vector_literal
 
     async def create() -> None:
         await (await PgStore.open(PostgresUrl(url), MACHINE, {})).close()

@@ -39,7 +39,7 @@ from ..multilingual import (
     mismatch,
 )
 from .ml_schema import PENDING_WHERE
-from .vectors import vector_literal
+from .vector_text import vector_literal
 
 if TYPE_CHECKING:
     from .store import PgStore

@@ -55,10 +55,12 @@ from ..errors import DatabaseError, ModelMismatch
 from . import sync_sql as q
 from .connect import require_psycopg
 from .lock import AdvisoryLock, wait_for_advisory_lock
+from .record_insert import insert_records
 from .schema import VECTOR_DIM
 from .store import PgStore
 from .text import clean, clean_json
-from .vectors import ensure_model_pg, stored_model_pg, vector_literal
+from .vector_text import vector_literal
+from .vectors import ensure_model_pg, stored_model_pg
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -288,17 +290,8 @@ async def _insert_records(pg: PgStore, source_id: int, records: list[tuple[Any, 
     if not records:
         return {}
     rows = [_record_row(pg.machine, source_id, r, copy_vectors) for r in records]
-    new: dict[int, tuple[int, str]] = {}
-    async with pg.conn.cursor() as cur:
-        await cur.executemany(q.PG_INSERT_RECORD, rows, returning=True)
-        # One result per parameter set, in order: empty where the record was already there.
-        for record in records:
-            got = await cur.fetchall()
-            if got:
-                new[record[0]] = (int(got[0][0]), record[7])
-            if not cur.nextset():
-                break
-    return new
+    ids = await insert_records(pg.conn, rows)
+    return {record[0]: (rid, record[7]) for record, rid in zip(records, ids) if rid is not None}
 
 
 def _record_row(machine: str, source_id: int, r: tuple[Any, ...],

@@ -28,16 +28,15 @@ import anyio
 from ..errors import ModelMismatch
 from ..vectors import EmbedSummary, windows_for
 from .schema import VECTOR_DIM
+from .vector_text import vector_literal
 
 if TYPE_CHECKING:
-    import numpy as np
 
     from ..embed import Embedder
     from ..multilingual import MlOnce
     from .store import PgStore
 
-__all__ = ["run_embed_pg", "embed_pending_pg", "reembed_pg", "ensure_model_pg", "stored_model_pg",
-           "vector_literal"]
+__all__ = ["run_embed_pg", "embed_pending_pg", "reembed_pg", "ensure_model_pg", "stored_model_pg"]
 
 # The records of a batch, newest first; a tool result with the start of its call
 # (ingest/vectors.py `embedding_text`), as the SQLite driver reads them.
@@ -48,11 +47,6 @@ SELECT r.id, r.kind, r.text,
          AND c.kind = 'tool_call' LIMIT 1) END
 FROM records r WHERE r.embed_state = 0 ORDER BY r.ts DESC NULLS LAST, r.id DESC LIMIT %s
 """
-
-
-def vector_literal(vec: np.ndarray) -> str:
-    """pgvector's text form of a vector: [x1,x2,...] (float32 precision is kept)."""
-    return "[" + ",".join(f"{float(x):.7g}" for x in vec) + "]"
 
 
 async def stored_model_pg(store: PgStore) -> tuple[str, int] | None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ingest.pg import sync_sql as q
 from ingest.pg.batch import _UPSERT_RESPONSES
+from ingest.pg.record_insert import insert_records
 from ingest.pg.text import clean, clean_json
 
 from .importer import _record_values
@@ -111,15 +112,7 @@ class _PgSink:
             machine = self._machine(obj)
             rows.append((machine, await self._source_id(machine, obj["source"]),
                          *_storable(_record_values(obj))))
-        new: list[int] = []
-        async with self.conn.cursor() as cur:
-            await cur.executemany(q.PG_INSERT_RECORD, rows, returning=True)
-            while True:
-                row = await cur.fetchone()
-                if row is not None:
-                    new.append(int(row[0]))
-                if not cur.nextset():
-                    break
+        new = [rid for rid in await insert_records(self.conn, rows) if rid is not None]
         if not new:
             return
         await self.conn.execute(_UPSERT_RESPONSES, (new,))

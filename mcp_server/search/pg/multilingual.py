@@ -69,7 +69,7 @@ async def ml_ranks_pg(conn: psycopg.AsyncConnection, embedder: MlEmbedder,
                       ) -> tuple[Ml, str]:
     """The multilingual ranker's list and "ok", or [] and why it did not run; `qvec` from
     `ml_query_vector` (None: the model was busy)."""
-    from ingest.pg.vectors import vector_literal
+    from ingest.pg.vector_text import vector_literal
 
     if filters.project_dirs == []:
         return [], "ok"

@@ -72,7 +72,7 @@ async def vector_ranks_pg(conn: psycopg.AsyncConnection, qvec: np.ndarray,
 
     `use_hnsw`: None uses an HNSW index on the chunks when there is one and the query has
     no filter (a filtered query always scans exactly: never fewer hits than exist)."""
-    from ingest.pg.vectors import vector_literal
+    from ingest.pg.vector_text import vector_literal
 
     where, params = filters.sql("%s")
     query = vector_literal(qvec)
