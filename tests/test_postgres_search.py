@@ -71,7 +71,8 @@ DROP TRIGGER records_index ON records;
 DROP TRIGGER records_passages ON records;
 DROP TRIGGER records_passages_update ON records;
 DROP FUNCTION deja_index_record, deja_index_passages, deja_passage_spans, deja_cut,
-    deja_next_start, deja_context, deja_tsv_len, deja_tsv, deja_words;
+    deja_next_start, deja_context, deja_tsv_len, deja_tsv, deja_words, deja_record_tsv,
+    deja_skipped, deja_command_args;
 ALTER TABLE records DROP COLUMN search_tsv, DROP COLUMN search_len;
 DROP TEXT SEARCH CONFIGURATION deja;
 DROP TEXT SEARCH DICTIONARY deja_stem;
