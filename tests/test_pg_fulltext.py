@@ -60,6 +60,9 @@ DROP FUNCTION deja_record_tsv, deja_skipped, deja_command_args;
 {_v4_function("deja_words")}
 {_v4_function("deja_index_record")}
 {_v4_function("deja_index_passages")}
+{_v4_function("deja_cut")}
+{_v4_function("deja_next_start")}
+{_v4_function("deja_passage_spans")}
 UPDATE deja_schema SET version = 7;
 """
 # What versions 8, 7 (the multilingual vectors) and 6 change, undone: version 5's triggers.
@@ -116,6 +119,8 @@ LONG_TEXTS = [
     "x" * 2600,
     "缓存预热完成。" * 300 + " done",
     "/".join(f"src/pkg{i}/mod.py:{i}" for i in range(150)),
+    # Binary tool output: whitespace to Python that a locale's \s may not be (schema v8).
+    "".join(f"blob{i}\x1fpart\x1c{i}\u00a0nbsp\u202fthin\x85" for i in range(120)),
 ]
 
 
@@ -188,7 +193,8 @@ def test_batches_index_every_record_and_passage_as_the_triggers_did(
 def test_other_writers_are_still_indexed_by_the_triggers(postgres_server: PgServer,
                                                          corpus: tuple[str, Path]) -> None:
     url = clone(postgres_server, corpus[0])
-    long_text = "A walrus census of the \x1b[1mnorthern\x1b[0m coast. " + "Another counted pod. " * 150
+    long_text = ("A walrus census of the \x1b[1mnorthern\x1b[0m coast. "
+                 + "Another\x1fcounted\u00a0pod. " * 150)
     copy = f"# Review skill\n\n{'Be thorough. ' * 150}\nARGUMENTS: {ORCHARD}"
     with psycopg.connect(url, autocommit=True) as conn:
         src = conn.execute("SELECT MIN(id) FROM sources").fetchone()[0]
@@ -292,7 +298,7 @@ def test_escape_codes_leave_the_same_words_as_sqlites_fts_text(
     pieces = ["\x1b[", "\x9b", "31", ";1", "m", "?25h", " ", "!", "K", "\x1b]", "0;title",
               "8;;https://x.test/a", "\x07", "\x1b\\", "\x1b(", "B", "\x1b", "=", "~",
               "ERROR", "word", "错误", "\x01", "é"]
-    texts = _random_texts(pieces, 3000, 11) + [GREEN, "\x1b[31mERROR\x1b[0m"]
+    texts = [*_random_texts(pieces, 3000, 11), GREEN, "\x1b[31mERROR\x1b[0m"]
     with postgres_server.connect(corpus[0]) as conn:
         wrong = conn.execute(
             "SELECT u.raw FROM unnest(%s::text[], %s::text[]) AS u(raw, clean) "
@@ -328,10 +334,12 @@ def test_a_version_7_database_is_upgraded_to_sqlites_rules(
         postgres_server: PgServer, corpus: tuple[str, Path], tmp_path: Path) -> None:
     url = clone(postgres_server, corpus[0])
     ansi = "\x1b[31mERROR\x1b[0m quota exceeded\n" + GREEN * 50
+    binary = "".join(f"blob{i}\x1fpart{i}\u00a0" for i in range(200))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(UNDO_V8)
         src = conn.execute("SELECT MIN(id) FROM sources").fetchone()[0]
         for key, kind, text in [("v7-red", "prompt", ansi), ("v7-after", "assistant", "ok"),
+                                ("v7-binary", "tool_result", binary),
                                 ("v7-command", "command", _command(VINES)),
                                 ("v7-copy", "meta", "Be brief. " * 200 + VINES)]:
             conn.execute("INSERT INTO records (machine, source_id, line_key, part, kind, text, "
@@ -342,6 +350,11 @@ def test_a_version_7_database_is_upgraded_to_sqlites_rules(
                             "WHERE u.lexeme = '31merror'").fetchone()[0] == 2
         assert conn.execute("SELECT COUNT(*) FROM passages p JOIN records r ON r.id = "
                             "p.record_id WHERE r.line_key = 'v7-copy'").fetchone()[0] > 0
+        # (C.UTF-8's \s is not Python's: the binary output's passages are cut elsewhere.)
+        starts = [r for r, in conn.execute(
+            "SELECT p.start FROM passages p JOIN records r ON r.id = p.record_id "
+            "WHERE r.line_key = 'v7-binary' ORDER BY 1").fetchall()]
+        assert starts != [a for a, _ in passage_spans(binary)]
     deja_json(corpus[1], "--db", url, "ingest", "--root", str(tmp_path), "--json",
               "--no-embed")
     with psycopg.connect(url, autocommit=True) as conn:

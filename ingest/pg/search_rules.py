@@ -23,6 +23,13 @@ Why: up to version 7 PostgreSQL indexed two kinds of text SQLite leaves out
   substr) in SQL, `deja_skipped` the rule, `deja_record_tsv` a record's whole
   index as every writer computes it.
 
+The same version makes the passages the trigger cuts (PL/pgSQL: `deja_cut`,
+`deja_next_start`, `deja_passage_spans`) end where ingest/indexing.py `passage_spans`
+ends them: PostgreSQL's `\\s` depends on the locale and, in C.UTF-8, misses eight of
+Python's whitespace characters (\\x1c-\\x1f, \\x85, no-break spaces), which binary
+tool output holds; `SPACE_RE` is Python's set, spelled out. A record imported or
+synced could get other passages than the same record ingested.
+
 Both paths keep to the rules: ingest's batches (ingest/pg/fulltext.py) compute
 the copies in Python and send their rows without a tsvector, and the triggers
 (the other writers: `deja sync`, import, memories, a changed text) call
@@ -32,7 +39,9 @@ batch sends every other row's tsvector).
 
 The upgrade indexes again what the rules change: the records with an escape
 code, the record after each (whose context it is), and the copies; and the
-passages of the first (cut again) and of the copies (dropped). Fixed text like
+passages of the first (cut again) and of the copies (dropped); the passages of the
+long records with one of the whitespace characters `\\s` may miss are cut again.
+Fixed text like
 every version: never edit it once shipped.
 """
 
@@ -42,14 +51,16 @@ from ..db import CJK_CHAR
 from ..indexing import (
     COMMAND_KINDS,
     CONTEXT_KINDS,
+    PASSAGE_CHARS,
     PASSAGE_FROM,
+    PASSAGE_OVERLAP,
     SKIP_KINDS,
     SKIP_LOOKBACK,
     SKIP_MIN_ARGS,
 )
 from .fulltext import BATCH_SETTING
 
-__all__ = ["SCHEMA_V8", "ANSI_RE"]
+__all__ = ["SCHEMA_V8", "ANSI_RE", "SPACE_RE"]
 
 # ingest/db.py _ANSI as a PostgreSQL regular expression: CSI (colours, cursor moves,
 # modes), OSC (titles, hyperlinks), the other ESC sequences. Its alternatives never
@@ -59,6 +70,15 @@ ANSI_RE = (r"(?:\u001b\[|\u009b)[0-?]*[ -/]*[@-~]"
            r"|\u001b\][^\u0007\u001b]*(?:\u0007|\u001b\\)"
            r"|\u001b[ -/]*[0-~]")
 assert "'" not in ANSI_RE
+# The characters Python's str.isspace() and re's \s take as whitespace (ingest/indexing.py's
+# passage cutting), whatever the server's locale.
+SPACE_RE = (r"[\t\n\v\f\r \u001c-\u001f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029"
+            r"\u202f\u205f\u3000]")
+# Those a locale's \s may miss (all but ASCII's six).
+_ODD_SPACE = (r"[\u001c-\u001f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f"
+              r"\u3000]")
+# ingest/indexing.py _SENTENCE_END, then _SPACE.
+_ENDS = f"ARRAY['[.!?;:\\u3002\\uff01\\uff1f](?={SPACE_RE})|\\n', '{SPACE_RE}']"
 
 _LIST = ", ".join
 _SKIP = _LIST(f"'{k}'" for k in SKIP_KINDS)
@@ -123,17 +143,88 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
+-- Version 4's passage cutting, with Python's whitespace (SPACE_RE) for the locale's \\s.
+CREATE OR REPLACE FUNCTION deja_cut(t TEXT, lo INTEGER, hi INTEGER) RETURNS INTEGER
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    seg TEXT := substr(t, lo + 1, hi - lo);
+    pat TEXT;
+    n INTEGER;
+    e INTEGER;
+BEGIN
+    n := strpos(reverse(seg), E'\\n');  -- the common case, without a regular expression
+    IF n > 0 AND length(seg) - n + 1 > 0 THEN
+        RETURN lo + length(seg) - n + 1;
+    END IF;
+    FOREACH pat IN ARRAY {_ENDS} LOOP
+        n := regexp_count(seg, pat);
+        IF n > 0 THEN
+            e := regexp_instr(seg, pat, 1, n, 1) - 1;
+            IF e > 0 THEN
+                RETURN lo + e;
+            END IF;
+        END IF;
+    END LOOP;
+    RETURN hi;
+END $$;
+CREATE OR REPLACE FUNCTION deja_next_start(t TEXT, lo INTEGER, hi INTEGER) RETURNS INTEGER
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    seg TEXT := substr(t, lo + 1, hi - lo);
+    pat TEXT;
+    e INTEGER;
+BEGIN
+    e := strpos(seg, E'\\n');
+    IF e > 0 THEN
+        RETURN lo + e;
+    END IF;
+    FOREACH pat IN ARRAY {_ENDS} LOOP
+        e := regexp_instr(seg, pat, 1, 1, 1);
+        IF e > 0 THEN
+            RETURN lo + e - 1;
+        END IF;
+    END LOOP;
+    RETURN hi;
+END $$;
+CREATE OR REPLACE FUNCTION deja_passage_spans(t TEXT) RETURNS TABLE (pstart INTEGER, pend INTEGER)
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    n INTEGER := length(t);
+    s INTEGER := 0;
+    e INTEGER;
+BEGIN
+    IF n <= {PASSAGE_FROM} THEN
+        RETURN;
+    END IF;
+    WHILE s < n LOOP
+        IF n - s <= {PASSAGE_CHARS * 5 // 4} THEN
+            e := n;
+        ELSE
+            e := deja_cut(t, s + {PASSAGE_CHARS // 2}, s + {PASSAGE_CHARS});
+        END IF;
+        pstart := s;
+        pend := e;
+        RETURN NEXT;
+        EXIT WHEN e >= n;
+        s := greatest(deja_next_start(t, e - {PASSAGE_OVERLAP}, e), s + 1);
+        WHILE s < n AND substr(t, s + 1, 1) ~ '{SPACE_RE}' LOOP
+            s := s + 1;
+        END LOOP;
+    END LOOP;
+END $$;
+
 DROP TRIGGER records_index ON records;
 CREATE TRIGGER records_index BEFORE INSERT ON records
     FOR EACH ROW WHEN (NEW.search_tsv IS NULL
                        AND current_setting('{BATCH_SETTING}', true) IS DISTINCT FROM 'on')
     EXECUTE FUNCTION deja_index_record();
 
--- The records already there: the passages of the escaped records and of the copies go,
--- then each of those and each record after an escaped one is indexed again, and the
--- escaped ones that are not copies get their passages cut again.
+-- The records already there: the passages of the escaped records, of the copies and of
+-- the long records with an odd space go, then the escaped ones, the copies and each
+-- record after an escaped one are indexed again, and the passages of the first and the
+-- last that are not copies are cut again.
 DELETE FROM passages p USING records r
-WHERE p.record_id = r.id AND ({_ESCAPED.format(t='r.text')}
+WHERE p.record_id = r.id AND ({_ESCAPED.format(t='r.text')} OR r.text ~ '{_ODD_SPACE}'
                               OR deja_skipped(r.source_id, r.id, r.kind, r.text));
 WITH escaped AS (
     SELECT id, source_id, kind FROM records r WHERE {_ESCAPED.format(t='r.text')}
@@ -157,5 +248,11 @@ SELECT i.id, s.pstart, v.tsv, deja_tsv_len(v.tsv)
 FROM indexed i, deja_passage_spans(i.text) s,
      LATERAL (SELECT deja_tsv(substr(i.text, s.pstart + 1, s.pend - s.pstart), NULL) AS tsv) v
 WHERE i.kept AND length(i.text) > {PASSAGE_FROM} AND {_ESCAPED.format(t='i.text')};
+INSERT INTO passages (record_id, start, tsv, len)
+SELECT r.id, s.pstart, v.tsv, deja_tsv_len(v.tsv)
+FROM records r, deja_passage_spans(r.text) s,
+     LATERAL (SELECT deja_tsv(substr(r.text, s.pstart + 1, s.pend - s.pstart), NULL) AS tsv) v
+WHERE length(r.text) > {PASSAGE_FROM} AND r.search_tsv IS NOT NULL
+  AND r.text ~ '{_ODD_SPACE}' AND NOT {_ESCAPED.format(t='r.text')};
 UPDATE deja_schema SET version = 8 WHERE id = 1;
 """
