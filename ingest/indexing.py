@@ -16,7 +16,8 @@ import json
 import re
 
 __all__ = ["EMBEDDABLE_KINDS", "CONTEXT_CHARS", "CONTEXT_KINDS", "FTS_CONTEXT_SQL",
-           "FTS_SKIP_SQL", "PASSAGE_FROM", "PASSAGE_CHARS", "PASSAGE_OVERLAP", "PASSAGE_ROWID",
+           "FTS_SKIP_SQL", "SKIP_KINDS", "COMMAND_KINDS", "SKIP_LOOKBACK", "SKIP_MIN_ARGS",
+           "command_args", "PASSAGE_FROM", "PASSAGE_CHARS", "PASSAGE_OVERLAP", "PASSAGE_ROWID",
            "PASSAGES_SQL", "passage_spans", "passages_json"]
 
 # Kinds that get vectors. Others (commands, injected meta, system noise,
@@ -59,6 +60,29 @@ FTS_SKIP_SQL = (
     "AND p.kind IN ('command', 'prompt') AND instr(p.text, '</command-args>') > 0) "
     "WHERE length(args) >= 8 AND instr(r.text, args) > 0))"
 )
+# FTS_SKIP_SQL's terms, for the writers that apply the rule outside SQLite (PostgreSQL:
+# ingest/pg/fulltext.py and the schema v8 triggers, ingest/pg/search_rules.py): the
+# kinds of a copy, the kinds of the record it copies, how many records back that one
+# may be, and the shortest arguments that count.
+SKIP_KINDS = ("system", "meta", "attachment")
+COMMAND_KINDS = ("command", "prompt")
+SKIP_LOOKBACK = 3
+SKIP_MIN_ARGS = 8
+_ARGS_OPEN, _ARGS_CLOSE = "<command-args>", "</command-args>"
+
+
+def command_args(text: str) -> str | None:
+    """FTS_SKIP_SQL's `args` of a command (or prompt) record, as SQLite computes it: what
+    its <command-args> holds, spaces trimmed; None without a </command-args>.
+
+    To the letter of SQLite's instr and substr, so both engines skip the same records:
+    without an opening tag the arguments start at character 14, and with the closing
+    tag first substr's negative length takes the characters before its start."""
+    close = text.find(_ARGS_CLOSE) + 1
+    if close == 0:
+        return None
+    start = text.find(_ARGS_OPEN) + 1 + len(_ARGS_OPEN)
+    return text[min(start, close) - 1:max(start, close) - 1].strip(" ")
 
 # Passages: a long record (a compaction summary, a long tool output or prompt)
 # is also indexed in pieces of at most PASSAGE_CHARS characters (the last one

@@ -8,7 +8,8 @@ found by ERROR). A `meta`/`system` copy of a slash command's arguments gets
 no full-text row. A version-6 database gains all of it on upgrade.
 
 The searches run on both engines (the `engine` fixture; PostgreSQL's keyword
-index keeps the same passages, ingest/pg/search_schema.py), on one database
+index keeps the same passages and the same rules, ingest/pg/search_schema.py and
+search_rules.py), on one database
 per engine ingested once for the module by the CLI. SQLite's own: the
 passages' weight in its ranker, FTS5's vocabulary and rows, the upgrade of
 a version-6 file.
@@ -113,21 +114,6 @@ def db(engine: str, ingested: dict[str, Target], tmp_path_factory: pytest.TempPa
     return ingested[engine]
 
 
-# What PostgreSQL's keyword index (ingest/pg/search_schema.py, `deja_tsv`) does not do yet:
-# each test marks itself a strict xfail on PostgreSQL, so it fails once the index does.
-PG_KEEPS_ESCAPE_CODES = (
-    "PostgreSQL indexes the raw text: '\\x1b[31mERROR\\x1b[0m' gives the words '31merror' and "
-    "'0m' (deja_words), where SQLite indexes fts_text (clean_text: escape codes out)")
-PG_RANKS_INJECTED_COPIES = (
-    "PostgreSQL gives every record a search_tsv: the trigger has no FTS_SKIP_SQL (a meta / "
-    "system / attachment copy of the slash command's arguments just before it)")
-
-
-def _known_pg_difference(request: pytest.FixtureRequest, db: Target, reason: str) -> None:
-    if is_postgres(db):
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=reason))
-
-
 def _search(db: Target, query: str, limit: int = 5) -> Any:
     """The engine's keyword search (SearchResult)."""
     return anyio.run(lambda: run_search(db, SearchRequest(query, mode="keyword", limit=limit)))
@@ -177,9 +163,7 @@ def test_a_sentence_deep_in_a_long_summary_is_found_and_shown(db: Target) -> Non
         assert _query(db, lambda conn: _uuid_ranks(conn, QUERY, 0.0))[0] != "u-summary"
 
 
-def test_escape_codes_never_block_a_match_and_stay_out_of_the_index(
-        db: Target, request: pytest.FixtureRequest) -> None:
-    _known_pg_difference(request, db, PG_KEEPS_ESCAPE_CODES)
+def test_escape_codes_never_block_a_match_and_stay_out_of_the_index(db: Target) -> None:
     assert fts_text("\x1b[31mERROR\x1b[0m") == "ERROR"
     assert clean_text("a\x1b]0;title\x07b\x1b(Bc\x07d\x9b1me") == "abc de"
     assert fts_text("错误\x1b[1m加载\x1b[0m") == " 错  误  加  载 "
@@ -200,9 +184,7 @@ def test_escape_codes_never_block_a_match_and_stay_out_of_the_index(
     assert terms == []
 
 
-def test_an_injected_copy_of_a_commands_arguments_is_not_ranked(
-        db: Target, request: pytest.FixtureRequest) -> None:
-    _known_pg_difference(request, db, PG_RANKS_INJECTED_COPIES)
+def test_an_injected_copy_of_a_commands_arguments_is_not_ranked(db: Target) -> None:
     hits = _search(db, "walrus regression").hits
     assert [h.uuid for h in hits] == ["u-command"]
     # The copy keeps its raw text; only its full-text row is missing.

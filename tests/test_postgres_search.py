@@ -56,9 +56,9 @@ def test_the_same_windows_get_vectors_on_both_engines(search_corpora: SearchCorp
     assert norms[0][0] == 384 and -1.01 < norms[0][1] <= norms[0][2] < -0.99
 
 
-# What schema versions 7 (ingest/pg/ml_schema.py), 6 (the batches' own index: its trigger
-# for a changed text), 5 (sessions' key and machine), 4 (ingest/pg/search_schema.py) and 3
-# add, undone: a version 2 database.
+# What schema versions 8 (ingest/pg/search_rules.py), 7 (ingest/pg/ml_schema.py), 6 (the
+# batches' own index: its trigger for a changed text), 5 (sessions' key and machine), 4
+# (ingest/pg/search_schema.py) and 3 add, undone: a version 2 database.
 UNDO_V5_V3 = """
 DROP TRIGGER records_index_update ON records;
 DROP TABLE ml_vectors;
@@ -71,7 +71,8 @@ DROP TRIGGER records_index ON records;
 DROP TRIGGER records_passages ON records;
 DROP TRIGGER records_passages_update ON records;
 DROP FUNCTION deja_index_record, deja_index_passages, deja_passage_spans, deja_cut,
-    deja_next_start, deja_context, deja_tsv_len, deja_tsv, deja_words;
+    deja_next_start, deja_context, deja_tsv_len, deja_tsv, deja_words, deja_record_tsv,
+    deja_skipped, deja_command_args;
 ALTER TABLE records DROP COLUMN search_tsv, DROP COLUMN search_len;
 DROP TEXT SEARCH CONFIGURATION deja;
 DROP TEXT SEARCH DICTIONARY deja_stem;

@@ -19,9 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..batch import BACKFILL_KEYS, Batch, BatchResult, Cursor, backfill_keys
-from ..indexing import EMBEDDABLE_KINDS
+from ..indexing import EMBEDDABLE_KINDS, SKIP_KINDS, SKIP_LOOKBACK
 from ..parse import AgentLink, Record, SessionInfo
-from .fulltext import SET_BATCH_INDEXES, contexts, last_context, reindex_contexts, write_passages
+from .fulltext import SET_BATCH_INDEXES, contexts, reindex, skips, tail, write_passages
 from .text import clean, clean_json
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["insert_batch"]
 
 _EMBEDDABLE = frozenset(EMBEDDABLE_KINDS)
+_SKIP_KINDS = frozenset(SKIP_KINDS)
 
 # Each column with its type: the INSERT ... SELECT below gives its parameters no other.
 _RECORD_COLUMNS = (
@@ -43,18 +44,18 @@ _RECORD_COLUMNS = (
 )
 # A batch's records with their full-text index (schema v6, fulltext.py), in one
 # statement: each column as an array, in file order (identity values are handed out in
-# that order), and each record's context; the tsvector of its words and its context's
-# computed once (`deja_tsv`), and its length. JSON goes as text (psycopg's lists of
-# strings), cast row by row.
+# that order), each record's context and whether it is an injected copy (schema v8); the
+# tsvector of its words and its context's computed once (`deja_tsv`), and its length,
+# none for a copy. JSON goes as text (psycopg's lists of strings), cast row by row.
 _COLUMN_NAMES = ", ".join(c for c, _ in _RECORD_COLUMNS)
 _INSERT_RECORDS = (
     f"INSERT INTO records ({_COLUMN_NAMES}, search_tsv, search_len) "
     "SELECT " + ", ".join(f"u.{c}::jsonb" if t == "jsonb" else f"u.{c}"
                           for c, t in _RECORD_COLUMNS)
-    + ", x.tsv, deja_tsv_len(x.tsv) FROM unnest("
+    + ", x.tsv, CASE WHEN NOT u.skip THEN deja_tsv_len(x.tsv) END FROM unnest("
     + ", ".join(f"%s::{'text' if t == 'jsonb' else t}[]" for _, t in _RECORD_COLUMNS)
-    + f", %s::text[]) WITH ORDINALITY AS u({_COLUMN_NAMES}, ctx, n), "
-    "deja_tsv(u.text, u.ctx) AS x(tsv) ORDER BY u.n "
+    + f", %s::text[], %s::boolean[]) WITH ORDINALITY AS u({_COLUMN_NAMES}, ctx, skip, n), "
+    "deja_tsv(CASE WHEN NOT u.skip THEN u.text END, u.ctx) AS x(tsv) ORDER BY u.n "
     "ON CONFLICT (source_id, line_key, part) DO NOTHING RETURNING id, line_key, part"
 )
 _TEXT = [c for c, _ in _RECORD_COLUMNS].index("text")
@@ -176,10 +177,12 @@ async def _insert_records(conn: psycopg.AsyncConnection, machine: str, batch: Ba
     their results' tool names; counted."""
     rows = [_record_row(machine, batch.source_id, r) for r in batch.records]
     texts = [row[_TEXT] for row in rows]
-    ctx = contexts(await last_context(conn, batch.source_id),
-                   [(r.kind, t) for r, t in zip(batch.records, texts)])
+    kinds = [(r.kind, t) for r, t in zip(batch.records, texts)]
+    before = await tail(conn, batch.source_id)
+    ctx = contexts(before.context, kinds)
+    skipped = skips(before.commands, kinds)
     await conn.execute(SET_BATCH_INDEXES)
-    cur = await conn.execute(_INSERT_RECORDS, [list(col) for col in zip(*rows)] + [ctx])
+    cur = await conn.execute(_INSERT_RECORDS, [list(col) for col in zip(*rows)] + [ctx, skipped])
     first: dict[tuple[str, int], int] = {}
     for i, row in enumerate(rows):
         first.setdefault((row[2], row[3]), i)
@@ -189,10 +192,12 @@ async def _insert_records(conn: psycopg.AsyncConnection, machine: str, batch: Ba
     if not new:
         return
     # A line already stored (read again) just before a new record gave it the wrong
-    # context: it takes the one the database gives it (the record before it by id).
-    await reindex_contexts(conn, [rid for (rid, i), before in zip(new, [-1] + [j for _, j in new])
-                                  if before != i - 1 and batch.records[i].kind != "memory"])
-    await write_passages(conn, [(rid, texts[i]) for rid, i in new])
+    # context, or the wrong commands to copy: it takes what the database gives it (the
+    # records before it by id).
+    stored = {i for _, i in new}
+    again = await reindex(conn, [rid for rid, i in new if _stale(batch.records[i].kind, i, stored)])
+    await write_passages(conn, [(rid, texts[i]) for rid, i in new
+                                if not again.get(rid, skipped[i])])
     ids = [rid for rid, _ in new]
     await conn.execute(_UPSERT_RESPONSES, (ids,))
     await conn.execute(_NAME_RESULTS, (ids,))
@@ -200,6 +205,15 @@ async def _insert_records(conn: psycopg.AsyncConnection, machine: str, batch: Ba
         kind = batch.records[i].kind
         result.by_kind[kind] = result.by_kind.get(kind, 0) + 1
     result.new_records = len(new)
+
+
+def _stale(kind: str, i: int, new: set[int]) -> bool:
+    """Whether the batch's records before record `i` that its index reads (the one before
+    it; the SKIP_LOOKBACK before a possible copy) are not all new: a memory reads none."""
+    if kind == "memory":
+        return False
+    back = SKIP_LOOKBACK if kind in _SKIP_KINDS else 1
+    return any(j not in new for j in range(max(0, i - back), i))
 
 
 async def _name_session(conn: psycopg.AsyncConnection, info: SessionInfo,

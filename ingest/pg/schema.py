@@ -39,6 +39,9 @@ triggers only for the other writers: see ingest/pg/search_schema.py SCHEMA_V6.
 Version 7 adds the multilingual vectors (the optional extra) and each record's
 mark of the multilingual pass: see ingest/pg/ml_schema.py.
 
+Version 8 keeps SQLite's rules of what the keyword index holds (escape codes out, no
+injected copy of a command's arguments): see ingest/pg/search_rules.py.
+
 `prepare` runs under a transaction-level advisory lock, so two machines
 opening a new database at once create the tables once. A database of a
 newer version is refused (SchemaTooNew). Never edit version 1 once shipped:
@@ -52,16 +55,17 @@ from typing import TYPE_CHECKING
 from ..config import PostgresUrl
 from ..errors import DatabaseError, SchemaTooNew
 from .ml_schema import SCHEMA_V7
+from .search_rules import SCHEMA_V8
 from .search_schema import SCHEMA_V4, SCHEMA_V6
 
 if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "SCHEMA_V2", "SCHEMA_V3", "SCHEMA_V4", "SCHEMA_V5",
-           "SCHEMA_V6",
+           "SCHEMA_V6", "SCHEMA_V7", "SCHEMA_V8",
            "VECTOR_DIM", "prepare"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # The dimension of the chunks' vector column (schema v2).
 VECTOR_DIM = 384
 # pg_advisory_xact_lock key of schema creation: "deja" and 1, as a number.
@@ -222,7 +226,7 @@ UPDATE deja_schema SET version = 5 WHERE id = 1;
 
 # The statements that take a database from version N-1 to N, by N.
 _UPGRADES = {2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5, 6: SCHEMA_V6,
-             7: SCHEMA_V7}
+             7: SCHEMA_V7, 8: SCHEMA_V8}
 
 
 async def prepare(conn: psycopg.AsyncConnection, target: PostgresUrl, *,

@@ -27,7 +27,8 @@ Both were written by triggers, so every writer (ingest's batches, `deja sync`,
 any other INSERT) indexes alike, and in the inserting transaction: the index
 commits or rolls back with the rows. Since version 6 (SCHEMA_V6 below) ingest's
 batches write both themselves, in the same transaction, and the triggers serve the
-other writers. A changed text is indexed again; a
+other writers; since version 8 (search_rules.py) both leave out what SQLite's index
+does (escape codes, injected copies of a command's arguments). A changed text is indexed again; a
 deleted record's passages go with it (ON DELETE CASCADE). An existing
 database is backfilled by the upgrade. Version 1's `text_tsv` column and its
 GIN index, which nothing reads any more, are dropped: every insert paid for them.
