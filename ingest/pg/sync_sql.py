@@ -14,8 +14,7 @@ from __future__ import annotations
 __all__ = [
     "LOCAL_SOURCES", "LOCAL_UNSOURCED", "LOCAL_RECORD_COLUMNS", "local_records_sql",
     "LOCAL_CHUNKS", "LOCAL_SESSIONS", "LOCAL_AGENT_RUNS", "LOCAL_RESPONSES", "LOCAL_MODEL",
-    "PG_ENSURE_SOURCE", "PG_SOURCE", "PG_ADVANCE_CURSOR", "PG_INSERT_RECORD",
-    "RECORD_INSERT_COLUMNS", "PG_INSERT_CHUNK",
+    "PG_ENSURE_SOURCE", "PG_SOURCE", "PG_ADVANCE_CURSOR", "PG_INSERT_RECORD", "PG_INSERT_CHUNK",
     "PG_UPSERT_SESSION", "PG_UPSERT_AGENT", "PG_UPSERT_RESPONSE", "PG_META_IF_NEWER",
     "UNSOURCED_PATH",
 ]
@@ -86,11 +85,10 @@ UPDATE sources SET "offset" = %s, lines = %s, size = %s, mtime_ns = %s, dev = %s
 WHERE id = %s AND "offset" < %s
 """
 
-# The values of PG_INSERT_RECORD, in order.
-RECORD_INSERT_COLUMNS = ("machine", "source_id", *LOCAL_RECORD_COLUMNS)
+_RECORD_COLUMNS = ("machine", "source_id", *LOCAL_RECORD_COLUMNS)
 PG_INSERT_RECORD = (
-    f"INSERT INTO records ({', '.join(RECORD_INSERT_COLUMNS)}) "
-    f"VALUES ({', '.join('%s' for _ in RECORD_INSERT_COLUMNS)}) "
+    f"INSERT INTO records ({', '.join(_RECORD_COLUMNS)}) "
+    f"VALUES ({', '.join('%s' for _ in _RECORD_COLUMNS)}) "
     "ON CONFLICT (source_id, line_key, part) DO NOTHING RETURNING id"
 )
 PG_INSERT_CHUNK = """
