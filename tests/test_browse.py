@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.cli import deja_argv, deja_env, deja_json
-from fixtures.pg_corpus import ENGINES
-from fixtures.postgres import PgServer
-from fixtures.shared import ingest_shared
+from fixtures.cli import deja_argv, deja_env
+from fixtures.engine_corpus import Corpora, Corpus
+from fixtures.engines import is_postgres
 from rich.console import Console
 from textual.binding import Binding
 from textual.widgets import DataTable, Input, OptionList, Static
@@ -53,35 +52,26 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="module")
-def shared_db(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path) -> Path:
-    return ingest_shared(tmp_path_factory.mktemp("browse"), shared_projects)[1]
+@pytest.fixture
+def shared_db(corpora: Corpora) -> Path:
+    """The run's SQLite ingest of the shared corpus (fixtures/engine_corpus.py; read only)."""
+    return Path(corpora.get("sqlite").target)
 
 
-@pytest.fixture(scope="module")
-def shared_pg(tmp_path_factory: pytest.TempPathFactory, shared_projects: Path,
-              postgres_server: PgServer) -> str:
-    """The same corpus in a PostgreSQL database (the UI must read it as it reads the file)."""
-    home = tmp_path_factory.mktemp("browse-pg")
-    url = postgres_server.uri(postgres_server.new_database())
-    deja_json(home, "--db", url, "ingest", "--root", str(shared_projects), "--json", "--no-embed")
-    return url
-
-
-@pytest.fixture(params=ENGINES)
-async def app(request: pytest.FixtureRequest, shared_db: Path) -> AsyncIterator[BrowseApp]:
-    """The UI over the SQLite file, then over the PostgreSQL database (same screens, same keys)."""
-    if request.param == "postgresql":
-        url = PostgresUrl(request.getfixturevalue("shared_pg"))
+@pytest.fixture
+async def app(corpus: Corpus) -> AsyncIterator[BrowseApp]:
+    """The UI over the run's ingest of the corpus on each engine (same screens, same keys)."""
+    if is_postgres(corpus.target):
+        url = PostgresUrl(str(corpus.target))
         pg = await PgStore.open(url, "test", {}, create=False)
         try:
             yield BrowseApp(url, pg)
         finally:
             await pg.close()
         return
-    store = await Store.open(shared_db)
+    store = await Store.open(Path(corpus.target))
     try:
-        yield BrowseApp(shared_db, store)
+        yield BrowseApp(Path(corpus.target), store)
     finally:
         await store.close()
 
