@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from fixtures.cli import deja_json
+from fixtures.engine_corpus import Corpora
 from fixtures.postgres import PgServer
 
 from ingest import checkpoints
@@ -34,17 +35,10 @@ Read = Callable[[Any], Awaitable[Any]]
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory: pytest.TempPathFactory, postgres_server: PgServer,
-            shared_projects: Path) -> Iterator[tuple[Path, str]]:
-    base = tmp_path_factory.mktemp("pgreads")
-    home, db = base / "home", base / "deja.db"
-    home.mkdir()
-    url = postgres_server.uri(postgres_server.new_database())
-    for target in (str(db), url):
-        out = deja_json(home, "--db", target, "ingest", "--root", str(shared_projects),
-                        "--no-embed", "--json")
-        assert out["new_records"] > 1000, out
-    yield db, url
+def engines(corpora: Corpora, postgres_server: PgServer) -> tuple[Path, str]:
+    """The run's ingest of the shared corpus on each engine (fixtures/engine_corpus.py)."""
+    return (Path(corpora.get("sqlite").target),
+            str(corpora.get("postgres", postgres_server).target))
 
 
 def _reads(sessions: list[str], uuids: list[str], dirs: list[str]) -> list[tuple[str, Read]]:
