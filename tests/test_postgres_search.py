@@ -197,3 +197,35 @@ def test_an_unfiltered_query_uses_the_hnsw_index_and_agrees_with_the_exact_scan(
     assert len(auto) == 20
     top = {rid for rid, _, _ in exact[:10]}
     assert len(top & {rid for rid, _, _ in auto[:10]}) >= 8
+
+
+def test_concurrent_hnsw_searches_on_one_connection_each_answer(pg: Corpus) -> None:
+    """The server's searches share one read connection: HNSW's SET LOCAL transactions of
+    concurrent searches must not nest on it (each search answers, as it does alone)."""
+    from mcp_server.search.filters import SearchFilters
+    from mcp_server.search.pg import vector as pgv
+
+    qvecs = pg.embedder.embed([QUERY, "bicycle chain oil", "greenhouse tomatoes", "merino"])
+    url = pg.hnsw_target()
+
+    async def go() -> tuple[list[Any], list[Any]]:
+        store = await PgStore.open(PostgresUrl(url), MACHINE, {}, create=False)
+        try:
+            alone = [await pgv.vector_ranks_pg(store.conn, q, SearchFilters(), 10)
+                     for q in qvecs]
+            together: list[Any] = [None] * (2 * len(qvecs))
+
+            async def one(i: int) -> None:
+                together[i] = await pgv.vector_ranks_pg(store.conn, qvecs[i % len(qvecs)],
+                                                        SearchFilters(), 10)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(len(together)):
+                    tg.start_soon(one, i)
+        finally:
+            await store.close()
+        return alone, together
+
+    alone, together = anyio.run(go)
+    assert all(alone)
+    assert together == alone + alone

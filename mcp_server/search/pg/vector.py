@@ -26,7 +26,10 @@ vector recall; below a few hundred thousand chunks it is not worth its size.
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from ..filters import SearchFilters
 
@@ -35,6 +38,11 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["vector_ranks_pg", "FIRST_K", "MAX_K", "EF_SEARCH", "HNSW_MAX"]
+
+# One HNSW transaction at a time per connection: the server's searches share its read
+# connection, and two concurrent `SET LOCAL` transactions on it would nest (the second a
+# savepoint of the first, closed out of order).
+_hnsw_locks: weakref.WeakKeyDictionary[Any, anyio.Lock] = weakref.WeakKeyDictionary()
 
 # Chunks fetched per record wanted at first, and the most ever fetched.
 FIRST_K = 3
@@ -84,8 +92,9 @@ async def vector_ranks_pg(conn: psycopg.AsyncConnection, qvec: np.ndarray,
             use_hnsw = bool(row and row[0])
     k = n * FIRST_K
     if use_hnsw and not where:
+        lock = _hnsw_locks.setdefault(conn, anyio.Lock())
         while k <= HNSW_MAX:
-            async with conn.transaction():
+            async with lock, conn.transaction():
                 await conn.execute(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH, k)}")
                 cur = await conn.execute(_HNSW_SQL, (query, query, k))
                 rows = await cur.fetchall()
