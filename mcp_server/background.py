@@ -255,40 +255,36 @@ async def _pg_ingest_supervisor(state: DejaState) -> None:
     ingest/pg/run.py's one-line DatabaseError; `retrying` starts it again on a new
     connection (the old one's lock is gone with it).
     """
-    import psycopg
 
     from ingest.pg.lock import AdvisoryLock
-    from ingest.pg.run import pg_failure
+    from ingest.pg.run import worded_failures
     from ingest.pg.store import PgStore
 
     config = state.config
     assert config.pg is not None
     store = await PgStore.open(config.pg, config.machine, config.environ)
     try:
-        lock = AdvisoryLock(store.conn, config.machine)
-        while not await lock.acquire():
-            await anyio.sleep(2.0)
-        state.ingesting = True
-        logger.info("this process ingests %s into %s as %s",
-                    ", ".join(map(str, config.roots)), config.pg, config.machine)
-        try:
-            if state.model_settled is not None:
-                with anyio.move_on_after(config.ingest_defer_seconds):
-                    await state.model_settled.wait()
-            # Each retried on its own, until the lock's connection is lost.
-            lost = partial(_lost, store.conn)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(partial(retrying, "ingest", partial(_watch, store, state), state,
-                                      lost=lost))
-                tg.start_soon(partial(retrying, "embed", partial(_pg_embed_loop, store, state),
-                                      state, lost=lost))
-        finally:
-            state.ingesting = False
-    except Exception as exc:
-        failure = pg_failure(exc, store, psycopg.Error)
-        if failure is None:
-            raise
-        raise failure from None
+        with worded_failures(store, chain=False):
+            lock = AdvisoryLock(store.conn, config.machine)
+            while not await lock.acquire():
+                await anyio.sleep(2.0)
+            state.ingesting = True
+            logger.info("this process ingests %s into %s as %s",
+                        ", ".join(map(str, config.roots)), config.pg, config.machine)
+            try:
+                if state.model_settled is not None:
+                    with anyio.move_on_after(config.ingest_defer_seconds):
+                        await state.model_settled.wait()
+                # Each retried on its own, until the lock's connection is lost.
+                lost = partial(_lost, store.conn)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(partial(retrying, "ingest", partial(_watch, store, state),
+                                          state, lost=lost))
+                    tg.start_soon(partial(retrying, "embed",
+                                          partial(_pg_embed_loop, store, state), state,
+                                          lost=lost))
+            finally:
+                state.ingesting = False
     finally:
         with anyio.CancelScope(shield=True):
             await store.close()  # the session ends: the server releases the lock

@@ -13,7 +13,8 @@ stays, cursors included, and the next run goes on from there.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from .lock import AdvisoryLock, wait_for_advisory_lock
 from .store import PgStore
 from .vectors import run_embed_pg
 
-__all__ = ["ingest_postgres", "embed_postgres", "pg_failure"]
+__all__ = ["ingest_postgres", "embed_postgres", "pg_failure", "worded_failures"]
 
 
 async def ingest_postgres(target: PostgresUrl, machine: str, roots: Sequence[Path],
@@ -39,20 +40,30 @@ async def ingest_postgres(target: PostgresUrl, machine: str, roots: Sequence[Pat
     Raises DatabaseError, SchemaTooNew, IngestBusy.
     """
     require_psycopg()
-    import psycopg
 
     extra["machine"] = machine
     store = await PgStore.open(target, machine, environ)
     try:
-        await _ingest(store, roots, options, summary, extra, ModelOnce(environ))
+        with worded_failures(store):
+            await _ingest(store, roots, options, summary, extra, ModelOnce(environ))
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
+
+
+@contextmanager
+def worded_failures(store: PgStore, *, chain: bool = True) -> Iterator[None]:
+    """Inside the block, a psycopg failure is raised again as its one-line DatabaseError
+    (pg_failure); anything else passes. `chain`: keep the psycopg error as the cause."""
+    import psycopg
+
+    try:
+        yield
     except Exception as exc:
         failure = pg_failure(exc, store, psycopg.Error)
         if failure is None:
             raise
-        raise failure from exc
-    finally:
-        with anyio.CancelScope(shield=True):
-            await store.close()
+        raise failure from (exc if chain else None)
 
 
 def pg_failure(exc: BaseException, store: PgStore, kind: type[BaseException]
@@ -80,24 +91,20 @@ async def embed_postgres(target: PostgresUrl, machine: str, environ: Mapping[str
     ModelUnavailable, ModelMismatch.
     """
     require_psycopg()
-    import psycopg
 
     store = await PgStore.open(target, machine, environ)
     lock = AdvisoryLock(store.conn, machine)
     try:
-        await wait_for_advisory_lock(lock, 0.0)
-        try:
-            model = ModelOnce(environ)
-            return await run_embed_pg(store, await model.get(), progress=progress,
-                                      reembed_all=reembed_all, multilingual=model.multilingual)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await lock.release()
-    except Exception as exc:
-        failure = pg_failure(exc, store, psycopg.Error)
-        if failure is None:
-            raise
-        raise failure from exc
+        with worded_failures(store):
+            await wait_for_advisory_lock(lock, 0.0)
+            try:
+                model = ModelOnce(environ)
+                return await run_embed_pg(store, await model.get(), progress=progress,
+                                          reembed_all=reembed_all,
+                                          multilingual=model.multilingual)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await lock.release()
     finally:
         with anyio.CancelScope(shield=True):
             await store.close()

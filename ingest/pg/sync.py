@@ -125,25 +125,21 @@ async def sync_to_postgres(local_path: Path, target: PostgresUrl, machine: str,
     refused: one line without the password), IngestBusy (this machine's ingest holds the lock).
     """
     from ..store import Store
-    from .run import pg_failure
+    from .run import worded_failures
 
     if not Path(local_path).is_file():
         raise DatabaseError(f"no database at {local_path}; nothing to sync")
     require_psycopg()
-    import psycopg
 
     local = await Store.open(local_path)
     try:
         pg = await PgStore.open(target, machine, environ)
         lock = AdvisoryLock(pg.conn, machine)
         try:
-            await wait_for_advisory_lock(lock, wait_seconds)
-            return await copy_history(local, pg, batch_records=batch_records, progress=progress)
-        except Exception as exc:
-            failure = pg_failure(exc, pg, psycopg.Error)
-            if failure is None:
-                raise
-            raise failure from exc
+            with worded_failures(pg):
+                await wait_for_advisory_lock(lock, wait_seconds)
+                return await copy_history(local, pg, batch_records=batch_records,
+                                          progress=progress)
         finally:
             with anyio.CancelScope(shield=True):
                 await lock.release()

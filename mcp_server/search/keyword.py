@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
+from typing import TypeVar
 
 import aiosqlite
 
@@ -27,8 +29,11 @@ from ingest.indexing import PASSAGE_ROWID
 from .filters import SearchFilters
 from .terms import FtsTerm, build_fts_terms
 
+T = TypeVar("T")
+
 __all__ = [
     "OR_MAX_DOC_SHARE", "OR_MAX_POSTINGS", "OR_MAX_TERMS", "OR_PRUNE_FROM", "PASSAGE_POOL",
+    "rarest_terms",
     "PASSAGE_WEIGHT", "doc_counts", "keyword_ranks", "or_query",
 ]
 
@@ -148,18 +153,26 @@ async def or_query(conn: aiosqlite.Connection, terms: list[FtsTerm]) -> str | No
     if total < OR_PRUNE_FROM:
         return " OR ".join(t.fts for t in content)
     df = await doc_counts(conn, content)
-    ranked = sorted(content, key=lambda t: df[t.fts])
-    kept: list[FtsTerm] = []
-    postings = 0
-    for t in ranked:
-        if df[t.fts] > OR_MAX_DOC_SHARE * total or len(kept) == OR_MAX_TERMS:
-            break
-        if kept and postings + df[t.fts] > OR_MAX_POSTINGS:
-            break
-        kept.append(t)
-        postings += df[t.fts]
-    kept = kept or ranked[:1]
+    kept = rarest_terms(content, [df[t.fts] for t in content], total, OR_MAX_POSTINGS)
     return " OR ".join(t.fts for t in kept)
+
+
+def rarest_terms(terms: Sequence[T], counts: Sequence[int], total: int,
+                 max_postings: int) -> list[T]:
+    """The OR query's terms on a large corpus (both engines' rule): the rarest first, at
+    most OR_MAX_TERMS, none in more than OR_MAX_DOC_SHARE of the `total` records, until
+    their documents (`counts`, one per term) would sum past `max_postings`; at least one."""
+    ranked = sorted(zip(terms, counts), key=lambda pair: pair[1])
+    kept: list[T] = []
+    postings = 0
+    for term, n in ranked:
+        if n > OR_MAX_DOC_SHARE * total or len(kept) == OR_MAX_TERMS:
+            break
+        if kept and postings + n > max_postings:
+            break
+        kept.append(term)
+        postings += n
+    return kept or [term for term, _ in ranked[:1]]
 
 
 async def keyword_ranks(conn: aiosqlite.Connection, query: str, filters: SearchFilters,

@@ -49,7 +49,7 @@ from ingest.db import fts_text
 from ingest.pg.text import clean
 
 from ..filters import SearchFilters
-from ..keyword import OR_MAX_DOC_SHARE, OR_MAX_TERMS, OR_PRUNE_FROM, PASSAGE_POOL
+from ..keyword import OR_PRUNE_FROM, PASSAGE_POOL, rarest_terms
 from ..terms import build_fts_terms
 
 if TYPE_CHECKING:
@@ -355,14 +355,4 @@ def _or_terms(terms: list[_Term], df: dict[str, int], total: int) -> list[_Term]
     content = [t for t in terms if not t.stop] or terms
     if total < OR_PRUNE_FROM:
         return content
-    ranked = sorted(content, key=lambda t: df[t.query])
-    kept: list[_Term] = []
-    postings = 0
-    for t in ranked:
-        if df[t.query] > OR_MAX_DOC_SHARE * total or len(kept) == OR_MAX_TERMS:
-            break
-        if kept and postings + df[t.query] > OR_MAX_POSTINGS_PG:
-            break
-        kept.append(t)
-        postings += df[t.query]
-    return kept or ranked[:1]
+    return rarest_terms(content, [df[t.query] for t in content], total, OR_MAX_POSTINGS_PG)
