@@ -37,12 +37,12 @@ import anyio
 import pytest
 from fixtures.cli import deja_env
 from fixtures.engines import ENGINES, Target, clone, is_postgres, sql
+from fixtures.mcp import mcp_session
 from fixtures.paths import REPO
 from fixtures.served import MACHINE, shared_template
 from fixtures.shared import ingest_shared
 from fixtures.transcripts import assistant, user, write
 from mcp.client.session import ClientSession
-from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.types import CallToolResult
 
 pytestmark = pytest.mark.anyio
@@ -111,19 +111,6 @@ def corpus(engine: str, request: pytest.FixtureRequest,
     home, db, summary = ingest_shared(base, shared_projects)
     assert summary["new_records"] > 1000
     return Corpus(db=db, home=home, root=shared_projects)
-
-
-@asynccontextmanager
-async def mcp_session(args: list[str], env: dict[str, str], stderr_path: Path
-                      ) -> AsyncIterator[ClientSession]:
-    """A ClientSession on a freshly spawned server, initialized; its stderr goes to a file."""
-    params = StdioServerParameters(command=sys.executable, args=args, env=env, cwd=str(REPO))
-    with open(stderr_path, "w") as errlog:
-        async with stdio_client(params, errlog=errlog) as (read, write_stream):
-            async with ClientSession(read, write_stream) as session:
-                with anyio.fail_after(30):
-                    await session.initialize()
-                yield session
 
 
 async def call(session: ClientSession, tool: str, **arguments: Any) -> CallToolResult:

@@ -44,7 +44,7 @@ from .vector_text import vector_literal
 if TYPE_CHECKING:
     from .store import PgStore
 
-__all__ = ["embed_multilingual_pg", "ml_model_pg", "ml_reset_pg", "ml_pending_pg"]
+__all__ = ["embed_multilingual_pg", "ml_model_pg", "ml_reset_pg"]
 
 _PAGE_SQL = (f"SELECT id, substr(text, 1, {FOREIGN_WINDOW}) FROM records "
              f"WHERE {PENDING_WHERE} ORDER BY id LIMIT %s")
@@ -55,13 +55,6 @@ async def ml_model_pg(store: PgStore) -> tuple[str, int] | None:
     cur = await store.conn.execute("SELECT model_id, dim FROM ml_model WHERE id = 1")
     row = await cur.fetchone()
     return (str(row[0]), int(row[1])) if row else None
-
-
-async def ml_pending_pg(store: PgStore) -> int:
-    """Records the pass has still to look at (an index count: English ones are not in it)."""
-    cur = await store.conn.execute(f"SELECT COUNT(*) FROM records WHERE {PENDING_WHERE}")
-    row = await cur.fetchone()
-    return int(row[0]) if row else 0
 
 
 async def ml_reset_pg(store: PgStore) -> None:
